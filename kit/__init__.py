@@ -1,0 +1,1 @@
+"""Shared plumbing for carmesh daemons: config, logging, gRPC server, health, metrics, lifecycle."""

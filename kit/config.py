@@ -1,0 +1,107 @@
+"""Validated settings: defaults < environment (``CARMESH_<DAEMON>_<FIELD>``) < command-line flags.
+
+Each daemon declares a pydantic model; :func:`load_settings` builds the flags from its
+fields, so a field ``max_wait_ms`` is ``--max-wait-ms`` and ``CARMESH_DETECTOR_MAX_WAIT_MS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+SettingsT = TypeVar("SettingsT", bound="BaseSettings")
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; the message names the offending field and source."""
+
+
+class BaseSettings(BaseModel):
+    """Fields every daemon has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    shutdown_grace_s: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, Sequence):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _parse_env_value(raw: str, annotation: Any) -> Any:
+    if _is_list(annotation):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def load_settings(
+    cls: type[SettingsT],
+    env_prefix: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str | None = None,
+) -> SettingsT:
+    """Builds ``cls`` from defaults, then ``environ``, then ``argv``; raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        env_name = f"{env_prefix}{name.upper()}"
+        if env_name in environ:
+            values[name] = _parse_env_value(environ[env_name], field.annotation)
+
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env_name = f"{env_prefix}{name.upper()}"
+        help_text = f"{field.description or name} (env {env_name}; default {field.default!r})"
+        if _is_bool(field.annotation):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif _is_list(field.annotation):
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                help=help_text + "; comma-separated",
+                type=lambda s: [i.strip() for i in s.split(",") if i.strip()],
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+    args = parser.parse_args(list(argv) if argv is not None else [])
+    for name, value in vars(args).items():
+        if value is not None:
+            values[name] = value
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
+            f"(set --{str(err['loc'][0]).replace('_', '-')} or {env_prefix}{str(err['loc'][0]).upper()})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+def path_or_none(value: str | Path | None) -> Path | None:
+    return Path(value) if value else None

@@ -1,0 +1,158 @@
+"""gRPC server factory: health, reflection, message limits, and one interceptor that maps
+domain errors to status codes and records RPC metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kit.errors import DomainError
+from kit.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code() if hasattr(context, "code") else None
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns :class:`DomainError` into its status, anything else into INTERNAL (logged),
+    so no request can take a daemon down; records count and latency per method and code."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(handler.unary_unary, method), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, method), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, method), **kwargs)
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+        if isinstance(exc, DomainError):
+            await context.abort(exc.code, str(exc))
+        log.exception("unhandled error in %s", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = await behavior(request, context)
+                code = _code_of(context)
+                return response
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                code = _code_of(context) if not context.cancelled() else grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = exc.code if isinstance(exc, DomainError) else grpc.StatusCode.INTERNAL
+                await self._fail(context, exc, method)
+            finally:
+                self._record(method, code, started)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+                code = _code_of(context)
+            except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                code = _code_of(context) if not context.cancelled() else grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = exc.code if isinstance(exc, DomainError) else grpc.StatusCode.INTERNAL
+                await self._fail(context, exc, method)
+            finally:
+                self._record(method, code, started)
+
+        return wrapped
+
+
+class Server:
+    """A started-on-demand grpc.aio server with health and reflection for ``service_names``."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        service_names: Sequence[str],
+        metrics: Metrics,
+        max_message_bytes: int,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        extra_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.service_names = list(service_names)
+        self.server = grpc.aio.server(
+            interceptors=[*interceptors, ErrorMappingInterceptor(metrics)],
+            options=[*channel_options(max_message_bytes), *extra_options],
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)")
+        self.address = f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        # "" is the whole server, as grpc_health_probe and Kubernetes ask by default.
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
