@@ -1,0 +1,50 @@
+# carmesh: local mesh, tests and benchmarks. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?=
+IMAGE ?=
+export CARMESH_STACK_RUN_DIR ?= .run
+
+.PHONY: help setup protos lint typecheck test test-fast up up-infra down status logs demo bench-detect clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## install system packages (Redis, PostgreSQL) and .venv with carmesh[dev]; idempotent
+	@bash scripts/setup.sh
+
+protos: ## regenerate carmesh/v1 from protos/ (committed; tests fail when stale)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/carmesh/v1/*.proto
+	$(VENV)/bin/buf lint
+
+lint: ## ruff + buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/buf lint
+
+typecheck: ## mypy over the daemons, kit and CLI
+	$(VENV)/bin/mypy kit devstack detector registry_gateway gateway carmesh_cli
+
+test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
+	$(PY) -m pytest -q -ra
+
+up: ## start Redis, PostgreSQL, Tansu, MLflow and the daemons on 127.0.0.1 (logs/pids in .run/)
+	@$(PY) -m devstack up
+
+up-infra: ## start only Redis, PostgreSQL, Tansu and MLflow
+	@$(PY) -m devstack up --infra
+
+down: ## stop everything `make up` started
+	@$(PY) -m devstack down
+
+status: ## what runs
+	@$(PY) -m devstack status || true
+
+demo: ## start the mesh, import MODEL (an ONNX detector), detect cars in IMAGE through the gateway
+	@bash scripts/demo.sh "$(MODEL)" "$(IMAGE)"
+
+bench-detect: ## raw ONNX Runtime vs detector vs gateway; writes docs/benchmarks.md
+	$(PY) -m bench.detect $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md
+
+clean: down ## stop and remove .run/
+	rm -rf .run

@@ -1,0 +1,1 @@
+"""The detector daemon: serves the registered ONNX detector with micro-batching and hot reload."""

@@ -1,0 +1,104 @@
+"""Settings of the detector (env prefix ``CARMESH_DETECTOR_``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from kit.config import BaseSettings
+
+Family = Literal["yolov8", "yolox"]
+
+
+class Settings(BaseSettings):
+    """Serves the registered ONNX car detector over gRPC with dynamic micro-batching and hot reload."""
+
+    grpc_port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_port: int = Field(9461, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+
+    # Where the model comes from: the registry (default) or a local file.
+    model_name: str = Field("car-detector", min_length=1, description="registered model name")
+    model_alias: str = Field("champion", min_length=1, description="alias served and watched for hot reload")
+    registry_addr: str = Field("127.0.0.1:50064", min_length=1, description="registry_gateway gRPC address")
+    model_path: Path | None = Field(
+        None, description="serve this local ONNX file instead of the registry (no hot reload)"
+    )
+    model_family: Family = Field("yolov8", description="output layout of --model-path: yolov8 or yolox")
+    class_names: list[str] = Field(
+        default_factory=list, description="class names of --model-path when the file has no `names` metadata"
+    )
+    model_cache_dir: Path = Field(Path(".run/detector-cache"), description="downloaded ONNX files, named by sha256")
+    input_width: int = Field(640, ge=32, le=8192, description="model input width when the ONNX input is dynamic")
+    input_height: int = Field(640, ge=32, le=8192, description="model input height when the ONNX input is dynamic")
+    download_chunk_bytes: int = Field(0, ge=0, le=16 * 1024 * 1024, description="chunk size asked of the registry")
+    registry_retry_initial_s: float = Field(0.5, gt=0, le=60, description="first reconnect delay to the registry")
+    registry_retry_max_s: float = Field(15.0, gt=0, le=600, description="longest reconnect delay to the registry")
+
+    # Engine.
+    providers: list[str] = Field(
+        default_factory=list,
+        description="ONNX Runtime execution providers in order (empty: CUDA first when available, then CPU)",
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: its default)")
+    warmup: bool = Field(True, description="run one dummy batch through a model before serving it")
+
+    # Batching and admission.
+    max_batch_size: int = Field(8, ge=1, le=256, description="most images per inference call")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill after its first image")
+    max_queue: int = Field(64, ge=1, le=100_000, description="most requests admitted and not yet inferred")
+    inference_threads: int = Field(1, ge=1, le=64, description="threads running session.run (ORT has its own pool)")
+    preprocess_threads: int = Field(2, ge=1, le=64, description="threads decoding, letterboxing, post-processing")
+    stream_window: int = Field(8, ge=1, le=1024, description="DetectStream items in flight per stream")
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600, description="how long a replaced model may finish its work")
+
+    # Request defaults and limits.
+    score_threshold: float = Field(0.25, ge=0, le=1, description="default minimum score")
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="default NMS IoU threshold")
+    classes: list[str] = Field(default_factory=list, description="default class filter by name (empty: all)")
+    max_detections: int = Field(100, ge=1, le=100_000, description="default most detections per image")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width*height) accepted")
+
+    @field_validator("score_threshold", "iou_threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("must be a number in [0, 1], got NaN")
+        return value
+
+    @field_validator("providers", "class_names", "classes")
+    @classmethod
+    def _no_blank(cls, value: list[str]) -> list[str]:
+        if any(not item.strip() for item in value):
+            raise ValueError("entries must not be blank")
+        return [item.strip() for item in value]
+
+    @field_validator("registry_retry_max_s")
+    @classmethod
+    def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("registry_retry_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be >= registry_retry_initial_s ({initial})")
+        return value
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_file(cls, value: Path | None) -> Path | None:
+        # Fail at start with the path in the message rather than on the first request.
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file")
+        return value
+
+    @property
+    def model_source(self) -> str:
+        """For people: where the served model comes from."""
+        if self.model_path is not None:
+            return f"file {self.model_path}"
+        return f"{self.model_name}@{self.model_alias} from registry at {self.registry_addr}"

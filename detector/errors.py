@@ -1,0 +1,33 @@
+"""Detector errors; the kit's interceptor maps each to its gRPC status with the message as is."""
+
+from __future__ import annotations
+
+from kit.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+
+
+class BadImage(InvalidArgument):
+    """The image bytes are empty, not an image, corrupt, truncated or too large."""
+
+
+class BadParameter(InvalidArgument):
+    """A threshold, class filter or limit in the request is out of range."""
+
+
+class QueueFull(ResourceExhausted):
+    """More requests are waiting than the detector admits."""
+
+
+class NoModel(Unavailable):
+    """No model is loaded yet (registry unreachable, alias unset, or the model failed to load)."""
+
+
+class ModelClosed(Unavailable):
+    """The model a request was admitted to was closed before it ran (drain timed out or shutdown)."""
+
+
+class ModelLoadError(FailedPrecondition):
+    """An ONNX file cannot be served: unreadable, wrong layout, or the class names do not fit it."""
+
+
+class DownloadError(Exception):
+    """A model download failed or its bytes do not match the registry's sha256; retried with backoff."""

@@ -1,0 +1,73 @@
+"""Settings of the gateway (env prefix ``CARMESH_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from kit.config import BaseSettings
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not a HOST:PORT address")
+    return value.strip()
+
+
+class Settings(BaseSettings):
+    """The public gRPC door of carmesh: API keys, per-key rate limits, routing to healthy upstream daemons."""
+
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_port: int = Field(9451, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+
+    # Upstreams. The detector is a pool (round-robin over healthy replicas); the others are one address each.
+    detector_addrs: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:50061"], min_length=1, description="detector replicas, HOST:PORT"
+    )
+    registry_addr: str = Field("127.0.0.1:50064", description="registry_gateway address")
+    ingestor_addr: str = Field("", description="ingestor address (empty: IngestService not exposed)")
+    feature_addr: str = Field("", description="feature_service address (empty: FeatureService not exposed)")
+    trainer_addr: str = Field("", description="trainer address (empty: TrainingService not exposed)")
+    health_check_interval_s: float = Field(
+        1.0, gt=0, le=300, description="how often each upstream's grpc.health.v1 is checked"
+    )
+
+    # Callers. Key formats are documented in gateway/auth.py.
+    auth_required: bool = Field(True, description="reject calls without a known API key")
+    api_keys_file: Path | None = Field(None, description="file of API keys, one `KEY NAME SCOPES` per line")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="API keys as KEY:NAME:SCOPE+SCOPE entries"
+    )
+    rate_limit_rps: float = Field(50.0, ge=0, description="sustained calls per second per API key (0: unlimited)")
+    rate_limit_burst: int = Field(100, ge=1, description="calls an API key may make at once before the rate applies")
+
+    # Deadlines for upstream calls. Streaming-response RPCs (watches, downloads, progress) keep
+    # the client's deadline, or none, since they are long-lived by design.
+    default_deadline_s: float = Field(
+        60.0, ge=0, description="deadline of unary-response calls whose client set none (0: none)"
+    )
+    max_deadline_s: float = Field(
+        600.0, ge=0, description="cap on the deadline of unary-response calls (0: no cap)"
+    )
+
+    @field_validator("detector_addrs")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [_address(item) for item in value]
+
+    @field_validator("registry_addr")
+    @classmethod
+    def _required_address(cls, value: str) -> str:
+        return _address(value)
+
+    @field_validator("ingestor_addr", "feature_addr", "trainer_addr")
+    @classmethod
+    def _optional_address(cls, value: str) -> str:
+        return _address(value) if value.strip() else ""
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value

@@ -1,0 +1,35 @@
+"""Settings of the registry gateway (env prefix ``CARMESH_REGISTRY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from kit.config import BaseSettings
+
+
+class Settings(BaseSettings):
+    """The gRPC face of the MLflow model registry."""
+
+    grpc_port: int = Field(50064, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking and registry URI")
+    # MLflow's own defaults retry for minutes; a gateway must answer UNAVAILABLE promptly instead.
+    mlflow_max_retries: int = Field(2, ge=0, le=10, description="HTTP retries per MLflow request")
+    mlflow_backoff_factor: int = Field(1, ge=0, le=60, description="MLflow retry backoff factor in seconds")
+    mlflow_request_timeout_s: int = Field(60, ge=1, le=3600, description="timeout of one MLflow HTTP request")
+    poll_interval_s: float = Field(1.0, gt=0, le=3600, description="how often WatchAlias polls MLflow per alias")
+    download_chunk_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024, description="default chunk size")
+    cache_dir: Path = Field(Path(".run/registry-cache"), description="local ONNX cache, files named by sha256")
+    max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest ONNX file ImportModel accepts")
+    imports_experiment: str = Field("carmesh-imports", min_length=1, description="MLflow experiment for imports")
+    triton_max_batch_size: int = Field(8, ge=1, le=1024, description="max_batch_size in generated Triton configs")
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _http_uri(cls, value: str) -> str:
+        # The gateway talks to a tracking server; a file/sqlite URI would bypass proxied artifacts.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URI of an MLflow tracking server, got {value!r}")
+        return value.rstrip("/")

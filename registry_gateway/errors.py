@@ -1,0 +1,103 @@
+"""Registry errors, each mapped to a gRPC status by the kit's interceptor, and the translation
+of MLflow's exceptions into them."""
+
+from __future__ import annotations
+
+import requests
+from mlflow.exceptions import MlflowException
+
+from kit.errors import (
+    AlreadyExists,
+    DataLoss,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "BadModel",
+    "DataLoss",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MlflowFailure",
+    "MlflowUnavailable",
+    "NotFound",
+    "ResourceExhausted",
+    "from_mlflow",
+]
+
+
+class BadModel(InvalidArgument):
+    """The uploaded file is not an ONNX detector of the declared family."""
+
+
+class MlflowUnavailable(Unavailable):
+    """MLflow cannot be reached (connection refused, timeout, 5xx after retries)."""
+
+
+class MlflowFailure(DomainError):
+    """An MLflow error with no better status; reported as INTERNAL with MLflow's message."""
+
+
+_BY_CODE: dict[str, type[DomainError]] = {
+    "RESOURCE_DOES_NOT_EXIST": NotFound,
+    "NOT_FOUND": NotFound,
+    "ENDPOINT_NOT_FOUND": NotFound,
+    "RESOURCE_ALREADY_EXISTS": AlreadyExists,
+    "ALREADY_EXISTS": AlreadyExists,
+    "INVALID_PARAMETER_VALUE": InvalidArgument,
+    "BAD_REQUEST": InvalidArgument,
+    "MALFORMED_REQUEST": InvalidArgument,
+    "INVALID_STATE": FailedPrecondition,
+    "PERMISSION_DENIED": PermissionDenied,
+    "UNAUTHENTICATED": Unauthenticated,
+    "REQUEST_LIMIT_EXCEEDED": ResourceExhausted,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+    "TEMPORARILY_UNAVAILABLE": MlflowUnavailable,
+    "SERVICE_UNDER_MAINTENANCE": MlflowUnavailable,
+}
+
+# Connection-level failures: MLflow wraps them in a plain MlflowException (INTERNAL_ERROR),
+# keeping the original exception only in the chain.
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNREACHABLE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def from_mlflow(exc: Exception, tracking_uri: str) -> DomainError:
+    """The domain error for an exception raised by the MLflow client."""
+    if isinstance(exc, DomainError):
+        return exc
+    if _unreachable(exc):
+        return MlflowUnavailable(f"MLflow at {tracking_uri} is unreachable: {_short(exc)}")
+    if isinstance(exc, MlflowException):
+        code = str(exc.error_code)
+        message = exc.message
+        # Server errors arrive as "CODE: text"; the status already carries the code.
+        if message.startswith(code + ": "):
+            message = message[len(code) + 2 :]
+        cls = _BY_CODE.get(code)
+        if cls is None:
+            return MlflowFailure(f"MLflow at {tracking_uri} failed: {code}: {message}")
+        return cls(message)
+    return MlflowFailure(f"MLflow client error: {type(exc).__name__}: {_short(exc)}")
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
