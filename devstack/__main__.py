@@ -6,6 +6,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 from devstack import services
@@ -26,9 +27,13 @@ def config_from_env() -> services.StackConfig:
 
 def processes(cfg: services.StackConfig, names: tuple[str, ...]) -> list[Process]:
     builders = {
-        "redis": services.redis, "postgres": services.postgres, "tansu": services.tansu,
-        "mlflow": services.mlflow, "registry_gateway": services.registry_gateway,
-        "detector": services.detector, "gateway": services.gateway,
+        "redis": services.redis,
+        "postgres": services.postgres,
+        "tansu": services.tansu,
+        "mlflow": services.mlflow,
+        "registry_gateway": services.registry_gateway,
+        "detector": services.detector,
+        "gateway": services.gateway,
     }
     return [builders[name](cfg) for name in names]
 
@@ -60,8 +65,10 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
             raise
         if proc.name == "postgres":
             services.create_databases(cfg)
-    print(f"up: gateway {services.HOST}:{cfg.ports.gateway}  mlflow {cfg.mlflow_uri}  "
-          f"kafka {cfg.kafka_bootstrap}  redis {cfg.redis_url}  postgres {cfg.postgres_dsn}")
+    print(
+        f"up: gateway {services.HOST}:{cfg.ports.gateway}  mlflow {cfg.mlflow_uri}  "
+        f"kafka {cfg.kafka_bootstrap}  redis {cfg.redis_url}  postgres {cfg.postgres_dsn}"
+    )
 
 
 def down(cfg: services.StackConfig) -> None:
@@ -81,6 +88,16 @@ def status(cfg: services.StackConfig) -> int:
     return 1 if missing else 0
 
 
+def wait_serving(address: str, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if services.grpc_serving(address):
+            return 0
+        time.sleep(0.5)
+    print(f"error: {address} not SERVING after {timeout_s:.0f}s; see the logs in .run/logs/", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--infra", action="store_true", help="only Redis, PostgreSQL, Tansu, MLflow")
     sub.add_parser("down", help="stop everything started by `up`")
     sub.add_parser("status", help="what runs")
+    wait_parser = sub.add_parser("wait-serving", help="wait until a gRPC address reports SERVING")
+    wait_parser.add_argument("address")
+    wait_parser.add_argument("timeout_s", type=float)
     args = parser.parse_args(argv)
     cfg = config_from_env()
     try:
@@ -98,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 parser.error(f"unknown service(s) {sorted(unknown)}; known: {', '.join(INFRA + DAEMONS)}")
             up(cfg, names)
+        elif args.command == "wait-serving":
+            return wait_serving(args.address, args.timeout_s)
         elif args.command == "down":
             down(cfg)
         else:

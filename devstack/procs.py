@@ -3,6 +3,7 @@ stop reaches everything they spawned (gunicorn/uvicorn workers, postgres backend
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -64,15 +65,20 @@ class Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
-        user_kwargs: dict[str, object] = {}
+        uid = gid = None
         if self.user is not None and os.geteuid() == 0:
             entry = pwd.getpwnam(self.user)
-            user_kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            uid, gid = entry.pw_uid, entry.pw_gid
             env["HOME"] = entry.pw_dir
         with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(  # noqa: S603 - argv is built by the stack, not from input
-                list(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, **user_kwargs,  # type: ignore[arg-type]
+            proc = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                **user_kwargs,  # type: ignore[arg-type]
             )
         self.pid_path.write_text(str(proc.pid))
         return True
@@ -85,7 +91,9 @@ class Process:
             if self.ready():
                 return
             time.sleep(0.25)
-        raise StackError(f"{self.name} not ready after {self.ready_timeout_s:.0f}s; see {self.log_path}:\n{self.tail()}")
+        raise StackError(
+            f"{self.name} not ready after {self.ready_timeout_s:.0f}s; see {self.log_path}:\n{self.tail()}"
+        )
 
     def stop(self, timeout_s: float = 15.0) -> bool:
         """SIGTERM to the process group, then SIGKILL after ``timeout_s``; True when something ran."""
@@ -116,7 +124,5 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass

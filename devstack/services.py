@@ -72,7 +72,7 @@ def tcp_open(port: int, host: str = HOST) -> bool:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as reply:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
             return bool(reply.status == 200)
     except OSError:
         return False
@@ -93,8 +93,21 @@ def redis(cfg: StackConfig) -> Process:
         raise StackError("redis-server not found: run `make setup` (installs Debian's redis-server)")
     data = cfg.run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--bind", HOST, "--port", str(cfg.ports.redis), "--save", "", "--appendonly", "no",
-            "--dir", str(data), "--daemonize", "no"]
+    argv = [
+        binary,
+        "--bind",
+        HOST,
+        "--port",
+        str(cfg.ports.redis),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+        "--daemonize",
+        "no",
+    ]
     return Process("redis", argv, cfg.run_dir, ready=lambda: tcp_open(cfg.ports.redis))
 
 
@@ -121,15 +134,30 @@ def postgres(cfg: StackConfig) -> Process:
         done = subprocess.run(initdb, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise StackError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
-    argv = [_postgres_bin("postgres"), "-D", str(data), "-p", str(cfg.ports.postgres), "-k", str(root),
-            "-c", f"listen_addresses={HOST}", "-c", "fsync=on"]
+    argv = [
+        _postgres_bin("postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(cfg.ports.postgres),
+        "-k",
+        str(root),
+        "-c",
+        f"listen_addresses={HOST}",
+        "-c",
+        "fsync=on",
+    ]
     return Process("postgres", argv, cfg.run_dir, ready=lambda: _pg_ready(cfg), user=user)
 
 
 def _pg_ready(cfg: StackConfig) -> bool:
     psql = shutil.which("psql") or _postgres_bin("psql")
-    probe = subprocess.run([psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres",
-                            "-Atc", "select 1"], capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        [psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres", "-Atc", "select 1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return probe.returncode == 0
 
 
@@ -137,8 +165,9 @@ def create_databases(cfg: StackConfig, names: tuple[str, ...] = ("carmesh", "mlf
     psql = shutil.which("psql") or _postgres_bin("psql")
     base = [psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres", "-Atc"]
     for name in names:
-        exists = subprocess.run([*base, f"select 1 from pg_database where datname = '{name}'"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        exists = subprocess.run(
+            [*base, f"select 1 from pg_database where datname = '{name}'"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         if not exists:
             subprocess.run([*base, f'create database "{name}"'], capture_output=True, text=True, check=True)
 
@@ -153,8 +182,16 @@ def tansu_binary() -> str:
 
 def tansu(cfg: StackConfig) -> Process:
     url = f"tcp://{HOST}:{cfg.ports.kafka}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     return Process("tansu", argv, cfg.run_dir, ready=lambda: tcp_open(cfg.ports.kafka))
 
 
@@ -162,40 +199,85 @@ def mlflow(cfg: StackConfig) -> Process:
     root = cfg.run_dir / "mlflow"
     root.mkdir(parents=True, exist_ok=True)
     backend = cfg.mlflow_backend_uri or f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    argv = [cfg.python, "-m", "mlflow", "server", "--host", HOST, "--port", str(cfg.ports.mlflow),
-            "--backend-store-uri", backend, "--artifacts-destination", str((root / "artifacts").resolve()),
-            "--workers", "1"]
+    argv = [
+        cfg.python,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(cfg.ports.mlflow),
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str((root / "artifacts").resolve()),
+        "--workers",
+        "1",
+    ]
     # The job runner (huey workers, ~250 MB each) serves GenAI jobs that carmesh never submits.
     env = {"MLFLOW_HOME": str(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return Process("mlflow", argv, cfg.run_dir, ready=lambda: http_ok(f"{cfg.mlflow_uri}/health"), env=env,
-                   ready_timeout_s=120.0)
+    return Process(
+        "mlflow", argv, cfg.run_dir, ready=lambda: http_ok(f"{cfg.mlflow_uri}/health"), env=env, ready_timeout_s=120.0
+    )
 
 
 def _daemon(cfg: StackConfig, name: str, module: str, port: int, args: list[str]) -> Process:
     argv = [cfg.python, "-m", module, "--host", HOST, "--grpc-port", str(port), *args]
-    return Process(name, argv, cfg.run_dir, ready=lambda: grpc_serving(f"{HOST}:{port}"),
-                   env={"PYTHONUNBUFFERED": "1"})
+    return Process(name, argv, cfg.run_dir, ready=lambda: grpc_serving(f"{HOST}:{port}"), env={"PYTHONUNBUFFERED": "1"})
 
 
 def registry_gateway(cfg: StackConfig) -> Process:
-    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, [
-        "--metrics-port", str(cfg.ports.registry_metrics), "--mlflow-tracking-uri", cfg.mlflow_uri,
-        "--cache-dir", str(cfg.run_dir / "registry-cache"),
-    ])
+    return _daemon(
+        cfg,
+        "registry_gateway",
+        "registry_gateway",
+        cfg.ports.registry,
+        [
+            "--metrics-port",
+            str(cfg.ports.registry_metrics),
+            "--mlflow-tracking-uri",
+            cfg.mlflow_uri,
+            "--cache-dir",
+            str(cfg.run_dir / "registry-cache"),
+        ],
+    )
 
 
 def detector(cfg: StackConfig) -> Process:
-    proc = _daemon(cfg, "detector", "detector", cfg.ports.detector, [
-        "--metrics-port", str(cfg.ports.detector_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}",
-        "--cache-dir", str(cfg.run_dir / "detector-cache"),
-    ])
+    proc = _daemon(
+        cfg,
+        "detector",
+        "detector",
+        cfg.ports.detector,
+        [
+            "--metrics-port",
+            str(cfg.ports.detector_metrics),
+            "--registry-addr",
+            f"{HOST}:{cfg.ports.registry}",
+            "--cache-dir",
+            str(cfg.run_dir / "detector-cache"),
+        ],
+    )
     # With no model registered yet the detector is up but NOT_SERVING: ready means its port answers.
     proc.ready = lambda: tcp_open(cfg.ports.detector)
     return proc
 
 
 def gateway(cfg: StackConfig) -> Process:
-    return _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, [
-        "--metrics-port", str(cfg.ports.gateway_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}",
-        "--detector-addrs", f"{HOST}:{cfg.ports.detector}", "--api-keys-file", str(cfg.run_dir / "api-keys"),
-    ])
+    return _daemon(
+        cfg,
+        "gateway",
+        "gateway",
+        cfg.ports.gateway,
+        [
+            "--metrics-port",
+            str(cfg.ports.gateway_metrics),
+            "--registry-addr",
+            f"{HOST}:{cfg.ports.registry}",
+            "--detector-addrs",
+            f"{HOST}:{cfg.ports.detector}",
+            "--api-keys-file",
+            str(cfg.run_dir / "api-keys"),
+        ],
+    )

@@ -57,8 +57,10 @@ def parse_names(raw: str) -> tuple[str, ...]:
     except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
         raise BadModel(f"ONNX metadata 'names' is not a Python dict or list literal: {exc}") from exc
     if isinstance(value, dict):
-        if sorted(value) != list(range(len(value))):
-            raise BadModel(f"ONNX metadata 'names' must map class ids 0..{len(value) - 1} to names; got keys {sorted(value)!r}")
+        if set(value) != set(range(len(value))):
+            raise BadModel(
+                f"ONNX metadata 'names' must map class ids 0..{len(value) - 1} to names; got keys {list(value)!r}"
+            )
         return tuple(str(value[i]) for i in range(len(value)))
     if isinstance(value, list | tuple):
         return tuple(str(v) for v in value)
@@ -135,11 +137,6 @@ def _num_classes(family: Family, out: TensorSpec, height: int, width: int) -> in
         channels, anchors = out.shape[1], out.shape[2]
         if not isinstance(channels, int) or channels <= 4:
             raise BadModel(f"output {_fmt(out)} must be [N,4+nc,A] with a static 4+nc > 4 for YOLOV8")
-        if isinstance(anchors, int) and anchors < channels:
-            # [N,A,C] with few anchors is what YOLOX-style heads produce.
-            raise BadModel(
-                f"output {_fmt(out)} looks like [N,A,C], not YOLOV8's [N,4+nc,A]; is this a YOLOX model?"
-            )
         return channels - 4
     anchors, channels = out.shape[1], out.shape[2]
     if not isinstance(channels, int) or channels <= 5:
@@ -156,7 +153,9 @@ def _num_classes(family: Family, out: TensorSpec, height: int, width: int) -> in
     return channels - 5
 
 
-def _class_names(given: Sequence[str], metadata: dict[str, str], nc: int, family: Family) -> tuple[str, ...]:
+def _class_names(
+    given: Sequence[str], metadata: dict[str, str], nc: int, family: Family, out: TensorSpec
+) -> tuple[str, ...]:
     if given:
         names, origin = check_class_names(given), "the request"
     elif "names" in metadata:
@@ -167,7 +166,10 @@ def _class_names(given: Sequence[str], metadata: dict[str, str], nc: int, family
             "send class_names in the import metadata"
         )
     if len(names) != nc:
-        raise BadModel(f"the model predicts {nc} classes but {origin} lists {len(names)} class names")
+        raise BadModel(
+            f"the model predicts {nc} classes but {origin} lists {len(names)} class names "
+            f"(output {_fmt(out)} read as {family.name}: {_FAMILY_LAYOUT[family]}; wrong family?)"
+        )
     return names
 
 
@@ -179,7 +181,7 @@ def inspect_detector(path: Path, family: Family, class_names: Sequence[str] = ()
     if isinstance(inputs[0].shape[0], int) != isinstance(out.shape[0], int):
         raise BadModel(f"input {_fmt(inputs[0])} and output {_fmt(out)} disagree on whether the batch is dynamic")
     nc = _num_classes(family, out, height, width)
-    names = _class_names(class_names, metadata, nc, family)
+    names = _class_names(class_names, metadata, nc, family, out)
     return DetectorSpec(
         family=family,
         class_names=names,

@@ -32,8 +32,15 @@ class DaemonProcess:
     connections, for daemons that start NOT_SERVING on purpose).
     """
 
-    def __init__(self, module: str, args: Sequence[str], port: int, env: Mapping[str, str] | None = None,
-                 wait_for: str = "serving", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        port: int,
+        env: Mapping[str, str] | None = None,
+        wait_for: str = "serving",
+        timeout_s: float = 60.0,
+    ) -> None:
         self.module = module
         self.args = list(args)
         self.port = port
@@ -81,8 +88,9 @@ class DaemonProcess:
     def __enter__(self) -> DaemonProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
         if exc is not None:
             sys.stderr.write(f"--- {self.module} log ---\n{self.log()[-6000:]}\n")

@@ -14,15 +14,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _constant_model(raw: np.ndarray, input_hw: tuple[int, int], names: list[str] | None,
-                    output_name: str, opset: int = 17) -> onnx.ModelProto:
+def _constant_model(
+    raw: np.ndarray, input_hw: tuple[int, int], names: list[str] | None, output_name: str, opset: int = 17
+) -> onnx.ModelProto:
     height, width = input_hw
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])
     out_shape = ["batch", *raw.shape[1:]]
     output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=1, axes=[1, 2, 3])
-        if opset < 18 else helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=1),
+        if opset < 18
+        else helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=1),
         helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
         helper.make_node("Add", ["zeros", "raw"], [output_name]),
     ]
@@ -47,8 +49,9 @@ def _constant_model(raw: np.ndarray, input_hw: tuple[int, int], names: list[str]
     return model
 
 
-def yolov8_raw(boxes_cxcywh: list[tuple[float, float, float, float]], scores: list[list[float]],
-               anchors: int | None = None) -> np.ndarray:
+def yolov8_raw(
+    boxes_cxcywh: list[tuple[float, float, float, float]], scores: list[list[float]], anchors: int | None = None
+) -> np.ndarray:
     """Raw YOLOv8 output [1, 4+nc, A]: one anchor per given box, the rest zero-score."""
     nc = len(scores[0])
     count = anchors or len(boxes_cxcywh)
@@ -59,8 +62,9 @@ def yolov8_raw(boxes_cxcywh: list[tuple[float, float, float, float]], scores: li
     return raw
 
 
-def write_yolov8_model(path: Path, raw: np.ndarray, input_hw: tuple[int, int] = (64, 64),
-                       names: list[str] | None = None) -> Path:
+def write_yolov8_model(
+    path: Path, raw: np.ndarray, input_hw: tuple[int, int] = (64, 64), names: list[str] | None = None
+) -> Path:
     """A YOLOv8-layout model (input ``images``, output ``output0``) returning ``raw``."""
     model = _constant_model(raw, input_hw, names, "output0")
     onnx.save(model, str(path))

@@ -14,14 +14,26 @@ PROTOS = sorted((REPO_ROOT / "protos" / "carmesh" / "v1").glob("*.proto"))
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO_ROOT / "protos"), f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *map(str, PROTOS)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO_ROOT / "protos"),
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *map(str, PROTOS),
+        ],
         check=True,
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     assert generated, "protoc produced nothing"
-    stale = [str(rel) for rel in generated
-             if not (REPO_ROOT / rel).exists() or (REPO_ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()]
+    stale = [
+        str(rel)
+        for rel in generated
+        if not (REPO_ROOT / rel).exists() or (REPO_ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()
+    ]
     assert not stale, f"generated code is stale, run `make protos`: {stale}"
 
 
@@ -35,6 +47,9 @@ def test_buf_lint_clean() -> None:
 def test_every_design_service_has_a_contract() -> None:
     from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
 
-    services = {name for mod in (detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2)
-                for name in mod.DESCRIPTOR.services_by_name}
+    services = {
+        name
+        for mod in (detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2)
+        for name in mod.DESCRIPTOR.services_by_name
+    }
     assert services == {"DetectorService", "FeatureService", "IngestService", "RegistryService", "TrainingService"}

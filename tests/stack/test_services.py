@@ -48,8 +48,13 @@ async def test_tansu_produce_consume_with_consumer_group(kafka_bootstrap: str) -
             await producer.send_and_wait("carmesh.test.v1", f"m{i}".encode(), key=f"cam{i % 3}".encode())
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer("carmesh.test.v1", bootstrap_servers=kafka_bootstrap, group_id="carmesh-test",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        "carmesh.test.v1",
+        bootstrap_servers=kafka_bootstrap,
+        group_id="carmesh-test",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     seen: set[bytes] = set()
     try:
