@@ -78,7 +78,9 @@ class Process:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
-                **user_kwargs,  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
+                extra_groups=None if uid is None else [],
             )
         self.pid_path.write_text(str(proc.pid))
         return True

@@ -1,0 +1,213 @@
+"""One loaded ONNX model: the Runtime session, its input geometry, preprocessing and batched runs."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from detector.errors import ModelLoadError
+from detector.imaging import Letterbox, letterbox
+from detector.postprocess import expected_anchors_yolox
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("yolov8", "yolox")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    alias: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}" + (f" (@{self.alias})" if self.alias else "")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is known about a model before its file is opened (from the registry or settings)."""
+
+    ref: ModelRef
+    family: str
+    # Empty: take them from the file's `names` metadata.
+    class_names: tuple[str, ...] = ()
+    # Used only when the ONNX input's height/width are dynamic.
+    input_hw: tuple[int, int] = (640, 640)
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    providers: Sequence[str]
+    intra_op_threads: int = 0
+    warmup_batch_size: int = 1
+
+
+@dataclass
+class Engine:
+    """A validated, warmed-up session; thread-safe (ORT sessions allow concurrent ``run``)."""
+
+    spec: ModelSpec
+    session: ort.InferenceSession
+    input_name: str
+    input_dtype: type
+    input_hw: tuple[int, int]
+    # None when the batch dimension is dynamic; else the only batch size the model accepts.
+    static_batch: int | None
+    class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went."""
+        yolox = self.spec.family == "yolox"
+        canvas, box = letterbox(image, self.input_hw, centered=not yolox)
+        if yolox:
+            # YOLOX takes BGR 0..255 unnormalised.
+            chw = canvas.transpose(2, 0, 1).astype(self.input_dtype)
+        else:
+            rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+            chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(self.input_dtype, copy=False)
+        return np.ascontiguousarray(chw), box
+
+    def _run_once(self, batch: np.ndarray) -> np.ndarray:
+        outputs = self.session.run(None, {self.input_name: batch})
+        return np.asarray(outputs[0], dtype=np.float32)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """[n, 3, h, w] -> raw outputs [n, ...]; chunks and pads for models with a static batch size."""
+        if self.static_batch is None:
+            return self._run_once(batch)
+        size, parts = self.static_batch, []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            if len(chunk) < size:
+                pad = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self._run_once(chunk)[: min(size, len(batch) - start)])
+        return np.concatenate(parts)
+
+
+def choose_providers(requested: Sequence[str]) -> list[str]:
+    """The providers to ask for: as configured, else CUDA first when this build has it, then CPU."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ModelLoadError(f"execution providers {missing} are not in this onnxruntime build; "
+                                 f"available: {available}")
+        return list(requested)
+    preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return preferred or list(available)
+
+
+def parse_names(raw: str) -> tuple[str, ...]:
+    """The `names` metadata: Ultralytics writes a Python dict {0: 'person', ...}; a JSON list also works."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return ()
+    if isinstance(value, dict):
+        try:
+            return tuple(str(value[k]) for k in sorted(value, key=int))
+        except (TypeError, ValueError):
+            return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return ()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dim(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _num_classes(family: str, shape: tuple[int, ...], input_hw: tuple[int, int], path: Path) -> int:
+    if len(shape) != 3:
+        raise ModelLoadError(f"{path}: output shape {list(shape)} is not rank 3 as {family} models have")
+    if family == "yolov8":
+        # [N, 4+nc, A]; a raw YOLOX output has exactly the grid's anchor count in dimension 1.
+        looks_yolox = shape[1] == expected_anchors_yolox(input_hw) and shape[2] >= 6
+        if shape[1] < 5 or looks_yolox:
+            hint = " (it looks like raw YOLOX: set family yolox)" if looks_yolox else ""
+            raise ModelLoadError(f"{path}: output {list(shape)} is not the YOLOv8 layout [N, 4+nc, A]{hint}")
+        return shape[1] - 4
+    anchors = expected_anchors_yolox(input_hw)
+    if shape[1] != anchors or shape[2] < 6:
+        hint = " (it looks like YOLOv8: set family yolov8)" if shape[1] < shape[2] else ""
+        raise ModelLoadError(f"{path}: output {list(shape)} is not the raw YOLOX layout [N, {anchors}, 5+nc] "
+                             f"for input {input_hw[1]}x{input_hw[0]}{hint}")
+    return shape[2] - 5
+
+
+def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
+    """Opens, validates and warms up a model; raises :class:`ModelLoadError` saying what does not fit."""
+    if spec.family not in FAMILIES:
+        raise ModelLoadError(f"unknown model family {spec.family!r}; supported: {', '.join(FAMILIES)}")
+    sess_options = ort.SessionOptions()
+    if options.intra_op_threads:
+        sess_options.intra_op_num_threads = options.intra_op_threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=sess_options, providers=list(options.providers))
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelLoadError(f"{path}: expected one image input [N, 3, H, W], got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+    model_input = inputs[0]
+    batch_dim, channels, height, width = (_dim(d) for d in model_input.shape)
+    if channels not in (None, 3):
+        raise ModelLoadError(f"{path}: input {model_input.name} has {channels} channels, expected 3")
+    input_hw = (height or spec.input_hw[0], width or spec.input_hw[1])
+    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(model_input.type)
+    if dtype is None:
+        raise ModelLoadError(f"{path}: input type {model_input.type} is not float32 or float16")
+    engine = Engine(spec=spec, session=session, input_name=model_input.name, input_dtype=dtype,
+                    input_hw=input_hw, static_batch=batch_dim)
+
+    # One real run validates the output layout and counts the classes; it also warms the session up.
+    probe = np.full((1, 3, *input_hw), 114 if spec.family == "yolox" else 114 / 255, dtype)
+    try:
+        out = engine.run(probe)
+        if options.warmup_batch_size > 1 and batch_dim is None:
+            engine.run(np.repeat(probe, options.warmup_batch_size, axis=0))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: a test inference on input {list(probe.shape)} failed: {exc}") from exc
+    nc = _num_classes(spec.family, tuple(out.shape), input_hw, path)
+
+    names = spec.class_names or parse_names(session.get_modelmeta().custom_metadata_map.get("names", ""))
+    if not names:
+        log.warning("%s has no class names (registry, settings or `names` metadata); using class_0..class_%d",
+                    path, nc - 1)
+        names = tuple(f"class_{i}" for i in range(nc))
+    if len(names) != nc:
+        raise ModelLoadError(f"{path}: {len(names)} class names given but the output has {nc} classes")
+    engine.class_names = tuple(names)
+    return engine

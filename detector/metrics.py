@@ -1,0 +1,36 @@
+"""The detector's own Prometheus metrics, on the daemon's kit registry."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from kit.metrics import Metrics
+
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+_INFER_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DetectorMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics.registry
+        self.batch_size = Histogram(
+            "carmesh_detector_batch_size", "Images per inference call", buckets=_BATCH_BUCKETS, registry=registry
+        )
+        self.queue_depth = Gauge(
+            "carmesh_detector_queue_depth", "Requests admitted and not yet inferred", registry=registry
+        )
+        self.inference_seconds = Histogram(
+            "carmesh_detector_inference_seconds", "Wall time of one inference call (a whole batch)",
+            buckets=_INFER_BUCKETS_S, registry=registry,
+        )
+        self.rejected = Counter(
+            "carmesh_detector_rejected_total", "Requests refused before inference, by reason",
+            ["reason"], registry=registry,
+        )
+        self.reloads = Counter(
+            "carmesh_detector_model_loads_total", "Model loads, by outcome (ok, failed)", ["outcome"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "carmesh_detector_model_loaded", "1 while a model is being served", registry=registry
+        )

@@ -1,0 +1,125 @@
+"""Upstream daemons: a pool of replicas per service, each watched through grpc.health.v1.
+
+Calls go round-robin over the replicas that last reported SERVING for the service; a
+replica that fails a call is re-checked at once instead of at the next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from gateway.errors import NoHealthyUpstream
+from gateway.telemetry import GatewayMetrics
+from kit.clients import check_health
+from kit.server import channel_options
+
+log = logging.getLogger(__name__)
+
+# Reconnect quickly to a replica that comes back: gRPC's default backoff grows to 120 s.
+_RECONNECT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
+class Replica:
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[*channel_options(max_message_bytes), *_RECONNECT_OPTIONS]
+        )
+        self.healthy = False
+        self.recheck = asyncio.Event()
+
+    def connected(self) -> bool:
+        return self.channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+class UpstreamPool:
+    """The replicas of one upstream service (``service`` is its full proto name)."""
+
+    def __init__(
+        self,
+        service: str,
+        label: str,
+        addresses: Sequence[str],
+        *,
+        max_message_bytes: int,
+        check_interval_s: float,
+        metrics: GatewayMetrics,
+        on_change: Callable[[UpstreamPool], Awaitable[None]] | None = None,
+    ) -> None:
+        self.service = service
+        self.label = label
+        self.replicas = [Replica(address, max_message_bytes) for address in addresses]
+        self._interval_s = check_interval_s
+        self._check_timeout_s = min(max(check_interval_s, 1.0), 5.0)
+        self._metrics = metrics
+        self._on_change = on_change
+        self._next = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(replica.healthy for replica in self.replicas)
+
+    async def start(self) -> None:
+        """Checks every replica once (so the first calls see real states), then keeps watching."""
+        await asyncio.gather(*(self._check(replica) for replica in self.replicas))
+        self._tasks = [asyncio.create_task(self._watch(replica)) for replica in self.replicas]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(replica.channel.close() for replica in self.replicas))
+
+    def candidates(self) -> list[Replica]:
+        """Healthy replicas in round-robin order (the first is this call's turn)."""
+        healthy = [replica for replica in self.replicas if replica.healthy]
+        if not healthy:
+            raise NoHealthyUpstream(
+                f"no healthy {self.label} replica (of {len(self.replicas)}) for {self.service}"
+            )
+        start = self._next % len(healthy)
+        self._next += 1
+        return healthy[start:] + healthy[:start]
+
+    def suspect(self, replica: Replica) -> None:
+        """A call to ``replica`` failed as if it were down: check it now rather than at the next interval."""
+        replica.recheck.set()
+
+    async def _check(self, replica: Replica) -> None:
+        healthy = await check_health(replica.channel, self.service, timeout_s=self._check_timeout_s)
+        self._metrics.upstream_healthy.labels(self.service, replica.address).set(1 if healthy else 0)
+        if healthy == replica.healthy:
+            return
+        replica.healthy = healthy
+        log.info(
+            "%s replica %s is %s (%d of %d healthy)",
+            self.label,
+            replica.address,
+            "SERVING" if healthy else "not serving",
+            self.healthy_count,
+            len(self.replicas),
+        )
+        if self._on_change is not None:
+            await self._on_change(self)
+
+    async def _watch(self, replica: Replica) -> None:
+        while True:
+            replica.recheck.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replica.recheck.wait(), self._interval_s)
+            try:
+                await self._check(replica)
+            except Exception:
+                # A watcher must outlive any surprise; the next round tries again.
+                log.exception("health check of %s replica %s failed", self.label, replica.address)
