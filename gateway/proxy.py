@@ -1,0 +1,165 @@
+"""Forwarding of one gRPC method to its upstream pool, as raw bytes (nothing is re-serialised).
+
+Deadlines travel on (the client's remaining time, or the gateway's default, capped);
+request metadata travels on except hop-by-hop and credential entries; the upstream's
+status code, details and metadata come back unchanged. When the client cancels, the
+upstream call is cancelled too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from gateway.auth import Caller
+from gateway.errors import UpstreamError, UpstreamUnreachable
+from gateway.telemetry import GatewayMetrics
+from gateway.upstream import Replica, UpstreamPool
+from kit.errors import DomainError
+
+# Metadata upstream daemons receive naming the API key (by name) the gateway admitted.
+CALLER_HEADER = "x-carmesh-caller"
+
+# Entries the gateway must not pass on: credentials, and what gRPC sets per hop itself.
+_DROPPED = frozenset({"authorization", "user-agent", "te", "content-type", "host", CALLER_HEADER})
+
+Metadata = tuple[tuple[str, Any], ...]
+
+
+def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> Metadata:
+    kept = [
+        (key, value)
+        for key, value in incoming
+        if key.lower() not in _DROPPED and not key.startswith((":", "grpc-"))
+    ]
+    return (*kept, (CALLER_HEADER, caller.name))
+
+
+def _relayed(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
+    """Upstream response metadata the client may see (gRPC's own entries are its business)."""
+    return tuple((k, v) for k, v in metadata or () if not k.startswith((":", "grpc-")) and k != "content-type")
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    """Upstream deadlines. Streaming-response calls are long-lived (watches, downloads), so they
+    keep the client's deadline or none; unary-response calls get ``default_s`` when the client
+    set none, and at most ``max_s`` (0 disables either)."""
+
+    default_s: float
+    max_s: float
+
+    def timeout(self, remaining_s: float | None, streaming_response: bool) -> float | None:
+        if streaming_response:
+            return remaining_s
+        if remaining_s is None:
+            remaining_s = self.default_s or None
+        if remaining_s is not None and self.max_s:
+            remaining_s = min(remaining_s, self.max_s)
+        return remaining_s
+
+
+class Forwarder:
+    """Forwards one method (``path`` is ``/package.Service/Method``) to ``pool``."""
+
+    def __init__(
+        self, path: str, pool: UpstreamPool, deadlines: DeadlinePolicy, metrics: GatewayMetrics,
+        streaming_response: bool,
+    ) -> None:
+        self.path = path
+        self._pool = pool
+        self._deadlines = deadlines
+        self._metrics = metrics
+        self._streaming_response = streaming_response
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float | None:
+        return self._deadlines.timeout(context.time_remaining(), self._streaming_response)
+
+    def _record(self, replica: Replica, code: grpc.StatusCode) -> None:
+        self._metrics.upstream_calls.labels(self._pool.service, replica.address, code.name).inc()
+
+    def _failure(self, replica: Replica, error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> DomainError:
+        self._record(replica, error.code())
+        if error.code() == grpc.StatusCode.UNAVAILABLE and not replica.connected():
+            # The transport failed, not the daemon: say which hop, and re-check that replica now.
+            self._pool.suspect(replica)
+            return UpstreamUnreachable(
+                f"{self._pool.label} ({self._pool.service}) at {replica.address} is unreachable: {error.details()}"
+            )
+        context.set_trailing_metadata(_relayed(error.trailing_metadata()))
+        return UpstreamError(error.code(), error.details() or "")
+
+    async def _relay_initial(self, context: grpc.aio.ServicerContext, call: Any) -> None:
+        initial = _relayed(await call.initial_metadata())
+        if initial:
+            await context.send_initial_metadata(initial)
+
+    async def unary_unary(self, request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata) -> bytes:
+        # Only a replica that could not be reached is retried (on the next healthy one): the
+        # request never got to it, so no method runs twice.
+        candidates = self._pool.candidates()[:2]
+        for attempt, replica in enumerate(candidates, start=1):
+            call = replica.channel.unary_unary(self.path)(request, timeout=self._timeout(context), metadata=metadata)
+            try:
+                response: bytes = await call
+            except grpc.aio.AioRpcError as error:
+                failure = self._failure(replica, error, context)
+                if isinstance(failure, UpstreamUnreachable) and attempt < len(candidates):
+                    continue
+                raise failure from None
+            finally:
+                call.cancel()  # no-op once done; stops the upstream when the client went away
+            self._record(replica, grpc.StatusCode.OK)
+            await self._relay_initial(context, call)
+            context.set_trailing_metadata(_relayed(await call.trailing_metadata()))
+            return response
+        raise AssertionError("candidates() returns at least one replica")
+
+    async def stream_unary(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, metadata: Metadata
+    ) -> bytes:
+        replica = self._pool.candidates()[0]
+        call = replica.channel.stream_unary(self.path)(requests, timeout=self._timeout(context), metadata=metadata)
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            raise self._failure(replica, error, context) from None
+        finally:
+            call.cancel()
+        self._record(replica, grpc.StatusCode.OK)
+        await self._relay_initial(context, call)
+        context.set_trailing_metadata(_relayed(await call.trailing_metadata()))
+        return response
+
+    async def unary_stream(
+        self, request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata
+    ) -> AsyncIterator[bytes]:
+        replica = self._pool.candidates()[0]
+        call = replica.channel.unary_stream(self.path)(request, timeout=self._timeout(context), metadata=metadata)
+        async for item in self._relay_stream(replica, call, context):
+            yield item
+
+    async def stream_stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, metadata: Metadata
+    ) -> AsyncIterator[bytes]:
+        replica = self._pool.candidates()[0]
+        call = replica.channel.stream_stream(self.path)(requests, timeout=self._timeout(context), metadata=metadata)
+        async for item in self._relay_stream(replica, call, context):
+            yield item
+
+    async def _relay_stream(
+        self, replica: Replica, call: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        try:
+            await self._relay_initial(context, call)
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as error:
+            raise self._failure(replica, error, context) from None
+        finally:
+            call.cancel()
+        self._record(replica, grpc.StatusCode.OK)
+        context.set_trailing_metadata(_relayed(await call.trailing_metadata()))
