@@ -27,9 +27,7 @@ class Settings(BaseSettings):
         None, description="serve this local ONNX file instead of the registry (no hot reload)"
     )
     model_family: Family = Field("yolov8", description="output layout of --model-path: yolov8 or yolox")
-    class_names: list[str] = Field(
-        default_factory=list, description="class names of --model-path when the file has no `names` metadata"
-    )
+    class_names: list[str] = Field([], description="class names of --model-path when the file has no `names` metadata")
     model_cache_dir: Path = Field(Path(".run/detector-cache"), description="downloaded ONNX files, named by sha256")
     input_width: int = Field(640, ge=32, le=8192, description="model input width when the ONNX input is dynamic")
     input_height: int = Field(640, ge=32, le=8192, description="model input height when the ONNX input is dynamic")
@@ -39,7 +37,7 @@ class Settings(BaseSettings):
 
     # Engine.
     providers: list[str] = Field(
-        default_factory=list,
+        [],
         description="ONNX Runtime execution providers in order (empty: CUDA first when available, then CPU)",
     )
     intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: its default)")
@@ -57,7 +55,7 @@ class Settings(BaseSettings):
     # Request defaults and limits.
     score_threshold: float = Field(0.25, ge=0, le=1, description="default minimum score")
     iou_threshold: float = Field(0.45, ge=0, le=1, description="default NMS IoU threshold")
-    classes: list[str] = Field(default_factory=list, description="default class filter by name (empty: all)")
+    classes: list[str] = Field([], description="default class filter by name (empty: all)")
     max_detections: int = Field(100, ge=1, le=100_000, description="default most detections per image")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width*height) accepted")
 

@@ -78,6 +78,7 @@ class Engine:
         """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went."""
         yolox = self.spec.family == "yolox"
         canvas, box = letterbox(image, self.input_hw, centered=not yolox)
+        chw: np.ndarray
         if yolox:
             # YOLOX takes BGR 0..255 unnormalised.
             chw = canvas.transpose(2, 0, 1).astype(self.input_dtype)
@@ -110,8 +111,9 @@ def choose_providers(requested: Sequence[str]) -> list[str]:
     if requested:
         missing = [p for p in requested if p not in available]
         if missing:
-            raise ModelLoadError(f"execution providers {missing} are not in this onnxruntime build; "
-                                 f"available: {available}")
+            raise ModelLoadError(
+                f"execution providers {missing} are not in this onnxruntime build; available: {available}"
+            )
         return list(requested)
     preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return preferred or list(available)
@@ -161,8 +163,10 @@ def _num_classes(family: str, shape: tuple[int, ...], input_hw: tuple[int, int],
     anchors = expected_anchors_yolox(input_hw)
     if shape[1] != anchors or shape[2] < 6:
         hint = " (it looks like YOLOv8: set family yolov8)" if shape[1] < shape[2] else ""
-        raise ModelLoadError(f"{path}: output {list(shape)} is not the raw YOLOX layout [N, {anchors}, 5+nc] "
-                             f"for input {input_hw[1]}x{input_hw[0]}{hint}")
+        raise ModelLoadError(
+            f"{path}: output {list(shape)} is not the raw YOLOX layout [N, {anchors}, 5+nc] "
+            f"for input {input_hw[1]}x{input_hw[0]}{hint}"
+        )
     return shape[2] - 5
 
 
@@ -179,8 +183,9 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
         raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise ModelLoadError(f"{path}: expected one image input [N, 3, H, W], got "
-                             f"{[(i.name, i.shape) for i in inputs]}")
+        raise ModelLoadError(
+            f"{path}: expected one image input [N, 3, H, W], got {[(i.name, i.shape) for i in inputs]}"
+        )
     model_input = inputs[0]
     batch_dim, channels, height, width = (_dim(d) for d in model_input.shape)
     if channels not in (None, 3):
@@ -189,8 +194,14 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
     dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(model_input.type)
     if dtype is None:
         raise ModelLoadError(f"{path}: input type {model_input.type} is not float32 or float16")
-    engine = Engine(spec=spec, session=session, input_name=model_input.name, input_dtype=dtype,
-                    input_hw=input_hw, static_batch=batch_dim)
+    engine = Engine(
+        spec=spec,
+        session=session,
+        input_name=model_input.name,
+        input_dtype=dtype,
+        input_hw=input_hw,
+        static_batch=batch_dim,
+    )
 
     # One real run validates the output layout and counts the classes; it also warms the session up.
     probe = np.full((1, 3, *input_hw), 114 if spec.family == "yolox" else 114 / 255, dtype)
@@ -204,8 +215,9 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
 
     names = spec.class_names or parse_names(session.get_modelmeta().custom_metadata_map.get("names", ""))
     if not names:
-        log.warning("%s has no class names (registry, settings or `names` metadata); using class_0..class_%d",
-                    path, nc - 1)
+        log.warning(
+            "%s has no class names (registry, settings or `names` metadata); using class_0..class_%d", path, nc - 1
+        )
         names = tuple(f"class_{i}" for i in range(nc))
     if len(names) != nc:
         raise ModelLoadError(f"{path}: {len(names)} class names given but the output has {nc} classes")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kit.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from kit.errors import DomainError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 
 
 class BadImage(InvalidArgument):
@@ -31,3 +31,7 @@ class ModelLoadError(FailedPrecondition):
 
 class DownloadError(Exception):
     """A model download failed or its bytes do not match the registry's sha256; retried with backoff."""
+
+
+class InferenceFailed(DomainError):
+    """ONNX Runtime failed on a batch (INTERNAL): a model or runtime fault, not the request's."""

@@ -37,6 +37,11 @@ def image_size(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         # Pillow refuses absurd sizes itself before we can read them; same answer as ours.
         raise BadImage(f"image is too large ({exc}); the limit is {max_pixels} pixels: downscale it") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        kind = _claimed_format(data)
+        if kind:
+            raise BadImage(
+                f"the {kind} header is corrupt or truncated ({len(data)} bytes): send the complete, valid file"
+            ) from exc
         raise BadImage(
             f"not a recognised image ({len(data)} bytes starting {data[:8].hex()}): send a {_FORMATS} file"
         ) from exc
@@ -48,6 +53,15 @@ def image_size(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             "downscale it before sending"
         )
     return fmt, width, height
+
+
+def _claimed_format(data: bytes) -> str:
+    """The format the magic bytes claim, so a damaged file gets a message naming it."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    return ""
 
 
 def _jpeg_truncated(data: bytes) -> bool:

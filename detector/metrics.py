@@ -20,17 +20,21 @@ class DetectorMetrics:
             "carmesh_detector_queue_depth", "Requests admitted and not yet inferred", registry=registry
         )
         self.inference_seconds = Histogram(
-            "carmesh_detector_inference_seconds", "Wall time of one inference call (a whole batch)",
-            buckets=_INFER_BUCKETS_S, registry=registry,
-        )
-        self.rejected = Counter(
-            "carmesh_detector_rejected_total", "Requests refused before inference, by reason",
-            ["reason"], registry=registry,
-        )
-        self.reloads = Counter(
-            "carmesh_detector_model_loads_total", "Model loads, by outcome (ok, failed)", ["outcome"],
+            "carmesh_detector_inference_seconds",
+            "Wall time of one inference call (a whole batch)",
+            buckets=_INFER_BUCKETS_S,
             registry=registry,
         )
-        self.model_loaded = Gauge(
-            "carmesh_detector_model_loaded", "1 while a model is being served", registry=registry
+        self.rejected = Counter(
+            "carmesh_detector_rejected_total",
+            "Requests refused before inference, by reason",
+            ["reason"],
+            registry=registry,
         )
+        self.reloads = Counter(
+            "carmesh_detector_model_loads_total",
+            "Model loads, by outcome (ok, failed)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge("carmesh_detector_model_loaded", "1 while a model is being served", registry=registry)

@@ -76,8 +76,9 @@ def decode_yolox(raw: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray
     return boxes, raw[:, 4:5] * raw[:, 5:]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float,
-        max_keep: int) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float, max_keep: int
+) -> np.ndarray:
     """Class-aware greedy NMS: indices kept, best first. A box is dropped when its IoU with a
     better box of the same class is above ``iou_threshold``."""
     if scores.size == 0:
@@ -111,8 +112,9 @@ def to_source(boxes: np.ndarray, box: Letterbox) -> np.ndarray:
     return out
 
 
-def postprocess(raw: np.ndarray, family: str, input_hw: tuple[int, int], box: Letterbox,
-                params: PostprocessParams) -> Detections:
+def postprocess(
+    raw: np.ndarray, family: str, input_hw: tuple[int, int], box: Letterbox, params: PostprocessParams
+) -> Detections:
     """One image's raw model output -> its detections in source pixels."""
     if family == "yolov8":
         boxes, class_scores = decode_yolov8(raw)

@@ -28,6 +28,9 @@ _DROPPED = frozenset({"authorization", "user-agent", "te", "content-type", "host
 
 Metadata = tuple[tuple[str, Any], ...]
 
+# No (de)serialisers: the gateway passes the bytes as they came.
+_RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
+
 
 def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> Metadata:
     kept = [
@@ -38,7 +41,7 @@ def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> M
     return (*kept, (CALLER_HEADER, caller.name))
 
 
-def _relayed(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
+def _relayed(metadata: Iterable[Any] | None) -> Metadata:
     """Upstream response metadata the client may see (gRPC's own entries are its business)."""
     return tuple((k, v) for k, v in metadata or () if not k.startswith((":", "grpc-")) and k != "content-type")
 
@@ -97,12 +100,12 @@ class Forwarder:
         if initial:
             await context.send_initial_metadata(initial)
 
-    async def unary_unary(self, request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata) -> bytes:
+    async def unary_unary(self, request: bytes, context: grpc.aio.ServicerContext, md: Metadata) -> bytes:
         # Only a replica that could not be reached is retried (on the next healthy one): the
         # request never got to it, so no method runs twice.
         candidates = self._pool.candidates()[:2]
         for attempt, replica in enumerate(candidates, start=1):
-            call = replica.channel.unary_unary(self.path)(request, timeout=self._timeout(context), metadata=metadata)
+            call = replica.channel.unary_unary(self.path, **_RAW)(request, timeout=self._timeout(context), metadata=md)
             try:
                 response: bytes = await call
             except grpc.aio.AioRpcError as error:
@@ -119,10 +122,10 @@ class Forwarder:
         raise AssertionError("candidates() returns at least one replica")
 
     async def stream_unary(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, metadata: Metadata
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, md: Metadata
     ) -> bytes:
         replica = self._pool.candidates()[0]
-        call = replica.channel.stream_unary(self.path)(requests, timeout=self._timeout(context), metadata=metadata)
+        call = replica.channel.stream_unary(self.path, **_RAW)(requests, timeout=self._timeout(context), metadata=md)
         try:
             response: bytes = await call
         except grpc.aio.AioRpcError as error:
@@ -135,18 +138,18 @@ class Forwarder:
         return response
 
     async def unary_stream(
-        self, request: bytes, context: grpc.aio.ServicerContext, metadata: Metadata
+        self, request: bytes, context: grpc.aio.ServicerContext, md: Metadata
     ) -> AsyncIterator[bytes]:
         replica = self._pool.candidates()[0]
-        call = replica.channel.unary_stream(self.path)(request, timeout=self._timeout(context), metadata=metadata)
+        call = replica.channel.unary_stream(self.path, **_RAW)(request, timeout=self._timeout(context), metadata=md)
         async for item in self._relay_stream(replica, call, context):
             yield item
 
     async def stream_stream(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, metadata: Metadata
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, md: Metadata
     ) -> AsyncIterator[bytes]:
         replica = self._pool.candidates()[0]
-        call = replica.channel.stream_stream(self.path)(requests, timeout=self._timeout(context), metadata=metadata)
+        call = replica.channel.stream_stream(self.path, **_RAW)(requests, timeout=self._timeout(context), metadata=md)
         async for item in self._relay_stream(replica, call, context):
             yield item
 

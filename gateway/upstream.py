@@ -79,14 +79,15 @@ class UpstreamPool:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(replica.channel.close() for replica in self.replicas))
+        await asyncio.gather(*(replica.channel.close(None) for replica in self.replicas))
 
     def candidates(self) -> list[Replica]:
         """Healthy replicas in round-robin order (the first is this call's turn)."""
         healthy = [replica for replica in self.replicas if replica.healthy]
         if not healthy:
+            addresses = ", ".join(replica.address for replica in self.replicas)
             raise NoHealthyUpstream(
-                f"no healthy {self.label} replica (of {len(self.replicas)}) for {self.service}"
+                f"no healthy {self.label} replica (of {len(self.replicas)}) for {self.service} at {addresses}"
             )
         start = self._next % len(healthy)
         self._next += 1

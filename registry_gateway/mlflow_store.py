@@ -4,6 +4,7 @@ worker thread, and its exceptions come back as the gateway's domain errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -180,7 +181,7 @@ class MlflowStore:
         try:
             return self._info(self._client.get_model_version(name, version))
         except MlflowException as exc:
-            if not _is(exc, "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if not _is(exc, "RESOURCE_DOES_NOT_EXIST"):
                 raise
             self._registered(name)
             raise NotFound(
@@ -275,22 +276,24 @@ class MlflowStore:
         run_id = run.info.run_id
         try:
             self._client.log_artifacts(run_id, str(new.files_dir), ARTIFACT_DIR)
+            try:
+                self._client.create_registered_model(new.name)
+            except MlflowException as exc:
+                if not _is(exc, "RESOURCE_ALREADY_EXISTS"):
+                    raise
+            mv = self._client.create_model_version(
+                new.name,
+                f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
+                run_id=run_id,
+                tags=dict(new.tags),
+                description=new.description or None,
+            )
         except Exception:
-            self._client.set_terminated(run_id, status="FAILED")
+            # The run stays as a record of the attempt, marked so nobody mistakes it for an import.
+            with contextlib.suppress(Exception):
+                self._client.set_terminated(run_id, status="FAILED")
             raise
         self._client.set_terminated(run_id)
-        try:
-            self._client.create_registered_model(new.name)
-        except MlflowException as exc:
-            if not _is(exc, "RESOURCE_ALREADY_EXISTS"):
-                raise
-        mv = self._client.create_model_version(
-            new.name,
-            f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
-            run_id=run_id,
-            tags=dict(new.tags),
-            description=new.description or None,
-        )
         return self._info(mv)
 
     def _download(self, info: ModelVersionInfo, dst_dir: Path) -> Path:

@@ -15,36 +15,30 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def _constant_model(
-    raw: np.ndarray, input_hw: tuple[int, int], names: list[str] | None, output_name: str, opset: int = 17
+    raw: np.ndarray, input_hw: tuple[int, int], names: list[str] | None, output_name: str
 ) -> onnx.ModelProto:
     height, width = input_hw
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])
-    out_shape = ["batch", *raw.shape[1:]]
-    output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)
+    output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", *raw.shape[1:]])
     nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=1, axes=[1, 2, 3])
-        if opset < 18
-        else helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=1),
-        helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
+        # mean over C,H,W -> [N,1,1,1] -> [N,1,1]; times 0 plus raw broadcasts to [N, *raw.shape[1:]].
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=1, axes=[1, 2, 3]),
+        helper.make_node("Squeeze", ["mean", "squeeze_axes"], ["mean3"]),
+        helper.make_node("Mul", ["mean3", "zero"], ["zeros"]),
         helper.make_node("Add", ["zeros", "raw"], [output_name]),
     ]
     inits = [
-        numpy_helper.from_array(np.zeros((1, 1, 1), np.float32).reshape(1, 1, 1), "zero"),
+        numpy_helper.from_array(np.array([3], np.int64), "squeeze_axes"),
+        numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero"),
         numpy_helper.from_array(raw.astype(np.float32), "raw"),
     ]
-    if opset >= 18:
-        inits.append(numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"))
-    # ReduceMean of [N,3,H,W] over 1..3 with keepdims gives [N,1,1,1]; squeeze one axis for rank 3.
-    nodes.insert(1, helper.make_node("Squeeze", ["mean", "sq_axes"], ["mean3"]))
-    nodes[2] = helper.make_node("Mul", ["mean3", "zero"], ["zeros"])
-    inits.append(numpy_helper.from_array(np.array([3], np.int64), "sq_axes"))
     graph = helper.make_graph(nodes, "carmesh_test_detector", [images], [output], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if names is not None:
         entry = model.metadata_props.add()
         entry.key = "names"
-        entry.value = str({i: n for i, n in enumerate(names)})
+        entry.value = str(dict(enumerate(names)))
     onnx.checker.check_model(model)
     return model
 

@@ -1,0 +1,1 @@
+"""The ``carmesh`` command-line client: detection and model management through the gateway, over gRPC only."""

@@ -1,0 +1,3 @@
+from carmesh_cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""``carmesh``: the command-line client. It speaks only gRPC, to the gateway by default."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from carmesh_cli.connection import (
+    DEFAULT_GATEWAY,
+    EXIT_AUTH,
+    EXIT_OK,
+    EXIT_RPC_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    Connection,
+)
+from carmesh_cli.detect import run_detect
+from carmesh_cli.models import FAMILIES, run_import, run_list, run_promote, run_rollback, run_versions
+from carmesh_cli.names import PRESETS, NamesError, parse_names
+
+EPILOG = f"""\
+The gateway address comes from --gateway, else $CARMESH_GATEWAY, else {DEFAULT_GATEWAY}.
+The API key comes from --api-key, else $CARMESH_API_KEY (prefer the variable: flags show in `ps`).
+
+exit codes:
+  {EXIT_OK}  success
+  {EXIT_RPC_FAILED}  a call failed (the status and details are printed as `error: STATUS: details`)
+  {EXIT_USAGE}  bad arguments or unreadable input files
+  {EXIT_UNREACHABLE}  nothing answers at the gateway address
+  {EXIT_AUTH}  the API key is missing, unknown, or lacks the scope (UNAUTHENTICATED / PERMISSION_DENIED)
+"""
+
+# Per-command deadlines when --timeout is not given: uploads of big models need longer.
+DEFAULT_TIMEOUT_S = 30.0
+IMPORT_TIMEOUT_S = 600.0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _classes(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected class names such as car,truck")
+    return names
+
+
+def _common_options() -> argparse.ArgumentParser:
+    # SUPPRESS lets these be given before or after the subcommand without one erasing the other.
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument("--gateway", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                       help=f"gateway (or daemon) address (default $CARMESH_GATEWAY or {DEFAULT_GATEWAY})")
+    group.add_argument("--api-key", default=argparse.SUPPRESS, metavar="KEY",
+                       help="API key sent as 'authorization: Bearer KEY' (default $CARMESH_API_KEY)")
+    group.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS, metavar="S",
+                       help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
+                            f"{IMPORT_TIMEOUT_S:g} for models import)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="carmesh", description="Detect cars and manage detector models through the carmesh gateway.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    detect = commands.add_parser(
+        "detect", parents=[common], help="detect objects in images", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sends each image to DetectorService.Detect and prints what was found.",
+    )
+    detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
+    detect.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    detect.add_argument("--out", type=Path, metavar="DIR",
+                        help="write annotated JPEGs (boxes, labels, scores) to DIR, named after the inputs")
+    detect.add_argument("--score-threshold", type=_fraction, metavar="F", help="minimum score (default: detector's)")
+    detect.add_argument("--iou-threshold", type=_fraction, metavar="F", help="NMS IoU threshold (default: detector's)")
+    detect.add_argument("--classes", type=_classes, default=[], metavar="A,B",
+                        help="keep only these class names, e.g. car,truck")
+    detect.add_argument("--max-detections", type=_count, default=0, metavar="N",
+                        help="at most N detections per image (default: detector's)")
+
+    models = commands.add_parser("models", parents=[common], help="manage registered detector models",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    imp = actions.add_parser("import", parents=[common], help="register an ONNX detector file",
+                             description="Uploads an ONNX detector to the registry in chunks (sha256-checked).")
+    imp.add_argument("path", type=Path, metavar="PATH", help="the ONNX file")
+    imp.add_argument("--name", default="car-detector", help="registered model name (default car-detector)")
+    imp.add_argument("--family", required=True, choices=sorted(FAMILIES), help="output layout of the model")
+    imp.add_argument("--names", metavar="SPEC",
+                     help=f"class names: a preset ({', '.join(sorted(PRESETS))}), a file with one name per line, "
+                          "or a,b,c (needed when the file has no `names` metadata)")
+    imp.add_argument("--alias", default="", help="point this alias (e.g. champion) at the new version")
+    imp.add_argument("--description", default="", help="free text kept with the version")
+
+    lst = actions.add_parser("list", parents=[common], help="list registered models")
+    lst.add_argument("--json", action="store_true", help="one JSON object per model")
+
+    versions = actions.add_parser("versions", parents=[common], help="list the versions of a model")
+    versions.add_argument("name", metavar="NAME")
+    versions.add_argument("--json", action="store_true", help="one JSON object per version")
+
+    promote = actions.add_parser("promote", parents=[common], help="point an alias at a version (SetAlias)")
+    promote.add_argument("name", metavar="NAME")
+    promote.add_argument("version", metavar="VERSION")
+    promote.add_argument("--alias", default="champion", help="the alias to move (default champion)")
+
+    rollback = actions.add_parser("rollback", parents=[common],
+                                  help="point an alias back at its previous version")
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--alias", default="champion", help="the alias to roll back (default champion)")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    address = getattr(args, "gateway", None) or env.get("CARMESH_GATEWAY") or DEFAULT_GATEWAY
+    api_key = getattr(args, "api_key", None) or env.get("CARMESH_API_KEY") or None
+    timeout_s: float | None = getattr(args, "timeout", None)
+    # Resolve the class names before any network traffic, so a typo is a usage error.
+    class_names: list[str] = []
+    if args.command == "models" and args.action == "import" and args.names:
+        try:
+            class_names = parse_names(args.names)
+        except NamesError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from exc
+    with Connection(address, api_key, connect_timeout_s=min(timeout_s or 5.0, 5.0)) as conn:
+        if args.command == "detect":
+            return run_detect(
+                conn, args.images, as_json=args.json, out_dir=args.out, score_threshold=args.score_threshold,
+                iou_threshold=args.iou_threshold, classes=args.classes, max_detections=args.max_detections,
+                timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+            )
+        timeout_s = timeout_s or DEFAULT_TIMEOUT_S
+        if args.action == "import":
+            return run_import(
+                conn, args.path, name=args.name, family=args.family, class_names=class_names, alias=args.alias,
+                description=args.description, timeout_s=getattr(args, "timeout", None) or IMPORT_TIMEOUT_S,
+            )
+        if args.action == "list":
+            return run_list(conn, as_json=args.json, timeout_s=timeout_s)
+        if args.action == "versions":
+            return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s)
+        if args.action == "promote":
+            return run_promote(conn, args.name, args.version, alias=args.alias, timeout_s=timeout_s)
+        return run_rollback(conn, args.name, alias=args.alias, timeout_s=timeout_s)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return _dispatch(args, os.environ if env is None else env)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

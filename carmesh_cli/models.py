@@ -1,0 +1,172 @@
+"""``carmesh models ...``: import, list and promote registered detectors through RegistryService."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from carmesh_cli.connection import EXIT_OK, EXIT_USAGE, CliError, Connection, rpc_failure
+from carmesh_cli.progress import ProgressBar, human_bytes
+
+FAMILIES = {"yolov8": registry_pb2.MODEL_FAMILY_YOLOV8, "yolox": registry_pb2.MODEL_FAMILY_YOLOX}
+CHUNK_BYTES = 1024 * 1024
+
+
+def _family_name(family: int) -> str:
+    return next((name for name, value in FAMILIES.items() if value == family), "-")
+
+
+def _when(stamp: Timestamp) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _stub(conn: Connection) -> registry_pb2_grpc.RegistryServiceStub:
+    conn.ensure_reachable()
+    return registry_pb2_grpc.RegistryServiceStub(conn.channel)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def import_requests(
+    path: Path, metadata: registry_pb2.ImportModelMetadata, progress: ProgressBar, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[registry_pb2.ImportModelRequest]:
+    """The metadata first, then the file in chunks (read as sent, so memory stays flat)."""
+    yield registry_pb2.ImportModelRequest(metadata=metadata)
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            yield registry_pb2.ImportModelRequest(chunk=chunk)
+            progress.advance(len(chunk))
+
+
+def run_import(
+    conn: Connection, path: Path, *, name: str, family: str, class_names: Sequence[str], alias: str,
+    description: str, timeout_s: float, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+) -> int:
+    if not path.is_file():
+        raise CliError(f"no such model file: {path}", EXIT_USAGE)
+    try:
+        size = path.stat().st_size
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    metadata = registry_pb2.ImportModelMetadata(
+        name=name, family=FAMILIES[family], class_names=list(class_names), description=description,
+        alias=alias, sha256=digest, file_name=path.name,
+    )
+    stub = _stub(conn)
+    progress = ProgressBar(f"uploading {path.name}", size, stderr)
+    try:
+        reply = stub.ImportModel(import_requests(path, metadata, progress), timeout=timeout_s, metadata=conn.metadata)
+    except grpc.RpcError as error:
+        raise rpc_failure(error, f"importing {path}") from None
+    progress.finish()
+    version = reply.version
+    print(
+        f"imported {version.name} version {version.version} ({_family_name(version.family)}, "
+        f"{len(version.class_names)} classes, {human_bytes(version.size_bytes)}, sha256 {version.sha256[:12]})",
+        file=stdout,
+    )
+    if alias:
+        print(f"{version.name}: {alias} -> version {version.version}", file=stdout)
+    return EXIT_OK
+
+
+def run_list(conn: Connection, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
+    try:
+        reply = _stub(conn).ListModels(registry_pb2.ListModelsRequest(), timeout=timeout_s, metadata=conn.metadata)
+    except grpc.RpcError as error:
+        raise rpc_failure(error) from None
+    if as_json:
+        for model in reply.models:
+            print(json.dumps(json_format.MessageToDict(model, preserving_proto_field_name=True)), file=stdout)
+        return EXIT_OK
+    rows = [
+        [
+            model.name,
+            model.latest_version or "-",
+            ", ".join(f"{alias}={version}" for alias, version in sorted(model.aliases.items())) or "-",
+            _when(model.updated_at),
+        ]
+        for model in reply.models
+    ]
+    print(_table(["NAME", "LATEST", "ALIASES", "UPDATED"], rows) if rows else "no registered models", file=stdout)
+    return EXIT_OK
+
+
+def run_versions(conn: Connection, name: str, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
+    request = registry_pb2.ListModelVersionsRequest(name=name)
+    try:
+        reply = _stub(conn).ListModelVersions(request, timeout=timeout_s, metadata=conn.metadata)
+    except grpc.RpcError as error:
+        raise rpc_failure(error) from None
+    if as_json:
+        for version in reply.versions:
+            print(json.dumps(json_format.MessageToDict(version, preserving_proto_field_name=True)), file=stdout)
+        return EXIT_OK
+    rows = [
+        [
+            v.version,
+            ",".join(v.aliases) or "-",
+            _family_name(v.family),
+            str(len(v.class_names)),
+            f"{v.input_width}x{v.input_height}" if v.input_width else "-",
+            human_bytes(v.size_bytes),
+            v.sha256[:12] or "-",
+            _when(v.created_at),
+            " ".join(f"{k}={val:.3f}" for k, val in sorted(v.metrics.items())) or "-",
+        ]
+        for v in reply.versions
+    ]
+    headers = ["VERSION", "ALIASES", "FAMILY", "CLASSES", "INPUT", "SIZE", "SHA256", "CREATED", "METRICS"]
+    print(_table(headers, rows) if rows else f"{name} has no versions", file=stdout)
+    return EXIT_OK
+
+
+def run_promote(
+    conn: Connection, name: str, version: str, *, alias: str, timeout_s: float, stdout: TextIO = sys.stdout
+) -> int:
+    stub = _stub(conn)
+    # Issue 4 puts the promotion gate here: compare this version's mAP with the alias's current
+    # version and refuse (unless --force) when it is worse, before SetAlias below.
+    request = registry_pb2.SetAliasRequest(name=name, alias=alias, version=version)
+    try:
+        reply = stub.SetAlias(request, timeout=timeout_s, metadata=conn.metadata)
+    except grpc.RpcError as error:
+        raise rpc_failure(error) from None
+    was = f"was version {reply.previous_version}" if reply.previous_version else "was unset"
+    print(f"{name}: {alias} -> version {reply.version.version or version} ({was})", file=stdout)
+    return EXIT_OK
+
+
+def run_rollback(conn: Connection, name: str, *, alias: str, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
+    request = registry_pb2.RollbackAliasRequest(name=name, alias=alias)
+    try:
+        reply = _stub(conn).RollbackAlias(request, timeout=timeout_s, metadata=conn.metadata)
+    except grpc.RpcError as error:
+        raise rpc_failure(error) from None
+    print(
+        f"{name}: {alias} rolled back from version {reply.from_version or '-'} to version {reply.version.version}",
+        file=stdout,
+    )
+    return EXIT_OK

@@ -1,0 +1,190 @@
+"""Dynamic micro-batching for one loaded model: a bounded queue and one task that groups
+requests into a single ``session.run`` per batch, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.engine import Engine
+from detector.errors import InferenceFailed, ModelClosed, QueueFull
+from detector.metrics import DetectorMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One image's raw output and how it got it."""
+
+    output: np.ndarray
+    batch_size: int
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray
+    future: asyncio.Future[InferResult]
+    enqueued: float
+
+
+class Batcher:
+    """Owned by one loaded model. Requests hold a slot from admission (before decoding) until
+    their output is back, so memory is bounded by ``max_queue`` images whatever the load."""
+
+    def __init__(
+        self, engine: Engine, options: BatchingOptions, executor: Executor, metrics: DetectorMetrics, label: str
+    ) -> None:
+        self._engine = engine
+        self._options = options
+        self._executor = executor
+        self._metrics = metrics
+        self._label = label
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=options.max_queue)
+        self._inflight: list[_Item] = []
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered (decoding, queued or running)."""
+        return self._pending
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher {self._label}")
+
+    def _full(self) -> QueueFull:
+        self._metrics.rejected.labels("queue_full").inc()
+        return QueueFull(f"detector queue full ({self._pending} waiting); retry with backoff or add replicas")
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Holds one of ``max_queue`` slots for a request; raises :class:`QueueFull` when none is free."""
+        if self._closing:
+            raise ModelClosed(f"model {self._label} is being replaced or shut down; retry")
+        if self._pending >= self._options.max_queue:
+            raise self._full()
+        self._pending += 1
+        self._metrics.queue_depth.inc()
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._pending -= 1
+            self._metrics.queue_depth.dec()
+            if self._pending == 0:
+                self._idle.set()
+
+    async def infer(self, tensor: np.ndarray) -> InferResult:
+        """Runs one preprocessed image [3, h, w] in the next batch; call inside :meth:`admit`."""
+        if self._stopped:
+            raise ModelClosed(f"model {self._label} was closed before this request ran; retry")
+        future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(tensor, future, time.perf_counter()))
+        except asyncio.QueueFull:
+            raise self._full() from None
+        return await future
+
+    async def _collect(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self._options.max_wait_ms / 1000
+        while len(batch) < self._options.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        # Requests cancelled while queued (client gone) are not worth a slot in the batch.
+        return [item for item in batch if not item.future.done()]
+
+    def _run_batch(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        # Runs in the inference thread: stacking big tensors would stall the event loop.
+        started = time.perf_counter()
+        outputs = self._engine.run(np.stack(tensors))
+        return outputs, time.perf_counter() - started
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            self._inflight = batch
+            started = time.perf_counter()
+            try:
+                outputs, seconds = await loop.run_in_executor(
+                    self._executor, self._run_batch, [item.tensor for item in batch]
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("inference failed on %s for a batch of %d", self._label, len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(
+                            InferenceFailed(f"inference failed on model {self._label}: {type(exc).__name__}: {exc}")
+                        )
+                continue
+            finally:
+                self._inflight = []
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.inference_seconds.observe(seconds)
+            calls = 1 if self._engine.static_batch is None else -(-len(batch) // self._engine.static_batch)
+            per_call = len(batch) if calls == 1 else (self._engine.static_batch or 1)
+            for i, item in enumerate(batch):
+                if not item.future.done():
+                    item.future.set_result(
+                        InferResult(outputs[i], per_call, (started - item.enqueued) * 1000, seconds * 1000)
+                    )
+
+    async def close(self, drain_timeout_s: float) -> None:
+        """Stops admitting, lets admitted requests finish (up to the timeout), then stops the task."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "model %s: %d requests still pending after %.1fs; failing them",
+                self._label,
+                self._pending,
+                drain_timeout_s,
+            )
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        leftovers = list(self._inflight)
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
+            if not item.future.done():
+                item.future.set_exception(ModelClosed(f"model {self._label} closed before this request ran; retry"))

@@ -1,0 +1,149 @@
+"""Helpers for the detector tests: COCO names, KITTI labels, IoU, an in-process detector."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from carmesh.v1 import detector_pb2_grpc
+from detector.app import DetectorApp
+from detector.config import Settings
+from kit.metrics import Metrics
+
+COCO80 = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic_light",
+    "fire_hydrant",
+    "stop_sign",
+    "parking_meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports_ball",
+    "kite",
+    "baseball_bat",
+    "baseball_glove",
+    "skateboard",
+    "surfboard",
+    "tennis_racket",
+    "bottle",
+    "wine_glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot_dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted_plant",
+    "bed",
+    "dining_table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell_phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy_bear",
+    "hair_drier",
+    "toothbrush",
+]
+assert len(COCO80) == 80 and COCO80[2] == "car"
+
+
+def kitti_boxes(label_file: Path, cls: str) -> list[tuple[float, float, float, float]]:
+    boxes = []
+    for line in label_file.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == cls:
+            x1, y1, x2, y2 = (float(v) for v in parts[4:8])
+            boxes.append((x1, y1, x2, y2))
+    return boxes
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_of(detection: Any) -> tuple[float, float, float, float]:
+    return (detection.box.x1, detection.box.y1, detection.box.x2, detection.box.y2)
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"grpc_port": 0, "metrics_port": 0, "max_wait_ms": 2.0}
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Settings) -> AsyncIterator[tuple[DetectorApp, detector_pb2_grpc.DetectorServiceStub]]:
+    """The whole daemon in this process on a free port, and a stub talking to it over gRPC."""
+    app = DetectorApp(cfg, Metrics("detector"))
+    try:
+        await app.start()
+        async with grpc.aio.insecure_channel(app.server.address) as channel:
+            yield app, detector_pb2_grpc.DetectorServiceStub(channel)
+    finally:
+        await app.server.stop(0)
+        await app.close()
+
+
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return data.tobytes()

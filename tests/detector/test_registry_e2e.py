@@ -1,0 +1,160 @@
+"""The detector fed by the real registry_gateway on a real MLflow server, all as separate processes:
+waits for an unknown alias, serves the first promotion, hot-reloads the next one under load with
+no failed request, and keeps serving while the registry is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from carmesh.v1 import detector_pb2, detector_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tests.detector.support import jpeg_bytes
+from tests.helpers import DaemonProcess, free_port
+from tests.onnx_factory import write_yolov8_model, yolov8_raw
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+IMAGE = jpeg_bytes(np.zeros((64, 64, 3), np.uint8))
+# Input 64x64 and a 64x64 image: boxes come back in input pixels unchanged.
+BOX_V1 = (32.0, 32.0, 20.0, 10.0)  # -> [22, 27, 42, 37]
+BOX_V2 = (16.0, 40.0, 8.0, 16.0)  # -> [12, 32, 20, 48]
+EXPECTED = {(22, 27, 42, 37), (12, 32, 20, 48)}
+
+
+def model_file(path: Path, box: tuple[float, float, float, float]) -> bytes:
+    return write_yolov8_model(
+        path, yolov8_raw([box], [[0.9, 0.0]], anchors=4), (64, 64), names=["car", "truck"]
+    ).read_bytes()
+
+
+def import_requests(data: bytes, name: str) -> Iterator[registry_pb2.ImportModelRequest]:
+    yield registry_pb2.ImportModelRequest(
+        metadata=registry_pb2.ImportModelMetadata(
+            name=name, family=registry_pb2.MODEL_FAMILY_YOLOV8, alias="champion", file_name="m.onnx"
+        )
+    )
+    yield registry_pb2.ImportModelRequest(chunk=data)
+
+
+def first_box(reply: detector_pb2.DetectResponse) -> tuple[int, ...]:
+    box = reply.detections[0].box
+    return tuple(round(v) for v in (box.x1, box.y1, box.x2, box.y2))
+
+
+async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path: Path) -> None:
+    name = f"det-{uuid.uuid4().hex[:8]}"
+    registry_port = free_port()
+    registry = DaemonProcess(
+        "registry_gateway",
+        [
+            "--mlflow-tracking-uri",
+            mlflow_uri,
+            "--cache-dir",
+            str(tmp_path / "registry-cache"),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0.2",
+        ],
+        registry_port,
+        timeout_s=90,
+    )
+    detector = DaemonProcess(
+        "detector",
+        [
+            "--registry-addr",
+            registry.address,
+            "--model-name",
+            name,
+            "--metrics-port",
+            "0",
+            "--model-cache-dir",
+            str(tmp_path / "detector-cache"),
+            "--registry-retry-initial-s",
+            "0.1",
+            "--registry-retry-max-s",
+            "1",
+        ],
+        free_port(),
+        wait_for="port",
+    )
+    with registry, detector:
+        async with (
+            grpc.aio.insecure_channel(registry.address) as reg_channel,
+            grpc.aio.insecure_channel(detector.address) as det_channel,
+        ):
+            reg = registry_pb2_grpc.RegistryServiceStub(reg_channel)
+            det = detector_pb2_grpc.DetectorServiceStub(det_channel)
+            health = health_pb2_grpc.HealthStub(det_channel)
+
+            async def serving() -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest())
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            # The model does not exist yet: NOT_SERVING, UNAVAILABLE naming the alias and registry.
+            await asyncio.sleep(1.0)
+            assert not await serving()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"{name}@champion" in (err.value.details() or "") and registry.address in (err.value.details() or "")
+            assert f"{name}@champion" in detector.log()
+
+            v1 = await reg.ImportModel(import_requests(model_file(tmp_path / "v1.onnx", BOX_V1), name))
+            await wait_until(serving, 60, "the detector to serve the first promotion")
+            reply = await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
+            assert reply.model.version == v1.version.version and reply.model.alias == "champion"
+            assert first_box(reply) == (22, 27, 42, 37)
+
+            # Promote v2 while clients keep detecting: every request succeeds, the version flips.
+            seen: list[str] = []
+            failures: list[Exception] = []
+            stop = asyncio.Event()
+
+            async def client() -> None:
+                while not stop.is_set():
+                    try:
+                        r = await det.Detect(detector_pb2.DetectRequest(image=IMAGE), timeout=30)
+                        seen.append(r.model.version)
+                        assert first_box(r) in EXPECTED
+                    except (grpc.aio.AioRpcError, AssertionError) as exc:
+                        failures.append(exc)
+
+            clients = [asyncio.create_task(client()) for _ in range(6)]
+            v2 = await reg.ImportModel(import_requests(model_file(tmp_path / "v2.onnx", BOX_V2), name))
+
+            async def on_v2() -> bool:
+                return bool(seen) and seen[-1] == v2.version.version
+
+            await wait_until(on_v2, 60, "the hot reload to v2")
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*clients)
+            assert failures == []
+            assert {v1.version.version, v2.version.version} <= set(seen)
+
+            # Registry down: the detector keeps serving what it has.
+            registry.stop()
+            await asyncio.sleep(1.0)
+            assert await serving()
+            reply = await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
+            assert reply.model.version == v2.version.version and first_box(reply) == (12, 32, 20, 48)
+            info = await det.GetModelInfo(detector_pb2.GetModelInfoRequest())
+            assert info.sha256 and (tmp_path / "detector-cache" / f"{info.sha256}.onnx").is_file()

@@ -1,0 +1,212 @@
+"""End to end, as a user runs it: `make up`, the `carmesh` CLI through the gateway,
+promotion with hot reload under load, rollback, a registry outage, `make down`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+
+from carmesh.v1 import detector_pb2, detector_pb2_grpc
+from devstack.procs import Process
+from devstack.services import Ports, grpc_serving, tcp_open
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Mesh:
+    env: dict[str, str]
+    ports: Ports
+    run_dir: Path
+    api_key: str
+
+    @property
+    def gateway(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway}"
+
+    def cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "carmesh_cli", *args], env=self.env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def make(self, target: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", target, f"VENV={Path(sys.executable).parent.parent}"], env=self.env,
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _free_offset() -> int:
+    base = Ports()
+    for offset in range(11000, 15000, 97):
+        shifted = base.shifted(offset)
+        if not any(tcp_open(port) for port in shifted.__dict__.values()):
+            return offset
+    raise RuntimeError("no free port range for the mesh")
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    run_dir = Path(tempfile.mkdtemp(prefix="carmesh-e2e-"))
+    os.chmod(run_dir, 0o755)
+    offset = _free_offset()
+    env = {**os.environ, "CARMESH_STACK_RUN_DIR": str(run_dir), "CARMESH_STACK_PORT_OFFSET": str(offset)}
+    ports = Ports().shifted(offset)
+    mesh = Mesh(env=env, ports=ports, run_dir=run_dir, api_key="")
+    up = mesh.make("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        mesh.api_key = (run_dir / "api-key").read_text().strip()
+        env["CARMESH_API_KEY"] = mesh.api_key
+        env["CARMESH_GATEWAY"] = mesh.gateway
+        yield mesh
+    finally:
+        down = mesh.make("down")
+        pids = list((run_dir / "pids").glob("*.pid"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not pids, f"make down left pid files: {pids}"
+
+
+def _kitti_cars(label_path: Path, min_height_px: float) -> list[tuple[float, float, float, float]]:
+    boxes = []
+    for line in label_path.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0].lower() == "car":
+            x1, y1, x2, y2 = map(float, parts[4:8])
+            if y2 - y1 >= min_height_px:
+                boxes.append((x1, y1, x2, y2))
+    return boxes
+
+
+def _iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _wait_serving(address: str, timeout_s: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if grpc_serving(address):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{address} not SERVING after {timeout_s}s")
+
+
+def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Path, tmp_path: Path) -> None:
+    model = shared_dir / "models" / "yolox_nano.onnx"
+    for description in ("first", "second"):
+        imported = mesh.cli("models", "import", str(model), "--name", "car-detector", "--family", "yolox",
+                            "--names", "coco", "--description", description)
+        assert imported.returncode == 0, imported.stderr
+    promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion")
+    assert promoted.returncode == 0, promoted.stderr
+    _wait_serving(f"127.0.0.1:{mesh.ports.detector}")
+
+    listed = mesh.cli("models", "versions", "car-detector", "--json")
+    assert listed.returncode == 0, listed.stderr
+    versions = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    assert {str(v["version"]) for v in versions} >= {"1", "2"}
+
+    # Detection through the gateway with the CLI: cars found where the labels say, annotated JPEG written.
+    images = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[:3]
+    out_dir = tmp_path / "annotated"
+    detected = mesh.cli("detect", *map(str, images), "--json", "--classes", "car", "--out", str(out_dir))
+    assert detected.returncode == 0, detected.stderr
+    records = [json.loads(line) for line in detected.stdout.splitlines() if line.strip()]
+    assert len(records) == len(images)
+    matched = total = 0
+    for image, record in zip(images, records, strict=True):
+        assert record["model"]["version"] == "1"
+        assert all(d["class_name"] == "car" for d in record["detections"])
+        label = image.parent.parent / "labels" / (image.stem + ".txt")
+        for truth in _kitti_cars(label, min_height_px=60):
+            total += 1
+            matched += any(_iou(truth, d["box"]) >= 0.5 for d in record["detections"])
+        with Image.open(record["annotated"]) as annotated, Image.open(image) as original:
+            assert annotated.size == original.size
+    assert total > 0 and matched / total >= 0.5, f"found {matched} of {total} large labelled cars"
+
+    # Promotion hot-reloads the detector while clients keep sending: zero failed requests.
+    asyncio.run(_promote_under_load(mesh, images[0].read_bytes()))
+
+    rolled = mesh.cli("models", "rollback", "car-detector", "--alias", "champion")
+    assert rolled.returncode == 0, rolled.stderr
+    asyncio.run(_wait_for_version(mesh, images[0].read_bytes(), "1"))
+
+
+async def _detect(stub: detector_pb2_grpc.DetectorServiceStub, image: bytes, key: str) -> detector_pb2.DetectResponse:
+    return await stub.Detect(detector_pb2.DetectRequest(image=image), timeout=30,
+                             metadata=(("authorization", f"Bearer {key}"),))
+
+
+async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
+    versions_seen: list[str] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = detector_pb2_grpc.DetectorServiceStub(channel)
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    versions_seen.append((await _detect(stub, image, mesh.api_key)).model.version)
+                except grpc.aio.AioRpcError as err:
+                    failures.append(f"{err.code().name}: {err.details()}")
+
+        clients = [asyncio.create_task(client()) for _ in range(6)]
+        await asyncio.sleep(1.0)
+        promoted = await asyncio.to_thread(mesh.cli, "models", "promote", "car-detector", "2")
+        assert promoted.returncode == 0, promoted.stderr
+        async with asyncio.timeout(90):
+            while "2" not in versions_seen[-6:]:
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*clients)
+    assert not failures, failures[:5]
+    assert versions_seen[0] == "1" and versions_seen[-1] == "2"
+
+
+async def _wait_for_version(mesh: Mesh, image: bytes, version: str) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = detector_pb2_grpc.DetectorServiceStub(channel)
+        async with asyncio.timeout(90):
+            while (await _detect(stub, image, mesh.api_key)).model.version != version:
+                await asyncio.sleep(0.3)
+
+
+def test_detector_keeps_serving_when_registry_is_down(mesh: Mesh, shared_dir: Path) -> None:
+    image = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[0]
+    registry = Process("registry_gateway", [], mesh.run_dir, ready=lambda: True)
+    assert registry.stop(), "registry_gateway was not running"
+    try:
+        detected = mesh.cli("detect", str(image), "--json")
+        assert detected.returncode == 0, detected.stderr
+        assert grpc_serving(f"127.0.0.1:{mesh.ports.detector}")
+        listed = mesh.cli("models", "list")
+        assert listed.returncode == 1 and "UNAVAILABLE" in listed.stderr, listed.stderr
+    finally:
+        restarted = mesh.make("up")
+        assert restarted.returncode == 0, restarted.stderr
+
+
+def test_cli_reports_auth_failures(mesh: Mesh, shared_dir: Path) -> None:
+    image = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[0]
+    wrong = mesh.cli("detect", str(image), "--api-key", "not-a-key")
+    assert wrong.returncode == 4 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
