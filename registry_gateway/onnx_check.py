@@ -173,9 +173,34 @@ def _class_names(
     return names
 
 
-def inspect_detector(path: Path, family: Family, class_names: Sequence[str] = ()) -> DetectorSpec:
-    """Loads ``path`` and checks it against ``family``; raises :class:`BadModel` with the reason."""
+def detect_family(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> Family:
+    """Tells the family from the tensor layout: YOLOX's anchor count is fixed by its input size,
+    so a layout that fits it is YOLOX; otherwise a [N,4+nc,A] output with 4+nc < A is YOLOV8."""
+    reasons: list[str] = []
+    for family in (Family.YOLOX, Family.YOLOV8):
+        try:
+            height, width = _input_hw(family, inputs)
+            out = _single_output(family, outputs)
+            _num_classes(family, out, height, width)
+        except BadModel as exc:
+            reasons.append(f"not {family.name}: {exc}")
+            continue
+        channels, anchors = out.shape[1], out.shape[2]
+        if family is Family.YOLOV8 and not (
+            isinstance(channels, int) and isinstance(anchors, int) and channels < anchors
+        ):
+            reasons.append(f"not {family.name}: output {_fmt(out)} has more channels than anchors")
+            continue
+        return family
+    raise BadModel("cannot tell the model family from its layout; " + "; ".join(reasons))
+
+
+def inspect_detector(path: Path, family: Family | None, class_names: Sequence[str] = ()) -> DetectorSpec:
+    """Loads ``path`` and checks it against ``family`` (None: detect it from the layout);
+    raises :class:`BadModel` with the reason."""
     inputs, outputs, metadata = _load(path)
+    if family is None:
+        family = detect_family(inputs, outputs)
     height, width = _input_hw(family, inputs)
     out = _single_output(family, outputs)
     if isinstance(inputs[0].shape[0], int) != isinstance(out.shape[0], int):

@@ -44,7 +44,7 @@ _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_./ -]{1,250}$")
 @dataclass(frozen=True)
 class ImportRequest:
     name: str
-    family: Family
+    family: Family | None
     class_names: tuple[str, ...] = ()
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -197,7 +197,7 @@ class Registry:
             spec = await asyncio.to_thread(inspect_detector, onnx_path, request.family, request.class_names)
             await asyncio.to_thread(self._write_companions, work, request, spec, sha256, size)
             info = await self._store.register_files(self._new_version(request, spec, work, sha256, size))
-            log.info("imported %s version %s (%s, %d bytes)", info.name, info.version, request.family.value, size)
+            log.info("imported %s version %s (%s, %d bytes)", info.name, info.version, spec.family.value, size)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         if request.alias:

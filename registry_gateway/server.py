@@ -64,8 +64,9 @@ def model_to_proto(info: RegisteredModelInfo) -> registry_pb2.RegisteredModel:
 
 
 def import_request(meta: registry_pb2.ImportModelMetadata) -> ImportRequest:
+    # UNSPECIFIED: the registry tells the family from the tensor layout.
     family = _FAMILY_FROM_PROTO.get(meta.family)
-    if family is None:
+    if family is None and meta.family != registry_pb2.MODEL_FAMILY_UNSPECIFIED:
         known = ", ".join(registry_pb2.ModelFamily.Name(f) for f in _FAMILY_FROM_PROTO)
         raise InvalidArgument(f"family {registry_pb2.ModelFamily.Name(meta.family)} is not supported; use {known}")
     return ImportRequest(

@@ -115,3 +115,16 @@ def test_yolox_anchor_count_must_match_the_grid(tmp_path: Path) -> None:
     path = write_yolox_model(tmp_path / "x.onnx", np.zeros((1, 100, 8), np.float32))
     with pytest.raises(BadModel, match="A=84 for a 64x64 YOLOX input"):
         inspect_detector(path, Family.YOLOX, ["a", "b", "c"])
+
+
+def test_family_is_detected_from_the_layout(tmp_path: Path) -> None:
+    from tests.onnx_factory import write_yolov8_model, yolov8_raw
+
+    v8 = write_yolov8_model(
+        tmp_path / "v8.onnx", yolov8_raw([(1, 1, 2, 2)] * 10, [[0.5, 0.5]] * 10), names=["car", "bus"]
+    )
+    assert inspect_detector(v8, None).family is Family.YOLOV8
+    anchors = sum((64 // s) * (64 // s) for s in (8, 16, 32))
+    yx = write_yolox_model(tmp_path / "yx.onnx", np.zeros((1, anchors, 7), np.float32))
+    spec = inspect_detector(yx, None, ["car", "bus"])
+    assert spec.family is Family.YOLOX and spec.class_names == ("car", "bus")
