@@ -228,56 +228,23 @@ def _daemon(cfg: StackConfig, name: str, module: str, port: int, args: list[str]
 
 
 def registry_gateway(cfg: StackConfig) -> Process:
-    return _daemon(
-        cfg,
-        "registry_gateway",
-        "registry_gateway",
-        cfg.ports.registry,
-        [
-            "--metrics-port",
-            str(cfg.ports.registry_metrics),
-            "--mlflow-tracking-uri",
-            cfg.mlflow_uri,
-            "--cache-dir",
-            str(cfg.run_dir / "registry-cache"),
-        ],
-    )
+    args = ["--metrics-port", str(cfg.ports.registry_metrics), "--mlflow-tracking-uri", cfg.mlflow_uri]
+    args += ["--cache-dir", str(cfg.run_dir / "registry-cache")]
+    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args)
 
 
 def detector(cfg: StackConfig) -> Process:
-    proc = _daemon(
-        cfg,
-        "detector",
-        "detector",
-        cfg.ports.detector,
-        [
-            "--metrics-port",
-            str(cfg.ports.detector_metrics),
-            "--registry-addr",
-            f"{HOST}:{cfg.ports.registry}",
-            "--cache-dir",
-            str(cfg.run_dir / "detector-cache"),
-        ],
-    )
+    args = ["--metrics-port", str(cfg.ports.detector_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
+    args += ["--model-cache-dir", str(cfg.run_dir / "detector-cache")]
+    proc = _daemon(cfg, "detector", "detector", cfg.ports.detector, args)
     # With no model registered yet the detector is up but NOT_SERVING: ready means its port answers.
     proc.ready = lambda: tcp_open(cfg.ports.detector)
     return proc
 
 
 def gateway(cfg: StackConfig) -> Process:
-    return _daemon(
-        cfg,
-        "gateway",
-        "gateway",
-        cfg.ports.gateway,
-        [
-            "--metrics-port",
-            str(cfg.ports.gateway_metrics),
-            "--registry-addr",
-            f"{HOST}:{cfg.ports.registry}",
-            "--detector-addrs",
-            f"{HOST}:{cfg.ports.detector}",
-            "--api-keys-file",
-            str(cfg.run_dir / "api-keys"),
-        ],
-    )
+    args = ["--metrics-port", str(cfg.ports.gateway_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
+    args += ["--detector-addrs", f"{HOST}:{cfg.ports.detector}", "--api-keys-file", str(cfg.run_dir / "api-keys")]
+    # One local admin key drives demos, benchmarks and e2e load; clusters keep the default limit.
+    args += ["--rate-limit-rps", "2000", "--rate-limit-burst", "2000"]
+    return _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, args)

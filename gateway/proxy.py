@@ -101,8 +101,9 @@ class Forwarder:
             await context.send_initial_metadata(initial)
 
     async def unary_unary(self, request: bytes, context: grpc.aio.ServicerContext, md: Metadata) -> bytes:
-        # Only a replica that could not be reached is retried (on the next healthy one): the
-        # request never got to it, so no method runs twice.
+        # A replica that could not be reached is retried once on the next healthy one. Only the
+        # detector pool has several replicas, and its unary calls are read-only, so a retry after
+        # a connection that dropped mid-call repeats nothing that matters.
         candidates = self._pool.candidates()[:2]
         for attempt, replica in enumerate(candidates, start=1):
             call = replica.channel.unary_unary(self.path, **_RAW)(request, timeout=self._timeout(context), metadata=md)

@@ -206,6 +206,7 @@ def test_metrics_count_forwarded_and_refused_calls(gateway, channel, probe):
     assert 'carmesh_gateway_rejected_total{reason="unauthenticated"}' in text
     assert 'carmesh_gateway_calls_by_key_total{key="admin",service="carmesh.v1.RegistryService"}' in text
     assert ADMIN_KEY not in text
+    assert ADMIN_KEY not in gateway.log() and READER_KEY not in gateway.log()
 
 
 def test_upstream_down_gives_unavailable_naming_the_service(keys_file):
