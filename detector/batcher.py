@@ -155,14 +155,16 @@ class Batcher:
                 continue
             finally:
                 self._inflight = []
-            self._metrics.batch_size.observe(len(batch))
+            # A model with a static batch size ran the batch in chunks of that size.
+            chunk = self._engine.static_batch or len(batch)
+            for start in range(0, len(batch), chunk):
+                self._metrics.batch_size.observe(min(chunk, len(batch) - start))
             self._metrics.inference_seconds.observe(seconds)
-            calls = 1 if self._engine.static_batch is None else -(-len(batch) // self._engine.static_batch)
-            per_call = len(batch) if calls == 1 else (self._engine.static_batch or 1)
             for i, item in enumerate(batch):
+                shared = min(chunk, len(batch) - i // chunk * chunk)
                 if not item.future.done():
                     item.future.set_result(
-                        InferResult(outputs[i], per_call, (started - item.enqueued) * 1000, seconds * 1000)
+                        InferResult(outputs[i], shared, (started - item.enqueued) * 1000, seconds * 1000)
                     )
 
     async def close(self, drain_timeout_s: float) -> None:

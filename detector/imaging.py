@@ -13,6 +13,8 @@ from detector.errors import BadImage
 
 PAD_VALUE = 114
 _FORMATS = "JPEG, PNG, BMP, WebP or TIFF"
+# Pillow's names of the formats OpenCV decodes; a failure on another format is "unsupported", not "corrupt".
+_DECODABLE = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "PPM", "GIF", "JPEG2000"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if fmt == "JPEG" and _jpeg_truncated(data):
         raise BadImage(f"JPEG is truncated ({len(data)} bytes, no end-of-image marker): send the complete file")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if (image is None or image.size == 0) and fmt not in _DECODABLE:
+        raise BadImage(f"{fmt} images are not supported: send a {_FORMATS} file")
     if image is None or image.size == 0:
         raise BadImage(
             f"cannot decode the {fmt} image ({width}x{height}, {len(data)} bytes): "

@@ -48,7 +48,7 @@ def test_daemon_serves_a_local_model_and_stops_on_sigterm(model: Path) -> None:
         assert daemon.proc is not None
         daemon.terminate()
         assert daemon.proc.wait(timeout=20) == 0
-    assert '"stopped"' in daemon.log() or "stopped" in daemon.log()
+    assert '"msg": "stopped"' in daemon.log()
 
 
 def test_daemon_without_registry_waits_not_serving_with_a_clear_log() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import struct
 import threading
@@ -13,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from prometheus_client import generate_latest
 
 from carmesh.v1 import detector_pb2
@@ -104,6 +106,12 @@ def _jpeg_without_scan_data() -> bytes:
     return IMAGE[: IMAGE.rfind(b"\xff\xda")] + b"\xff\xd9"
 
 
+def _tga() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 8)).save(out, "TGA")
+    return out.getvalue()
+
+
 BAD_INPUTS = {
     "empty": (b"", {}, "empty"),
     "not an image": (b"GET / HTTP/1.1\r\nhello world" * 20, {}, "not a recognised image"),
@@ -115,6 +123,7 @@ BAD_INPUTS = {
         "JPEG header is corrupt",
     ),
     "jpeg cut inside its header": (IMAGE[:300], {}, "JPEG header is corrupt or truncated"),
+    "unsupported format": (_tga(), {}, "TGA images are not supported"),
     "20000x20000 png": (png_header(20000, 20000), {}, "too large"),
     "10000x5000 png over 40 MP": (png_header(10000, 5000), {}, "10000x5000"),
     "negative score": (IMAGE, {"score_threshold": -0.1}, "score_threshold"),
