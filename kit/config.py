@@ -95,12 +95,16 @@ def load_settings(
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
-            f"(set --{str(err['loc'][0]).replace('_', '-')} or {env_prefix}{str(err['loc'][0]).upper()})"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {'; '.join(_describe(err, env_prefix) for err in exc.errors())}") from exc
+
+
+def _describe(err: Any, env_prefix: str) -> str:
+    loc = err.get("loc") or ()
+    if not loc:  # a model-level validator: no single field to name
+        return str(err["msg"])
+    field = str(loc[0])
+    where = ".".join(str(p) for p in loc)
+    return f"{where}: {err['msg']} (set --{field.replace('_', '-')} or {env_prefix}{field.upper()})"
 
 
 def path_or_none(value: str | Path | None) -> Path | None:

@@ -34,6 +34,9 @@ def run_daemon(
     setup_logging(service, cfg.log_level)
     try:
         asyncio.run(serve(cfg))
+    except ConfigError as exc:  # settings that only fail once used (an unreadable keys file, ...)
+        logging.getLogger(service).error("cannot start: %s", exc)
+        return 2
     except OSError as exc:
         logging.getLogger(service).error("cannot start: %s", exc)
         return 1

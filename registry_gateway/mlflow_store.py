@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,7 +158,7 @@ class MlflowStore:
         return result
 
     def _list_versions(self, name: str) -> list[ModelVersionInfo]:
-        self._registered(name)
+        registered = self._registered(name)
         escaped = name.replace("\\", "\\\\").replace("'", "\\'")
         versions: list[Any] = []
         token: str | None = None
@@ -170,7 +170,15 @@ class MlflowStore:
                 break
         cache: dict[str, dict[str, float]] = {}
         versions.sort(key=lambda v: int(v.version), reverse=True)
-        return [version_info(v, self._metrics(v.run_id or "", cache)) for v in versions]
+        # search_model_versions leaves aliases empty; the registered model has them all.
+        aliases_of: dict[str, list[str]] = {}
+        for alias, version in (getattr(registered, "aliases", None) or {}).items():
+            aliases_of.setdefault(str(version), []).append(alias)
+        return [
+            replace(version_info(v, self._metrics(v.run_id or "", cache)),
+                    aliases=tuple(sorted(aliases_of.get(str(v.version), []))))
+            for v in versions
+        ]
 
     def _version_numbers(self, name: str) -> list[str]:
         escaped = name.replace("\\", "\\\\").replace("'", "\\'")

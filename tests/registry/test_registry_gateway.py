@@ -138,6 +138,8 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     assert await set_alias("1") == ""
     assert await set_alias("2") == "1"
     assert await set_alias("3") == "2"
+    listed = (await stub.ListModelVersions(pb.ListModelVersionsRequest(name=model_name))).versions
+    assert {v.version: list(v.aliases) for v in listed} == {"3": ["prod"], "2": [], "1": []}
     for expected_to, expected_from in (("2", "3"), ("1", "2")):
         reply = await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
         assert (reply.version.version, reply.from_version) == (expected_to, expected_from)
