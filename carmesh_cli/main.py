@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Uploads an ONNX detector to the registry in chunks (sha256-checked).")
     imp.add_argument("path", type=Path, metavar="PATH", help="the ONNX file")
     imp.add_argument("--name", default="car-detector", help="registered model name (default car-detector)")
-    imp.add_argument("--family", required=True, choices=sorted(FAMILIES), help="output layout of the model")
+    imp.add_argument("--family", default="auto", choices=sorted(FAMILIES),
+                     help="output layout of the model (default auto: the registry tells it from the layout)")
     imp.add_argument("--names", metavar="SPEC",
                      help=f"class names: a preset ({', '.join(sorted(PRESETS))}), a file with one name per line, "
                           "or a,b,c (needed when the file has no `names` metadata)")

@@ -17,12 +17,17 @@ from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from carmesh_cli.connection import EXIT_OK, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.progress import ProgressBar, human_bytes
 
-FAMILIES = {"yolov8": registry_pb2.MODEL_FAMILY_YOLOV8, "yolox": registry_pb2.MODEL_FAMILY_YOLOX}
+# "auto": the registry tells the family from the model's tensor layout.
+FAMILIES = {
+    "auto": registry_pb2.MODEL_FAMILY_UNSPECIFIED,
+    "yolov8": registry_pb2.MODEL_FAMILY_YOLOV8,
+    "yolox": registry_pb2.MODEL_FAMILY_YOLOX,
+}
 CHUNK_BYTES = 1024 * 1024
 
 
 def _family_name(family: int) -> str:
-    return next((name for name, value in FAMILIES.items() if value == family), "-")
+    return next((name for name, value in FAMILIES.items() if value == family and name != "auto"), "-")
 
 
 def _when(stamp: Timestamp) -> str:

@@ -29,7 +29,17 @@ CARMESH_API_KEY=$(cat "${CARMESH_STACK_RUN_DIR:-.run}/api-key")
 export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
 
 echo "demo: importing $MODEL as car-detector@champion"
-"$PY" -m carmesh_cli models import "$MODEL" --name car-detector --family auto --names auto --alias champion
+# Class names come from the file's `names` metadata; YOLOX exports have none, so fall back to COCO's 80.
+if ! out=$("$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion 2>&1); then
+  if grep -q "class names are required" <<<"$out"; then
+    echo "demo: $MODEL carries no class names; importing it with the COCO-80 names"
+    "$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion --names coco
+  else
+    echo "$out" >&2; exit 1
+  fi
+else
+  echo "$out"
+fi
 echo "demo: waiting for the detector to load the champion"
 "$PY" -m devstack wait-serving "127.0.0.1:$((50061 + ${CARMESH_STACK_PORT_OFFSET:-0}))" 120
 mkdir -p out/demo

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from carmesh.v1 import registry_pb2
+from carmesh_cli.names import PRESETS
 from tests.helpers import SHARED, DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, write_yolox_model, yolov8_raw
 
@@ -56,16 +57,8 @@ def gateway_args(mlflow_uri: str, cache_dir: Path, metrics_port: int, *extra: st
 YOLOX_NANO = SHARED / "models" / "yolox_nano.onnx"
 
 # YOLOX-nano's classes in output order (COCO-80); the file itself carries no names.
-COCO80 = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic_light",
-    "fire_hydrant", "stop_sign", "parking_meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
-    "snowboard", "sports_ball", "kite", "baseball_bat", "baseball_glove", "skateboard", "surfboard",
-    "tennis_racket", "bottle", "wine_glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
-    "orange", "broccoli", "carrot", "hot_dog", "pizza", "donut", "cake", "chair", "couch", "potted_plant", "bed",
-    "dining_table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell_phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy_bear", "hair_drier", "toothbrush"
-]
+# The CLI's preset is the one users get; tests use the same list.
+COCO80 = list(PRESETS["coco"])
 assert len(COCO80) == 80 and COCO80[2] == "car"
 
 
