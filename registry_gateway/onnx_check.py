@@ -192,7 +192,10 @@ def detect_family(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...
             reasons.append(f"not {family.name}: output {_fmt(out)} has more channels than anchors")
             continue
         return family
-    raise BadModel("cannot tell the model family from its layout; " + "; ".join(reasons))
+    raise BadModel(
+        "cannot tell the model family from its layout; set it explicitly (MODEL_FAMILY_YOLOV8 or "
+        "MODEL_FAMILY_YOLOX; CLI --family yolov8|yolox): " + "; ".join(reasons)
+    )
 
 
 def inspect_detector(path: Path, family: Family | None, class_names: Sequence[str] = ()) -> DetectorSpec:

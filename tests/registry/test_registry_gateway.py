@@ -256,7 +256,7 @@ async def test_bad_imports_are_refused_and_the_daemon_keeps_serving(
         (import_messages(v8, model_name, sha256="abc"), bad, "64 hex digits"),
         (import_messages(v8, ""), bad, "model name is empty"),
         (import_messages(v8, "bad name!"), bad, "not valid"),
-        (import_messages(v8, model_name, family=pb.MODEL_FAMILY_UNSPECIFIED), bad, "MODEL_FAMILY_UNSPECIFIED"),
+        (import_messages(v8, model_name, family=pb.MODEL_FAMILY_UNSPECIFIED), bad, "cannot tell the model family"),
         (import_messages(b"", model_name), bad, "no file bytes"),
         (iter([pb.ImportModelRequest(chunk=v8)]), bad, "first ImportModel message must carry metadata"),
         (import_messages(b"\0" * (MAX_IMPORT_BYTES + 1), model_name, chunk_bytes=4 * 1024 * 1024),
