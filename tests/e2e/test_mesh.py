@@ -71,11 +71,15 @@ def mesh() -> Iterator[Mesh]:
         env["CARMESH_GATEWAY"] = mesh.gateway
         yield mesh
     finally:
+        running = [int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")]
         down = mesh.make("down")
         pids = list((run_dir / "pids").glob("*.pid"))
+        orphans = [pid for pid in running if Path(f"/proc/{pid}").exists()
+                   and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
         shutil.rmtree(run_dir, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
         assert not pids, f"make down left pid files: {pids}"
+        assert not orphans, f"make down left processes running: {orphans}"
 
 
 def _kitti_cars(label_path: Path, min_height_px: float) -> list[tuple[float, float, float, float]]:
