@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import onnxruntime as ort
 
+from bench.common import free_port, write_section
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from carmesh_cli.names import PRESETS
 from detector.engine import EngineOptions, ModelRef, ModelSpec, load_engine
@@ -34,7 +35,6 @@ from registry_gateway.onnx_check import inspect_detector
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-MARK_START, MARK_END = "<!-- bench-detect:start -->", "<!-- bench-detect:end -->"
 
 
 @dataclass
@@ -110,14 +110,6 @@ async def bench_grpc(label: str, address: str, key: str | None, images: list[byt
     return Result(label, concurrency, len(latencies), seconds, latencies)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start(module: str, args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     from devstack.services import grpc_serving
 
@@ -143,20 +135,13 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, command: str, model: Path, count: int, image_desc: str, body: str) -> None:
-    section = (f"{MARK_START}\n## Detection: raw ONNX Runtime vs detector vs gateway\n\n"
-               f"Command: `{command}`  \nModel: `{model.name}`; {image_desc}; {count} requests per row; "
-               f"machine: {os.cpu_count()} CPUs, {platform.machine()}, onnxruntime {ort.__version__}; "
-               f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{body}\n\n"
-               "Client, gateway, detector and raw baseline share the same cores; the ratio is images/s "
-               f"of the path over raw at the same concurrency.\n{MARK_END}")
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers measured on this project's machines.\n"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+def report(command: str, model: Path, count: int, image_desc: str, body: str) -> str:
+    return (f"## Detection: raw ONNX Runtime vs detector vs gateway\n\n"
+            f"Command: `{command}`  \nModel: `{model.name}`; {image_desc}; {count} requests per row; "
+            f"machine: {os.cpu_count()} CPUs, {platform.machine()}, onnxruntime {ort.__version__}; "
+            f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{body}\n\n"
+            "Client, gateway, detector and raw baseline share the same cores; the ratio is images/s "
+            "of the path over raw at the same concurrency.")
 
 
 async def run_services(model: Path, family: str, names: tuple[str, ...], images: list[bytes], count: int,
@@ -222,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngateway / raw at concurrency {top}: {ratio:.2f}x")
     if args.write:
         size = decode_image(images[0], 40_000_000).shape
-        write_report(args.write, "make bench-detect", args.model, args.count,
-                     f"{len(images)} images of {size[1]}x{size[0]} from {args.images.name}/", body)
+        text = report("make bench-detect", args.model, args.count,
+                      f"{len(images)} images of {size[1]}x{size[0]} from {args.images.name}/", body)
+        write_section(args.write, "bench-detect", text)
         print(f"written to {args.write}")
     return 0
 
