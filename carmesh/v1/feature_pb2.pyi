@@ -71,7 +71,7 @@ class DatasetFilter(_message.Message):
     def __init__(self, camera_ids: _Optional[_Iterable[str]] = ..., datasets: _Optional[_Iterable[str]] = ..., captured_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled_only: _Optional[bool] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetSnapshot(_message.Message):
-    __slots__ = ("name", "version", "filter", "val_fraction", "seed", "train_frames", "val_frames", "class_names", "created_at", "keep_source_split")
+    __slots__ = ("name", "version", "filter", "val_fraction", "seed", "train_frames", "val_frames", "class_names", "created_at", "keep_source_split", "test_frames")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class DatasetSnapshot(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     KEEP_SOURCE_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TEST_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     filter: DatasetFilter
@@ -92,7 +93,8 @@ class DatasetSnapshot(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     created_at: _timestamp_pb2.Timestamp
     keep_source_split: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., filter: _Optional[_Union[DatasetFilter, _Mapping]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., train_frames: _Optional[int] = ..., val_frames: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keep_source_split: _Optional[bool] = ...) -> None: ...
+    test_frames: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., filter: _Optional[_Union[DatasetFilter, _Mapping]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., train_frames: _Optional[int] = ..., val_frames: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keep_source_split: _Optional[bool] = ..., test_frames: _Optional[int] = ...) -> None: ...
 
 class CreateDatasetSnapshotRequest(_message.Message):
     __slots__ = ("name", "filter", "val_fraction", "seed", "keep_source_split")

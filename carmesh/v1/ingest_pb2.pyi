@@ -54,12 +54,18 @@ class IngestFramesRequest(_message.Message):
     def __init__(self, frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
 
 class IngestFramesResponse(_message.Message):
-    __slots__ = ("accepted", "rejected")
+    __slots__ = ("accepted", "rejected", "acknowledged", "buffered", "rejection_reasons")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_REASONS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+    acknowledged: int
+    buffered: int
+    rejection_reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., acknowledged: _Optional[int] = ..., buffered: _Optional[int] = ..., rejection_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SourceSpec(_message.Message):
     __slots__ = ("kind", "uri", "camera_id", "max_fps", "loop")
@@ -76,20 +82,22 @@ class SourceSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[SourceKind, str]] = ..., uri: _Optional[str] = ..., camera_id: _Optional[str] = ..., max_fps: _Optional[float] = ..., loop: _Optional[bool] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("source_id", "spec", "state", "frames_published", "frames_dropped", "error")
+    __slots__ = ("source_id", "spec", "state", "frames_published", "frames_dropped", "error", "frames_read")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_READ_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     spec: SourceSpec
     state: SourceState
     frames_published: int
     frames_dropped: int
     error: str
-    def __init__(self, source_id: _Optional[str] = ..., spec: _Optional[_Union[SourceSpec, _Mapping]] = ..., state: _Optional[_Union[SourceState, str]] = ..., frames_published: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    frames_read: int
+    def __init__(self, source_id: _Optional[str] = ..., spec: _Optional[_Union[SourceSpec, _Mapping]] = ..., state: _Optional[_Union[SourceState, str]] = ..., frames_published: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., error: _Optional[str] = ..., frames_read: _Optional[int] = ...) -> None: ...
 
 class StartSourceRequest(_message.Message):
     __slots__ = ("spec",)
@@ -151,15 +159,21 @@ class ImportDatasetRequest(_message.Message):
     def __init__(self, format: _Optional[_Union[DatasetFormat, str]] = ..., path: _Optional[str] = ..., dataset: _Optional[str] = ..., class_map: _Optional[_Mapping[str, str]] = ..., default_split: _Optional[_Union[_common_pb2.Split, str]] = ..., camera_id: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImportDatasetResponse(_message.Message):
-    __slots__ = ("frames_total", "frames_published", "annotations_published", "frames_skipped", "done")
+    __slots__ = ("frames_total", "frames_published", "annotations_published", "frames_skipped", "done", "frames_buffered", "skip_reasons", "class_names")
     FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FRAMES_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     ANNOTATIONS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASONS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     frames_total: int
     frames_published: int
     annotations_published: int
     frames_skipped: int
     done: bool
-    def __init__(self, frames_total: _Optional[int] = ..., frames_published: _Optional[int] = ..., annotations_published: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+    frames_buffered: int
+    skip_reasons: _containers.RepeatedScalarFieldContainer[str]
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, frames_total: _Optional[int] = ..., frames_published: _Optional[int] = ..., annotations_published: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., done: _Optional[bool] = ..., frames_buffered: _Optional[int] = ..., skip_reasons: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...

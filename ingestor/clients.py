@@ -1,0 +1,124 @@
+"""IngestFrames: frames a gRPC client streams in, validated, completed and published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from carmesh.v1 import common_pb2
+from ingestor.errors import BrokerUnavailable
+from ingestor.frames import BadImage, probe_image, timestamp, unique_id
+from ingestor.metrics import IngestorMetrics
+from ingestor.publisher import Publisher
+
+MAX_REASONS = 20
+
+
+class InvalidFrame(ValueError):
+    """A client frame that is not published; the message is the reason the client sees."""
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    rejected: int = 0
+    acknowledged: int = 0
+    buffered: int = 0
+    rejection_reasons: list[str] = field(default_factory=list)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        if len(self.rejection_reasons) < MAX_REASONS:
+            self.rejection_reasons.append(reason)
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_image_bytes: int
+    publish_wait_s: float
+    ack_wait_s: float
+
+
+def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int) -> common_pb2.Frame:
+    """Checks a client frame and fills what the client left out (ids, time, size, encoding)."""
+    if not frame.camera_id.strip():
+        raise InvalidFrame("camera_id is required")
+    if not frame.image:
+        raise InvalidFrame("image is empty")
+    if len(frame.image) > max_image_bytes:
+        raise InvalidFrame(f"image is {len(frame.image)} bytes, more than max_image_bytes ({max_image_bytes})")
+    try:
+        info = probe_image(frame.image)
+    except BadImage as exc:
+        raise InvalidFrame(str(exc)) from None
+    if frame.encoding not in (common_pb2.IMAGE_ENCODING_UNSPECIFIED, info.encoding):
+        said = common_pb2.ImageEncoding.Name(frame.encoding)
+        raise InvalidFrame(f"encoding says {said} but the bytes are {common_pb2.ImageEncoding.Name(info.encoding)}")
+    if (frame.width or frame.height) and (frame.width, frame.height) != (info.width, info.height):
+        raise InvalidFrame(f"width x height {frame.width}x{frame.height} but the image is {info.width}x{info.height}")
+    out = common_pb2.Frame()
+    out.CopyFrom(frame)
+    out.encoding, out.width, out.height = info.encoding, info.width, info.height
+    if not out.frame_id:
+        out.frame_id = unique_id()
+    if not out.seq:
+        out.seq = position
+    if not out.HasField("captured_at") or out.captured_at.ToNanoseconds() == 0:
+        out.captured_at.CopyFrom(timestamp(time.time()))
+    if not out.source:
+        out.source = f"grpc:{peer}"
+    return out
+
+
+class ClientIngest:
+    def __init__(self, publisher: Publisher, limits: ClientLimits, metrics: IngestorMetrics) -> None:
+        self._publisher = publisher
+        self._limits = limits
+        self._metrics = metrics
+
+    async def ingest(self, frames: AsyncIterator[common_pb2.Frame], peer: str) -> IngestResult:
+        """Publishes the stream's valid frames and waits (at most ack_wait) for their
+        acknowledgements; raises BrokerUnavailable, with this stream's counts, once the buffer
+        stays full."""
+        result = IngestResult()
+        pending: list[asyncio.Future[None]] = []
+        position = 0
+        async for frame in frames:
+            try:
+                ready = complete(frame, position, peer, self._limits.max_image_bytes)
+            except InvalidFrame as exc:
+                result.reject(f"frame {position}: {exc}")
+                self._metrics.frames_rejected.labels("client").inc()
+                position += 1
+                continue
+            position += 1
+            try:
+                future = await self._publisher.publish(ready, origin="client", wait_s=self._limits.publish_wait_s)
+            except BrokerUnavailable as exc:
+                self._count(result, pending)
+                raise BrokerUnavailable(
+                    f"{exc}; this stream: {result.acknowledged} frames acknowledged, {result.buffered} buffered "
+                    f"(still being delivered), {result.rejected} rejected, frames from #{position - 1} on not taken"
+                ) from None
+            pending.append(future)
+            result.accepted += 1
+        if pending:
+            await asyncio.wait(pending, timeout=self._limits.ack_wait_s)
+        self._count(result, pending)
+        return result
+
+    @staticmethod
+    def _count(result: IngestResult, pending: list[asyncio.Future[None]]) -> None:
+        result.acknowledged = result.buffered = 0
+        for future in pending:
+            if not future.done():
+                result.buffered += 1
+            elif not future.cancelled() and future.exception() is None:
+                result.acknowledged += 1
+        failed = [f for f in pending if f.done() and not f.cancelled() and f.exception() is not None]
+        for future in failed:
+            result.accepted -= 1
+            result.reject(f"broker refused a frame: {future.exception()}")
+        pending[:] = [f for f in pending if f not in failed]

@@ -1,0 +1,78 @@
+"""Settings of the ingestor (env prefix ``CARMESH_INGESTOR_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from kit.config import BaseSettings
+from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
+
+# Room for the Frame envelope (ids, annotations) next to the image in one Kafka message.
+_ENVELOPE_BYTES = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Publishes frames from folders, videos, live streams, gRPC clients and labelled data sets to Kafka."""
+
+    grpc_port: int = Field(50062, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_port: int = Field(9462, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+
+    # Kafka.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers (host:port,...)")
+    kafka_idempotence: bool = Field(True, description="idempotent producer (off for brokers without InitProducerId)")
+    frames_topic: str = Field(FRAMES_TOPIC, min_length=1, description="topic frames are published to")
+    frames_partitions: int = Field(4, ge=1, le=1024, description="partitions of the frames topic when it is created")
+
+    # Backpressure: frames handed to the producer and not yet acknowledged by the broker.
+    max_in_flight: int = Field(128, ge=1, le=100_000, description="most frames buffered awaiting acknowledgement")
+    publish_wait_ms: float = Field(
+        5000.0, ge=0, le=600_000, description="how long a gRPC request waits for buffer room before UNAVAILABLE"
+    )
+    ack_wait_ms: float = Field(
+        15000.0, ge=0, le=600_000, description="how long IngestFrames/ImportDataset wait for the last acknowledgements"
+    )
+    retry_initial_ms: float = Field(200.0, gt=0, le=60_000, description="first delay before re-sending a frame")
+    retry_max_ms: float = Field(5000.0, gt=0, le=600_000, description="longest delay between re-sends")
+
+    # Inputs.
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        le=MAX_MESSAGE_BYTES - _ENVELOPE_BYTES,
+        description="largest encoded image accepted (bigger frames are rejected or skipped)",
+    )
+    allowed_roots: list[Path] = Field(
+        [], description="directories sources and imports may read (empty: any path the daemon can read)"
+    )
+    max_sources: int = Field(16, ge=1, le=1024, description="most sources running at once")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of frames decoded from videos and streams")
+    stream_open_timeout_ms: int = Field(2000, ge=100, le=120_000, description="timeout opening a live stream")
+    stream_read_timeout_ms: int = Field(2000, ge=100, le=120_000, description="timeout reading a live stream frame")
+    stream_reconnect_max_s: float = Field(10.0, gt=0, le=600, description="longest wait between stream reconnects")
+    ffmpeg_capture_options: str = Field(
+        "rtsp_transport;tcp|analyzeduration;0|probesize;32",
+        description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (TCP RTSP, fast open), unless set in the environment",
+    )
+    progress_interval_ms: float = Field(500.0, ge=0, le=60_000, description="ImportDataset progress message interval")
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _roots_exist(cls, value: list[Path]) -> list[Path]:
+        roots = []
+        for root in value:
+            resolved = root.expanduser().resolve()
+            # Fail at start rather than refusing every request later.
+            if not resolved.is_dir():
+                raise ValueError(f"{str(root)!r} is not a directory")
+            roots.append(resolved)
+        return roots
+
+    @field_validator("retry_max_ms")
+    @classmethod
+    def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("retry_initial_ms")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be >= retry_initial_ms ({initial})")
+        return value

@@ -1,0 +1,45 @@
+"""Ingestor errors; the kit's interceptor maps each to its gRPC status with the message as is."""
+
+from __future__ import annotations
+
+from kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+
+
+class BadRequest(InvalidArgument):
+    """A source spec or import request that cannot be used (unknown kind/format, bad fps, ...)."""
+
+
+class PathNotFound(NotFound):
+    """A folder, file or data set path that does not exist."""
+
+
+class SourceNotFound(NotFound):
+    """No source with that id."""
+
+
+class PathNotAllowed(PermissionDenied):
+    """A path outside the configured allowed_roots."""
+
+
+class TooManySources(ResourceExhausted):
+    """max_sources sources are already running."""
+
+
+class BrokerUnavailable(Unavailable):
+    """The in-flight buffer is full because the broker does not acknowledge; retry later."""
+
+
+class DatasetError(Exception):
+    """One item of a data set cannot be used (bad label line, missing image); it is skipped with this reason."""
+
+
+class PublishFailed(Exception):
+    """The broker refused a frame for good (too large, not authorised): retrying cannot help."""
+
+
+class SourceUnreachable(FailedPrecondition):
+    """A live stream that cannot be opened (wrong URL, camera down or not answering in time)."""
+
+
+class SourceError(Exception):
+    """A running source cannot go on (unreadable video, folder emptied); it ends FAILED with this message."""

@@ -1,0 +1,31 @@
+"""Labelled data set formats, each parsed to :class:`Parsed` (images, boxes, class names)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ingestor.errors import BadRequest
+from ingestor.formats import coco, csvfile, kitti, voc, yolo
+from ingestor.formats.common import Box, Item, Parsed, ParseOptions
+
+__all__ = ["FORMATS", "Box", "Item", "ParseOptions", "Parsed", "parse_dataset"]
+
+FORMATS: dict[str, Callable[[Path, ParseOptions], Parsed]] = {
+    "yolo": yolo.parse,
+    "coco": coco.parse,
+    "voc": voc.parse,
+    "kitti": kitti.parse,
+    "csv": csvfile.parse,
+}
+
+
+def parse_dataset(fmt: str, path: Path, options: ParseOptions) -> Parsed:
+    """Reads the labels (not the images); raises :class:`BadRequest` for an unusable layout."""
+    parser = FORMATS.get(fmt)
+    if parser is None:
+        raise BadRequest(f"unknown data set format {fmt!r}; use one of {', '.join(FORMATS)}")
+    parsed = parser(path, options)
+    if not parsed.items and not parsed.skipped:
+        raise BadRequest(f"no images found for a {fmt} data set at {path}")
+    return parsed

@@ -1,0 +1,346 @@
+"""Sources started and stopped at run time: an image folder, a video file, a live stream.
+
+Each runs as one task that reads, paces (``max_fps``: sleep until t0 + n/fps) and
+publishes; it waits for buffer room rather than failing while the broker is down, and a
+live stream drops stale frames meanwhile (latest-frame semantics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from carmesh.v1 import common_pb2
+from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
+from ingestor.errors import BadRequest, SourceError, SourceNotFound, SourceUnreachable, TooManySources
+from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, stable_id, timestamp, unique_id
+from ingestor.metrics import IngestorMetrics
+from ingestor.paths import PathPolicy
+from ingestor.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+FOLDER, VIDEO, STREAM = "folder", "video", "stream"
+RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
+_MAX_FPS = 1000.0
+_KEEP_ENDED = 64  # ended sources ListSources still shows
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str
+    uri: str
+    camera_id: str = ""
+    max_fps: float = 0.0
+    loop: bool = False
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source_id: str
+    spec: SourceSpec
+    state: str
+    frames_published: int
+    frames_dropped: int
+    frames_read: int
+    error: str
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    max_sources: int
+    max_image_bytes: int
+    jpeg_quality: int
+    stream: StreamOptions
+
+
+class Pacer:
+    """At most ``fps`` frames a second: frame n waits until t0 + n/fps. After a stall (slow
+    broker) the schedule restarts instead of bursting to catch up."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self._t0: float | None = None
+        self._n = 0
+
+    async def wait(self) -> None:
+        if self.fps <= 0:
+            return
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        target = self._t0 + self._n / self.fps
+        if target > now:
+            await asyncio.sleep(target - now)
+        elif now - target > 1.0:
+            self._t0 = now - self._n / self.fps
+        self._n += 1
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+class Source:
+    def __init__(self, source_id: str, spec: SourceSpec) -> None:
+        self.source_id = source_id
+        self.spec = spec
+        self.state = RUNNING
+        self.error = ""
+        self.frames_read = 0
+        self.frames_published = 0
+        self.frames_dropped = 0
+        self.dropped_counted = 0  # stream drops already added to the metric
+        self.stream: LatestFrameReader | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def status(self) -> SourceStatus:
+        read, dropped, error = self.frames_read, self.frames_dropped, self.error
+        if self.stream is not None:
+            read, dropped = self.stream.frames_read, self.stream.frames_dropped
+            error = error or self.stream.error
+        return SourceStatus(self.source_id, self.spec, self.state, self.frames_published, dropped, read, error)
+
+    def on_ack(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self.error = str(future.exception())
+        else:
+            self.frames_published += 1
+
+
+class SourceManager:
+    def __init__(
+        self, publisher: Publisher, paths: PathPolicy, options: SourceOptions, metrics: IngestorMetrics
+    ) -> None:
+        self._publisher = publisher
+        self._paths = paths
+        self._options = options
+        self._metrics = metrics
+        self._sources: dict[str, Source] = {}
+
+    # --- control -------------------------------------------------------------------------
+
+    async def start(self, spec: SourceSpec) -> SourceStatus:
+        running = sum(1 for s in self._sources.values() if s.state == RUNNING)
+        if running >= self._options.max_sources:
+            raise TooManySources(f"{running} sources are running, the most this ingestor runs (--max-sources)")
+        if not math.isfinite(spec.max_fps) or not 0 <= spec.max_fps <= _MAX_FPS:
+            raise BadRequest(f"max_fps must be between 0 (no limit) and {_MAX_FPS:g}, got {spec.max_fps}")
+        source_id = f"src-{uuid.uuid4().hex[:10]}"
+        spec = replace(spec, camera_id=spec.camera_id.strip() or source_id, uri=spec.uri.strip())
+        source = Source(source_id, spec)
+        run: Callable[[Source], Awaitable[None]]
+        if spec.kind == FOLDER:
+            base, pattern = await asyncio.to_thread(self._folder, spec.uri)  # globbing a big folder blocks
+            run = functools.partial(self._run_folder, base=base, pattern=pattern)
+        elif spec.kind == VIDEO:
+            path = self._paths.check(spec.uri, "video path")
+            if not path.is_file():
+                raise BadRequest(f"video path {spec.uri!r} is not a file")
+            video = VideoFileReader(path, self._options.jpeg_quality)
+            try:
+                await video.open()
+            except SourceError as exc:
+                await video.close()
+                raise BadRequest(str(exc)) from None
+            run = functools.partial(self._run_video, video=video)
+        elif spec.kind == STREAM:
+            scheme = urlsplit(spec.uri).scheme.lower()
+            if scheme not in STREAM_SCHEMES:
+                raise BadRequest(
+                    f"stream uri {spec.uri!r} must start with one of {', '.join(sorted(STREAM_SCHEMES))}://"
+                )
+            reader = LatestFrameReader(spec.uri, self._options.stream)
+            try:
+                await reader.start()
+            except SourceError as exc:
+                await reader.close()
+                raise SourceUnreachable(f"{exc}: check the URL and that the camera is reachable") from None
+            source.stream = reader
+            run = self._run_stream
+        else:
+            raise BadRequest(f"unknown source kind {spec.kind!r}; use image folder, video file or stream")
+        self._prune()
+        self._sources[source_id] = source
+        source.task = asyncio.create_task(self._supervise(source, run), name=f"ingestor-{source_id}")
+        log.info("started %s source %s: %s (camera %s)", spec.kind, source_id, spec.uri, spec.camera_id)
+        return source.status()
+
+    async def stop(self, source_id: str) -> SourceStatus:
+        source = self._sources.get(source_id)
+        if source is None:
+            raise SourceNotFound(f"no source {source_id!r}; ListSources shows the ids")
+        await self._stop(source)
+        return source.status()
+
+    def list_all(self) -> list[SourceStatus]:
+        return [s.status() for s in self._sources.values()]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop(s) for s in list(self._sources.values())))
+
+    async def _stop(self, source: Source) -> None:
+        if source.task is not None and not source.task.done():
+            source.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await source.task
+
+    def _prune(self) -> None:
+        ended = [k for k, s in self._sources.items() if s.state != RUNNING]
+        for key in ended[: max(0, len(ended) - _KEEP_ENDED)]:
+            del self._sources[key]
+
+    def _folder(self, uri: str) -> tuple[Path, str]:
+        """A folder (all images in it) or a glob pattern: the folder part is what the path policy checks."""
+        parts = Path(uri).parts
+        cut = next((i for i, part in enumerate(parts) if _has_glob(part)), len(parts))
+        base = self._paths.check(str(Path(*parts[:cut])) if cut else "", "image folder")
+        if not base.is_dir():
+            raise BadRequest(f"image folder {uri!r} is not a folder (or a glob pattern such as /data/cam1/*.jpg)")
+        pattern = str(Path(*parts[cut:])) if cut < len(parts) else "*"
+        if ".." in parts[cut:] or "**" in parts[cut:]:
+            raise BadRequest(f"image folder pattern {uri!r} may not contain '..' or '**'")
+        if not self._list_images(base, pattern):
+            raise BadRequest(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) match {uri!r}")
+        return base, pattern
+
+    def _list_images(self, base: Path, pattern: str) -> list[Path]:
+        # allows(): a symlink in an allowed folder may not lead outside the allowed roots.
+        return sorted(
+            p
+            for p in base.glob(pattern)
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and self._paths.allows(p)
+        )
+
+    # --- runners ---------------------------------------------------------------------------
+
+    async def _supervise(self, source: Source, run: Callable[[Source], Awaitable[None]]) -> None:
+        try:
+            await run(source)
+            source.state = FINISHED
+            log.info("source %s finished", source.source_id)
+        except asyncio.CancelledError:
+            source.state = STOPPED
+            log.info("source %s stopped after %d frames read", source.source_id, source.status().frames_read)
+            raise
+        except SourceError as exc:
+            source.state, source.error = FAILED, str(exc)
+            log.warning("source %s failed: %s", source.source_id, exc)
+        except Exception as exc:  # a source must never take the daemon down
+            source.state, source.error = FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("source %s failed", source.source_id)
+        finally:
+            if source.stream is not None:
+                await source.stream.close()
+                self._count_drops(source)
+
+    def _count_drops(self, source: Source) -> None:
+        if source.stream is not None:
+            self._metrics.frames_dropped.inc(source.stream.frames_dropped - source.dropped_counted)
+            source.dropped_counted = source.stream.frames_dropped
+
+    async def _publish(self, source: Source, frame: common_pb2.Frame, origin: str) -> None:
+        # Sources wait for buffer room as long as the broker needs: nothing is read meanwhile.
+        future = await self._publisher.publish(frame, origin=origin, wait_s=None)
+        if source.stream is None:  # a stream's reader counts its own reads
+            source.frames_read += 1
+        future.add_done_callback(source.on_ack)
+
+    async def _run_folder(self, source: Source, base: Path, pattern: str) -> None:
+        spec, pacer, seq, rounds = source.spec, Pacer(source.spec.max_fps), 0, 0
+        while True:
+            files = await asyncio.to_thread(self._list_images, base, pattern)
+            if not files:
+                raise SourceError(f"no images match {spec.uri!r} any more")
+            for path in files:
+                await pacer.wait()
+                try:
+                    data, info = await asyncio.to_thread(load_image, path, self._options.max_image_bytes)
+                except (OSError, BadImage) as exc:
+                    source.error = f"skipped {path.name}: {exc}"
+                    self._metrics.frames_rejected.labels(FOLDER).inc()
+                    continue
+                frame = common_pb2.Frame(
+                    frame_id=stable_id(FOLDER, spec.camera_id, str(path), str(rounds)),
+                    camera_id=spec.camera_id,
+                    seq=seq,
+                    captured_at=timestamp(time.time()),
+                    encoding=info.encoding,
+                    image=data,
+                    width=info.width,
+                    height=info.height,
+                    source=str(path),
+                )
+                await self._publish(source, frame, FOLDER)
+                seq += 1
+            if not spec.loop:
+                return
+            rounds += 1
+
+    async def _run_video(self, source: Source, video: VideoFileReader) -> None:
+        spec, pacer, seq, rounds = source.spec, Pacer(source.spec.max_fps), 0, 0
+        try:
+            while True:
+                index = 0
+                while True:
+                    await pacer.wait()
+                    encoded = await video.read()
+                    if encoded is None:
+                        break
+                    frame = common_pb2.Frame(
+                        frame_id=stable_id(VIDEO, spec.camera_id, str(video.path), str(rounds), str(index)),
+                        camera_id=spec.camera_id,
+                        seq=seq,
+                        captured_at=timestamp(time.time()),
+                        encoding=common_pb2.IMAGE_ENCODING_JPEG,
+                        image=encoded.data,
+                        width=encoded.width,
+                        height=encoded.height,
+                        source=str(video.path),
+                    )
+                    await self._publish(source, frame, VIDEO)
+                    seq += 1
+                    index += 1
+                if not spec.loop:
+                    return
+                if index == 0:
+                    raise SourceError(f"{video.path} has no readable frames")
+                rounds += 1
+                await video.open()
+        finally:
+            await video.close()
+
+    async def _run_stream(self, source: Source) -> None:
+        reader = source.stream
+        assert reader is not None
+        spec, pacer, seq = source.spec, Pacer(source.spec.max_fps), 0
+        quality = self._options.jpeg_quality
+        while True:
+            await pacer.wait()
+            image, captured_at = await reader.next()
+            self._count_drops(source)
+            encoded = await asyncio.to_thread(encode_jpeg, image, quality)
+            frame = common_pb2.Frame(
+                frame_id=unique_id(),
+                camera_id=spec.camera_id,
+                seq=seq,
+                captured_at=timestamp(captured_at),
+                encoding=common_pb2.IMAGE_ENCODING_JPEG,
+                image=encoded.data,
+                width=encoded.width,
+                height=encoded.height,
+                source=spec.uri,
+            )
+            await self._publish(source, frame, STREAM)
+            seq += 1
