@@ -1,0 +1,202 @@
+"""Wires the feature service: blob store, PostgreSQL (migrated), Redis, the two consumer groups
+and the gRPC server. SIGTERM: NOT_SERVING, consumers finish and commit their batch, RPCs
+drain, then pools close in reverse order of opening."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from carmesh.v1 import feature_pb2_grpc
+from feature_service import db
+from feature_service.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from feature_service.config import Settings
+from feature_service.consumer import Backoff, ConsumerLoop
+from feature_service.datasets import Datasets
+from feature_service.detections import DetectionHandler
+from feature_service.errors import MigrationError
+from feature_service.frames import FrameHandler
+from feature_service.metrics import FeatureMetrics
+from feature_service.offline import OfflineStore
+from feature_service.online import OnlineStore
+from feature_service.server import SERVICE_NAME, FeatureServicer
+from feature_service.validation import Limits
+from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
+from kit.lifecycle import Lifecycle
+from kit.metrics import Metrics, MetricsHttpServer
+from kit.server import Server
+
+log = logging.getLogger("feature_service")
+
+
+def open_blob_store(cfg: Settings) -> BlobStore:
+    if cfg.blob_store == "s3":
+        return S3BlobStore(cfg.s3_bucket, cfg.s3_prefix, cfg.s3_endpoint_url)
+    store = LocalBlobStore(cfg.blob_dir)
+    store.open()
+    return store
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
+    """Waits for connections in use to come back, then cuts the rest."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("PostgreSQL connections still busy after %.0fs; closing them", timeout_s)
+        pool.terminate()
+
+
+class Consumers:
+    """The frames and detections consumer loops, started after the server serves."""
+
+    def __init__(self, loops: list[ConsumerLoop[Any]]) -> None:
+        self.loops = loops
+
+    def start(self) -> None:
+        for loop in self.loops:
+            loop.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(loop.stop() for loop in self.loops))
+
+
+def build_consumers(
+    cfg: Settings,
+    *,
+    blobs: BlobStore,
+    offline: OfflineStore,
+    online: OnlineStore,
+    executor: ThreadPoolExecutor,
+    metrics: FeatureMetrics,
+) -> Consumers:
+    backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
+    heartbeat_ms = max(100, cfg.kafka_session_timeout_ms // 3)
+
+    def consumer_for(topic: str, group: str) -> AIOKafkaConsumer:
+        return create_consumer(
+            cfg.kafka_bootstrap,
+            topic,
+            group_id=group,
+            client_id=f"feature-service-{group}",
+            session_timeout_ms=cfg.kafka_session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_ms,
+        )
+
+    def dlq_producer() -> AIOKafkaProducer:
+        return create_producer(cfg.kafka_bootstrap, client_id="feature-service-dlq", idempotence=cfg.kafka_idempotence)
+
+    async def topics() -> None:
+        if cfg.create_topics:
+            await ensure_topics(cfg.kafka_bootstrap)
+
+    loops: list[ConsumerLoop[Any]] = []
+    if cfg.consume_frames:
+        frames = FrameHandler(
+            limits=Limits(cfg.max_image_bytes, cfg.max_image_pixels),
+            blobs=blobs,
+            offline=offline,
+            online=online,
+            make_producer=dlq_producer,
+            executor=executor,
+            metrics=metrics,
+        )
+        loops.append(
+            ConsumerLoop(
+                name="frames",
+                make_consumer=lambda: consumer_for(FRAMES_TOPIC, cfg.frames_group),
+                handler=frames,
+                batch_size=cfg.frames_batch_size,
+                poll_timeout_ms=cfg.poll_timeout_ms,
+                backoff=backoff,
+                metrics=metrics,
+                before_start=topics,
+            )
+        )
+    if cfg.consume_detections:
+        detections = DetectionHandler(offline=offline, online=online, car_classes=cfg.car_classes, metrics=metrics)
+        loops.append(
+            ConsumerLoop(
+                name="detections",
+                make_consumer=lambda: consumer_for(DETECTIONS_TOPIC, cfg.detections_group),
+                handler=detections,
+                batch_size=cfg.detections_batch_size,
+                poll_timeout_ms=cfg.poll_timeout_ms,
+                backoff=backoff,
+                metrics=metrics,
+                before_start=topics,
+            )
+        )
+    return Consumers(loops)
+
+
+async def serve(cfg: Settings) -> None:
+    lifecycle = Lifecycle(cfg.shutdown_grace_s)
+    try:
+        server, consumers = await _wire(cfg, lifecycle)
+    except MigrationError as exc:
+        log.error("cannot start: %s", exc)
+        await lifecycle.stack.aclose()
+        raise SystemExit(2) from exc
+    except BaseException:
+        await lifecycle.stack.aclose()
+        raise
+
+    async def before_drain() -> None:
+        await server.set_serving(False)
+        await consumers.stop()
+
+    await lifecycle.run(server, before_drain=before_drain)
+
+
+async def _wire(cfg: Settings, lifecycle: Lifecycle) -> tuple[Server, Consumers]:
+    metrics = Metrics("feature_service")
+    feature_metrics = FeatureMetrics(metrics)
+    if cfg.metrics_port:
+        metrics_http = MetricsHttpServer(metrics, cfg.host, cfg.metrics_port)
+        lifecycle.on_close(metrics_http.close)
+
+    executor = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="feature-work")
+    lifecycle.on_close(lambda: executor.shutdown(wait=True, cancel_futures=True))
+    blobs = await asyncio.to_thread(open_blob_store, cfg)
+    lifecycle.on_close(blobs.close)
+
+    pool = await db.create_pool(cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s)
+    lifecycle.on_close(lambda: close_pool(pool))
+    async with pool.acquire() as conn:
+        applied = await db.migrate(conn, db.load_migrations())
+    log.info("PostgreSQL at %s ready (migrations applied now: %s)", db.redact(cfg.postgres_dsn), applied or "none")
+
+    online = OnlineStore.from_url(cfg.redis_url, cfg.features_ttl_s)
+    lifecycle.on_close(online.close)
+    offline = OfflineStore(pool)
+    datasets = Datasets(pool, blobs, executor, cfg.stream_page_frames)
+
+    server = Server(
+        host=cfg.host,
+        port=cfg.grpc_port,
+        service_names=[SERVICE_NAME],
+        metrics=metrics,
+        max_message_bytes=cfg.max_message_bytes,
+    )
+    feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(online, datasets), server.server)
+    consumers = build_consumers(
+        cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=feature_metrics
+    )
+    # Registered last so it runs first on close, should the drain hook not have run.
+    lifecycle.on_close(consumers.stop)
+    await server.start()
+    await server.set_serving(True)
+    consumers.start()
+    log.info(
+        "serving on %s; blobs in %s; consuming %s from %s",
+        server.address,
+        blobs.describe(),
+        ", ".join(loop.name for loop in consumers.loops) or "nothing",
+        cfg.kafka_bootstrap,
+    )
+    return server, consumers

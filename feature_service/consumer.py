@@ -1,0 +1,166 @@
+"""One consumer-group loop: poll a batch, prepare it, store it (retrying outages with backoff,
+never committing meanwhile), then commit its offsets. A stop finishes the batch in hand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from feature_service.db import is_transient
+from feature_service.metrics import FeatureMetrics
+
+log = logging.getLogger(__name__)
+
+PreparedT = TypeVar("PreparedT")
+
+
+class BatchHandler(Protocol[PreparedT]):
+    async def prepare(self, records: list[ConsumerRecord]) -> PreparedT:
+        """CPU work on the records (parse, validate); touches no store, so it is done once."""
+        ...
+
+    async def store(self, prepared: PreparedT) -> None:
+        """Makes the batch's effects durable; idempotent, so it is retried after a failure."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float
+    max_s: float
+
+
+class ConsumerLoop(Generic[PreparedT]):
+    def __init__(
+        self,
+        *,
+        name: str,
+        make_consumer: Callable[[], AIOKafkaConsumer],
+        handler: BatchHandler[PreparedT],
+        batch_size: int,
+        poll_timeout_ms: int,
+        backoff: Backoff,
+        metrics: FeatureMetrics,
+        before_start: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._make_consumer = make_consumer
+        self._handler = handler
+        self._batch_size = batch_size
+        self._poll_timeout_ms = poll_timeout_ms
+        self._backoff = backoff
+        self._metrics = metrics
+        self._before_start = before_start
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        """Finishes (and commits) the batch in hand, then leaves the group."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _pause(self, delay_s: float) -> bool:
+        """Sleeps ``delay_s`` unless asked to stop first; False when stopping."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _run(self) -> None:
+        consumer = await self._connect()
+        if consumer is None:
+            return
+        log.info("consumer %s started", self.name)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
+                except KafkaError as exc:
+                    log.warning("consumer %s: poll failed, retrying: %s", self.name, exc)
+                    await self._pause(self._backoff.initial_s)
+                    continue
+                # Records polled after a stop was asked are not handled: the next owner reads them.
+                if not batches or self._stopping.is_set():
+                    continue
+                try:
+                    await self._handle(consumer, batches)
+                except Exception:
+                    # Nothing of this batch is committed; read it again rather than skip past it.
+                    log.exception("consumer %s: handling a batch failed; reading it again", self.name)
+                    for tp, recs in batches.items():
+                        if recs and tp in consumer.assignment():
+                            consumer.seek(tp, recs[0].offset)
+                    await self._pause(self._backoff.max_s)
+        finally:
+            await self._handler.close()
+            await consumer.stop()
+            log.info("consumer %s stopped", self.name)
+
+    async def _connect(self) -> AIOKafkaConsumer | None:
+        delay = self._backoff.initial_s
+        while not self._stopping.is_set():
+            consumer = self._make_consumer()
+            try:
+                if self._before_start is not None:
+                    await self._before_start()
+                await self._handler.open()
+                await consumer.start()
+                return consumer
+            except (KafkaError, OSError) as exc:
+                log.warning("consumer %s: Kafka not reachable, retrying in %.1fs: %s", self.name, delay, exc)
+                await consumer.stop()
+                await self._handler.close()
+                if not await self._pause(delay):
+                    break
+                delay = min(delay * 2, self._backoff.max_s)
+        return None
+
+    async def _handle(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.perf_counter()
+        records = [r for tp in sorted(batches) for r in batches[tp]]
+        prepared = await self._handler.prepare(records)
+        delay = self._backoff.initial_s
+        while True:
+            try:
+                await self._handler.store(prepared)
+                break
+            except Exception as exc:
+                self._metrics.store_retries.labels(self.name).inc()
+                if is_transient(exc) or isinstance(exc, KafkaError):
+                    log.warning("consumer %s: a store is down, retrying the batch in %.1fs: %s", self.name, delay, exc)
+                else:
+                    # Not an outage, yet nothing is committed that is not stored: retry and say so loudly.
+                    log.exception("consumer %s: storing a batch failed, retrying in %.1fs", self.name, delay)
+                if not await self._pause(delay):
+                    log.info("consumer %s: stopping with a batch not stored; it will be read again", self.name)
+                    return
+                delay = min(delay * 2, self._backoff.max_s)
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items() if recs}
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # Partitions moved to another member: it re-reads the batch, which stores nothing twice.
+            log.warning("consumer %s: commit failed, the batch will be read again: %s", self.name, exc)
+            return
+        self._metrics.batch_records.labels(self.name).inc(len(records))
+        self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - next_offset))

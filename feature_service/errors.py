@@ -1,0 +1,33 @@
+"""Feature service errors; the kit's interceptor maps each to its gRPC status with the message as is."""
+
+from __future__ import annotations
+
+from kit.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+
+class BadRequest(InvalidArgument):
+    """A snapshot name, filter, fraction or split in the request is not usable."""
+
+
+class CameraNotFound(NotFound):
+    """No online features for the camera: never seen, or its features expired."""
+
+
+class SnapshotNotFound(NotFound):
+    """No dataset snapshot with that name (and version)."""
+
+
+class EmptySnapshot(FailedPrecondition):
+    """The filter of a snapshot matches no stored frame."""
+
+
+class StoreUnavailable(Unavailable):
+    """PostgreSQL, Redis or the blob store cannot be reached; retry later."""
+
+
+class BlobMissing(DataLoss):
+    """A stored frame's image is missing from the blob store, or its bytes no longer match their sha256."""
+
+
+class MigrationError(Exception):
+    """The database schema cannot be brought up to date (edited or unknown migration)."""
