@@ -159,6 +159,9 @@ async def run(args: argparse.Namespace) -> str:
         with daemon("feature_service", [*kafka, "--postgres-dsn", cfg.postgres_dsn, "--redis-url", cfg.redis_url,
                                         "--blob-dir", str(run_dir / "blobs")], feature_port, run_dir / "fs.log"), \
              daemon("ingestor", kafka, ingestor_port, run_dir / "ingestor.log"):
+            # Warm-up on another camera: consumer-group join and first connections are not throughput.
+            warmup = load_frames(args.images, 8, camera_id=f"warmup-{os.urandom(3).hex()}")
+            await bench_end_to_end(f"127.0.0.1:{ingestor_port}", cfg.postgres_dsn, warmup)
             e2e_s = await bench_end_to_end(f"127.0.0.1:{ingestor_port}", cfg.postgres_dsn, frames)
     finally:
         for proc in reversed(procs):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from carmesh_cli import datasets, ingest
+from carmesh_cli.argtypes import count as _count
+from carmesh_cli.argtypes import fraction as _fraction
+from carmesh_cli.argtypes import names as _classes
+from carmesh_cli.argtypes import seconds as _seconds
 from carmesh_cli.connection import (
     DEFAULT_GATEWAY,
     EXIT_AUTH,
@@ -40,43 +44,6 @@ DEFAULT_TIMEOUT_S = 30.0
 IMPORT_TIMEOUT_S = 600.0
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _classes(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected class names such as car,truck")
-    return names
-
-
 def _common_options() -> argparse.ArgumentParser:
     # SUPPRESS lets these be given before or after the subcommand without one erasing the other.
     common = argparse.ArgumentParser(add_help=False)
@@ -87,14 +54,17 @@ def _common_options() -> argparse.ArgumentParser:
                        help="API key sent as 'authorization: Bearer KEY' (default $CARMESH_API_KEY)")
     group.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS, metavar="S",
                        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
-                            f"{IMPORT_TIMEOUT_S:g} for models import)")
+                            f"{IMPORT_TIMEOUT_S:g} for models import, {ingest.IMPORT_TIMEOUT_S:g} for ingest dataset, "
+                            f"{datasets.CREATE_TIMEOUT_S:g} for datasets create)")
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
-        prog="carmesh", description="Detect cars and manage detector models through the carmesh gateway.",
+        prog="carmesh",
+        description="Detect cars, ingest frames and data sets, build dataset snapshots and manage detector models "
+                    "through the carmesh gateway.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -147,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="point an alias back at its previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--alias", default="champion", help="the alias to roll back (default champion)")
+
+    ingest.add_parser(commands, common, EPILOG)
+    datasets.add_parsers(commands, common, EPILOG)
     return parser
 
 
@@ -162,6 +135,10 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         except NamesError as exc:
             raise CliError(str(exc), EXIT_USAGE) from exc
     with Connection(address, api_key, connect_timeout_s=min(timeout_s or 5.0, 5.0)) as conn:
+        if args.command == "ingest":
+            return ingest.run(conn, args, timeout_s=timeout_s)
+        if args.command in ("datasets", "features"):
+            return datasets.run(conn, args, timeout_s=timeout_s)
         if args.command == "detect":
             return run_detect(
                 conn, args.images, as_json=args.json, out_dir=args.out, score_threshold=args.score_threshold,

@@ -11,10 +11,11 @@ from typing import TextIO
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from carmesh_cli.connection import EXIT_OK, EXIT_USAGE, CliError, Connection, rpc_failure
+from carmesh_cli.output import table as _table
+from carmesh_cli.output import when as _when
 from carmesh_cli.progress import ProgressBar, human_bytes
 
 # "auto": the registry tells the family from the model's tensor layout.
@@ -28,19 +29,6 @@ CHUNK_BYTES = 1024 * 1024
 
 def _family_name(family: int) -> str:
     return next((name for name, value in FAMILIES.items() if value == family and name != "auto"), "-")
-
-
-def _when(stamp: Timestamp) -> str:
-    if not stamp.seconds and not stamp.nanos:
-        return "-"
-    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def _stub(conn: Connection) -> registry_pb2_grpc.RegistryServiceStub:

@@ -12,10 +12,11 @@ from detector.config import Settings
 from detector.detector import DetectDefaults, Detector
 from detector.engine import EngineOptions, ModelRef, ModelSpec, choose_providers, sha256_file
 from detector.errors import ModelLoadError
-from detector.metrics import DetectorMetrics
+from detector.metrics import DetectorMetrics, StreamMetrics
 from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
+from detector.stream import FrameStream, StreamOptions
 from kit.lifecycle import Lifecycle
 from kit.metrics import Metrics, MetricsHttpServer
 from kit.server import Server
@@ -79,6 +80,20 @@ class DetectorApp:
         detector_pb2_grpc.add_DetectorServiceServicer_to_server(
             DetectorServicer(self.detector, self.manager, cfg.stream_window), self.server.server
         )
+        self.stream: FrameStream | None = None
+        if cfg.stream_consumer:
+            self.stream = FrameStream(
+                self.detector,
+                self.manager,
+                StreamOptions(
+                    bootstrap=cfg.kafka_bootstrap,
+                    group_id=cfg.stream_group_id,
+                    idempotence=cfg.kafka_idempotence,
+                    max_inflight=cfg.stream_inflight_frames,
+                    retry_max_s=cfg.stream_retry_max_s,
+                ),
+                StreamMetrics(metrics),
+            )
 
     def _waiting_for(self) -> str:
         if self.watcher is not None:
@@ -110,8 +125,17 @@ class DetectorApp:
             self.watcher.start()
         else:
             await self._load_file()
+        # Pauses by itself while no model is loaded, so it can start before the registry answers.
+        if self.stream is not None:
+            self.stream.start()
+
+    async def stop_stream(self) -> None:
+        """Stops taking frames, finishes those in flight and commits them (before the model goes away)."""
+        if self.stream is not None:
+            await self.stream.stop(self.cfg.shutdown_grace_s)
 
     async def close(self) -> None:
+        await self.stop_stream()
         if self.watcher is not None:
             await self.watcher.close()
         await self.manager.close()
@@ -136,4 +160,4 @@ async def serve(cfg: Settings) -> None:
             await app.server.stop(0)
         await lifecycle.stack.aclose()
         raise SystemExit(2) from exc
-    await lifecycle.run(app.server)
+    await lifecycle.run(app.server, before_drain=app.stop_stream)

@@ -59,6 +59,34 @@ class Settings(BaseSettings):
     max_detections: int = Field(100, ge=1, le=100_000, description="default most detections per image")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width*height) accepted")
 
+    # Streaming detection: frames from Kafka, detections back to Kafka (off: gRPC only).
+    stream_consumer: bool = Field(False, description="also detect the frames on carmesh.frames.v1")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port,...)")
+    kafka_idempotence: bool = Field(True, description="idempotent producer (off for brokers without InitProducerId)")
+    stream_group_id: str = Field("carmesh-detector", min_length=1, description="consumer group of the frames")
+    stream_max_inflight: int = Field(
+        0, ge=0, le=100_000, description="frames from the stream detected at once (<= max_queue; 0: half of it)"
+    )
+    stream_retry_max_s: float = Field(
+        2.0, gt=0, le=600, description="longest wait between retries of a frame (queue full, broker down)"
+    )
+
+    @field_validator("stream_max_inflight")
+    @classmethod
+    def _inflight_fits_queue(cls, value: int, info: ValidationInfo) -> int:
+        max_queue = info.data.get("max_queue")
+        if max_queue is not None and value > max_queue:
+            raise ValueError(f"must be <= max_queue ({max_queue}): the stream cannot hold more than the queue takes")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        servers = [item.strip() for item in value.split(",") if item.strip()]
+        if not servers or any(":" not in item for item in servers):
+            raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return ",".join(servers)
+
     @field_validator("score_threshold", "iou_threshold")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -93,6 +121,11 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{str(value)!r} is not a file")
         return value
+
+    @property
+    def stream_inflight_frames(self) -> int:
+        """The stream's window; half the queue by default, leaving the rest to gRPC clients."""
+        return self.stream_max_inflight or max(1, self.max_queue // 2)
 
     @property
     def model_source(self) -> str:

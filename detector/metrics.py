@@ -38,3 +38,32 @@ class DetectorMetrics:
             registry=registry,
         )
         self.model_loaded = Gauge("carmesh_detector_model_loaded", "1 while a model is being served", registry=registry)
+
+
+class StreamMetrics:
+    """The Kafka side: frames consumed from carmesh.frames.v1 and what became of them."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics.registry
+        self.frames = Counter(
+            "carmesh_detector_stream_frames_total",
+            "Frames taken from the frames topic, by outcome (published, skipped_undecodable, skipped_failed)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "carmesh_detector_stream_retries_total",
+            "Retries of a frame's detection or publication, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "carmesh_detector_stream_inflight", "Frames taken from the topic and not yet committed", registry=registry
+        )
+        self.paused = Gauge(
+            "carmesh_detector_stream_paused", "1 while consumption is paused because no model is loaded",
+            registry=registry,
+        )
+        self.committed = Counter(
+            "carmesh_detector_stream_commits_total", "Offset commits to the frames consumer group", registry=registry
+        )

@@ -30,13 +30,14 @@ def _options(request: detector_pb2.DetectRequest) -> DetectOptions:
     )
 
 
-def _model_ref(ref: ModelRef) -> common_pb2.ModelRef:
+def model_ref(ref: ModelRef) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=ref.name, version=ref.version, alias=ref.alias)
 
 
-def _response(result: DetectResult, request_id: str) -> detector_pb2.DetectResponse:
+def detection_messages(result: DetectResult) -> list[common_pb2.Detection]:
+    """The detections of one result as protos (shared by gRPC replies and Kafka messages)."""
     found = result.detections
-    detections = [
+    return [
         common_pb2.Detection(
             box=common_pb2.BoundingBox(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3])),
             score=float(score),
@@ -45,10 +46,27 @@ def _response(result: DetectResult, request_id: str) -> detector_pb2.DetectRespo
         )
         for b, score, cls in zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist(), strict=True)
     ]
+
+
+def frame_detections(frame: common_pb2.Frame, result: DetectResult) -> common_pb2.FrameDetections:
+    """What is published on carmesh.detections.v1 for one frame."""
+    message = common_pb2.FrameDetections(
+        frame_id=frame.frame_id,
+        camera_id=frame.camera_id,
+        model=model_ref(result.model),
+        detections=detection_messages(result),
+        image_width=result.image_width,
+        image_height=result.image_height,
+    )
+    message.detected_at.GetCurrentTime()
+    return message
+
+
+def _response(result: DetectResult, request_id: str) -> detector_pb2.DetectResponse:
     t = result.timings
     return detector_pb2.DetectResponse(
-        detections=detections,
-        model=_model_ref(result.model),
+        detections=detection_messages(result),
+        model=model_ref(result.model),
         timings=detector_pb2.DetectTimings(
             decode_ms=t.decode_ms,
             preprocess_ms=t.preprocess_ms,
@@ -138,7 +156,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServiceServicer):
         loaded_at.FromDatetime(loaded.loaded_at)
         batching = self._manager.batching
         return detector_pb2.GetModelInfoResponse(
-            model=_model_ref(loaded.spec.ref),
+            model=model_ref(loaded.spec.ref),
             family=engine.family,
             class_names=list(engine.class_names),
             input_width=engine.input_hw[1],

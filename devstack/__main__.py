@@ -13,7 +13,7 @@ from devstack import services
 from devstack.procs import Process, StackError
 
 INFRA = ("redis", "postgres", "tansu", "mlflow")
-DAEMONS = ("registry_gateway", "detector", "gateway")
+DAEMONS = ("registry_gateway", "ingestor", "feature_service", "detector", "gateway")
 
 
 def config_from_env() -> services.StackConfig:
@@ -32,6 +32,8 @@ def processes(cfg: services.StackConfig, names: tuple[str, ...]) -> list[Process
         "tansu": services.tansu,
         "mlflow": services.mlflow,
         "registry_gateway": services.registry_gateway,
+        "ingestor": services.ingestor,
+        "feature_service": services.feature_service,
         "detector": services.detector,
         "gateway": services.gateway,
     }

@@ -29,9 +29,13 @@ class Ports:
     gateway: int = 50051
     detector: int = 50061
     registry: int = 50064
+    ingestor: int = 50062
+    feature: int = 50063
     gateway_metrics: int = 9451
     detector_metrics: int = 9461
     registry_metrics: int = 9464
+    ingestor_metrics: int = 9462
+    feature_metrics: int = 9463
 
     def shifted(self, offset: int) -> Ports:
         return Ports(**{name: value + offset for name, value in self.__dict__.items()})
@@ -233,9 +237,25 @@ def registry_gateway(cfg: StackConfig) -> Process:
     return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args)
 
 
+# The local broker (Tansu) has no InitProducerId, so producers run without idempotence here.
+def _kafka_args(cfg: StackConfig) -> list[str]:
+    return ["--kafka-bootstrap", cfg.kafka_bootstrap, "--no-kafka-idempotence"]
+
+
+def ingestor(cfg: StackConfig) -> Process:
+    args = ["--metrics-port", str(cfg.ports.ingestor_metrics), *_kafka_args(cfg)]
+    return _daemon(cfg, "ingestor", "ingestor", cfg.ports.ingestor, args)
+
+
+def feature_service(cfg: StackConfig) -> Process:
+    args = ["--metrics-port", str(cfg.ports.feature_metrics), *_kafka_args(cfg), "--postgres-dsn", cfg.postgres_dsn]
+    args += ["--redis-url", cfg.redis_url, "--blob-dir", str(cfg.run_dir / "blobs")]
+    return _daemon(cfg, "feature_service", "feature_service", cfg.ports.feature, args)
+
+
 def detector(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.detector_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
-    args += ["--model-cache-dir", str(cfg.run_dir / "detector-cache")]
+    args += ["--model-cache-dir", str(cfg.run_dir / "detector-cache"), "--stream-consumer", *_kafka_args(cfg)]
     proc = _daemon(cfg, "detector", "detector", cfg.ports.detector, args)
     # With no model registered yet the detector is up but NOT_SERVING: ready means its port answers.
     proc.ready = lambda: tcp_open(cfg.ports.detector)
@@ -245,6 +265,7 @@ def detector(cfg: StackConfig) -> Process:
 def gateway(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.gateway_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
     args += ["--detector-addrs", f"{HOST}:{cfg.ports.detector}", "--api-keys-file", str(cfg.run_dir / "api-keys")]
+    args += ["--ingestor-addr", f"{HOST}:{cfg.ports.ingestor}", "--feature-addr", f"{HOST}:{cfg.ports.feature}"]
     # One local admin key drives demos, benchmarks and e2e load; clusters keep the default limit.
     args += ["--rate-limit-rps", "2000", "--rate-limit-burst", "2000"]
     return _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, args)

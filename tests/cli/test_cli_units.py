@@ -49,6 +49,8 @@ def test_models_arguments():
     assert (imp.action, imp.path, imp.family, imp.names, imp.alias, imp.name) == (
         "import", Path("m.onnx"), "yolox", "coco", "champion", "car-detector"
     )
+    # Without --family the registry tells the layout apart itself.
+    assert parser.parse_args(["models", "import", "m.onnx"]).family == "auto"
     promote = parser.parse_args(["models", "promote", "car-detector", "3"])
     assert (promote.name, promote.version, promote.alias) == ("car-detector", "3", "champion")
     rollback = parser.parse_args(["models", "rollback", "car-detector", "--alias", "canary"])
@@ -63,7 +65,6 @@ def test_models_arguments():
         ["detect", "a.jpg", "--iou-threshold", "x"],
         ["detect", "a.jpg", "--timeout", "0"],
         ["detect", "a.jpg", "--max-detections", "-1"],
-        ["models", "import", "m.onnx"],  # --family is required
         ["models", "import", "m.onnx", "--family", "resnet"],
         ["models", "promote", "car-detector"],
         ["teleport"],
