@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from carmesh.v1 import detector_pb2_grpc
@@ -33,7 +34,7 @@ class DetectorApp:
         self.metrics = DetectorMetrics(metrics)
         engine_options = EngineOptions(
             providers=choose_providers(cfg.providers),
-            intra_op_threads=cfg.intra_op_threads,
+            intra_op_threads=cfg.intra_op_threads or max(1, (os.cpu_count() or 1) // cfg.inference_threads),
             warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
         )
         self.preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
@@ -47,7 +48,7 @@ class DetectorApp:
         )
         self.manager = ModelManager(
             engine_options=engine_options,
-            batching=BatchingOptions(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue),
+            batching=BatchingOptions(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue, cfg.inference_threads),
             inference_executor=self.inference_executor,
             metrics=self.metrics,
             drain_timeout_s=cfg.drain_timeout_s,

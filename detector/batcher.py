@@ -1,5 +1,7 @@
 """Dynamic micro-batching for one loaded model: a bounded queue and one task that groups
-requests into a single ``session.run`` per batch, off the event loop."""
+requests into a single ``session.run`` per batch, off the event loop, with up to
+``concurrency`` batches running at once (overlapping runs keep both cores busy, and are the
+only parallelism a model with a static batch size of 1 gets)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class BatchingOptions:
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 64
+    # Batches running at once; each takes one thread of the inference executor.
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class Batcher:
         self._metrics = metrics
         self._label = label
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=options.max_queue)
-        self._inflight: list[_Item] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._running_items: dict[asyncio.Task[None], list[_Item]] = {}
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -109,7 +114,9 @@ class Batcher:
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]
         deadline = time.perf_counter() + self._options.max_wait_ms / 1000
-        while len(batch) < self._options.max_batch_size:
+        # A model with a static batch size runs that many at a time: a bigger batch would only queue behind itself.
+        max_batch = min(self._options.max_batch_size, self._engine.static_batch or self._options.max_batch_size)
+        while len(batch) < max_batch:
             try:
                 batch.append(self._queue.get_nowait())
                 continue
@@ -132,40 +139,54 @@ class Batcher:
         return outputs, time.perf_counter() - started
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self._options.concurrency)
         while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            self._inflight = batch
-            started = time.perf_counter()
+            await slots.acquire()
             try:
-                outputs, seconds = await loop.run_in_executor(
-                    self._executor, self._run_batch, [item.tensor for item in batch]
-                )
-            except asyncio.CancelledError:
+                batch = await self._collect()
+            except BaseException:
+                slots.release()
                 raise
-            except Exception as exc:
-                log.exception("inference failed on %s for a batch of %d", self._label, len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(
-                            InferenceFailed(f"inference failed on model {self._label}: {type(exc).__name__}: {exc}")
-                        )
+            if not batch:
+                slots.release()
                 continue
-            finally:
-                self._inflight = []
-            # A model with a static batch size ran the batch in chunks of that size.
-            chunk = self._engine.static_batch or len(batch)
-            for start in range(0, len(batch), chunk):
-                self._metrics.batch_size.observe(min(chunk, len(batch) - start))
-            self._metrics.inference_seconds.observe(seconds)
-            for i, item in enumerate(batch):
-                shared = min(chunk, len(batch) - i // chunk * chunk)
+            task = asyncio.create_task(self._run(batch, slots))
+            self._inflight.add(task)
+            self._running_items[task] = batch
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._running_items.pop(task, None)
+
+    async def _run(self, batch: list[_Item], slots: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs, seconds = await loop.run_in_executor(
+                self._executor, self._run_batch, [item.tensor for item in batch]
+            )
+        except Exception as exc:
+            log.exception("inference failed on %s for a batch of %d", self._label, len(batch))
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(
-                        InferResult(outputs[i], shared, (started - item.enqueued) * 1000, seconds * 1000)
+                    item.future.set_exception(
+                        InferenceFailed(f"inference failed on model {self._label}: {type(exc).__name__}: {exc}")
                     )
+            return
+        finally:
+            slots.release()
+        # A model with a static batch size ran the batch in chunks of that size.
+        chunk = self._engine.static_batch or len(batch)
+        for start in range(0, len(batch), chunk):
+            self._metrics.batch_size.observe(min(chunk, len(batch) - start))
+        self._metrics.inference_seconds.observe(seconds)
+        for i, item in enumerate(batch):
+            shared = min(chunk, len(batch) - i // chunk * chunk)
+            if not item.future.done():
+                item.future.set_result(
+                    InferResult(outputs[i], shared, (started - item.enqueued) * 1000, seconds * 1000)
+                )
 
     async def close(self, drain_timeout_s: float) -> None:
         """Stops admitting, lets admitted requests finish (up to the timeout), then stops the task."""
@@ -184,7 +205,9 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        leftovers = list(self._inflight)
+        leftovers = [item for items in self._running_items.values() for item in items]
+        for task in list(self._inflight):
+            task.cancel()
         while not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
         for item in leftovers:

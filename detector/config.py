@@ -40,14 +40,20 @@ class Settings(BaseSettings):
         [],
         description="ONNX Runtime execution providers in order (empty: CUDA first when available, then CPU)",
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: its default)")
+    intra_op_threads: int = Field(
+        0, ge=0, le=256,
+        description="ONNX Runtime intra-op threads per run (0: CPU cores / inference_threads, so concurrent runs "
+        "share the cores instead of oversubscribing them)",
+    )
     warmup: bool = Field(True, description="run one dummy batch through a model before serving it")
 
     # Batching and admission.
     max_batch_size: int = Field(8, ge=1, le=256, description="most images per inference call")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill after its first image")
     max_queue: int = Field(64, ge=1, le=100_000, description="most requests admitted and not yet inferred")
-    inference_threads: int = Field(1, ge=1, le=64, description="threads running session.run (ORT has its own pool)")
+    inference_threads: int = Field(
+        2, ge=1, le=64, description="batches running session.run at once (each uses ORT's own intra-op pool)"
+    )
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads decoding, letterboxing, post-processing")
     stream_window: int = Field(8, ge=1, le=1024, description="DetectStream items in flight per stream")
     drain_timeout_s: float = Field(30.0, gt=0, le=3600, description="how long a replaced model may finish its work")
