@@ -85,7 +85,8 @@ def decode_gray(data: bytes) -> np.ndarray | None:
 
 def compute_features(gray: np.ndarray) -> Features:
     mean, std = cv2.meanStdDev(gray)
-    laplacian = cv2.Laplacian(gray, cv2.CV_64F)
+    # float32 holds a uint8 Laplacian exactly and is ~30% cheaper than float64.
+    laplacian = cv2.Laplacian(gray, cv2.CV_32F)
     _, lap_std = cv2.meanStdDev(laplacian)
     height, width = gray.shape[:2]
     return Features(

@@ -37,8 +37,12 @@ def create_producer(bootstrap: str, *, client_id: str, idempotence: bool, linger
 
 
 def create_consumer(bootstrap: str, *topics: str, group_id: str, client_id: str,
-                    max_message_bytes: int = MAX_MESSAGE_BYTES, **kwargs: object) -> AIOKafkaConsumer:
-    """Manual commits only: callers commit an offset once its effect is durable."""
+                    max_message_bytes: int = MAX_MESSAGE_BYTES, fetch_max_wait_ms: int = 50,
+                    **kwargs: object) -> AIOKafkaConsumer:
+    """Manual commits only: callers commit an offset once its effect is durable.
+
+    ``fetch_max_wait_ms`` caps how long the broker may hold a fetch: Tansu holds it for the
+    whole wait even when records are ready (500 ms by default), which starved consumers."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -48,6 +52,7 @@ def create_consumer(bootstrap: str, *topics: str, group_id: str, client_id: str,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=max_message_bytes,
         fetch_max_bytes=max(max_message_bytes, 52428800),
+        fetch_max_wait_ms=fetch_max_wait_ms,
         **kwargs,  # type: ignore[arg-type]
     )
 
