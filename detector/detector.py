@@ -14,7 +14,7 @@ import numpy as np
 
 from detector.engine import Engine, ModelRef
 from detector.errors import BadImage, BadParameter, NoModel
-from detector.imaging import Letterbox, decode_image
+from detector.imaging import Letterbox, decode_for_input
 from detector.models import LoadedModel, ModelManager
 from detector.postprocess import Detections, PostprocessParams, postprocess
 
@@ -110,9 +110,9 @@ class Detector:
 
     def _prepare(self, image: bytes, engine: Engine) -> tuple[np.ndarray, Letterbox, float, float]:
         started = time.perf_counter()
-        decoded = decode_image(image, self._defaults.max_image_pixels)
+        decoded, width, height = decode_for_input(image, self._defaults.max_image_pixels, engine.input_hw)
         decoded_at = time.perf_counter()
-        tensor, box = engine.preprocess(decoded)
+        tensor, box = engine.preprocess(decoded, (width, height))
         return tensor, box, (decoded_at - started) * 1000, (time.perf_counter() - decoded_at) * 1000
 
     def _finish(

@@ -74,10 +74,13 @@ class Engine:
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went."""
+    def preprocess(
+        self, image: np.ndarray, source_wh: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, Letterbox]:
+        """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went (in the
+        pixels of a ``source_wh`` source when ``image`` is its exact reduction)."""
         yolox = self.spec.family == "yolox"
-        canvas, box = letterbox(image, self.input_hw, centered=not yolox)
+        canvas, box = letterbox(image, self.input_hw, centered=not yolox, source_wh=source_wh)
         chw: np.ndarray
         if yolox:
             # YOLOX takes BGR 0..255 unnormalised.
