@@ -1,5 +1,6 @@
 """One consumer-group loop: poll a batch, prepare it, store it (retrying outages with backoff,
-never committing meanwhile), then commit its offsets. A stop finishes the batch in hand."""
+never committing meanwhile), then commit its offsets; the next batch is polled and prepared
+while the previous one is stored. A stop finishes the batch in hand."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ from feature_service.metrics import FeatureMetrics
 log = logging.getLogger(__name__)
 
 PreparedT = TypeVar("PreparedT")
+Batches = dict[TopicPartition, list[ConsumerRecord]]
+
+
+def _rewind(consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    """Reads ``batches`` again from their first records (on partitions still ours)."""
+    for tp, recs in batches.items():
+        if recs and tp in consumer.assignment():
+            consumer.seek(tp, recs[0].offset)
 
 
 class BatchHandler(Protocol[PreparedT]):
@@ -87,6 +96,9 @@ class ConsumerLoop(Generic[PreparedT]):
         if consumer is None:
             return
         log.info("consumer %s started", self.name)
+        # The batch being stored and committed while the next one is polled and prepared: decoding
+        # (CPU) overlaps the writes (I/O); commits still go strictly in order, one batch at a time.
+        storing: tuple[asyncio.Task[bool], Batches] | None = None
         try:
             while not self._stopping.is_set():
                 try:
@@ -97,20 +109,43 @@ class ConsumerLoop(Generic[PreparedT]):
                     continue
                 # Records polled after a stop was asked are not handled: the next owner reads them.
                 if not batches or self._stopping.is_set():
+                    if storing is not None and storing[0].done():
+                        await self._settle(consumer, storing)
+                        storing = None
                     continue
+                started = time.perf_counter()
+                records = [r for tp in sorted(batches) for r in batches[tp]]
                 try:
-                    await self._handle(consumer, batches)
+                    prepared = await self._handler.prepare(records)
                 except Exception:
-                    # Nothing of this batch is committed; read it again rather than skip past it.
-                    log.exception("consumer %s: handling a batch failed; reading it again", self.name)
-                    for tp, recs in batches.items():
-                        if recs and tp in consumer.assignment():
-                            consumer.seek(tp, recs[0].offset)
+                    log.exception("consumer %s: preparing a batch failed; reading it again", self.name)
+                    _rewind(consumer, batches)
                     await self._pause(self._backoff.max_s)
+                    continue
+                if storing is not None:
+                    committed = await self._settle(consumer, storing)
+                    storing = None
+                    if not committed or self._stopping.is_set():
+                        continue  # rewound to the previous batch (or stopping): this one is read again
+                task = asyncio.create_task(self._store_and_commit(consumer, batches, prepared, records, started))
+                storing = (task, batches)
         finally:
+            if storing is not None:
+                await storing[0]  # a stop finishes the batch in hand
             await self._handler.close()
             await consumer.stop()
             log.info("consumer %s stopped", self.name)
+
+    async def _settle(self, consumer: AIOKafkaConsumer, storing: tuple[asyncio.Task[bool], Batches]) -> bool:
+        """Waits for the batch in hand; True when it was committed. When it was not, rewinds to it,
+        so the records polled after it are read again too."""
+        task, batches = storing
+        if await task:
+            return True
+        _rewind(consumer, batches)
+        if not self._stopping.is_set():
+            await self._pause(self._backoff.max_s)
+        return False
 
     async def _connect(self) -> AIOKafkaConsumer | None:
         delay = self._backoff.initial_s
@@ -131,10 +166,21 @@ class ConsumerLoop(Generic[PreparedT]):
                 delay = min(delay * 2, self._backoff.max_s)
         return None
 
-    async def _handle(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        started = time.perf_counter()
-        records = [r for tp in sorted(batches) for r in batches[tp]]
-        prepared = await self._handler.prepare(records)
+    async def _store_and_commit(
+        self, consumer: AIOKafkaConsumer, batches: Batches, prepared: PreparedT, records: list[ConsumerRecord],
+        started: float,
+    ) -> bool:
+        """Stores the batch (retrying outages) and commits its offsets; False when it did not commit."""
+        try:
+            return await self._store_then_commit(consumer, batches, prepared, records, started)
+        except Exception:
+            log.exception("consumer %s: storing a batch failed; reading it again", self.name)
+            return False
+
+    async def _store_then_commit(
+        self, consumer: AIOKafkaConsumer, batches: Batches, prepared: PreparedT, records: list[ConsumerRecord],
+        started: float,
+    ) -> bool:
         delay = self._backoff.initial_s
         while True:
             try:
@@ -149,7 +195,7 @@ class ConsumerLoop(Generic[PreparedT]):
                     log.exception("consumer %s: storing a batch failed, retrying in %.1fs", self.name, delay)
                 if not await self._pause(delay):
                     log.info("consumer %s: stopping with a batch not stored; it will be read again", self.name)
-                    return
+                    return False
                 delay = min(delay * 2, self._backoff.max_s)
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items() if recs}
         try:
@@ -157,10 +203,11 @@ class ConsumerLoop(Generic[PreparedT]):
         except KafkaError as exc:
             # Partitions moved to another member: it re-reads the batch, which stores nothing twice.
             log.warning("consumer %s: commit failed, the batch will be read again: %s", self.name, exc)
-            return
+            return False
         self._metrics.batch_records.labels(self.name).inc(len(records))
         self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - next_offset))
+        return True

@@ -20,11 +20,17 @@ FRAMES_DLQ_TOPIC = "carmesh.frames.dlq.v1"
 # Full-HD JPEGs are 0.2-1 MB; leave room for 4K frames and annotations.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+# Per-partition buffer of a producer: aiokafka's 16 KB default makes every frame wait for the
+# previous one to be sent; 1 MiB batches several frames and stays under Kafka's default
+# message.max.bytes (a single bigger frame still goes alone, as its own batch).
+BATCH_BYTES = 1024 * 1024
+
 DEFAULT_PARTITIONS: Mapping[str, int] = {FRAMES_TOPIC: 4, DETECTIONS_TOPIC: 4, FRAMES_DLQ_TOPIC: 1}
 
 
 def create_producer(bootstrap: str, *, client_id: str, idempotence: bool, linger_ms: int = 5,
-                    max_message_bytes: int = MAX_MESSAGE_BYTES) -> AIOKafkaProducer:
+                    max_message_bytes: int = MAX_MESSAGE_BYTES,
+                    max_batch_bytes: int = BATCH_BYTES) -> AIOKafkaProducer:
     """acks=all always; idempotence where the broker supports it (not started: call ``start()``)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -33,6 +39,7 @@ def create_producer(bootstrap: str, *, client_id: str, idempotence: bool, linger
         enable_idempotence=idempotence,
         linger_ms=linger_ms,
         max_request_size=max_message_bytes,
+        max_batch_size=max_batch_bytes,
     )
 
 
