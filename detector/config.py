@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from kit.config import BaseSettings
+from kit.config import BaseSettings, not_below, stripped_entries
 
 Family = Literal["yolov8", "yolox"]
 
@@ -103,17 +103,12 @@ class Settings(BaseSettings):
     @field_validator("providers", "class_names", "classes")
     @classmethod
     def _no_blank(cls, value: list[str]) -> list[str]:
-        if any(not item.strip() for item in value):
-            raise ValueError("entries must not be blank")
-        return [item.strip() for item in value]
+        return stripped_entries(value)
 
     @field_validator("registry_retry_max_s")
     @classmethod
     def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("registry_retry_initial_s")
-        if initial is not None and value < initial:
-            raise ValueError(f"must be >= registry_retry_initial_s ({initial})")
-        return value
+        return not_below(value, info, "registry_retry_initial_s")
 
     @field_validator("model_path", mode="before")
     @classmethod

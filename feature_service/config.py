@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kit.config import BaseSettings
+from kit.config import BaseSettings, not_below, stripped_entries
 
 
 class Settings(BaseSettings):
@@ -76,17 +76,12 @@ class Settings(BaseSettings):
     @field_validator("car_classes")
     @classmethod
     def _no_blank(cls, value: list[str]) -> list[str]:
-        if any(not item.strip() for item in value):
-            raise ValueError("entries must not be blank")
-        return [item.strip() for item in value]
+        return stripped_entries(value)
 
     @field_validator("retry_max_s")
     @classmethod
     def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("retry_initial_s")
-        if initial is not None and value < initial:
-            raise ValueError(f"must be >= retry_initial_s ({initial})")
-        return value
+        return not_below(value, info, "retry_initial_s")
 
     @model_validator(mode="after")
     def _bucket_for_s3(self) -> Settings:

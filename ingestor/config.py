@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from kit.config import BaseSettings
+from kit.config import BaseSettings, not_below
 from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
 
 # Room for the Frame envelope (ids, annotations) next to the image in one Kafka message.
@@ -72,7 +72,4 @@ class Settings(BaseSettings):
     @field_validator("retry_max_ms")
     @classmethod
     def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("retry_initial_ms")
-        if initial is not None and value < initial:
-            raise ValueError(f"must be >= retry_initial_ms ({initial})")
-        return value
+        return not_below(value, info, "retry_initial_ms")

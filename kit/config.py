@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 SettingsT = TypeVar("SettingsT", bound="BaseSettings")
 
@@ -26,7 +26,8 @@ class ConfigError(Exception):
 class BaseSettings(BaseModel):
     """Fields every daemon has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: cross-field checks (a maximum under its minimum) also see the defaults.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     host: str = "127.0.0.1"
     grpc_port: int = 0
@@ -105,6 +106,21 @@ def _describe(err: Any, env_prefix: str) -> str:
     field = str(loc[0])
     where = ".".join(str(p) for p in loc)
     return f"{where}: {err['msg']} (set --{field.replace('_', '-')} or {env_prefix}{field.upper()})"
+
+
+def stripped_entries(value: list[str]) -> list[str]:
+    """For list settings: entries trimmed, none blank."""
+    if any(not item.strip() for item in value):
+        raise ValueError("entries must not be blank")
+    return [item.strip() for item in value]
+
+
+def not_below(value: float, info: ValidationInfo, other: str) -> float:
+    """For a maximum that must not be under its minimum setting ``other`` (e.g. retry delays)."""
+    floor = info.data.get(other)
+    if floor is not None and value < floor:
+        raise ValueError(f"must be >= {other} ({floor})")
+    return value
 
 
 def path_or_none(value: str | Path | None) -> Path | None:

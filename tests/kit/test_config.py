@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import Field
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from kit.config import BaseSettings, ConfigError, load_settings
+from kit.config import BaseSettings, ConfigError, load_settings, not_below, stripped_entries
 
 
 class DemoSettings(BaseSettings):
@@ -32,3 +32,29 @@ def test_invalid_value_names_field_and_where_to_set_it() -> None:
 def test_unknown_flag_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         load_settings(DemoSettings, "CARMESH_DEMO_", ["--no-such-flag", "1"], environ={})
+
+
+class RetrySettings(BaseSettings):
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 5.0
+    names: list[str] = Field(default_factory=list)
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _max(cls, value: float, info: ValidationInfo) -> float:
+        return not_below(value, info, "retry_initial_s")
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return stripped_entries(value)
+
+
+def test_shared_validators() -> None:
+    cfg = load_settings(RetrySettings, "X_", ["--names", " car , bus"], environ={})
+    assert cfg.names == ["car", "bus"]
+    with pytest.raises(ConfigError, match="must be >= retry_initial_s"):
+        load_settings(RetrySettings, "X_", ["--retry-initial-s", "9"], environ={})
+    # Flags and env drop empty items while splitting; settings built in code are checked too.
+    with pytest.raises(ValidationError, match="must not be blank"):
+        RetrySettings(names=["car", "  "])
