@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos lint typecheck test up up-infra down status demo bench bench-detect bench-ingest clean
+.PHONY: help setup protos lint typecheck test up up-infra down status demo bench bench-detect bench-ingest bench-accuracy clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ lint: ## ruff + buf lint
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI
-	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service
+	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra
@@ -43,10 +43,13 @@ status: ## what runs
 demo: ## start the mesh, import MODEL (an ONNX detector), detect cars in IMAGE through the gateway
 	@bash scripts/demo.sh "$(MODEL)" "$(IMAGE)"
 
-bench: bench-detect bench-ingest ## every benchmark; each writes its section of docs/benchmarks.md
+bench: bench-detect bench-ingest bench-accuracy ## every benchmark; each writes its section of docs/benchmarks.md
 
 bench-detect: ## raw ONNX Runtime vs detector vs gateway; writes docs/benchmarks.md
 	$(PY) -m bench.detect $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md
+
+bench-accuracy: ## car AP50 / AP50-95 of MODEL on apollo-cars val; writes docs/benchmarks.md
+	$(PY) -m bench.accuracy $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md
 
 bench-ingest: ## end-to-end ingest vs raw aiokafka vs JPEG decode; writes docs/benchmarks.md
 	$(PY) -m bench.ingest --write docs/benchmarks.md

@@ -1,0 +1,1 @@
+"""Trainer daemon: trains car detectors on dataset snapshots and evaluates them."""
