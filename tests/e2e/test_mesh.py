@@ -10,10 +10,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from PIL import Image
@@ -102,8 +104,6 @@ def _iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...])
 
 
 def _wait_serving(address: str, timeout_s: float = 120) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if grpc_serving(address):
@@ -194,6 +194,43 @@ async def _wait_for_version(mesh: Mesh, image: bytes, version: str) -> None:
         async with asyncio.timeout(90):
             while (await _detect(stub, image, mesh.api_key)).model.version != version:
                 await asyncio.sleep(0.3)
+
+
+def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
+    """`make up` wires the pipeline: a data set imported through the gateway is stored, the
+    detector's streaming mode answers every frame, and the camera's features name the model."""
+    camera = f"e2e-{os.getpid()}"
+    imported = mesh.cli("ingest", "dataset", str(shared_dir / "data" / "apollo-cars"), "--format", "kitti",
+                        "--dataset", camera, "--camera", camera)
+    assert imported.returncode == 0, imported.stderr
+    assert "148 of 148 frames" in imported.stdout, imported.stdout
+
+    deadline = time.monotonic() + 180
+    while True:
+        shown = mesh.cli("features", camera, "--json")
+        record = json.loads(shown.stdout) if shown.returncode == 0 else {}
+        if record.get("last_model", {}).get("version") and record.get("features"):
+            break
+        assert time.monotonic() < deadline, f"no features with a model for {camera}: {shown.stdout} {shown.stderr}"
+        time.sleep(1.0)
+    assert record["last_model"]["name"] == "car-detector"
+    dsn = f"postgresql://postgres@127.0.0.1:{mesh.ports.postgres}/carmesh"
+    count_sql = "select count(*) from frames where camera_id = $1"
+    while asyncio.run(_fetchval(dsn, count_sql, camera)) != 148:
+        assert time.monotonic() < deadline, "feature_service did not store all 148 frames"
+        time.sleep(0.5)
+    created = mesh.cli("datasets", "create", camera, "--dataset", camera, "--keep-source-split", "--json")
+    assert created.returncode == 0, created.stderr
+    snapshot = json.loads(created.stdout)
+    assert (int(snapshot["train_frames"]), int(snapshot["val_frames"])) == (98, 50)
+
+
+async def _fetchval(dsn: str, sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
 
 
 def test_detector_keeps_serving_when_registry_is_down(mesh: Mesh, shared_dir: Path) -> None:
