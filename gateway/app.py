@@ -9,10 +9,10 @@ from grpc_health.v1 import health_pb2
 from gateway.auth import Authenticator, load_key_store
 from gateway.config import Settings
 from gateway.errors import ApiKeysError
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
 from gateway.server import DETECTOR, FEATURES, INGEST, REGISTRY, TRAINING, Admission, build_handlers
-from gateway.telemetry import GatewayMetrics
 from gateway.upstream import UpstreamPool
 from kit.lifecycle import Lifecycle
 from kit.metrics import Metrics, MetricsHttpServer

@@ -16,7 +16,7 @@ import grpc
 
 from gateway.auth import Caller
 from gateway.errors import UpstreamError, UpstreamUnreachable
-from gateway.telemetry import GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.upstream import Replica, UpstreamPool
 from kit.errors import DomainError
 

@@ -17,9 +17,9 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
 from gateway.auth import Authenticator, Caller
 from gateway.errors import RateLimited
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import DeadlinePolicy, Forwarder, Metadata, forwarded_metadata
 from gateway.ratelimit import RateLimiter
-from gateway.telemetry import GatewayMetrics
 from gateway.upstream import UpstreamPool
 from kit.errors import DomainError
 

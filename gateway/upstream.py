@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from gateway.errors import NoHealthyUpstream
-from gateway.telemetry import GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from kit.clients import check_health
 from kit.server import channel_options
 

@@ -11,7 +11,6 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
@@ -121,7 +120,3 @@ def not_below(value: float, info: ValidationInfo, other: str) -> float:
     if floor is not None and value < floor:
         raise ValueError(f"must be >= {other} ({floor})")
     return value
-
-
-def path_or_none(value: str | Path | None) -> Path | None:
-    return Path(value) if value else None
