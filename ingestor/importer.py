@@ -14,11 +14,11 @@ from pathlib import Path
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import PublishFailed
-from ingestor.formats import Item, ParseOptions, parse_dataset
 from ingestor.frames import BadImage, ImageInfo, load_image, stable_id, timestamp
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
+from kit.datasets import Item, ParseOptions, parse_dataset
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import grpc
 from carmesh.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 from ingestor.clients import ClientIngest
 from ingestor.errors import BadRequest
-from ingestor.formats import ParseOptions
 from ingestor.importer import DatasetImporter, ImportProgress, ImportRequest
 from ingestor.sources import FOLDER, STREAM, VIDEO, SourceManager, SourceSpec, SourceStatus
+from kit.datasets import ParseOptions
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from carmesh.v1 import common_pb2
-from ingestor.errors import BadRequest, PathNotAllowed, PathNotFound
-from ingestor.formats import Parsed, ParseOptions, parse_dataset
+from ingestor.errors import PathNotAllowed, PathNotFound
 from ingestor.frames import BadImage, ImageInfo, probe_image, stable_id
 from ingestor.importer import to_annotations
 from ingestor.paths import PathPolicy
+from kit.datasets import Parsed, ParseOptions, parse_dataset
+from kit.errors import InvalidArgument
 from tests.ingestor import datasets
 from tests.ingestor.support import APOLLO_SUBDIR, jpeg, kitti_class_counts, png, small_apollo_frames
 
@@ -87,7 +88,7 @@ def test_yolo_with_data_yaml(tmp_path: Path, frames: list[np.ndarray]) -> None:
 
 def test_yolo_class_names_from_request_or_classes_txt_else_an_error(tmp_path: Path, frames: list[np.ndarray]) -> None:
     datasets.write_yolo(tmp_path, frames, with_yaml=False)
-    with pytest.raises(BadRequest, match="class_names"):
+    with pytest.raises(InvalidArgument, match="class_names"):
         parse_dataset("yolo", tmp_path, ParseOptions())
     assert_matches_truth(parse_dataset("yolo", tmp_path, ParseOptions(class_names=datasets.NAMES)))
     (tmp_path / "classes.txt").write_text("\n".join(datasets.NAMES) + "\n")
@@ -115,7 +116,7 @@ def test_coco(tmp_path: Path, frames: list[np.ndarray]) -> None:
     one = parse_dataset("coco", tmp_path / "instances_val.json", ParseOptions())
     assert sorted(Path(i.rel).stem for i in one.items) == ["c", "d"]
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(BadRequest, match="not valid JSON"):
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
         parse_dataset("coco", tmp_path / "broken.json", ParseOptions())
 
 
@@ -153,14 +154,14 @@ def test_csv(tmp_path: Path, frames: list[np.ndarray], header: bool) -> None:
 
 def test_csv_header_without_box_columns_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("filename,class\na.jpg,car\n")
-    with pytest.raises(BadRequest, match="xmin"):
+    with pytest.raises(InvalidArgument, match="xmin"):
         parse_dataset("csv", tmp_path / "x.csv", ParseOptions())
 
 
 def test_unknown_format_and_empty_folder(tmp_path: Path) -> None:
-    with pytest.raises(BadRequest, match="unknown data set format"):
+    with pytest.raises(InvalidArgument, match="unknown data set format"):
         parse_dataset("labelme", tmp_path, ParseOptions())
-    with pytest.raises(BadRequest, match="no images"):
+    with pytest.raises(InvalidArgument, match="no images"):
         parse_dataset("kitti", tmp_path, ParseOptions())
 
 
@@ -196,6 +197,6 @@ def test_path_policy(tmp_path: Path) -> None:
         policy.check(str(inside / ".." / "out"), "p")
     with pytest.raises(PathNotFound):
         policy.check(str(inside / "missing"), "p")
-    with pytest.raises(BadRequest, match="relative"):
+    with pytest.raises(InvalidArgument, match="relative"):
         policy.check("in/x", "p")
     assert PathPolicy([]).check(str(outside), "p") == outside.resolve()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingestor.errors import BadRequest
-from ingestor.formats.common import (
+from kit.datasets.common import (
     IGNORE_CLASSES,
     Box,
     Item,
@@ -20,6 +19,7 @@ from ingestor.formats.common import (
     label_path,
     parse_float,
 )
+from kit.errors import InvalidArgument
 
 
 def _read_labels(path: Path) -> list[Box]:
@@ -43,7 +43,7 @@ def _read_labels(path: Path) -> list[Box]:
 
 def parse(root: Path, options: ParseOptions) -> Parsed:
     if not root.is_dir():
-        raise BadRequest(f"a KITTI data set is a folder (images/ and labels/ per split), {root} is a file")
+        raise InvalidArgument(f"a KITTI data set is a folder (images/ and labels/ per split), {root} is a file")
     items: list[Item] = []
     skipped: list[str] = []
     for image in image_files(root):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TypeAlias
 
 from carmesh.v1 import common_pb2
-from ingestor.frames import IMAGE_SUFFIXES
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 SplitValue: TypeAlias = common_pb2.Split
 SPLIT_NAMES: Mapping[str, SplitValue] = {

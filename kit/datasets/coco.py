@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ingestor.errors import BadRequest
-from ingestor.formats.common import (
+from kit.datasets.common import (
     SPLIT_NAMES,
     Box,
     Item,
@@ -21,6 +20,7 @@ from ingestor.formats.common import (
     parse_float,
     relative,
 )
+from kit.errors import InvalidArgument
 
 
 def _json_files(path: Path) -> list[Path]:
@@ -28,7 +28,7 @@ def _json_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(path.glob("*.json")) + sorted((path / "annotations").glob("*.json"))
     if not files:
-        raise BadRequest(f"no COCO annotation file (*.json) in {path} or {path / 'annotations'}")
+        raise InvalidArgument(f"no COCO annotation file (*.json) in {path} or {path / 'annotations'}")
     return files
 
 
@@ -53,9 +53,9 @@ def _load(ann: Path) -> dict[str, Any]:
     try:
         doc = json.loads(ann.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"{ann} is not valid JSON: {exc}") from exc
+        raise InvalidArgument(f"{ann} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise BadRequest(f"{ann} is not a COCO annotation file (no `images` list)")
+        raise InvalidArgument(f"{ann} is not a COCO annotation file (no `images` list)")
     return doc
 
 
@@ -63,7 +63,7 @@ def _categories(doc: dict[str, Any], ann: Path) -> dict[int, str]:
     try:
         return {int(c["id"]): str(c["name"]) for c in doc.get("categories") or []}
     except (KeyError, TypeError, ValueError):
-        raise BadRequest(f"{ann}: every category needs an integer `id` and a `name`") from None
+        raise InvalidArgument(f"{ann}: every category needs an integer `id` and a `name`") from None
 
 
 def _box(raw: dict[str, Any], categories: dict[int, str]) -> Box:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ingestor.errors import BadRequest
-from ingestor.formats.common import (
+from kit.datasets.common import (
     SPLIT_NAMES,
     Box,
     Item,
@@ -21,6 +20,7 @@ from ingestor.formats.common import (
     parse_float,
     relative,
 )
+from kit.errors import InvalidArgument
 
 _ALIASES = {
     "image": ("image", "filename", "file", "file_name", "path", "image_path", "img", "image_id"),
@@ -47,7 +47,9 @@ def _columns(header: list[str]) -> dict[str, int] | None:
                 break
     missing = [k for k in ("x1", "y1", "x2", "y2") if k not in columns]
     if missing:
-        raise BadRequest(f"CSV header {header!r} lacks box columns for {', '.join(missing)} (e.g. xmin,ymin,xmax,ymax)")
+        raise InvalidArgument(
+            f"CSV header {header!r} lacks box columns for {', '.join(missing)} (e.g. xmin,ymin,xmax,ymax)"
+        )
     return columns
 
 
@@ -58,13 +60,13 @@ def _cell(row: list[str], columns: dict[str, int], key: str) -> str:
 
 def parse(path: Path, options: ParseOptions) -> Parsed:
     if not path.is_file():
-        raise BadRequest(f"a CSV data set is the .csv file itself, {path} is a folder")
+        raise InvalidArgument(f"a CSV data set is the .csv file itself, {path} is a folder")
     root = path.parent
     default_class = options.class_names[0] if options.class_names else "object"
     with path.open(newline="", errors="replace") as handle:
         rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     if not rows:
-        raise BadRequest(f"{path} has no rows")
+        raise InvalidArgument(f"{path} has no rows")
     columns = _columns(rows[0])
     if columns is None:
         columns = _POSITIONAL

@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-from ingestor.errors import BadRequest
-from ingestor.formats.common import (
+from kit.datasets.common import (
     Box,
     Item,
     Parsed,
@@ -22,6 +21,7 @@ from ingestor.formats.common import (
     label_path,
     parse_float,
 )
+from kit.errors import InvalidArgument
 
 _YAML_FILES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 _NAME_FILES = ("classes.txt", "obj.names", "classes.names")
@@ -33,7 +33,7 @@ def _names_from_yaml(path: Path) -> list[str]:
     try:
         doc: Any = yaml.safe_load(path.read_text(errors="replace"))
     except yaml.YAMLError as exc:
-        raise BadRequest(f"{path} is not valid YAML: {exc}") from exc
+        raise InvalidArgument(f"{path} is not valid YAML: {exc}") from exc
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, list) and names:
         return [str(n) for n in names]
@@ -41,11 +41,11 @@ def _names_from_yaml(path: Path) -> list[str]:
         try:
             by_id = {int(k): str(v) for k, v in names.items()}
         except (TypeError, ValueError):
-            raise BadRequest(f"{path}: `names` keys must be class ids (0, 1, ...)") from None
+            raise InvalidArgument(f"{path}: `names` keys must be class ids (0, 1, ...)") from None
         if sorted(by_id) != list(range(len(by_id))):
-            raise BadRequest(f"{path}: `names` ids must be 0..{len(by_id) - 1} without gaps")
+            raise InvalidArgument(f"{path}: `names` ids must be 0..{len(by_id) - 1} without gaps")
         return [by_id[i] for i in range(len(by_id))]
-    raise BadRequest(f"{path} has no `names` list: add one or pass class_names")
+    raise InvalidArgument(f"{path} has no `names` list: add one or pass class_names")
 
 
 def class_names(root: Path, given: list[str]) -> list[str]:
@@ -59,7 +59,7 @@ def class_names(root: Path, given: list[str]) -> list[str]:
             names = [line.strip() for line in (root / name).read_text(errors="replace").splitlines() if line.strip()]
             if names:
                 return names
-    raise BadRequest(
+    raise InvalidArgument(
         f"YOLO labels store class ids only: pass class_names, or put data.yaml (with `names`) or classes.txt in {root}"
     )
 
@@ -97,7 +97,7 @@ def _read_labels(path: Path, names: list[str]) -> list[Box]:
 
 def parse(root: Path, options: ParseOptions) -> Parsed:
     if not root.is_dir():
-        raise BadRequest(f"a YOLO data set is a folder (images/ and labels/), {root} is a file")
+        raise InvalidArgument(f"a YOLO data set is a folder (images/ and labels/), {root} is a file")
     names = class_names(root, list(options.class_names))
     items: list[Item] = []
     skipped: list[str] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ingestor.errors import BadRequest
-from ingestor.formats import coco, csvfile, kitti, voc, yolo
-from ingestor.formats.common import Box, Item, Parsed, ParseOptions
+from kit.datasets import coco, csvfile, kitti, voc, yolo
+from kit.datasets.common import Box, Item, Parsed, ParseOptions
+from kit.errors import InvalidArgument
 
 __all__ = ["FORMATS", "Box", "Item", "ParseOptions", "Parsed", "parse_dataset"]
 
@@ -21,11 +21,11 @@ FORMATS: dict[str, Callable[[Path, ParseOptions], Parsed]] = {
 
 
 def parse_dataset(fmt: str, path: Path, options: ParseOptions) -> Parsed:
-    """Reads the labels (not the images); raises :class:`BadRequest` for an unusable layout."""
+    """Reads the labels (not the images); raises :class:`InvalidArgument` for an unusable layout."""
     parser = FORMATS.get(fmt)
     if parser is None:
-        raise BadRequest(f"unknown data set format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise InvalidArgument(f"unknown data set format {fmt!r}; use one of {', '.join(FORMATS)}")
     parsed = parser(path, options)
     if not parsed.items and not parsed.skipped:
-        raise BadRequest(f"no images found for a {fmt} data set at {path}")
+        raise InvalidArgument(f"no images found for a {fmt} data set at {path}")
     return parsed

@@ -8,8 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ingestor.errors import BadRequest
-from ingestor.formats.common import (
+from kit.datasets.common import (
     SPLIT_NAMES,
     Box,
     Item,
@@ -22,6 +21,7 @@ from ingestor.formats.common import (
     parse_float,
     relative,
 )
+from kit.errors import InvalidArgument
 
 _MAX_XML_BYTES = 4 * 1024 * 1024
 
@@ -30,7 +30,7 @@ def _xml_files(root: Path) -> list[Path]:
     annotations = root / "Annotations"
     files = sorted(annotations.glob("*.xml")) if annotations.is_dir() else sorted(root.rglob("*.xml"))
     if not files:
-        raise BadRequest(f"no Pascal VOC annotation (*.xml) under {root} (expected Annotations/*.xml)")
+        raise InvalidArgument(f"no Pascal VOC annotation (*.xml) under {root} (expected Annotations/*.xml)")
     return files
 
 
@@ -85,7 +85,7 @@ def _image_of(root: Path, xml: Path, filename: str) -> Path | None:
 
 def parse(root: Path, options: ParseOptions) -> Parsed:
     if not root.is_dir():
-        raise BadRequest(f"a Pascal VOC data set is a folder (Annotations/ and JPEGImages/), {root} is a file")
+        raise InvalidArgument(f"a Pascal VOC data set is a folder (Annotations/ and JPEGImages/), {root} is a file")
     sets = _image_sets(root)
     items: list[Item] = []
     skipped: list[str] = []
