@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos lint typecheck test up up-infra down status demo bench bench-detect bench-ingest bench-accuracy clean
+.PHONY: help setup protos lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ status: ## what runs
 demo: ## start the mesh, import MODEL (an ONNX detector), detect cars in IMAGE through the gateway
 	@bash scripts/demo.sh "$(MODEL)" "$(IMAGE)"
 
-bench: bench-detect bench-ingest bench-accuracy ## every benchmark; each writes its section of docs/benchmarks.md
+train: ## import DATA (default: apollo-cars, else synthetic), snapshot it, train through the gateway (ARGS=...)
+	@bash scripts/train.sh
+
+bench: bench-detect bench-ingest bench-accuracy bench-train ## every benchmark; each writes its section of docs/benchmarks.md
 
 bench-detect: ## raw ONNX Runtime vs detector vs gateway; writes docs/benchmarks.md
 	$(PY) -m bench.detect $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md
@@ -53,6 +56,9 @@ bench-accuracy: ## car AP50 / AP50-95 of MODEL on apollo-cars val; writes docs/b
 
 bench-ingest: ## end-to-end ingest vs raw aiokafka vs JPEG decode; writes docs/benchmarks.md
 	$(PY) -m bench.ingest --write docs/benchmarks.md
+
+bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 workers; writes docs/benchmarks.md
+	$(PY) -m bench.train --write docs/benchmarks.md
 
 clean: down ## stop and remove .run/
 	rm -rf .run

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from carmesh_cli import datasets, ingest
+from carmesh_cli import datasets, ingest, train
 from carmesh_cli.argtypes import count as _count
 from carmesh_cli.argtypes import fraction as _fraction
 from carmesh_cli.argtypes import names as _classes
@@ -112,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("name", metavar="NAME")
     promote.add_argument("version", metavar="VERSION")
     promote.add_argument("--alias", default="champion", help="the alias to move (default champion)")
+    promote.add_argument("--force", action="store_true",
+                         help="skip the gate (champion moves only to a version at least as good on the same data)")
+    promote.add_argument("--dataset", default="", metavar="SNAPSHOT",
+                         help="compare on this evaluation data set (default: the version's training snapshot)")
+
+    evaluate = actions.add_parser("evaluate", parents=[common],
+                                  help="score a version on a data set's validation split (recorded on the version)")
+    evaluate.add_argument("name", metavar="NAME")
+    evaluate.add_argument("version", metavar="VERSION")
+    evaluate.add_argument("--dataset", required=True, metavar="SNAPSHOT", help="snapshot (NAME[:VERSION]) or folder")
+    evaluate.add_argument("--classes", type=_classes, default=[], metavar="A,B",
+                          help="classes to score (default: the model's classes the data set has)")
+    evaluate.add_argument("--ignore-classes", type=_classes, default=[], metavar="A,B",
+                          help="classes whose boxes are don't-care, e.g. van,truck,bus")
 
     rollback = actions.add_parser("rollback", parents=[common],
                                   help="point an alias back at its previous version")
@@ -119,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--alias", default="champion", help="the alias to roll back (default champion)")
 
     ingest.add_parser(commands, common, EPILOG)
+    train.add_parsers(commands, common, EPILOG)
     datasets.add_parsers(commands, common, EPILOG)
     return parser
 
@@ -139,6 +154,11 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             return ingest.run(conn, args, timeout_s=timeout_s)
         if args.command in ("datasets", "features"):
             return datasets.run(conn, args, timeout_s=timeout_s)
+        if args.command in ("train", "jobs"):
+            return train.run(conn, args, timeout_s=timeout_s)
+        if args.command == "models" and args.action == "evaluate":
+            return train.evaluate(conn, args.name, args.version, args.dataset, args.classes, args.ignore_classes,
+                                  timeout_s=timeout_s)
         if args.command == "detect":
             return run_detect(
                 conn, args.images, as_json=args.json, out_dir=args.out, score_threshold=args.score_threshold,
@@ -156,7 +176,8 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.action == "versions":
             return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s)
         if args.action == "promote":
-            return run_promote(conn, args.name, args.version, alias=args.alias, timeout_s=timeout_s)
+            return run_promote(conn, args.name, args.version, alias=args.alias, timeout_s=timeout_s, force=args.force,
+                               dataset=args.dataset)
         return run_rollback(conn, args.name, alias=args.alias, timeout_s=timeout_s)
 
 

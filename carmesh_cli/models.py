@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from carmesh_cli import gate
 from carmesh_cli.connection import EXIT_OK, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.output import table as _table
 from carmesh_cli.output import when as _when
@@ -137,11 +138,19 @@ def run_versions(conn: Connection, name: str, *, as_json: bool, timeout_s: float
 
 
 def run_promote(
-    conn: Connection, name: str, version: str, *, alias: str, timeout_s: float, stdout: TextIO = sys.stdout
+    conn: Connection,
+    name: str,
+    version: str,
+    *,
+    alias: str,
+    timeout_s: float,
+    force: bool = False,
+    dataset: str = "",
+    stdout: TextIO = sys.stdout,
 ) -> int:
     stub = _stub(conn)
-    # Issue 4 puts the promotion gate here: compare this version's mAP with the alias's current
-    # version and refuse (unless --force) when it is worse, before SetAlias below.
+    if alias == gate.GATED_ALIAS and not force:
+        gate.check(conn, name, version, dataset=dataset, timeout_s=timeout_s, stdout=stdout)
     request = registry_pb2.SetAliasRequest(name=name, alias=alias, version=version)
     try:
         reply = stub.SetAlias(request, timeout=timeout_s, metadata=conn.metadata)

@@ -13,7 +13,7 @@ from devstack import services
 from devstack.procs import Process, StackError
 
 INFRA = ("redis", "postgres", "tansu", "mlflow")
-DAEMONS = ("registry_gateway", "ingestor", "feature_service", "detector", "gateway")
+DAEMONS = ("registry_gateway", "ingestor", "feature_service", "trainer", "detector", "gateway")
 
 
 def config_from_env() -> services.StackConfig:
@@ -34,6 +34,7 @@ def processes(cfg: services.StackConfig, names: tuple[str, ...]) -> list[Process
         "registry_gateway": services.registry_gateway,
         "ingestor": services.ingestor,
         "feature_service": services.feature_service,
+        "trainer": services.trainer,
         "detector": services.detector,
         "gateway": services.gateway,
     }
@@ -100,6 +101,30 @@ def wait_serving(address: str, timeout_s: float) -> int:
     return 1
 
 
+def wait_frames(cfg: services.StackConfig, camera: str, expected: int, timeout_s: float) -> int:
+    """Waits until feature_service has stored ``expected`` frames of ``camera`` (scripts snapshot after it)."""
+    import asyncio
+
+    import asyncpg
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(cfg.postgres_dsn)
+        try:
+            return int(await conn.fetchval("select count(*) from frames where camera_id = $1", camera))
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while time.monotonic() < deadline:
+        count = asyncio.run(stored())
+        if count >= expected:
+            return 0
+        time.sleep(0.5)
+    print(f"error: {count} of {expected} frames of {camera} stored after {timeout_s:.0f}s", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     wait_parser = sub.add_parser("wait-serving", help="wait until a gRPC address reports SERVING")
     wait_parser.add_argument("address")
     wait_parser.add_argument("timeout_s", type=float)
+    frames_parser = sub.add_parser("wait-frames", help="wait until feature_service stored N frames of a camera")
+    frames_parser.add_argument("camera")
+    frames_parser.add_argument("expected", type=int)
+    frames_parser.add_argument("timeout_s", type=float)
     args = parser.parse_args(argv)
     cfg = config_from_env()
     try:
@@ -120,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 parser.error(f"unknown service(s) {sorted(unknown)}; known: {', '.join(INFRA + DAEMONS)}")
             up(cfg, names)
+        elif args.command == "wait-frames":
+            return wait_frames(cfg, args.camera, args.expected, args.timeout_s)
         elif args.command == "wait-serving":
             return wait_serving(args.address, args.timeout_s)
         elif args.command == "down":

@@ -31,11 +31,13 @@ class Ports:
     registry: int = 50064
     ingestor: int = 50062
     feature: int = 50063
+    trainer: int = 50065
     gateway_metrics: int = 9451
     detector_metrics: int = 9461
     registry_metrics: int = 9464
     ingestor_metrics: int = 9462
     feature_metrics: int = 9463
+    trainer_metrics: int = 9465
 
     def shifted(self, offset: int) -> Ports:
         return Ports(**{name: value + offset for name, value in self.__dict__.items()})
@@ -262,10 +264,18 @@ def detector(cfg: StackConfig) -> Process:
     return proc
 
 
+def trainer(cfg: StackConfig) -> Process:
+    args = ["--metrics-port", str(cfg.ports.trainer_metrics), "--work-dir", str(cfg.run_dir / "trainer")]
+    args += ["--feature-addr", f"{HOST}:{cfg.ports.feature}", "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
+    args += ["--mlflow-tracking-uri", cfg.mlflow_uri]
+    return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args)
+
+
 def gateway(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.gateway_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
     args += ["--detector-addrs", f"{HOST}:{cfg.ports.detector}", "--api-keys-file", str(cfg.run_dir / "api-keys")]
     args += ["--ingestor-addr", f"{HOST}:{cfg.ports.ingestor}", "--feature-addr", f"{HOST}:{cfg.ports.feature}"]
+    args += ["--trainer-addr", f"{HOST}:{cfg.ports.trainer}"]
     # One local admin key drives demos, benchmarks and e2e load; clusters keep the default limit.
     args += ["--rate-limit-rps", "2000", "--rate-limit-burst", "2000"]
     return _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, args)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: start the local mesh, register an ONNX detector, promote it to champion,
-# and detect cars in an image through the gateway, writing the annotated JPEG.
+# The main job: start the local mesh, register an ONNX detector (MODEL, or one trained here
+# when none is given), promote it to champion, and detect cars in an image through the gateway,
+# writing the annotated JPEG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-}
@@ -8,38 +9,43 @@ IMAGE=${2:-}
 PY=${VENV:-.venv}/bin/python
 SHARED=../shared
 
-if [ -z "$MODEL" ]; then
-  cat >&2 <<'TXT'
-demo: no MODEL given. carmesh ships no third-party weights; bring any ONNX detector in the
-YOLOv8 layout or YOLOX raw outputs, e.g.:
-  pip install ultralytics && yolo export model=yolov8n.pt format=onnx   # writes yolov8n.onnx
-  make demo MODEL=yolov8n.onnx IMAGE=street.jpg
-TXT
-  exit 2
-fi
-[ -f "$MODEL" ] || { echo "demo: MODEL $MODEL does not exist" >&2; exit 2; }
+RUN_DIR=${CARMESH_STACK_RUN_DIR:-.run}
+[ -z "$MODEL" ] || [ -f "$MODEL" ] || { echo "demo: MODEL $MODEL does not exist" >&2; exit 2; }
 if [ -z "$IMAGE" ]; then
   IMAGE=$(ls "$SHARED"/data/apollo-cars/val/images/*.jpg 2>/dev/null | head -1 || true)
-  [ -n "$IMAGE" ] || { echo "demo: give an image: make demo MODEL=$MODEL IMAGE=photo.jpg" >&2; exit 2; }
 fi
 
 "$PY" -m devstack up
 export CARMESH_API_KEY
-CARMESH_API_KEY=$(cat "${CARMESH_STACK_RUN_DIR:-.run}/api-key")
+CARMESH_API_KEY=$(cat "$RUN_DIR/api-key")
 export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
 
-echo "demo: importing $MODEL as car-detector@champion"
-# Class names come from the file's `names` metadata; YOLOX exports have none, so fall back to COCO's 80.
-if ! out=$("$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion 2>&1); then
-  if grep -q "class names are required" <<<"$out"; then
-    echo "demo: $MODEL carries no class names; importing it with the COCO-80 names"
-    "$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion --names coco
-  else
-    echo "$out" >&2; exit 1
-  fi
+if [ -z "$MODEL" ]; then
+  cat >&2 <<TXT
+demo: no MODEL given, so the demo trains one here first (${DEMO_TRAIN:-6m} of training; \`make train\`
+trains longer). Real data goes in with DATA=/path/to/kitti-folder make train, or
+\`carmesh ingest dataset\`; a detector you already have: make demo MODEL=model.onnx.
+TXT
+  bash scripts/train.sh --max-duration "${DEMO_TRAIN:-6m}" --json > "$RUN_DIR/demo-train.json"
+  version=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['registered']['version'])" "$RUN_DIR/demo-train.json")
+  # The gate keeps a better champion from an earlier run; the demo then detects with that one.
+  "$PY" -m carmesh_cli models promote car-detector "$version" || echo "demo: keeping the current champion"
+  [ -n "$IMAGE" ] || IMAGE=$(ls "$RUN_DIR"/synthetic-cars/val/images/*.jpg | head -1)
 else
-  echo "$out"
+  echo "demo: importing $MODEL as car-detector@champion"
+  # Class names come from the file's `names` metadata; YOLOX exports have none, so fall back to COCO's 80.
+  if ! out=$("$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion 2>&1); then
+    if grep -q "class names are required" <<<"$out"; then
+      echo "demo: $MODEL carries no class names; importing it with the COCO-80 names"
+      "$PY" -m carmesh_cli models import "$MODEL" --name car-detector --alias champion --names coco
+    else
+      echo "$out" >&2; exit 1
+    fi
+  else
+    echo "$out"
+  fi
 fi
+[ -n "$IMAGE" ] || { echo "demo: give an image: make demo IMAGE=photo.jpg" >&2; exit 2; }
 echo "demo: waiting for the detector to load the champion"
 "$PY" -m devstack wait-serving "127.0.0.1:$((50061 + ${CARMESH_STACK_PORT_OFFSET:-0}))" 120
 mkdir -p out/demo

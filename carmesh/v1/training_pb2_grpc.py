@@ -55,6 +55,21 @@ class TrainingServiceStub:
                 request_serializer=carmesh_dot_v1_dot_training__pb2.CancelTrainingJobRequest.SerializeToString,
                 response_deserializer=carmesh_dot_v1_dot_training__pb2.CancelTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.ListTrainingJobs = channel.unary_unary(
+                '/carmesh.v1.TrainingService/ListTrainingJobs',
+                request_serializer=carmesh_dot_v1_dot_training__pb2.ListTrainingJobsRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_training__pb2.ListTrainingJobsResponse.FromString,
+                _registered_method=True)
+        self.RenderTrainingJob = channel.unary_unary(
+                '/carmesh.v1.TrainingService/RenderTrainingJob',
+                request_serializer=carmesh_dot_v1_dot_training__pb2.RenderTrainingJobRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_training__pb2.RenderTrainingJobResponse.FromString,
+                _registered_method=True)
+        self.EvaluateModel = channel.unary_unary(
+                '/carmesh.v1.TrainingService/EvaluateModel',
+                request_serializer=carmesh_dot_v1_dot_training__pb2.EvaluateModelRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_training__pb2.EvaluateModelResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -86,6 +101,27 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTrainingJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderTrainingJob(self, request, context):
+        """The Kubeflow TFJob manifest that runs the same job on a cluster (nothing is started).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateModel(self, request, context):
+        """Evaluates a registered YOLOv8-layout model on a data set's validation split and records
+        the result on the model version (tag carmesh.eval), for the promotion gate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +144,21 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.CancelTrainingJob,
                     request_deserializer=carmesh_dot_v1_dot_training__pb2.CancelTrainingJobRequest.FromString,
                     response_serializer=carmesh_dot_v1_dot_training__pb2.CancelTrainingJobResponse.SerializeToString,
+            ),
+            'ListTrainingJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingJobs,
+                    request_deserializer=carmesh_dot_v1_dot_training__pb2.ListTrainingJobsRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_training__pb2.ListTrainingJobsResponse.SerializeToString,
+            ),
+            'RenderTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderTrainingJob,
+                    request_deserializer=carmesh_dot_v1_dot_training__pb2.RenderTrainingJobRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_training__pb2.RenderTrainingJobResponse.SerializeToString,
+            ),
+            'EvaluateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateModel,
+                    request_deserializer=carmesh_dot_v1_dot_training__pb2.EvaluateModelRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_training__pb2.EvaluateModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +270,87 @@ class TrainingService:
             '/carmesh.v1.TrainingService/CancelTrainingJob',
             carmesh_dot_v1_dot_training__pb2.CancelTrainingJobRequest.SerializeToString,
             carmesh_dot_v1_dot_training__pb2.CancelTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carmesh.v1.TrainingService/ListTrainingJobs',
+            carmesh_dot_v1_dot_training__pb2.ListTrainingJobsRequest.SerializeToString,
+            carmesh_dot_v1_dot_training__pb2.ListTrainingJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carmesh.v1.TrainingService/RenderTrainingJob',
+            carmesh_dot_v1_dot_training__pb2.RenderTrainingJobRequest.SerializeToString,
+            carmesh_dot_v1_dot_training__pb2.RenderTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carmesh.v1.TrainingService/EvaluateModel',
+            carmesh_dot_v1_dot_training__pb2.EvaluateModelRequest.SerializeToString,
+            carmesh_dot_v1_dot_training__pb2.EvaluateModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

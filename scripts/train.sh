@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make train`: start the mesh, bring a labelled data set into it (ingestor -> Kafka ->
+# feature_service), snapshot it, and train through the gateway with progress.
+#   DATA      a KITTI-layout folder (train/ and val/ with images/ and labels/); default: the shared
+#             apollo-cars data when present, else a synthetic set drawn by trainer.synthetic
+#   NAME      dataset/snapshot name (default: the folder's name)
+#   ARGS      extra `carmesh train` options (default: car only, van/truck/bus as don't-care)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${VENV:-.venv}/bin/python
+RUN_DIR=${CARMESH_STACK_RUN_DIR:-.run}
+DATA=${DATA:-}
+if [ -z "$DATA" ]; then
+  if [ -d ../shared/data/apollo-cars/train ]; then
+    DATA=../shared/data/apollo-cars
+  else
+    DATA=$RUN_DIR/synthetic-cars
+    [ -d "$DATA/train" ] || "$PY" -m trainer.synthetic "$DATA"
+    echo "train: no data set given; using synthetic scenes in $DATA (real data: DATA=/path/to/kitti-folder make train)"
+  fi
+fi
+NAME=${NAME:-$(basename "$DATA" | tr -c 'A-Za-z0-9._\n-' '-')}
+ARGS=${ARGS:---classes car --ignore-classes van,truck,bus}
+
+"$PY" -m devstack up
+export CARMESH_API_KEY
+CARMESH_API_KEY=$(cat "$RUN_DIR/api-key")
+export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
+
+if ! "$PY" -m carmesh_cli datasets show "$NAME" >/dev/null 2>&1; then
+  echo "train: importing $DATA as data set $NAME"
+  "$PY" -m carmesh_cli ingest dataset "$DATA" --format kitti --dataset "$NAME" --camera "$NAME" --json > "$RUN_DIR/import-$NAME.json"
+  total=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['framesPublished'])" "$RUN_DIR/import-$NAME.json")
+  echo "train: waiting for feature_service to store $total frames"
+  "$PY" -m devstack wait-frames "$NAME" "$total" 300
+  "$PY" -m carmesh_cli datasets create "$NAME" --dataset "$NAME" --keep-source-split
+fi
+# shellcheck disable=SC2086
+exec "$PY" -m carmesh_cli train "$NAME" $ARGS "$@"

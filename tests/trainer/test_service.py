@@ -1,0 +1,260 @@
+"""The trainer daemon as a user drives it: separate processes (trainer, registry_gateway) on the
+session's real MLflow, a synthetic KITTI folder, tiny sizes so a job takes about a minute.
+
+One 2-worker job is shared by the checks of what a finished job leaves behind (MLflow run,
+registered version, alias, evaluation tag, exported ONNX); cancel and crash-resume run their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.helpers import DaemonProcess, free_port
+from tests.registry.support import gateway_args
+from trainer.synthetic import write_dataset
+
+pytestmark = pytest.mark.timeout(900)
+
+DONE = {
+    training_pb2.TRAINING_STATE_SUCCEEDED,
+    training_pb2.TRAINING_STATE_FAILED,
+    training_pb2.TRAINING_STATE_CANCELLED,
+}
+
+
+@dataclass
+class Trainer:
+    daemon: DaemonProcess
+    registry: DaemonProcess
+    work_dir: Path
+    data: Path
+    mlflow_uri: str
+    model_name: str
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.daemon.address)
+
+    def stub(self, channel: grpc.Channel) -> training_pb2_grpc.TrainingServiceStub:
+        return training_pb2_grpc.TrainingServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trainer]:
+    root = tmp_path_factory.mktemp("trainer")
+    data = write_dataset(root / "synthetic", train_images=8, val_images=4, width=320, height=180, seed=1)
+    model_name = f"test-detector-{os.getpid()}"
+    registry_args = gateway_args(mlflow_uri, root / "registry-cache", free_port())
+    with DaemonProcess("registry_gateway", registry_args, free_port(), timeout_s=90) as registry:
+        args = [
+            "--work-dir", str(root / "work"), "--registry-addr", registry.address,
+            "--feature-addr", f"127.0.0.1:{free_port()}",  # no feature_service: snapshots answer UNAVAILABLE
+            "--mlflow-tracking-uri", mlflow_uri, "--model-name", model_name, "--metrics-port", "0",
+            "--max-running-jobs", "2", "--stop-grace-s", "5",
+        ]  # fmt: skip
+        with DaemonProcess("trainer", args, free_port(), timeout_s=60) as daemon:
+            yield Trainer(daemon, registry, root / "work", data, mlflow_uri, model_name)
+
+
+def tiny_request(trainer: Trainer, *, epochs: int, workers: int = 1, max_duration_s: int = 0) -> training_pb2.StartTrainingRequest:  # noqa: E501
+    return training_pb2.StartTrainingRequest(
+        dataset=str(trainer.data),
+        config=training_pb2.TrainingConfig(
+            preset="n", input_width=320, input_height=192, epochs=epochs, batch_size=2, crop_width=64,
+            crop_height=64, classes=["car"], ignore_classes=["van"], max_duration_s=max_duration_s,
+        ),
+        workers=workers,
+    )  # fmt: skip
+
+
+def wait_done(
+    stub: training_pb2_grpc.TrainingServiceStub, job_id: str, timeout_s: float = 600
+) -> training_pb2.TrainingJob:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id), timeout=10).job
+        if job.state in DONE:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def trained(trainer: Trainer) -> training_pb2.TrainingJob:
+    """A 2-worker job followed through WatchTrainingJob until it ends."""
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        job = stub.StartTraining(tiny_request(trainer, epochs=2, workers=2), timeout=30).job
+        assert job.state in (training_pb2.TRAINING_STATE_PENDING, training_pb2.TRAINING_STATE_RUNNING)
+        seen_steps = []
+        for reply in stub.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=600):
+            seen_steps.append(reply.job.step)
+            last = reply.job
+        assert last.state == training_pb2.TRAINING_STATE_SUCCEEDED, (last.error, _logs(trainer, last.job_id))
+        assert max(seen_steps) > 0, "watch never reported progress"
+        return last
+
+
+def _logs(trainer: Trainer, job_id: str) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sorted((trainer.work_dir / "jobs" / job_id).glob("worker-*.log")))
+
+
+def test_a_finished_job_registers_a_challenger_with_its_evaluation(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+    assert trained.registered.name == trainer.model_name and trained.registered.version
+    assert trained.registered.alias == "challenger"
+    assert trained.history, "no per-epoch metrics"
+    assert {"loss", "box", "cls", "dfl"} <= set(trained.history[0].metrics)
+    assert "val_map50" in trained.final_metrics and "val_map50_tall" in trained.final_metrics
+    with grpc.insecure_channel(trainer.registry.address) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        version = registry.GetModelVersion(
+            registry_pb2.GetModelVersionRequest(name=trainer.model_name, alias="challenger"), timeout=30
+        ).version
+    assert version.version == trained.registered.version
+    assert version.family == registry_pb2.MODEL_FAMILY_YOLOV8
+    assert list(version.class_names) == ["car"]
+    assert (version.input_width, version.input_height) == (320, 192)
+    evals = json.loads(version.tags["carmesh.eval"])
+    assert list(evals) == [f"{trained.dataset}|car|van"]
+    assert evals[f"{trained.dataset}|car|van"]["map50"] == pytest.approx(trained.final_metrics["val_map50"], abs=1e-6)
+    assert version.tags["carmesh.train.dataset"] == trained.dataset
+
+
+def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=trainer.mlflow_uri)
+    run = client.get_run(trained.mlflow_run_id)
+    assert run.data.params["workers"] == "2"
+    assert run.data.params["model.input_width"] == "320"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == len(trained.history)
+    folders = ("model", "plots", "keras")
+    artifacts = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"model/model.onnx", "model/config.pbtxt", "model/carmesh.json"} <= artifacts
+    assert {"plots/pr_curve.png", "plots/training_curves.png", "plots/sample_predictions.jpg"} <= artifacts
+    assert "keras/body.keras" in artifacts
+    parity = json.loads(Path(client.download_artifacts(run.info.run_id, "parity.json")).read_text())
+    assert parity["ok"] and max(parity["head_max_abs"]) < 1e-4 and parity["score_max_abs"] < 1e-4
+
+
+def test_the_registered_onnx_runs_in_the_detector_engine(trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path) -> None:  # noqa: E501
+    from detector import engine as det_engine
+
+    chunks = []
+    with grpc.insecure_channel(trainer.registry.address) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = registry_pb2.DownloadModelRequest(name=trainer.model_name, version=trained.registered.version)
+        for reply in registry.DownloadModel(request, timeout=60):
+            if not reply.HasField("version"):
+                chunks.append(reply.chunk)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"".join(chunks))
+    spec = det_engine.ModelSpec(
+        ref=det_engine.ModelRef(trainer.model_name, trained.registered.version), family="yolov8", class_names=("car",)
+    )
+    engine = det_engine.load_engine(path, spec, det_engine.EngineOptions(providers=["CPUExecutionProvider"]))
+    assert engine.input_hw == (192, 320)
+    frame = np.full((180, 320, 3), 90, np.uint8)
+    tensor, _ = engine.preprocess(frame, (320, 180))
+    out = engine.run(tensor[None])[0]
+    assert out.shape == (5, (24 * 40) + (12 * 20) + (6 * 10))
+
+
+def test_evaluate_model_scores_a_version_like_the_trainer_did(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+    with trainer.channel() as channel:
+        reply = trainer.stub(channel).EvaluateModel(
+            training_pb2.EvaluateModelRequest(
+                model=common_pb2.ModelRef(name=trainer.model_name, version=trained.registered.version),
+                dataset=str(trainer.data), classes=["car"], ignore_classes=["van"],
+            ),
+            timeout=300,
+        )  # fmt: skip
+    assert reply.images == 4 and list(reply.classes) == ["car"]
+    # ONNX Runtime here, Keras in the job: the same detections up to float rounding.
+    assert reply.map50 == pytest.approx(trained.final_metrics["val_map50"], abs=0.02)
+
+
+def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Trainer) -> None:
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        started = time.monotonic()
+        job = stub.StartTraining(tiny_request(trainer, epochs=500, max_duration_s=15), timeout=30).job
+        done = wait_done(stub, job.job_id, timeout_s=400)
+    assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
+    assert done.registered.version and done.epoch < 499
+    assert time.monotonic() - started < 300
+
+
+def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None:
+    cases = [
+        (dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(preset="xl")), grpc.StatusCode.INVALID_ARGUMENT, "preset"),  # noqa: E501
+        (dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(input_width=100)), grpc.StatusCode.INVALID_ARGUMENT, "multiple of 32"),  # noqa: E501
+        (dict(dataset=str(trainer.data), workers=99), grpc.StatusCode.INVALID_ARGUMENT, "workers"),
+        (dict(dataset="/no/such/folder"), grpc.StatusCode.NOT_FOUND, "does not exist"),
+        (dict(dataset=""), grpc.StatusCode.INVALID_ARGUMENT, "dataset is required"),
+        (dict(dataset="apollo:2"), grpc.StatusCode.UNAVAILABLE, "feature_service"),
+    ]
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        for fields, code, words in cases:
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.StartTraining(training_pb2.StartTrainingRequest(**fields), timeout=30)
+            assert failure.value.code() == code, (fields, failure.value.details())
+            assert words in failure.value.details(), failure.value.details()
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id="train-nope"), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cancel_stops_the_workers_and_registers_nothing(trainer: Trainer) -> None:
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        job = stub.StartTraining(tiny_request(trainer, epochs=50), timeout=30).job
+        deadline = time.monotonic() + 300
+        while stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.step == 0:
+            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
+            time.sleep(0.5)
+        stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=60)
+        done = wait_done(stub, job.job_id, timeout_s=60)
+        assert done.state == training_pb2.TRAINING_STATE_CANCELLED
+        assert not done.registered.version
+        assert not _worker_pids(job.job_id)
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _worker_pids(job_id: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"trainer.worker --job-dir .*{job_id}"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(trainer: Trainer) -> None:
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        job = stub.StartTraining(tiny_request(trainer, epochs=3, workers=2), timeout=30).job
+        deadline = time.monotonic() + 400
+        while not stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.history:
+            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
+            time.sleep(0.5)
+        pids = _worker_pids(job.job_id)
+        assert len(pids) == 2, pids
+        os.kill(pids[1], signal.SIGKILL)
+        done = wait_done(stub, job.job_id, timeout_s=600)
+    assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
+    log = (trainer.work_dir / "jobs" / job.job_id / "worker-0.log").read_text()
+    assert "--- attempt 1 ---" in log, "the workers were not restarted"
+    epochs = [entry.epoch for entry in done.history]
+    # Resumed, not restarted: every epoch was reported once, and the last one is the job's last.
+    assert sorted(set(epochs)) == sorted(epochs) and max(epochs) == 2, epochs

@@ -1,0 +1,53 @@
+"""Settings of the trainer (env prefix ``CARMESH_TRAINER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from kit.config import BaseSettings
+
+
+class Settings(BaseSettings):
+    """Runs training jobs as local tf.distribute worker processes and registers the results in MLflow."""
+
+    grpc_port: int = Field(50065, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+
+    work_dir: Path = Field(Path(".run/trainer"), description="jobs (checkpoints, logs, exports) and data set caches")
+    feature_addr: str = Field("127.0.0.1:50063", min_length=1, description="feature_service (dataset snapshots)")
+    registry_addr: str = Field("127.0.0.1:50064", min_length=1, description="registry_gateway (aliases, downloads)")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", min_length=1, description="MLflow tracking server")
+    experiment: str = Field("carmesh-training", min_length=1, description="MLflow experiment of training runs")
+    model_name: str = Field("car-detector", min_length=1, description="registered model name by default")
+    challenger_alias: str = Field("challenger", min_length=1, description="alias set on each newly trained version")
+
+    max_running_jobs: int = Field(1, ge=1, le=64, description="jobs training at once (each takes its workers' cores)")
+    max_workers: int = Field(8, ge=1, le=256, description="most worker processes one local job may start")
+    max_restarts: int = Field(
+        3, ge=0, le=100, description="times a job's workers are restarted from the last checkpoint after a crash"
+    )
+    cpu_threads: int = Field(
+        0, ge=0, le=1024, description="TensorFlow threads shared by a job's workers (0: all cores)"
+    )
+    allowed_roots: list[Path] = Field(
+        [], description="directories local data set folders may come from (empty: any folder the daemon can read)"
+    )
+    stop_grace_s: float = Field(20.0, ge=0, le=600, description="how long workers get to stop before SIGKILL")
+
+    # Kubeflow TFJob rendering (RenderTrainingJob): what the cluster runs.
+    tfjob_image: str = Field("carmesh-trainer:latest", min_length=1, description="container image of TFJob workers")
+    tfjob_namespace: str = Field("carmesh", min_length=1, description="namespace of rendered TFJobs")
+    tfjob_checkpoint_claim: str = Field("carmesh-trainer", min_length=1, description="PVC for TFJob checkpoints")
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _roots_exist(cls, value: list[Path]) -> list[Path]:
+        roots = []
+        for root in value:
+            resolved = root.expanduser().resolve()
+            if not resolved.is_dir():
+                raise ValueError(f"{str(root)!r} is not a directory")
+            roots.append(resolved)
+        return roots

@@ -1,0 +1,349 @@
+"""Training jobs on this machine: each job runs N ``trainer.worker`` processes on 127.0.0.1
+with ``TF_CONFIG`` and is followed through the chief's ``events.jsonl``.
+
+A worker that dies takes the job's other workers down with it (a collective op would wait
+forever otherwise); the job then restarts all of them, up to ``max_restarts`` times, and they
+resume from the last epoch checkpoint. State survives a daemon restart as ``state.json`` per
+job; jobs that were running then are marked failed (their checkpoints remain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import JobFinished, JobNotFound, TooManyJobs
+from trainer.jobspec import EVENTS_FILE, EventReader, JobSpec
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+_POLL_S = 0.5
+
+
+class State(IntEnum):
+    # Values match carmesh.v1.TrainingState.
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def done(self) -> bool:
+        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    request: dict[str, Any]  # the StartTrainingRequest as JSON (for GetTrainingJob)
+    state: State = State.PENDING
+    phase: str = "pending"
+    dataset: str = ""
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    steps_per_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # {"epoch": n, "metrics": {...}}
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str = ""
+    registered_name: str = ""
+    registered_version: str = ""
+    registered_alias: str = ""
+    error: str = ""
+    restarts: int = 0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = int(self.state)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        data = dict(data)
+        data["state"] = State(int(data["state"]))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    max_running_jobs: int
+    max_restarts: int
+    stop_grace_s: float
+    cpu_threads: int  # 0: all cores
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS just handed out; the workers bind them a moment later (a tiny race, retried by restarts)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
+
+
+# Prepares a job's data (fetching a snapshot) and returns the spec the workers run.
+Preparer = Callable[[JobRecord, Callable[[str], None]], Awaitable[JobSpec]]
+
+
+class JobManager:
+    def __init__(self, jobs_dir: Path, limits: JobLimits) -> None:
+        self._dir = jobs_dir
+        self._limits = limits
+        self._jobs: dict[str, JobRecord] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._procs: dict[str, list[asyncio.subprocess.Process]] = {}
+        self._cancelled: set[str] = set()
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Reads the jobs of earlier daemon runs; unfinished ones failed with the daemon."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for state_file in sorted(self._dir.glob(f"*/{STATE_FILE}")):
+            try:
+                job = JobRecord.from_json(json.loads(state_file.read_text()))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable %s: %s", state_file, exc)
+                continue
+            if not job.state.done:
+                job.state, job.error, job.finished_at = State.FAILED, "the trainer stopped while it ran", time.time()
+                self._save(job)
+            self._jobs[job.job_id] = job
+
+    async def close(self) -> None:
+        """Stops every running job's workers (they keep their checkpoints)."""
+        for job_id in list(self._tasks):
+            self._cancelled.add(job_id)
+        await asyncio.gather(*(self._terminate(job_id) for job_id in list(self._procs)), return_exceptions=True)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- queries -----------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no training job {job_id!r}; list them with `carmesh train list`")
+        return replace(job)
+
+    def all(self) -> list[JobRecord]:
+        return sorted((replace(j) for j in self._jobs.values()), key=lambda j: j.started_at, reverse=True)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """Yields the job now and after every change, until it ends."""
+        last: dict[str, Any] | None = None
+        while True:
+            job = self.get(job_id)
+            snapshot = job.to_json()
+            if snapshot != last:
+                last = snapshot
+                yield job
+            if job.state.done:
+                return
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=5.0)
+
+    # -- commands ----------------------------------------------------------------------------
+    def start(self, request: dict[str, Any], prepare: Preparer) -> JobRecord:
+        running = sum(1 for j in self._jobs.values() if not j.state.done)
+        if running >= self._limits.max_running_jobs:
+            raise TooManyJobs(
+                f"{running} training job(s) already running (max_running_jobs={self._limits.max_running_jobs}); "
+                "wait for one to finish or cancel it"
+            )
+        job_id = time.strftime("train-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        job = JobRecord(job_id=job_id, request=request)
+        (self._dir / job_id).mkdir(parents=True)
+        self._jobs[job_id] = job
+        self._save(job)
+        self._tasks[job_id] = asyncio.create_task(self._run(job, prepare), name=f"job-{job_id}")
+        return replace(job)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = self.get(job_id)
+        if job.state.done:
+            raise JobFinished(f"job {job_id} already ended ({job.state.name}); nothing to cancel")
+        self._cancelled.add(job_id)
+        await self._terminate(job_id)
+        task = self._tasks.get(job_id)
+        if task is not None and job.phase in ("pending", "fetching data set"):
+            task.cancel()
+        return self.get(job_id)
+
+    # -- internals ---------------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        return self._dir / job_id
+
+    async def _update(self, job: JobRecord, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(job, key, value)
+        self._save(job)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _save(self, job: JobRecord) -> None:
+        path = self._dir / job.job_id / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(job.to_json()))
+        os.replace(tmp, path)
+
+    async def _run(self, job: JobRecord, prepare: Preparer) -> None:
+        try:
+            await self._update(job, state=State.RUNNING, phase="fetching data set")
+
+            def set_phase(text: str) -> None:
+                job.phase = text
+
+            spec = await prepare(job, set_phase)
+            spec.write(self.job_dir(job.job_id))
+            await self._update(job, dataset=spec.dataset, phase="starting workers")
+            await self._train(job, spec)
+        except asyncio.CancelledError:
+            await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
+        except Exception as exc:
+            log.exception("job %s failed", job.job_id)
+            message = getattr(exc, "args", [str(exc)])[0] if exc.args else type(exc).__name__
+            await self._update(job, state=State.FAILED, error=str(message), finished_at=time.time())
+        finally:
+            self._tasks.pop(job.job_id, None)
+            self._cancelled.discard(job.job_id)
+
+    async def _train(self, job: JobRecord, spec: JobSpec) -> None:
+        job_dir = self.job_dir(job.job_id)
+        reader = EventReader(job_dir / EVENTS_FILE)
+        attempt = 0
+        while True:
+            codes = await self._run_workers(job, spec, reader, attempt)
+            await self._consume(job, reader)
+            if job.job_id in self._cancelled:
+                await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
+                return
+            if all(code == 0 for code in codes):
+                if job.registered_version:
+                    await self._update(job, state=State.SUCCEEDED, phase="done", finished_at=time.time())
+                else:
+                    await self._update(
+                        job, state=State.FAILED, error=job.error or "workers ended without a result",
+                        finished_at=time.time(),
+                    )
+                return
+            if attempt >= self._limits.max_restarts:
+                error = job.error or f"worker exit codes {codes}; see {job_dir}/worker-*.log"
+                await self._update(job, state=State.FAILED, error=error, finished_at=time.time())
+                return
+            attempt += 1
+            log.warning("job %s: workers exited %s; restart %d from the last checkpoint", job.job_id, codes, attempt)
+            await self._update(job, restarts=attempt, phase="restarting from checkpoint", error="")
+
+    async def _run_workers(self, job: JobRecord, spec: JobSpec, reader: EventReader, attempt: int) -> list[int]:
+        job_dir = self.job_dir(job.job_id)
+        ports = free_ports(spec.workers)
+        procs: list[asyncio.subprocess.Process] = []
+        for index in range(spec.workers):
+            env = dict(os.environ)
+            if spec.workers > 1:
+                env["TF_CONFIG"] = tf_config(ports, index)
+            else:
+                env.pop("TF_CONFIG", None)
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            log_file = (job_dir / f"worker-{index}.log").open("ab")
+            log_file.write(f"--- attempt {attempt} ---\n".encode())
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "trainer.worker", "--job-dir", str(job_dir),
+                    env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                )
+            )
+            log_file.close()
+        self._procs[job.job_id] = procs
+        waits = {asyncio.ensure_future(p.wait()): p for p in procs}
+        try:
+            pending = set(waits)
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                await self._consume(job, reader)
+                if any(w.result() != 0 for w in done) and pending:
+                    # One worker died: the rest would block in a collective op forever.
+                    await self._terminate(job.job_id)
+            return [p.returncode if p.returncode is not None else -1 for p in procs]
+        finally:
+            self._procs.pop(job.job_id, None)
+
+    async def _terminate(self, job_id: str) -> None:
+        procs = [p for p in self._procs.get(job_id, []) if p.returncode is None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._limits.stop_grace_s
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                await p.wait()
+
+    async def _consume(self, job: JobRecord, reader: EventReader) -> None:
+        changes: dict[str, Any] = {}
+        for event in reader.read_new():
+            kind = event.get("type")
+            if kind == "phase":
+                changes["phase"] = str(event.get("phase", ""))
+            elif kind == "run":
+                changes["mlflow_run_id"] = str(event.get("mlflow_run_id", ""))
+            elif kind in ("progress", "epoch"):
+                changes.update(
+                    epoch=int(event.get("epoch", 0)),
+                    step=int(event.get("step", 0)),
+                    total_steps=int(event.get("total_steps", 0)),
+                )
+                metrics = event.get("metrics") or {}
+                if kind == "epoch":
+                    history = [h for h in job.history if h["epoch"] != changes["epoch"]]
+                    history.append({"epoch": changes["epoch"], "metrics": metrics})
+                    changes["history"] = history
+                    if "steps_per_s" in metrics:
+                        changes["steps_per_s"] = float(metrics["steps_per_s"])
+            elif kind == "result":
+                changes.update(
+                    final_metrics={k: float(v) for k, v in (event.get("metrics") or {}).items()},
+                    registered_name=str(event.get("model_name", "")),
+                    registered_version=str(event.get("version", "")),
+                    registered_alias=str(event.get("alias", "")),
+                )
+            elif kind == "error":
+                changes["error"] = str(event.get("message", ""))
+        if changes:
+            await self._update(job, **changes)

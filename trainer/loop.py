@@ -1,0 +1,324 @@
+"""The distributed custom training loop (``strategy.run`` + GradientTape; Keras 3 ``fit`` is broken under
+MultiWorkerMirroredStrategy, keras-team/keras#20585).
+
+Each worker feeds its own shard of augmented crops to its one local replica; gradients are all-reduced
+by the Keras optimizer, the loss is divided by ``num_replicas_in_sync`` so the result is the mean over
+workers. An EMA of all weights (BatchNorm statistics included) is kept per replica: every replica
+holds identical weights, so the EMAs stay identical without communication. Checkpoints (model,
+optimizer, EMA, epoch and step counters) are written every epoch and when stopped; non-chief workers
+write to a throw-away directory (the standard MWMS pattern) and everyone resumes from the chief's.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.augment import AugmentConfig, Batch, BatchIterator
+from trainer.data import TrainingData
+from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_checkpoint
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train; the defaults are the best recipe measured on apollo-cars (see the module's report)."""
+
+    epochs: int = 30
+    batch_size: int = 8  # per worker
+    samples_per_epoch: int = 392  # crops per epoch over all workers (the data sets are small: 4 x 98 frames)
+    learning_rate: float = 2e-3
+    final_lr_fraction: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 5e-4
+    clip_norm: float = 10.0
+    crop_width: int = 384
+    crop_height: int = 384
+    image_scale: float = 2 / 3
+    zoom_min: float = 0.75
+    zoom_max: float = 1.35
+    object_bias: float = 0.85
+    flip_p: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.6
+    hsv_v: float = 0.35
+    paint_ignore: bool = True
+    max_boxes: int = 64
+    ema_decay: float = 0.999
+    ema_ramp_steps: float = 200.0  # EMA decay ramps as decay * (1 - exp(-updates / ramp)), as Ultralytics
+    box_gain: float = 7.5
+    cls_gain: float = 0.5
+    dfl_gain: float = 1.5
+    seed: int = 0
+    loader_threads: int = 2
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(
+            crop_w=self.crop_width,
+            crop_h=self.crop_height,
+            image_scale=self.image_scale,
+            zoom_min=self.zoom_min,
+            zoom_max=self.zoom_max,
+            object_bias=self.object_bias,
+            flip_p=self.flip_p,
+            hsv_h=self.hsv_h,
+            hsv_s=self.hsv_s,
+            hsv_v=self.hsv_v,
+            max_boxes=self.max_boxes,
+            paint_ignore=self.paint_ignore,
+        )
+
+
+@dataclass
+class Progress:
+    epoch: int  # 0-based epoch being trained
+    step: int  # global step (optimizer updates so far)
+    total_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)  # loss, box, cls, dfl, lr, images_per_s
+    epoch_metrics: dict[str, float] | None = None  # at epoch ends; incl. val_map50 / val_map50_95 when evaluated
+
+
+@dataclass
+class TrainResult:
+    body: Any  # keras body holding the final EMA weights (not distributed; ready to export)
+    history: list[dict[str, float]]
+    epochs_completed: int
+    stopped: bool
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the worker that owns checkpoints and results (the only process when not multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(worker index, number of workers) for sharding the data; one replica per worker on CPU."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    chiefs = len(spec.get("chief", []))
+    workers = len(spec.get("worker", []))
+    index = 0 if resolver.task_type == "chief" else chiefs + int(resolver.task_id)
+    return index, chiefs + workers
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, final_fraction: float) -> None:
+        self.peak = peak
+        self.warmup_steps = max(1, warmup_steps)
+        self.total_steps = max(total_steps, self.warmup_steps + 1)
+        self.final_fraction = final_fraction
+
+    def __call__(self, step: Any) -> Any:
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / float(self.warmup_steps)
+        progress = tf.clip_by_value(
+            (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps), 0.0, 1.0
+        )
+        floor = self.peak * self.final_fraction
+        cosine = floor + (self.peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "final_fraction": self.final_fraction,
+        }
+
+
+def _checkpoint_dir_for(checkpoint_dir: Path, chief: bool) -> Path:
+    if chief:
+        return checkpoint_dir
+    return Path(tempfile.mkdtemp(prefix="carmesh-worker-ckpt-"))
+
+
+def _assign_weights(target: Any, values: list[np.ndarray]) -> None:
+    for variable, value in zip(target.weights, values, strict=True):
+        variable.assign(value)
+
+
+def train(
+    spec: ModelSpec,
+    recipe: Recipe,
+    data: TrainingData,
+    strategy: tf.distribute.Strategy | None,
+    checkpoint_dir: Path,
+    on_progress: Callable[[Progress], None],
+    should_stop: Callable[[], bool],
+    init_checkpoint: Path | None = None,
+    evaluate_every_epochs: int = 5,
+) -> TrainResult:
+    """Trains ``spec`` on ``data.train`` (validating on ``data.val`` every ``evaluate_every_epochs`` epochs and
+    at the end, on the chief; 0 = only at the end); resumes from the last checkpoint in ``checkpoint_dir``."""
+    from trainer.predict import evaluate_on
+
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
+    worker_index, num_workers = worker_shard(strategy)
+    replicas = strategy.num_replicas_in_sync
+    batches = BatchIterator(
+        data.train, recipe.augment_config(), recipe.batch_size, seed=recipe.seed, worker_index=worker_index,
+        num_workers=num_workers, samples_per_epoch=recipe.samples_per_epoch, threads=recipe.loader_threads,
+    )
+    steps_per_epoch = batches.steps_per_epoch
+    total_steps = steps_per_epoch * recipe.epochs
+    loss_fn = build_loss(spec, recipe.box_gain, recipe.cls_gain, recipe.dfl_gain)
+    keras.utils.set_random_seed(recipe.seed)  # identical initial weights on every worker
+
+    with strategy.scope():
+        body = build_body(spec)
+        body(np.zeros((1, recipe.crop_height, recipe.crop_width, 3), np.float32), training=False)
+        if init_checkpoint is not None:
+            load_ultralytics_checkpoint(body, init_checkpoint)
+        schedule = WarmupCosine(recipe.learning_rate, recipe.warmup_steps, total_steps, recipe.final_lr_fraction)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999,
+            global_clipnorm=recipe.clip_norm,
+        )
+        # Decay only conv kernels, not BatchNorm scales/offsets or biases (Ultralytics does the same).
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        optimizer.build(body.trainable_variables)
+        ema = [
+            tf.Variable(
+                w.value if hasattr(w, "value") else w, trainable=False, name=f"ema_{i}",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            for i, w in enumerate(body.weights)
+        ]
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        step_in_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        ema_updates = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="ema_updates",
+                                  synchronization=tf.VariableSynchronization.ON_READ,
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    checkpoint = tf.train.Checkpoint(
+        body=body, optimizer=optimizer, ema=ema, epoch=epoch_var, step_in_epoch=step_in_epoch_var,
+        ema_updates=ema_updates,
+    )
+    checkpoint_dir = Path(checkpoint_dir)
+    write_dir = _checkpoint_dir_for(checkpoint_dir, chief)
+    manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=2)
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+
+    body_weights = list(body.weights)
+    trainable = list(body.trainable_variables)
+
+    def replica_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any) -> dict[str, Any]:
+        with tf.GradientTape() as tape:
+            feats = body(images, training=True)
+            losses = loss_fn(feats, {"boxes": boxes, "labels": labels, "mask": mask})
+            scaled = losses["loss"] / replicas
+        grads = tape.gradient(scaled, trainable)
+        optimizer.apply_gradients(zip(grads, trainable, strict=True))
+        ema_updates.assign_add(1.0)
+        decay = recipe.ema_decay * (1.0 - tf.exp(-ema_updates / recipe.ema_ramp_steps))
+        for e, w in zip(ema, body_weights, strict=True):
+            e.assign(decay * e + (1.0 - decay) * tf.cast(w.value if hasattr(w, "value") else w, e.dtype))
+        out = {k: v / replicas for k, v in losses.items()}
+        out["stop"] = stop
+        return out
+
+    @tf.function
+    def train_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any) -> dict[str, Any]:
+        per_replica = strategy.run(replica_step, args=(images, boxes, labels, mask, stop))
+        reduced = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        return reduced
+
+    eval_body: Any = None
+
+    def ema_body() -> Any:
+        nonlocal eval_body
+        if eval_body is None:
+            eval_body = build_body(spec)
+            eval_body(np.zeros((1, spec.input_height, spec.input_width, 3), np.float32), training=False)
+        _assign_weights(eval_body, [np.asarray(e.read_value()) for e in ema])
+        return eval_body
+
+    history: list[dict[str, float]] = []
+    stopped = False
+    epoch = int(epoch_var.numpy())
+    start_step = int(step_in_epoch_var.numpy())
+    global_step = epoch * steps_per_epoch + start_step
+    global_batch = recipe.batch_size * num_workers
+    while epoch < recipe.epochs and not stopped:
+        sums: dict[str, float] = {}
+        epoch_started = time.perf_counter()
+        step_started = epoch_started
+        n_steps = 0
+        step = start_step
+        for step, batch in enumerate(batches.epoch(epoch, start_step), start=start_step):
+            out = _run_step(train_step, batch, should_stop())
+            global_step += 1
+            n_steps += 1
+            now = time.perf_counter()
+            metrics = {k: float(v) for k, v in out.items() if k != "stop"}
+            metrics["lr"] = float(schedule(global_step - 1))
+            metrics["images_per_s"] = global_batch / max(now - step_started, 1e-9)
+            step_started = now
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            on_progress(Progress(epoch, global_step, total_steps, metrics))
+            if float(out["stop"]) > 0:
+                stopped = True
+                break
+        if stopped and step + 1 < steps_per_epoch:
+            step_in_epoch_var.assign(step + 1)
+            manager.save(checkpoint_number=global_step)
+            break
+        epoch += 1
+        epoch_var.assign(epoch)
+        step_in_epoch_var.assign(0)
+        start_step = 0
+        manager.save(checkpoint_number=global_step)
+        epoch_metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
+        epoch_metrics["epoch"] = float(epoch)
+        epoch_metrics["epoch_s"] = time.perf_counter() - epoch_started
+        last = epoch == recipe.epochs
+        due = evaluate_every_epochs > 0 and epoch % evaluate_every_epochs == 0
+        if chief and data.val and (last or due):
+            report = evaluate_on(ema_body(), spec, data.val)
+            epoch_metrics["val_map50"] = _finite(report.map50)
+            epoch_metrics["val_map50_95"] = _finite(report.map50_95)
+        history.append(epoch_metrics)
+        on_progress(Progress(epoch - 1, global_step, total_steps, dict(epoch_metrics), epoch_metrics))
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return TrainResult(body=ema_body(), history=history, epochs_completed=epoch, stopped=stopped)
+
+
+def _finite(value: float) -> float:
+    return float(value) if np.isfinite(value) else 0.0
+
+
+def _run_step(train_step: Any, batch: Batch, stop: bool) -> dict[str, Any]:
+    result: dict[str, Any] = train_step(
+        tf.constant(batch.images), tf.constant(batch.boxes), tf.constant(batch.labels), tf.constant(batch.mask),
+        tf.constant(1.0 if stop else 0.0),
+    )
+    return result
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return asdict(recipe)

@@ -1,0 +1,146 @@
+"""From a training request to the job spec its workers run: validation (so a bad request fails
+at once with INVALID_ARGUMENT / NOT_FOUND, not minutes later in a worker), data set resolution
+(a local folder, or a feature_service snapshot cached on this machine) and the JobSpec."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import BadRequest, DatasetNotFound, PathNotAllowed
+from trainer.jobspec import JobSpec
+from trainer.model import PRESETS, SIZE_MULTIPLE
+from trainer.snapshots import SnapshotRef, looks_like_folder, materialize, parse_ref, resolve
+
+DEFAULT_INPUT_WIDTH = 960
+DEFAULT_INPUT_HEIGHT = 544
+MAX_INPUT_SIDE_PX = 4096
+MAX_EPOCHS = 10_000
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    dataset: str
+    preset: str = "n"
+    input_width: int = 0  # 0: default
+    input_height: int = 0
+    epochs: int = 0  # 0: the recipe's
+    batch_size: int = 0
+    learning_rate: float = 0.0
+    classes: tuple[str, ...] = ()
+    ignore_classes: tuple[str, ...] = ()
+    init_checkpoint: str = ""
+    crop_width: int = 0
+    crop_height: int = 0
+    max_duration_s: int = 0
+    seed: int = 0
+    workers: int = 1
+    model_name: str = ""
+
+
+@dataclass(frozen=True)
+class Planner:
+    feature_addr: str
+    cache_dir: Path
+    allowed_roots: tuple[Path, ...]
+    max_workers: int
+    cpu_threads: int
+    defaults: dict[str, Any] = field(default_factory=dict)  # JobSpec fields from settings (mlflow, registry...)
+
+    def validate(self, req: TrainRequest) -> None:
+        """Everything a local job needs: the request's shape, the folder or snapshot name, the checkpoint."""
+        self.validate_shape(req)
+        if req.init_checkpoint and not Path(req.init_checkpoint).expanduser().is_file():
+            raise BadRequest(f"init checkpoint {req.init_checkpoint!r} is not a file on the trainer")
+        if looks_like_folder(req.dataset):
+            self.folder(req.dataset)
+
+    def validate_shape(self, req: TrainRequest) -> None:
+        """What holds wherever the job runs (here or as a TFJob on a cluster)."""
+        if not req.dataset.strip():
+            raise BadRequest("dataset is required: a snapshot name ('apollo', 'apollo:2') or a local folder")
+        if req.preset not in PRESETS:
+            raise BadRequest(f"unknown preset {req.preset!r}; use one of {', '.join(PRESETS)}")
+        for label, value in (("input_width", req.input_width), ("input_height", req.input_height),
+                             ("crop_width", req.crop_width), ("crop_height", req.crop_height)):
+            if value and (value < SIZE_MULTIPLE or value % SIZE_MULTIPLE or value > MAX_INPUT_SIDE_PX):
+                raise BadRequest(f"{label} {value} must be a multiple of {SIZE_MULTIPLE} in 32..{MAX_INPUT_SIDE_PX}")
+        if not 0 <= req.epochs <= MAX_EPOCHS:
+            raise BadRequest(f"epochs {req.epochs} must be in 0..{MAX_EPOCHS} (0: the recipe's default)")
+        if req.batch_size < 0 or req.batch_size > 1024:
+            raise BadRequest(f"batch_size {req.batch_size} must be in 1..1024 (0: the recipe's default)")
+        if not 0 <= req.learning_rate < 1:
+            raise BadRequest(f"learning_rate {req.learning_rate} must be in [0, 1) (0: the recipe's default)")
+        if not 1 <= req.workers <= self.max_workers:
+            raise BadRequest(f"workers {req.workers} must be in 1..{self.max_workers} (setting max_workers)")
+        if req.max_duration_s < 0:
+            raise BadRequest("max_duration_s must be >= 0 (0: no limit)")
+        if len(set(req.classes)) != len(req.classes) or any(not c.strip() for c in req.classes):
+            raise BadRequest(f"classes must be unique and non-empty, got {list(req.classes)}")
+        if set(req.classes) & set(req.ignore_classes):
+            raise BadRequest(f"classes {sorted(set(req.classes) & set(req.ignore_classes))} are also ignore_classes")
+        if not looks_like_folder(req.dataset):
+            parse_ref(req.dataset)
+
+    def folder(self, text: str) -> Path:
+        folder = Path(text).expanduser().resolve()
+        if not folder.is_dir():
+            raise DatasetNotFound(f"data set folder {text!r} does not exist on the trainer")
+        if self.allowed_roots and not any(folder.is_relative_to(root) for root in self.allowed_roots):
+            roots = ", ".join(str(r) for r in self.allowed_roots)
+            raise PathNotAllowed(f"{folder} is outside the trainer's allowed_roots ({roots})")
+        return folder
+
+    async def check_snapshot(self, req: TrainRequest) -> None:
+        """Fails fast (NOT_FOUND) on a snapshot that does not exist."""
+        if not looks_like_folder(req.dataset):
+            await resolve(self.feature_addr, parse_ref(req.dataset))
+
+    async def prepare(self, job_id: str, req: TrainRequest, set_phase: Callable[[str], None]) -> JobSpec:
+        if looks_like_folder(req.dataset):
+            folder = self.folder(req.dataset)
+            dataset, data_path, fmt = str(folder), folder, ""
+        else:
+            ref: SnapshotRef = parse_ref(req.dataset)
+
+            def progress(done: int, total: int) -> None:
+                set_phase(f"fetching data set ({done}/{total} frames)")
+
+            cached = await materialize(self.feature_addr, ref, self.cache_dir, progress)
+            dataset, data_path, fmt = f"{cached.ref.name}:{cached.ref.version}", cached.path, "coco"
+        recipe: dict[str, Any] = {}
+        for key, value in (("epochs", req.epochs), ("batch_size", req.batch_size),
+                           ("learning_rate", req.learning_rate), ("crop_width", req.crop_width),
+                           ("crop_height", req.crop_height), ("seed", req.seed)):
+            if value:
+                recipe[key] = value
+        cores = self.cpu_threads or os.cpu_count() or 1
+        return JobSpec(
+            job_id=job_id,
+            dataset=dataset,
+            data_path=str(data_path),
+            data_format=fmt,
+            model={
+                "preset": req.preset,
+                "class_names": list(req.classes),
+                "input_width": req.input_width or DEFAULT_INPUT_WIDTH,
+                "input_height": req.input_height or DEFAULT_INPUT_HEIGHT,
+            },
+            ignore_classes=list(req.ignore_classes),
+            recipe=recipe,
+            init_checkpoint=_absolute(req.init_checkpoint),
+            max_duration_s=float(req.max_duration_s),
+            deadline_unix=time.time() + req.max_duration_s if req.max_duration_s else 0.0,
+            workers=req.workers,
+            # Workers share the cores: oversubscribed thread pools cost more than they give.
+            threads_per_worker=max(1, cores // req.workers),
+            **{**self.defaults, **({"model_name": req.model_name} if req.model_name else {})},
+        )
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""

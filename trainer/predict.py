@@ -1,0 +1,122 @@
+"""Detections of a trained Keras body on full images, exactly as the served detector sees them.
+
+Each image is letterboxed to the spec's export size (aspect kept, 114 padding split on both sides,
+RGB / 255), run through the body, decoded with :func:`trainer.model.decode_head`, class-aware
+NMS'd, and mapped back to source pixels; :func:`evaluate_on` scores them with the COCO-style
+evaluator, ignore regions counting as "don't care".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from trainer.augment import letterbox
+from trainer.data import LabelledImage
+from trainer.evaluation import Detections, GroundTruth, Report, evaluate
+from trainer.model import ModelSpec, decode_head
+
+# Low enough that AP sees the whole precision/recall curve; the same as bench/accuracy.py.
+SCORE_THRESHOLD = 0.01
+NMS_IOU = 0.45
+MAX_DETECTIONS = 100
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    path: Path
+    boxes: npt.NDArray[np.float32]  # [N, 4] xyxy source pixels
+    scores: npt.NDArray[np.float32]  # [N]
+    classes: npt.NDArray[np.int32]  # [N]
+
+
+def _forward(body: Any, spec: ModelSpec) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def run(x: Any) -> Any:
+        return decode_head(body(x, training=False), spec.num_classes)
+
+    return lambda x: np.asarray(run(tf.convert_to_tensor(x)))
+
+
+def nms(
+    output: npt.NDArray[np.float32],
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """One image's decoded head [4 + nc, A] -> (xyxy input-pixel boxes, scores, classes) after class-aware NMS."""
+    cxcywh = output[:4].T
+    scores_all = output[4:].T  # [A, nc]
+    classes = scores_all.argmax(axis=1).astype(np.int32)
+    scores = scores_all[np.arange(len(classes)), classes]
+    keep = scores >= score_threshold
+    cxcywh, scores, classes = cxcywh[keep], scores[keep], classes[keep]
+    if not len(scores):
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    xywh = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, 2:]], axis=1)
+    picked = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), scores.tolist(), classes.tolist(), score_threshold, iou_threshold, top_k=max_detections
+    )
+    idx = np.asarray(picked, np.int64).reshape(-1)[:max_detections]
+    boxes = np.concatenate([xywh[idx, :2], xywh[idx, :2] + xywh[idx, 2:]], axis=1).astype(np.float32)
+    return boxes, scores[idx].astype(np.float32), classes[idx]
+
+
+def predict(
+    body: Any,
+    spec: ModelSpec,
+    paths: Sequence[Path],
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> list[ImageDetections]:
+    """Detections per image in source pixels, via the detector's letterbox at the spec's export size."""
+    forward = _forward(body, spec)
+    results = []
+    for path in paths:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot decode image {path}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        canvas, scale, left, top = letterbox(rgb, spec.input_hw)
+        output = forward(canvas[None].astype(np.float32) / 255.0)[0]
+        boxes, scores, classes = nms(output, score_threshold, iou_threshold, max_detections)
+        src_h, src_w = rgb.shape[:2]
+        boxes = (boxes - np.array([left, top, left, top], np.float32)) / np.float32(scale)
+        boxes = np.clip(boxes, 0, np.array([src_w, src_h, src_w, src_h], np.float32))
+        results.append(ImageDetections(Path(path), boxes, scores, classes))
+    return results
+
+
+def ground_truth(image: LabelledImage, num_classes: int) -> GroundTruth:
+    """Targets plus every ignore region as a don't-care box of each class."""
+    n_ignore = len(image.ignore)
+    boxes = np.concatenate([image.boxes] + [image.ignore] * num_classes).reshape(-1, 4)
+    classes = np.concatenate([image.classes] + [np.full(n_ignore, c, np.int32) for c in range(num_classes)])
+    ignore = np.concatenate([np.zeros(len(image.boxes), bool), np.ones(n_ignore * num_classes, bool)])
+    return GroundTruth.of(boxes, classes, ignore)
+
+
+def evaluate_detections(
+    detections: Sequence[ImageDetections], images: Sequence[LabelledImage], num_classes: int,
+    min_height_px: float | None = None,
+) -> Report:
+    gts = [ground_truth(im, num_classes) for im in images]
+    dets = [Detections.of(d.boxes, d.scores, d.classes) for d in detections]
+    return evaluate(gts, dets, num_classes=num_classes, min_height_px=min_height_px)
+
+
+def evaluate_on(
+    body: Any, spec: ModelSpec, images: list[LabelledImage], min_height_px: float | None = None
+) -> Report:
+    """COCO-style AP of ``body`` on ``images`` at the spec's export size (ignore regions are don't-care)."""
+    detections = predict(body, spec, [im.path for im in images])
+    return evaluate_detections(detections, images, spec.num_classes, min_height_px)

@@ -1,0 +1,179 @@
+"""What the chief does after training: evaluate on the validation split, export ONNX (checked
+against Keras), draw the results, log it all to the job's MLflow run, register a version of the
+model in the carmesh tag schema, and point the ``challenger`` alias at it through
+registry_gateway (which keeps the alias history that rollback uses)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.data import TrainingData
+from trainer.jobspec import JobSpec
+from trainer.model import ModelSpec
+from trainer.tracking import (
+    MANIFEST_FILE,
+    MODEL_ARTIFACT_DIR,
+    ONNX_FILE,
+    TAG_EVAL,
+    TAG_JOB_ID,
+    TAG_TRAIN_DATASET,
+    TRITON_CONFIG_FILE,
+    Tracker,
+    eval_key,
+    merged_eval_tag,
+    version_tags,
+)
+
+log = logging.getLogger(__name__)
+
+TALL_MIN_HEIGHT_PX = 40.0
+SAMPLE_IMAGES = 6
+
+
+def _num(value: float) -> float:
+    return 0.0 if math.isnan(value) else float(value)
+
+
+def final_metrics(report: Any, tall: Any, class_names: tuple[str, ...]) -> dict[str, float]:
+    metrics = {
+        "val_map50": _num(report.map50),
+        "val_map50_95": _num(report.map50_95),
+        "val_map50_tall": _num(tall.map50),
+        "val_map50_95_tall": _num(tall.map50_95),
+    }
+    for name, ap50, ap in zip(class_names, report.ap50, report.ap.mean(axis=1), strict=True):
+        metrics[f"val_ap50.{name}"] = _num(float(ap50))
+        metrics[f"val_ap50_95.{name}"] = _num(float(ap))
+    return metrics
+
+
+def publish(
+    spec: JobSpec,
+    out_dir: Path,
+    model_spec: ModelSpec,
+    data: TrainingData,
+    result: Any,
+    tracker: Tracker,
+    phase: Callable[[str], None],
+) -> dict[str, Any]:
+    from trainer import plots
+    from trainer.augment import letterbox
+    from trainer.export import check_parity, export_onnx, triton_config
+    from trainer.predict import evaluate_detections, ground_truth, predict
+
+    body = result.body
+    model_dir = out_dir / MODEL_ARTIFACT_DIR
+    plots_dir = out_dir / "plots"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+
+    phase("evaluating")
+    detections = predict(body, model_spec, [im.path for im in data.val])
+    report = evaluate_detections(detections, data.val, model_spec.num_classes)
+    tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
+    metrics = final_metrics(report, tall, model_spec.class_names)
+    tracker.log_metrics(metrics, step=result.epochs_completed)
+    log.info("validation: %s", json.dumps(metrics))
+
+    phase("exporting")
+    info = export_onnx(body, model_spec, model_dir / ONNX_FILE)
+    frames = []
+    for im in data.val[:2]:
+        import cv2
+
+        bgr: Any = cv2.imread(str(im.path), cv2.IMREAD_COLOR)
+        canvas = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), model_spec.input_hw)[0]
+        frames.append(canvas.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    parity = check_parity(body, model_spec, info.path, np.stack(frames) if frames else None)
+    log.info("export parity: %s", parity.describe())
+    if not parity.ok:
+        raise RuntimeError(f"the exported ONNX does not match Keras: {parity.describe()}")
+    (model_dir / TRITON_CONFIG_FILE).write_text(triton_config(model_spec, spec.model_name))
+    (model_dir / MANIFEST_FILE).write_text(
+        json.dumps(
+            {
+                "family": "yolov8",
+                "class_names": list(model_spec.class_names),
+                "input_width": model_spec.input_width,
+                "input_height": model_spec.input_height,
+                "sha256": info.sha256,
+                "size_bytes": info.size_bytes,
+                "onnx_path": ONNX_FILE,
+                "inputs": [{"name": "images", "type": "tensor(float)",
+                            "shape": ["batch", 3, model_spec.input_height, model_spec.input_width]}],
+                "outputs": [{"name": "output0", "type": "tensor(float)",
+                             "shape": ["batch", 4 + model_spec.num_classes, model_spec.anchors()]}],
+                "file_name": ONNX_FILE,
+                "preset": model_spec.preset,
+                "trained_on": spec.dataset,
+                "job_id": spec.job_id,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    keras_dir = out_dir / "keras"
+    keras_dir.mkdir(exist_ok=True)
+    body.save(str(keras_dir / "body.keras"))
+    (out_dir / "parity.json").write_text(json.dumps({
+        "head_max_abs": parity.head_max_abs, "score_max_abs": parity.score_max_abs,
+        "box_max_abs": parity.box_max_abs, "box_max_rel": parity.box_max_rel, "ok": parity.ok,
+    }, indent=2))
+
+    plots.pr_curve_png(report, model_spec.class_names, plots_dir / "pr_curve.png")
+    if result.history:  # empty when a time limit ended training inside the first epoch
+        plots.training_curves_png(result.history, plots_dir / "training_curves.png")
+    samples: list[plots.Sample] = [
+        (im.path, det, ground_truth(im, model_spec.num_classes))
+        for im, det in list(zip(data.val, detections, strict=True))[:SAMPLE_IMAGES]
+    ]
+    if samples:
+        plots.sample_predictions_jpg(samples, model_spec.class_names, plots_dir / "sample_predictions.jpg")
+
+    phase("registering")
+    tracker.log_artifacts(model_dir, MODEL_ARTIFACT_DIR)
+    tracker.log_artifacts(keras_dir, "keras")
+    tracker.log_artifacts(plots_dir, "plots")
+    tracker.log_artifact(out_dir / "parity.json")
+    scored = {"map50": metrics["val_map50"], "map50_95": metrics["val_map50_95"],
+              "map50_tall": metrics["val_map50_tall"], "images": float(len(data.val))}
+    tags = version_tags(list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.path)
+    tags.update({
+        TAG_TRAIN_DATASET: spec.dataset,
+        TAG_JOB_ID: spec.job_id,
+        TAG_EVAL: merged_eval_tag(None, eval_key(spec.dataset, model_spec.class_names, spec.ignore_classes), scored),
+    })
+    description = (
+        f"trained by {spec.job_id} on {spec.dataset}: val mAP50 {metrics['val_map50']:.3f} "
+        f"({metrics['val_map50_tall']:.3f} for objects >= {TALL_MIN_HEIGHT_PX:.0f} px tall)"
+    )
+    version = tracker.register(spec.model_name, tags, description)
+    alias = set_alias(spec.registry_addr, spec.model_name, spec.challenger_alias, version) if spec.registry_addr else ""
+    return {
+        "model_name": spec.model_name,
+        "version": version,
+        "alias": alias,
+        "metrics": metrics,
+        "mlflow_run_id": tracker.run_id,
+        "onnx_sha256": info.sha256,
+        "parity": parity.describe(),
+    }
+
+
+def set_alias(registry_addr: str, model_name: str, alias: str, version: str) -> str:
+    """Through registry_gateway so the alias history (rollback) records the move."""
+    import grpc
+
+    from carmesh.v1 import registry_pb2, registry_pb2_grpc
+
+    with grpc.insecure_channel(registry_addr) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        stub.SetAlias(registry_pb2.SetAliasRequest(name=model_name, alias=alias, version=version), timeout=30)
+    return alias

@@ -1,0 +1,158 @@
+"""TrainingService: proto <-> domain translation only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from carmesh.v1 import common_pb2, training_pb2, training_pb2_grpc
+from trainer.errors import BadRequest
+from trainer.evaluate import EvaluateRequest, EvaluateResult
+from trainer.jobs import JobManager, JobRecord
+from trainer.planning import Planner, TrainRequest
+
+SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
+
+
+def train_request(request: training_pb2.StartTrainingRequest) -> TrainRequest:
+    c = request.config
+    return TrainRequest(
+        dataset=request.dataset.strip(),
+        preset=c.preset or "n",
+        input_width=c.input_width,
+        input_height=c.input_height,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        learning_rate=c.learning_rate,
+        classes=tuple(n.strip() for n in c.classes),
+        ignore_classes=tuple(n.strip() for n in c.ignore_classes if n.strip()),
+        init_checkpoint=c.init_checkpoint,
+        crop_width=c.crop_width,
+        crop_height=c.crop_height,
+        max_duration_s=c.max_duration_s,
+        seed=c.seed,
+        workers=request.workers or 1,
+        model_name=request.model_name.strip(),
+    )
+
+
+def job_message(job: JobRecord) -> training_pb2.TrainingJob:
+    msg = training_pb2.TrainingJob(
+        job_id=job.job_id,
+        state=training_pb2.TrainingState.Name(int(job.state)),
+        epoch=job.epoch,
+        step=job.step,
+        total_steps=job.total_steps,
+        mlflow_run_id=job.mlflow_run_id,
+        error=job.error,
+        dataset=job.dataset,
+        phase=job.phase,
+        steps_per_s=job.steps_per_s,
+    )
+    json_format.ParseDict(job.request, msg.request, ignore_unknown_fields=True)
+    for entry in job.history:
+        msg.history.add(epoch=int(entry["epoch"]), metrics={k: float(v) for k, v in entry["metrics"].items()})
+    msg.final_metrics.update(job.final_metrics)
+    if job.registered_version:
+        msg.registered.CopyFrom(
+            common_pb2.ModelRef(name=job.registered_name, version=job.registered_version, alias=job.registered_alias)
+        )
+    msg.started_at.FromSeconds(int(job.started_at))
+    if job.finished_at:
+        msg.finished_at.FromSeconds(int(job.finished_at))
+    return msg
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
+    def __init__(
+        self,
+        jobs: JobManager,
+        planner: Planner,
+        render: Callable[[str, TrainRequest, str, str, str], str],
+        evaluate: Callable[[EvaluateRequest], Awaitable[EvaluateResult]],
+    ) -> None:
+        self._jobs = jobs
+        self._planner = planner
+        self._render = render
+        self._evaluate = evaluate
+
+    async def StartTraining(
+        self, request: training_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.StartTrainingResponse:
+        req = train_request(request)
+        self._planner.validate(req)
+        await self._planner.check_snapshot(req)
+
+        async def prepare(job: JobRecord, set_phase: Callable[[str], None]) -> Any:
+            return await self._planner.prepare(job.job_id, req, set_phase)
+
+        as_json = json_format.MessageToDict(request, preserving_proto_field_name=False)
+        job = self._jobs.start(as_json, prepare)
+        return training_pb2.StartTrainingResponse(job=job_message(job))
+
+    async def GetTrainingJob(
+        self, request: training_pb2.GetTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.GetTrainingJobResponse:
+        return training_pb2.GetTrainingJobResponse(job=job_message(self._jobs.get(_job_id(request.job_id))))
+
+    async def WatchTrainingJob(
+        self, request: training_pb2.WatchTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[training_pb2.WatchTrainingJobResponse]:
+        async for job in self._jobs.watch(_job_id(request.job_id)):
+            yield training_pb2.WatchTrainingJobResponse(job=job_message(job))
+
+    async def CancelTrainingJob(
+        self, request: training_pb2.CancelTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.CancelTrainingJobResponse:
+        job = await self._jobs.cancel(_job_id(request.job_id))
+        return training_pb2.CancelTrainingJobResponse(job=job_message(job))
+
+    async def ListTrainingJobs(
+        self, request: training_pb2.ListTrainingJobsRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ListTrainingJobsResponse:
+        return training_pb2.ListTrainingJobsResponse(jobs=[job_message(j) for j in self._jobs.all()])
+
+    async def RenderTrainingJob(
+        self, request: training_pb2.RenderTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.RenderTrainingJobResponse:
+        req = train_request(request.request)
+        self._planner.validate_shape(req)
+        manifest = self._render(request.namespace, req, request.image, request.checkpoint_claim, "")
+        return training_pb2.RenderTrainingJobResponse(manifest_yaml=manifest)
+
+    async def EvaluateModel(
+        self, request: training_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.EvaluateModelResponse:
+        m = request.model
+        if not m.name or bool(m.version) == bool(m.alias):
+            raise BadRequest("model needs a name and exactly one of version and alias")
+        if not request.dataset.strip():
+            raise BadRequest("dataset is required: a snapshot ('apollo', 'apollo:2') or a folder on the trainer")
+        result = await self._evaluate(
+            EvaluateRequest(
+                model_name=m.name,
+                version=m.version,
+                alias=m.alias,
+                dataset=request.dataset.strip(),
+                classes=tuple(c.strip() for c in request.classes if c.strip()),
+                ignore_classes=tuple(c.strip() for c in request.ignore_classes if c.strip()),
+            )
+        )
+        return training_pb2.EvaluateModelResponse(
+            model=common_pb2.ModelRef(name=result.model_name, version=result.version),
+            dataset=result.dataset,
+            classes=list(result.classes),
+            map50=result.map50,
+            map50_95=result.map50_95,
+            ap50=result.ap50,
+            images=result.images,
+        )
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id.strip():
+        raise BadRequest("job_id is required")
+    return job_id.strip()
