@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, min_height in (("all cars", None), ("cars >= 40 px tall", 40.0)):
         report = evaluate(gts, dets, num_classes=1, min_height_px=min_height)
         rows.append(f"| {label} | {int(report.num_gt[0])} | {report.map50:.3f} | {report.map50_95:.3f} |")
-    body = (f"## Accuracy: car AP on {args.data.parent.name}/{args.data.name}\n\nCommand: `make bench-accuracy`  \n"
+    body = (f"## Accuracy of {args.model.name}: car AP on {args.data.parent.name}/{args.data.name}\n\n"
+            f"Command: `make bench-accuracy MODEL={args.model}`  \n"
             f"Model: `{args.model.name}` ({family}); {len(images)} images in {seconds:.1f} s; score >= "
             f"{args.score_threshold}; van/truck/bus/ignore boxes are don't-care.\n\n"
             "| cars | labelled | AP50 | AP50-95 |\n|---|---:|---:|---:|\n" + "\n".join(rows))
     print(body)
     if args.write:
-        write_section(args.write, "bench-accuracy", body)
+        write_section(args.write, f"bench-accuracy-{args.model.stem}", body)
         print(f"\nwritten to {args.write}")
     return 0
 

@@ -79,6 +79,8 @@ def check(
             registry_pb2.GetModelVersionRequest(name=name, version=version), timeout=timeout_s, metadata=conn.metadata
         ).version
     except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+            return  # SetAlias answers this (NOT_FOUND, or PERMISSION_DENIED for a key that may not promote)
         raise rpc_failure(error) from None
     try:
         current = registry.GetModelVersion(

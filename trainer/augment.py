@@ -76,14 +76,18 @@ class ImageCache:
             h, w = bgr.shape[:2]
             size = (max(1, round(w * self.base_scale)), max(1, round(h * self.base_scale)))
             bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-        rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
         with self._lock:
             self._images[path] = rgb
         return rgb
 
 
 def crop_window(
-    rng: np.random.Generator, image_wh: tuple[float, float], boxes: FloatArray, win_wh: tuple[float, float], bias: float
+    rng: np.random.Generator,
+    image_wh: tuple[float, float],
+    boxes: FloatArray,
+    win_wh: tuple[float, float],
+    bias: float,
 ) -> tuple[float, float]:
     """Top-left of a ``win_wh`` window in an ``image_wh`` image: near a random box with probability ``bias``."""
     img_w, img_h = image_wh
@@ -112,10 +116,7 @@ def transform_boxes(
     if flip:
         b = np.stack([out_w - b[:, 2], b[:, 1], out_w - b[:, 0], b[:, 3]], axis=1)
     area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-    clipped = np.stack(
-        [np.clip(b[:, 0], 0, out_w), np.clip(b[:, 1], 0, out_h), np.clip(b[:, 2], 0, out_w), np.clip(b[:, 3], 0, out_h)],
-        axis=1,
-    ).astype(np.float32)
+    clipped = np.clip(b, 0, np.array([out_w, out_h, out_w, out_h], np.float32)).astype(np.float32)
     clipped_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     visible = np.where(area > 0, clipped_area / np.maximum(area, 1e-9), 0.0).astype(np.float32)
     return clipped.reshape(-1, 4), visible.reshape(-1)
@@ -149,10 +150,10 @@ def make_sample(
     # Affine warp does crop + scale + out-of-image padding in one pass.
     matrix = np.array([[rel, 0, -left * rel], [0, rel, -top * rel]], np.float64)
     interp = cv2.INTER_AREA if rel < 1 else cv2.INTER_LINEAR
-    crop = cv2.warpAffine(
+    crop: UInt8Image = np.asarray(cv2.warpAffine(
         base, matrix, (cfg.crop_w, cfg.crop_h), flags=interp, borderMode=cv2.BORDER_CONSTANT,
         borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
-    )
+    ), np.uint8)
     flip = bool(rng.random() < cfg.flip_p)
     out_wh = (cfg.crop_w, cfg.crop_h)
     # Flip is applied to the boxes in transform_boxes and to the pixels below.
@@ -239,7 +240,9 @@ class BatchIterator:
         order = np.concatenate([rng.permutation(len(self.images)) for _ in range(reps)])
         return order[: self.samples_per_epoch]
 
-    def sample(self, epoch: int, position: int, image_index: int) -> tuple[UInt8Image, FloatArray, npt.NDArray[np.int32]]:
+    def sample(
+        self, epoch: int, position: int, image_index: int
+    ) -> tuple[UInt8Image, FloatArray, npt.NDArray[np.int32]]:
         # Seeded by the global sample position, so a sample is the same whichever worker draws it.
         rng = np.random.default_rng([self.seed, epoch, position, 7])
         return make_sample(rng, self.images[image_index], self.cache, self.cfg)
@@ -279,7 +282,7 @@ def letterbox(rgb: UInt8Image, input_hw: tuple[int, int]) -> tuple[UInt8Image, f
     new_w = min(in_w, max(1, round(src_w * scale)))
     new_h = min(in_h, max(1, round(src_h * scale)))
     if (new_w, new_h) != (src_w, src_h):
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        rgb = np.asarray(cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
     left, top = (in_w - new_w) // 2, (in_h - new_h) // 2
     canvas = np.full((in_h, in_w, 3), PAD_VALUE, np.uint8)
     canvas[top : top + new_h, left : left + new_w] = rgb

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from carmesh.v1 import common_pb2
 from kit.datasets import ParseOptions, parse_dataset
 from kit.datasets.common import IGNORE_CLASSES, Item
-from carmesh.v1 import common_pb2
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int32]
@@ -168,7 +168,7 @@ def load_folder(
         # No usable split folders: a seeded shuffle keeps the split stable across runs and workers.
         order = list(range(len(images)))
         random.Random(seed).shuffle(order)
-        n_val = int(round(len(images) * val_fraction)) if len(images) > 1 else 0
+        n_val = round(len(images) * val_fraction) if len(images) > 1 else 0
         if val_fraction > 0 and len(images) > 1:
             n_val = min(max(n_val, 1), len(images) - 1)
         val = [images[i] for i in sorted(order[:n_val])]

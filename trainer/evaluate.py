@@ -128,8 +128,8 @@ def evaluate_onnx(
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
-    def forward(batch: np.ndarray) -> np.ndarray:
-        out = session.run(None, {input_name: batch})[0]
+    def forward(nhwc: np.ndarray) -> np.ndarray:
+        out = session.run(None, {input_name: np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))})[0]
         # Keep the box rows and the scored classes' rows, in the ground truth's order.
         return np.concatenate([out[:, :4], out[:, [4 + i for i in model_index]]], axis=1)
 

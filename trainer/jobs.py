@@ -31,6 +31,8 @@ from trainer.jobspec import EVENTS_FILE, EventReader, JobSpec
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+# trainer.worker's exit code for failures a restart cannot fix (bad data, export, registration).
+FINAL_EXIT = 4
 _POLL_S = 0.5
 
 
@@ -259,7 +261,7 @@ class JobManager:
                         finished_at=time.time(),
                     )
                 return
-            if attempt >= self._limits.max_restarts:
+            if FINAL_EXIT in codes or attempt >= self._limits.max_restarts:
                 error = job.error or f"worker exit codes {codes}; see {job_dir}/worker-*.log"
                 await self._update(job, state=State.FAILED, error=error, finished_at=time.time())
                 return

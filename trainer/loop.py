@@ -33,7 +33,8 @@ from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_ch
 class Recipe:
     """How to train; the defaults are the best recipe measured on apollo-cars (see the module's report)."""
 
-    epochs: int = 30
+    epochs: int = 30  # the most epochs; with time_budget_s training may end sooner
+    time_budget_s: float | None = None  # training seconds (chief's clock): the schedule anneals to end on time
     batch_size: int = 8  # per worker
     samples_per_epoch: int = 392  # crops per epoch over all workers (the data sets are small: 4 x 98 frames)
     learning_rate: float = 2e-3
@@ -120,29 +121,31 @@ def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, final_fraction: float) -> None:
+    """Linear warmup over steps, then a cosine over ``progress`` (0..1, a variable the loop sets from steps
+    done or, with a time budget, from the training time spent, whichever is further)."""
+
+    def __init__(self, peak: float, warmup_steps: int, final_fraction: float, progress: Any) -> None:
         self.peak = peak
         self.warmup_steps = max(1, warmup_steps)
-        self.total_steps = max(total_steps, self.warmup_steps + 1)
         self.final_fraction = final_fraction
+        self.progress = progress
+
+    def value(self, step: float, progress: float) -> float:
+        if step < self.warmup_steps:
+            return self.peak * (step + 1.0) / self.warmup_steps
+        floor = self.peak * self.final_fraction
+        return floor + (self.peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
     def __call__(self, step: Any) -> Any:
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1.0) / float(self.warmup_steps)
-        progress = tf.clip_by_value(
-            (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps), 0.0, 1.0
-        )
+        progress = tf.clip_by_value(tf.cast(self.progress, tf.float32), 0.0, 1.0)
         floor = self.peak * self.final_fraction
         cosine = floor + (self.peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
         return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "peak": self.peak,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-            "final_fraction": self.final_fraction,
-        }
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction}
 
 
 def _checkpoint_dir_for(checkpoint_dir: Path, chief: bool) -> Path:
@@ -189,7 +192,10 @@ def train(
         body(np.zeros((1, recipe.crop_height, recipe.crop_width, 3), np.float32), training=False)
         if init_checkpoint is not None:
             load_ultralytics_checkpoint(body, init_checkpoint)
-        schedule = WarmupCosine(recipe.learning_rate, recipe.warmup_steps, total_steps, recipe.final_lr_fraction)
+        # Schedule progress and training seconds are the chief's, handed to every worker through the step.
+        progress_var = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="schedule_progress")
+        train_s_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+        schedule = WarmupCosine(recipe.learning_rate, recipe.warmup_steps, recipe.final_lr_fraction, progress_var)
         optimizer = keras.optimizers.AdamW(
             learning_rate=schedule, weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999,
             global_clipnorm=recipe.clip_norm,
@@ -213,7 +219,7 @@ def train(
 
     checkpoint = tf.train.Checkpoint(
         body=body, optimizer=optimizer, ema=ema, epoch=epoch_var, step_in_epoch=step_in_epoch_var,
-        ema_updates=ema_updates,
+        ema_updates=ema_updates, schedule_progress=progress_var, train_seconds=train_s_var,
     )
     checkpoint_dir = Path(checkpoint_dir)
     write_dir = _checkpoint_dir_for(checkpoint_dir, chief)
@@ -225,7 +231,7 @@ def train(
     body_weights = list(body.weights)
     trainable = list(body.trainable_variables)
 
-    def replica_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any) -> dict[str, Any]:
+    def replica_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any, progress: Any) -> dict[str, Any]:
         with tf.GradientTape() as tape:
             feats = body(images, training=True)
             losses = loss_fn(feats, {"boxes": boxes, "labels": labels, "mask": mask})
@@ -238,13 +244,34 @@ def train(
             e.assign(decay * e + (1.0 - decay) * tf.cast(w.value if hasattr(w, "value") else w, e.dtype))
         out = {k: v / replicas for k, v in losses.items()}
         out["stop"] = stop
+        out["progress"] = progress
         return out
 
     @tf.function
-    def train_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any) -> dict[str, Any]:
-        per_replica = strategy.run(replica_step, args=(images, boxes, labels, mask, stop))
+    def train_step(images: Any, boxes: Any, labels: Any, mask: Any, stop: Any, progress: Any) -> dict[str, Any]:
+        # stop and progress come back summed over workers: any worker may stop, only the chief sends progress.
+        per_replica = strategy.run(replica_step, args=(images, boxes, labels, mask, stop, progress))
         reduced = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
         return reduced
+
+    # BatchNorm moving statistics update from each worker's own batch, so they drift apart; averaging them
+    # (and their EMAs) before every checkpoint keeps all workers' checkpoints and results identical.
+    sync_vars = [w.value if hasattr(w, "value") else w for w in body.non_trainable_weights] + ema
+
+    @tf.function
+    def sync_state() -> None:
+        def fn() -> None:
+            ctx = tf.distribute.get_replica_context()
+            values = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in sync_vars])
+            for variable, value in zip(sync_vars, values, strict=True):
+                variable.assign(value)
+
+        strategy.run(fn)
+
+    def save(number: int) -> None:
+        if num_workers > 1:
+            sync_state()
+        manager.save(checkpoint_number=number)
 
     eval_body: Any = None
 
@@ -262,40 +289,56 @@ def train(
     start_step = int(step_in_epoch_var.numpy())
     global_step = epoch * steps_per_epoch + start_step
     global_batch = recipe.batch_size * num_workers
-    while epoch < recipe.epochs and not stopped:
+    train_s = float(train_s_var.numpy())
+    decay_steps = max(1, total_steps - recipe.warmup_steps)
+    budget_done = float(progress_var.numpy()) >= 1.0 and recipe.time_budget_s is not None
+    while epoch < recipe.epochs and not stopped and not budget_done:
         sums: dict[str, float] = {}
         epoch_started = time.perf_counter()
         step_started = epoch_started
         n_steps = 0
-        step = start_step
-        for step, batch in enumerate(batches.epoch(epoch, start_step), start=start_step):
-            out = _run_step(train_step, batch, should_stop())
+        step = start_step - 1
+        for batch in batches.epoch(epoch, start_step):
+            step += 1
+            lr = schedule.value(global_step, float(progress_var.numpy()))
+            progress = (global_step + 1 - recipe.warmup_steps) / decay_steps
+            if recipe.time_budget_s:
+                progress = max(progress, train_s / recipe.time_budget_s)
+            out = _run_step(train_step, batch, should_stop(), progress if chief else 0.0)
+            progress_var.assign(float(out["progress"]))
             global_step += 1
             n_steps += 1
             now = time.perf_counter()
-            metrics = {k: float(v) for k, v in out.items() if k != "stop"}
-            metrics["lr"] = float(schedule(global_step - 1))
+            train_s += now - step_started
+            metrics = {k: float(v) for k, v in out.items() if k not in ("stop", "progress")}
+            metrics["lr"] = lr
             metrics["images_per_s"] = global_batch / max(now - step_started, 1e-9)
-            step_started = now
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             on_progress(Progress(epoch, global_step, total_steps, metrics))
+            budget_done = recipe.time_budget_s is not None and float(out["progress"]) >= 1.0
             if float(out["stop"]) > 0:
                 stopped = True
                 break
+            if budget_done:
+                break
+            step_started = time.perf_counter()
+        train_s_var.assign(train_s)
         if stopped and step + 1 < steps_per_epoch:
             step_in_epoch_var.assign(step + 1)
-            manager.save(checkpoint_number=global_step)
+            save(global_step)
             break
         epoch += 1
         epoch_var.assign(epoch)
         step_in_epoch_var.assign(0)
         start_step = 0
-        manager.save(checkpoint_number=global_step)
+        save(global_step)
         epoch_metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
         epoch_metrics["epoch"] = float(epoch)
         epoch_metrics["epoch_s"] = time.perf_counter() - epoch_started
-        last = epoch == recipe.epochs
+        epoch_metrics["train_s"] = train_s
+        epoch_metrics["steps"] = float(global_step)
+        last = epoch == recipe.epochs or budget_done
         due = evaluate_every_epochs > 0 and epoch % evaluate_every_epochs == 0
         if chief and data.val and (last or due):
             report = evaluate_on(ema_body(), spec, data.val)
@@ -312,10 +355,10 @@ def _finite(value: float) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
-def _run_step(train_step: Any, batch: Batch, stop: bool) -> dict[str, Any]:
+def _run_step(train_step: Any, batch: Batch, stop: bool, progress: float) -> dict[str, Any]:
     result: dict[str, Any] = train_step(
         tf.constant(batch.images), tf.constant(batch.boxes), tf.constant(batch.labels), tf.constant(batch.mask),
-        tf.constant(1.0 if stop else 0.0),
+        tf.constant(1.0 if stop else 0.0), tf.constant(progress, tf.float32),
     )
     return result
 

@@ -79,13 +79,24 @@ def predict(
     max_detections: int = MAX_DETECTIONS,
 ) -> list[ImageDetections]:
     """Detections per image in source pixels, via the detector's letterbox at the spec's export size."""
-    forward = _forward(body, spec)
+    return predict_with(_forward(body, spec), spec, paths, score_threshold, iou_threshold, max_detections)
+
+
+def predict_with(
+    forward: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+    spec: ModelSpec,
+    paths: Sequence[Path],
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> list[ImageDetections]:
+    """:func:`predict` with any forward pass NHWC [1, H, W, 3] RGB 0..1 -> [1, 4 + nc, A] (e.g. ONNX Runtime)."""
     results = []
     for path in paths:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"cannot decode image {path}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
         canvas, scale, left, top = letterbox(rgb, spec.input_hw)
         output = forward(canvas[None].astype(np.float32) / 255.0)[0]
         boxes, scores, classes = nms(output, score_threshold, iou_threshold, max_detections)

@@ -123,14 +123,16 @@ def publish(
     keras_dir.mkdir(exist_ok=True)
     body.save(str(keras_dir / "body.keras"))
     (out_dir / "parity.json").write_text(json.dumps({
-        "head_max_abs": parity.head_max_abs, "score_max_abs": parity.score_max_abs,
-        "box_max_abs": parity.box_max_abs, "box_max_rel": parity.box_max_rel, "ok": parity.ok,
+        "images": parity.num_images, "head_max_abs": parity.head_max_abs, "head_max_value": parity.head_max_value,
+        "head_max_rel": parity.head_max_rel, "score_max_abs": parity.score_max_abs,
+        "box_max_abs_px": parity.box_max_abs, "box_max_rel_input": parity.box_max_rel_input, "ok": parity.ok,
+        "described": parity.describe(),
     }, indent=2))
 
     plots.pr_curve_png(report, model_spec.class_names, plots_dir / "pr_curve.png")
     if result.history:  # empty when a time limit ended training inside the first epoch
         plots.training_curves_png(result.history, plots_dir / "training_curves.png")
-    samples: list[plots.Sample] = [
+    samples: list[Any] = [  # (frame, ImageDetections, GroundTruth): plots.Sample
         (im.path, det, ground_truth(im, model_spec.num_classes))
         for im, det in list(zip(data.val, detections, strict=True))[:SAMPLE_IMAGES]
     ]

@@ -5,7 +5,9 @@ a cluster, from the rendered TFJob). All workers train together under
 ``MultiWorkerMirroredStrategy``; only the chief (worker 0) logs to MLflow, evaluates, exports
 and registers. A restarted worker resumes from the job's last checkpoint.
 
-Exit codes: 0 done, 1 failed (the reason is the last ``error`` event and the log), 3 cancelled.
+Exit codes: 0 done, 1 failed while training (the daemon restarts the job from its checkpoint),
+3 cancelled, 4 failed in a way a restart cannot fix (bad data, export or registration errors).
+The reason is the last ``error`` event and the log.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trainer.jobspec import ARTIFACT_DIR, CHECKPOINT_DIR, EVENTS_FILE, RESULT_FI
 log = logging.getLogger("trainer.worker")
 
 EXIT_CANCELLED = 3
+EXIT_FINAL = 4
 RUN_FILE = "mlflow_run.json"
 # Progress events are throttled: the daemon polls the file; a line per step would only cost I/O.
 _PROGRESS_EVERY_S = 1.0
@@ -86,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     flags.install()
     try:
         return _run(spec, job_dir, workers, chief, events, flags)
+    except FinalError as exc:
+        log.exception("job failed")
+        if events is not None:
+            events.emit("error", message=str(exc))
+        return EXIT_FINAL
     except Exception as exc:
         log.exception("training failed")
         if events is not None:
             events.emit("error", message=f"{type(exc).__name__}: {exc}")
         return 1
+
+
+class FinalError(Exception):
+    """Wraps a failure that would repeat on every restart."""
 
 
 def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventLog | None, flags: StopFlags) -> int:
@@ -108,14 +120,17 @@ def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventL
             events.emit("phase", phase=name)
 
     phase("loading data")
-    data = load_folder(
-        Path(spec.data_path),
-        classes=spec.model.get("class_names") or None,
-        ignore_classes=spec.ignore_classes,
-        fmt=spec.data_format or None,
-    )
-    model_spec = ModelSpec.from_dict({**spec.model, "class_names": list(data.class_names)})
-    recipe = _recipe(Recipe, spec.recipe)
+    try:
+        data = load_folder(
+            Path(spec.data_path),
+            classes=spec.model.get("class_names") or None,
+            ignore_classes=spec.ignore_classes,
+            fmt=spec.data_format or None,
+        )
+        model_spec = ModelSpec.from_dict({**spec.model, "class_names": list(data.class_names)})
+        recipe = _recipe(Recipe, spec.recipe)
+    except ValueError as exc:
+        raise FinalError(f"cannot train on {spec.dataset}: {exc}") from exc
     tracker = _start_tracking(spec, job_dir, model_spec, recipe, data) if chief else None
     if events is not None and tracker is not None:
         events.emit("run", mlflow_run_id=tracker.run_id)
@@ -156,7 +171,11 @@ def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventL
         return 0
     from trainer.publish import publish
 
-    outcome = publish(spec, job_dir / ARTIFACT_DIR, model_spec, data, result, tracker, phase)
+    try:
+        outcome = publish(spec, job_dir / ARTIFACT_DIR, model_spec, data, result, tracker, phase)
+    except Exception as exc:
+        tracker.finish("FAILED")
+        raise FinalError(f"{type(exc).__name__}: {exc}") from exc
     (job_dir / RESULT_FILE).write_text(json.dumps(outcome, indent=2))
     events.emit("result", **outcome)
     tracker.finish()

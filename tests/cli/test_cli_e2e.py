@@ -155,7 +155,11 @@ def test_models_import_list_promote_rollback(registry_gateway, tmp_path):
     assert imported.returncode == 0, imported.stderr
     assert f"imported {name} version 2" in imported.stdout
 
-    promoted = carmesh("models", "promote", name, "2", gateway=registry_gateway, api_key=WRITER_KEY)
+    # The gate: neither version was evaluated, so champion does not move without --force.
+    refused = carmesh("models", "promote", name, "2", gateway=registry_gateway, api_key=WRITER_KEY)
+    assert refused.returncode == 1
+    assert f"{name} version 2 has no evaluation to compare" in refused.stderr and "--force" in refused.stderr
+    promoted = carmesh("models", "promote", name, "2", "--force", gateway=registry_gateway, api_key=WRITER_KEY)
     assert promoted.returncode == 0, promoted.stderr
     assert promoted.stdout.strip() == f"{name}: champion -> version 2 (was version 1)"
 

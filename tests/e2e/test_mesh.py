@@ -176,7 +176,8 @@ async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
 
         clients = [asyncio.create_task(client()) for _ in range(6)]
         await asyncio.sleep(1.0)
-        promoted = await asyncio.to_thread(mesh.cli, "models", "promote", "car-detector", "2")
+        # Imported YOLOX versions carry no evaluation for the gate to compare: --force.
+        promoted = await asyncio.to_thread(mesh.cli, "models", "promote", "car-detector", "2", "--force")
         assert promoted.returncode == 0, promoted.stderr
         async with asyncio.timeout(90):
             while "2" not in versions_seen[-6:]:
@@ -223,6 +224,33 @@ def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
     assert created.returncode == 0, created.stderr
     snapshot = json.loads(created.stdout)
     assert (int(snapshot["train_frames"]), int(snapshot["val_frames"])) == (98, 50)
+
+
+def test_snapshot_train_register_promote_serve(mesh: Mesh, shared_dir: Path) -> None:
+    """The full loop through `make up` and the CLI: the snapshot the pipeline test made is
+    trained on (tiny sizes, one epoch), the version is registered as challenger, the gate runs,
+    and the detector serves the new version."""
+    snapshot = f"e2e-{os.getpid()}"
+    trained = mesh.cli("train", snapshot, "--classes", "car", "--ignore-classes", "van,truck,bus",
+                       "--size", "320x192", "--crop", "64x64", "--epochs", "1", "--batch-size", "2", "--json",
+                       timeout_s=900)  # fmt: skip
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    job = json.loads(trained.stdout)
+    assert job["state"] == "TRAINING_STATE_SUCCEEDED" and job["dataset"] == f"{snapshot}:1"
+    version = job["registered"]["version"]
+    assert job["registered"] == {"name": "car-detector", "version": version, "alias": "challenger"}
+    assert "epoch 0:" in trained.stderr  # progress was shown
+
+    # The champion (an imported YOLOX) cannot be scored by the trainer: the gate refuses to guess.
+    gated = mesh.cli("models", "promote", "car-detector", version, timeout_s=900)
+    assert gated.returncode == 1 and "gate: cannot compare" in gated.stderr, gated.stdout + gated.stderr
+    forced = mesh.cli("models", "promote", "car-detector", version, "--force")
+    assert forced.returncode == 0, forced.stderr
+    image = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[0]
+    asyncio.run(_wait_for_version(mesh, image.read_bytes(), version))
+    detected = mesh.cli("detect", str(image), "--json")
+    assert detected.returncode == 0, detected.stderr
+    assert json.loads(detected.stdout)["model"]["version"] == version
 
 
 async def _fetchval(dsn: str, sql: str, *args: object) -> object:

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 
 
-def make_kitti(root: Path, n_train: int = 8, n_val: int = 2, size_wh: tuple[int, int] = (128, 96), seed: int = 0) -> Path:
+def make_kitti(
+    root: Path, n_train: int = 8, n_val: int = 2, size_wh: tuple[int, int] = (128, 96), seed: int = 0
+) -> Path:
     """Writes root/{train,val}/{images,labels}: "car" boxes are red rectangles, "van" blue (ignore-able)."""
     rng = np.random.default_rng(seed)
     width, height = size_wh

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.cli.test_cli_e2e import carmesh, constant_model
+from tests.gateway.support import ADMIN_KEY, keys_file_text, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import gateway_args
 from trainer.synthetic import write_dataset
@@ -38,6 +40,7 @@ DONE = {
 class Trainer:
     daemon: DaemonProcess
     registry: DaemonProcess
+    gateway: DaemonProcess
     work_dir: Path
     data: Path
     mlflow_uri: str
@@ -63,8 +66,13 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "--mlflow-tracking-uri", mlflow_uri, "--model-name", model_name, "--metrics-port", "0",
             "--max-running-jobs", "2", "--stop-grace-s", "5",
         ]  # fmt: skip
-        with DaemonProcess("trainer", args, free_port(), timeout_s=60) as daemon:
-            yield Trainer(daemon, registry, root / "work", data, mlflow_uri, model_name)
+        keys = root / "api-keys"
+        keys.write_text(keys_file_text())
+        with (
+            DaemonProcess("trainer", args, free_port(), timeout_s=60) as daemon,
+            run_gateway(keys, registry.address, None, "--trainer-addr", daemon.address) as gateway,
+        ):
+            yield Trainer(daemon, registry, gateway, root / "work", data, mlflow_uri, model_name)
 
 
 def tiny_request(trainer: Trainer, *, epochs: int, workers: int = 1, max_duration_s: int = 0) -> training_pb2.StartTrainingRequest:  # noqa: E501
@@ -145,7 +153,8 @@ def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Traine
     assert {"plots/pr_curve.png", "plots/training_curves.png", "plots/sample_predictions.jpg"} <= artifacts
     assert "keras/body.keras" in artifacts
     parity = json.loads(Path(client.download_artifacts(run.info.run_id, "parity.json")).read_text())
-    assert parity["ok"] and max(parity["head_max_abs"]) < 1e-4 and parity["score_max_abs"] < 1e-4
+    assert parity["ok"] and parity["score_max_abs"] < 1e-4
+    assert max(parity["head_max_rel"]) < 1e-4 and parity["box_max_rel_input"] < 1e-4
 
 
 def test_the_registered_onnx_runs_in_the_detector_engine(trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path) -> None:  # noqa: E501
@@ -194,6 +203,48 @@ def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Train
     assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
     assert done.registered.version and done.epoch < 499
     assert time.monotonic() - started < 300
+
+
+def _evals(trainer: Trainer, version: str) -> dict[str, dict[str, float]]:
+    with grpc.insecure_channel(trainer.registry.address) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        found = registry.GetModelVersion(
+            registry_pb2.GetModelVersionRequest(name=trainer.model_name, version=version), timeout=30
+        ).version
+    return dict(json.loads(found.tags.get("carmesh.eval", "{}")))
+
+
+def test_the_promotion_gate_compares_on_the_same_validation_data(
+    trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path
+) -> None:
+    """The CLI through the gateway: a champion without numbers for the challenger's data is
+    evaluated there first (EvaluateModel), then champion moves only to a version at least as good."""
+    name, trained_version = trainer.model_name, trained.registered.version
+    key = f"{trained.dataset}|car|van"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return carmesh(*args, gateway=trainer.gateway.address, api_key=ADMIN_KEY, timeout_s=600)
+
+    imported = cli("models", "import", str(constant_model(tmp_path / "constant.onnx")), "--name", name,
+                   "--family", "yolov8", "--alias", "champion")  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    champion = next(line.split("version ")[1].split()[0] for line in imported.stdout.splitlines() if "version" in line)
+    assert key not in _evals(trainer, champion)
+
+    promoted = cli("models", "promote", name, trained_version)
+    assert "gate:" in promoted.stdout + promoted.stderr, (promoted.stdout, promoted.stderr)
+    champion_map = _evals(trainer, champion)[key]["map50"]  # evaluated by the gate, recorded on the version
+    trained_map = _evals(trainer, trained_version)[key]["map50"]
+    assert promoted.returncode == (0 if trained_map >= champion_map else 1), (promoted.stdout, promoted.stderr)
+    if promoted.returncode == 0:
+        assert f"version {trained_version} mAP50 {trained_map:.3f}" in promoted.stdout
+        back = cli("models", "promote", name, champion)  # now both have numbers: no evaluation needed
+        assert back.returncode == (0 if champion_map >= trained_map else 1), back.stderr
+    else:
+        assert "refused" in promoted.stderr and "--force" in promoted.stderr
+    forced = cli("models", "promote", name, trained_version, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "gate" not in forced.stdout
 
 
 def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None:
