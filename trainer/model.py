@@ -156,14 +156,27 @@ def build_inference_model(body: Any, spec: ModelSpec) -> Any:
     return model
 
 
-def load_ultralytics_checkpoint(body: Any, checkpoint: Path) -> int:
-    """Loads an Ultralytics YOLOv8 ``.pt`` a user brings into ``body``; returns the tensors transferred.
+class CheckpointError(ValueError):
+    """An Ultralytics checkpoint that does not fit the model (another architecture or preset)."""
 
-    The class branch's last convs keep their fresh initialisation when the class count differs,
-    so a COCO checkpoint fine-tunes to our classes. Needs torch (CPU) to read the file.
+
+def load_ultralytics_checkpoint(body: Any, checkpoint: Path) -> int:
+    """Loads an Ultralytics YOLOv8 ``.pt`` a user brings into ``body``; returns the variables transferred.
+
+    Matched by layer name (kyolo mirrors the Ultralytics module names). When the class count differs,
+    the class branch keeps its fresh initialisation (as Ultralytics does), so a COCO checkpoint
+    fine-tunes to our classes; anything else that does not match is an error. Needs torch (CPU) to read the file.
     """
-    from kyolo.conversion import load_torch_state_dict, transfer_by_order
+    from kyolo.conversion import load_torch_state_dict, transfer_torch_to_keras
 
     state = load_torch_state_dict(str(checkpoint))
-    report = transfer_by_order(body, state, verbose=False, strict_shapes=False)
+    report = transfer_torch_to_keras(body, state, verbose=False)
+    # Only the class branch (cv3) may differ: its width and outputs follow the class count.
+    unexpected = [m for m in report["misses"] if ".cv3." not in str(m[1])]
+    if unexpected or not report["transferred"]:
+        shown = "; ".join(f"{path} <- {key} ({why})" for path, key, why in unexpected[:3])
+        raise CheckpointError(
+            f"{checkpoint} does not fit a YOLOv8 {getattr(body, 'name', '')} body: "
+            f"{len(unexpected)} of {report['total']} variables unmatched ({shown})"
+        )
     return int(report["transferred"])
