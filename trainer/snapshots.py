@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,254})(?::(?P<version>[0-9]+))?$")
 _SPLIT_FILES = {common_pb2.SPLIT_TRAIN: "train", common_pb2.SPLIT_VAL: "val", common_pb2.SPLIT_TEST: "test"}
+MANIFEST = "snapshot.manifest"
 _SUFFIX = {common_pb2.IMAGE_ENCODING_JPEG: ".jpg", common_pb2.IMAGE_ENCODING_PNG: ".png"}
 
 
@@ -100,7 +101,7 @@ async def materialize(
 
 
 def _cached_frames(target: Path) -> int:
-    manifest = target / "snapshot.json"
+    manifest = target / MANIFEST
     return int(json.loads(manifest.read_text())["frames"]) if manifest.is_file() else 0
 
 
@@ -117,55 +118,63 @@ def _move_into_place(staging: Path, target: Path) -> None:
         staging.rename(target)
 
 
+class CocoWriter:
+    """Writes frames as a COCO folder: ``images/``, one ``<split>.json`` per split (ignore -> iscrowd),
+    and the manifest that marks the cache complete."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.images_dir = folder / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._categories: dict[str, int] = {}
+        self.count = 0
+
+    def add(self, frame: common_pb2.Frame) -> None:
+        split = _SPLIT_FILES.get(frame.split, "train")
+        doc = self._docs.setdefault(split, {"images": [], "annotations": [], "categories": []})
+        file_name = f"{_safe(frame.frame_id)}{_SUFFIX.get(frame.encoding, '.img')}"
+        (self.images_dir / file_name).write_bytes(frame.image)
+        image_id = len(doc["images"]) + 1
+        doc["images"].append({"id": image_id, "file_name": file_name, "width": frame.width, "height": frame.height})
+        for ann in frame.annotations:
+            category = self._categories.setdefault(ann.class_name or str(ann.class_id), len(self._categories) + 1)
+            b = ann.box
+            doc["annotations"].append({
+                "id": len(doc["annotations"]) + 1, "image_id": image_id, "category_id": category,
+                "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1], "iscrowd": int(ann.ignore),
+            })  # fmt: skip
+        self.count += 1
+
+    def finish(self, ref: SnapshotRef) -> None:
+        cats = [{"id": i, "name": n} for n, i in sorted(self._categories.items(), key=lambda kv: kv[1])]
+        for split, doc in self._docs.items():
+            doc["categories"] = cats
+            (self.folder / f"{split}.json").write_text(json.dumps(doc))
+        # Written last: its presence marks a complete cache. Not *.json: the COCO reader takes those.
+        manifest = {"name": ref.name, "version": ref.version, "frames": self.count}
+        (self.folder / MANIFEST).write_text(json.dumps(manifest))
+
+
 async def _download(
     feature_addr: str, ref: SnapshotRef, folder: Path, on_progress: Callable[[int, int], None] | None
 ) -> int:
-    images_dir = folder / "images"
-    images_dir.mkdir()
-    docs: dict[str, dict[str, Any]] = {}
-    categories: dict[str, int] = {}
-    count = 0
+    writer = CocoWriter(folder)
     async with insecure_channel(feature_addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         try:
             async for reply in stub.StreamDataset(feature_pb2.StreamDatasetRequest(name=ref.name, version=ref.version)):
-                frame = reply.frame
-                split = _SPLIT_FILES.get(frame.split, "train")
-                doc = docs.setdefault(split, {"images": [], "annotations": [], "categories": []})
-                file_name = f"{_safe(frame.frame_id)}{_SUFFIX.get(frame.encoding, '.img')}"
-                (images_dir / file_name).write_bytes(frame.image)
-                image_id = len(doc["images"]) + 1
-                doc["images"].append(
-                    {"id": image_id, "file_name": file_name, "width": frame.width, "height": frame.height}
-                )
-                for ann in frame.annotations:
-                    name = ann.class_name or str(ann.class_id)
-                    category = categories.setdefault(name, len(categories) + 1)
-                    b = ann.box
-                    doc["annotations"].append(
-                        {
-                            "id": len(doc["annotations"]) + 1,
-                            "image_id": image_id,
-                            "category_id": category,
-                            "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1],
-                            "iscrowd": int(ann.ignore),
-                        }
-                    )
-                count += 1
+                await asyncio.to_thread(writer.add, reply.frame)
                 if on_progress is not None:
-                    on_progress(count, int(reply.total))
+                    on_progress(writer.count, int(reply.total))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise DatasetNotFound(exc.details() or f"snapshot {ref} not found") from exc
             raise _upstream(feature_addr, exc) from exc
-    if count == 0:
+    if writer.count == 0:
         raise DatasetNotFound(f"snapshot {ref} has no frames")
-    cats = [{"id": i, "name": n} for n, i in sorted(categories.items(), key=lambda kv: kv[1])]
-    for split, doc in docs.items():
-        doc["categories"] = cats
-        (folder / f"{split}.json").write_text(json.dumps(doc))
-    (folder / "snapshot.json").write_text(json.dumps({"name": ref.name, "version": ref.version, "frames": count}))
-    return count
+    await asyncio.to_thread(writer.finish, ref)
+    return writer.count
 
 
 def _safe(frame_id: str) -> str:
