@@ -30,7 +30,7 @@ export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
 if ! "$PY" -m carmesh_cli datasets show "$NAME" >/dev/null 2>&1; then
   echo "train: importing $DATA as data set $NAME"
   "$PY" -m carmesh_cli ingest dataset "$DATA" --format kitti --dataset "$NAME" --camera "$NAME" --json > "$RUN_DIR/import-$NAME.json"
-  total=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['framesPublished'])" "$RUN_DIR/import-$NAME.json")
+  total=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['frames_published'])" "$RUN_DIR/import-$NAME.json")
   echo "train: waiting for feature_service to store $total frames"
   "$PY" -m devstack wait-frames "$NAME" "$total" 300
   "$PY" -m carmesh_cli datasets create "$NAME" --dataset "$NAME" --keep-source-split

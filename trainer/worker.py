@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.jobspec import ARTIFACT_DIR, CHECKPOINT_DIR, EVENTS_FILE, RESULT_FILE, EventLog, JobSpec
+from trainer.jobspec import ARTIFACT_DIR, CHECKPOINT_DIR, EVENTS_FILE, RESULT_FILE, EventLog, EventReader, JobSpec
 
 log = logging.getLogger("trainer.worker")
 
@@ -171,6 +171,8 @@ def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventL
         return 0
     from trainer.publish import publish
 
+    # A resumed job trained its first epochs in an earlier attempt: the curves need all of them.
+    result.history = _history(job_dir / EVENTS_FILE) or result.history
     try:
         outcome = publish(spec, job_dir / ARTIFACT_DIR, model_spec, data, result, tracker, phase)
     except Exception as exc:
@@ -180,6 +182,14 @@ def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventL
     events.emit("result", **outcome)
     tracker.finish()
     return 0
+
+
+def _history(events_file: Path) -> list[dict[str, float]]:
+    by_epoch: dict[int, dict[str, float]] = {}
+    for event in EventReader(events_file).read_new():
+        if event.get("type") == "epoch":
+            by_epoch[int(event["epoch"])] = {k: float(v) for k, v in (event.get("metrics") or {}).items()}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _recipe(recipe_cls: Any, overrides: dict[str, Any]) -> Any:
