@@ -20,6 +20,8 @@ DEFAULT_INPUT_WIDTH = 960
 DEFAULT_INPUT_HEIGHT = 544
 MAX_INPUT_SIDE_PX = 4096
 MAX_EPOCHS = 10_000
+# Seconds of a time-limited job spent before the first step: worker processes, TensorFlow, data.
+STARTUP_ALLOWANCE_S = 30
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ class Planner:
                            ("crop_height", req.crop_height), ("seed", req.seed)):
             if value:
                 recipe[key] = value
+        if req.max_duration_s:
+            # The schedule anneals to end on time (worker start-up and data loading come first); the
+            # deadline below is the hard stop. Epochs then only cap it, unless the request set them.
+            recipe["time_budget_s"] = max(1.0, req.max_duration_s - STARTUP_ALLOWANCE_S)
+            recipe.setdefault("epochs", MAX_EPOCHS)
         cores = self.cpu_threads or os.cpu_count() or 1
         return JobSpec(
             job_id=job_id,

@@ -56,3 +56,34 @@ def test_nms_is_class_aware_and_thresholded() -> None:
     boxes, kept_scores, classes = nms(output, score_threshold=0.01, iou_threshold=0.45)
     assert kept_scores.tolist() == pytest.approx([0.9, 0.7]) and classes.tolist() == [0, 1]
     np.testing.assert_allclose(boxes[0], [40, 40, 60, 60])
+
+
+def test_schedule_warms_up_then_follows_progress() -> None:
+    import tensorflow as tf
+
+    from trainer.loop import WarmupCosine
+
+    progress = tf.Variable(0.0)
+    schedule = WarmupCosine(1e-2, warmup_steps=10, final_fraction=0.1, progress=progress)
+    assert float(schedule(0)) == pytest.approx(1e-3) and schedule.value(4, 0.0) == pytest.approx(5e-3)
+    for p, expected in ((0.0, 1e-2), (0.5, 5.5e-3), (1.0, 1e-3), (2.0, 1e-3)):
+        progress.assign(p)
+        assert float(schedule(50)) == pytest.approx(expected, rel=1e-5)
+        assert schedule.value(50, p) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.timeout(240)
+def test_time_budget_ends_training_annealed(tmp_path: Path) -> None:
+    data = load_folder(make_kitti(tmp_path / "ds", n_train=4, n_val=1), ["car"], ["van"])
+    spec = ModelSpec("n", ("car",), 64, 64)
+    seen: list[Progress] = []
+    # The first step (tracing included) spends the whole budget; the chief's progress reaches every worker
+    # through the next step, after which training ends as complete (not stopped).
+    recipe = Recipe(**{**TINY.__dict__, "time_budget_s": 1e-3, "warmup_steps": 1})
+    result = train(spec, recipe, data, None, tmp_path / "ck", seen.append, lambda: False, evaluate_every_epochs=0)
+    steps = [p for p in seen if p.epoch_metrics is None]
+    assert [p.step for p in steps] == [1, 2] and not result.stopped and result.epochs_completed == 1
+    assert "val_map50" in result.history[-1]
+    again: list[Progress] = []
+    result = train(spec, recipe, data, None, tmp_path / "ck", again.append, lambda: False, evaluate_every_epochs=0)
+    assert not [p for p in again if p.epoch_metrics is None] and result.epochs_completed == 1
