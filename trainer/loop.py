@@ -31,21 +31,24 @@ from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_ch
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train; the defaults are the best recipe measured on apollo-cars (see the module's report)."""
+    """How to train. The defaults are the best recipe measured on apollo-cars (2 shared CPU cores, yolov8n,
+    single class "car", van/truck/bus ignored, export 960x544): 28.5 min of training, 1720 steps, car AP50
+    0.52 on val (0.73 for cars >= 40 px tall), against 0.50 / 0.68 with batch 8 and zoom >= 0.75."""
 
-    epochs: int = 30  # the most epochs; with time_budget_s training may end sooner
-    time_budget_s: float | None = None  # training seconds (chief's clock): the schedule anneals to end on time
-    batch_size: int = 8  # per worker
+    epochs: int = 100  # the most epochs; with time_budget_s training usually ends sooner
+    time_budget_s: float | None = 1710.0  # training seconds (chief's clock): the cosine anneals to end on time
+    batch_size: int = 4  # per worker: more updates per second of CPU than 8 in a short run
     samples_per_epoch: int = 392  # crops per epoch over all workers (the data sets are small: 4 x 98 frames)
     learning_rate: float = 2e-3
     final_lr_fraction: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 5e-4
     clip_norm: float = 10.0
-    crop_width: int = 384
-    crop_height: int = 384
+    # Wide crops: the cars sit in a horizontal band of the dashcam frame, so less sky and bonnet per step.
+    crop_width: int = 512
+    crop_height: int = 256
     image_scale: float = 2 / 3
-    zoom_min: float = 0.75
+    zoom_min: float = 0.45  # with image_scale 2/3: 0.3..0.9 of the source, so large cars fit a crop too
     zoom_max: float = 1.35
     object_bias: float = 0.85
     flip_p: float = 0.5
@@ -53,7 +56,7 @@ class Recipe:
     hsv_s: float = 0.6
     hsv_v: float = 0.35
     paint_ignore: bool = True
-    max_boxes: int = 64
+    max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     ema_decay: float = 0.999
     ema_ramp_steps: float = 200.0  # EMA decay ramps as decay * (1 - exp(-updates / ramp)), as Ultralytics
     box_gain: float = 7.5

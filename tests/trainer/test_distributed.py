@@ -44,11 +44,11 @@ def _wait(procs: list[subprocess.Popen[bytes]], outs: list[Path], timeout_s: flo
     return [json.loads(out.read_text()) for out in outs]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_two_workers_train_to_identical_weights(tmp_path: Path) -> None:
     data = make_kitti(tmp_path / "ds", n_train=6, n_val=1)
     outs = [tmp_path / "w0.json", tmp_path / "w1.json"]
-    results = _wait(_start(data, tmp_path / "ck", outs, epochs=2, delay_s=0.0), outs, timeout_s=240)
+    results = _wait(_start(data, tmp_path / "ck", outs, epochs=2, delay_s=0.0), outs, timeout_s=360)
     assert [r["chief"] for r in results] == [True, False]
     assert all(r["replicas"] == 2 and r["epochs_completed"] == 2 and r["last_step"] == 6 for r in results)
     assert results[0]["digest"] == results[1]["digest"]
@@ -56,13 +56,14 @@ def test_two_workers_train_to_identical_weights(tmp_path: Path) -> None:
     assert list((tmp_path / "ck").glob("ckpt-*.index"))
 
 
-@pytest.mark.timeout(300)
+# About 2 minutes on 2 idle cores; the generous limits are for a machine shared with other jobs.
+@pytest.mark.timeout(600)
 def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     data = make_kitti(tmp_path / "ds", n_train=6, n_val=1)
     outs = [tmp_path / "w0.json", tmp_path / "w1.json"]
-    procs = _start(data, tmp_path / "ck", outs, epochs=4, delay_s=1.0)
+    procs = _start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.5)
     progress = outs[0].with_suffix(".progress")
-    deadline = time.monotonic() + 200
+    deadline = time.monotonic() + 280
     try:
         while time.monotonic() < deadline and not (progress.exists() and "epoch 1" in progress.read_text()):
             assert all(p.poll() is None for p in procs), outs[0].with_suffix(".log").read_text()[-3000:]
@@ -77,7 +78,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
                 proc.wait()
     done = sum(line.startswith("epoch") for line in progress.read_text().splitlines())
     assert 1 <= done < 4
-    results = _wait(_start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.0), outs, timeout_s=240)
+    results = _wait(_start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.0), outs, timeout_s=280)
     # 3 steps per epoch: training continues after the last finished epoch instead of from step 1.
     assert all(r["first_step"] == done * 3 + 1 and r["epochs_completed"] == 4 for r in results)
     assert results[0]["digest"] == results[1]["digest"]

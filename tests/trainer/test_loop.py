@@ -15,7 +15,7 @@ from trainer.predict import evaluate_on, nms
 
 TINY = Recipe(
     epochs=3, batch_size=4, samples_per_epoch=32, learning_rate=4e-3, warmup_steps=4, crop_width=64, crop_height=64,
-    image_scale=1.0, zoom_min=0.9, zoom_max=1.1, ema_ramp_steps=4.0, loader_threads=1,
+    image_scale=1.0, zoom_min=0.9, zoom_max=1.1, ema_ramp_steps=4.0, loader_threads=1, time_budget_s=None,
 )
 
 
