@@ -211,9 +211,16 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
                     metrics = "  ".join(f"{k} {v:.4g}" for k, v in sorted(entry.metrics.items()))
                     print(("\r" if live else "") + f"epoch {entry.epoch}: {metrics}", file=stderr)
                 seen_epochs = len(job.history)
-                fraction = job.step / job.total_steps if job.total_steps else 0.0
-                line = (f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} step {job.step}/{job.total_steps} "
-                        f"({fraction:4.0%}) {time.monotonic() - started:6.0f}s")  # fmt: skip
+                limit_s = job.request.config.max_duration_s
+                if limit_s and is_set(job.started_at):
+                    # A time-limited job's schedule follows the clock, not a step count.
+                    elapsed_s = time.time() - job.started_at.ToSeconds()
+                    fraction, total = min(1.0, elapsed_s / limit_s), f"{elapsed_s:.0f}/{limit_s}s"
+                else:
+                    fraction = job.step / job.total_steps if job.total_steps else 0.0
+                    total = f"step {job.step}/{job.total_steps}"
+                line = (f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} {total} ({fraction:4.0%}) "
+                        f"{time.monotonic() - started:6.0f}s")  # fmt: skip
                 if live:
                     stderr.write("\r" + line[:160])
                     stderr.flush()
