@@ -93,14 +93,15 @@ def run_raw(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, f
                                        global_clipnorm=recipe.clip_norm)  # fmt: skip
     body(np.zeros((1, recipe.crop_height, recipe.crop_width, 3), np.float32))
     trainable = body.trainable_variables
-    ema = [tf.Variable(w, trainable=False) for w in body.weights]
+    weights = [w.value for w in body.weights]  # the tf.Variables behind Keras 3's variables
+    ema = [tf.Variable(tf.identity(w), trainable=False) for w in weights]
 
     @tf.function
     def step() -> Any:
         with tf.GradientTape() as tape:
             losses = loss_fn(body(images, training=True), {"boxes": boxes, "labels": labels, "mask": mask})
         optimizer.apply_gradients(zip(tape.gradient(losses["loss"], trainable), trainable, strict=True))
-        for e, w in zip(ema, body.weights, strict=True):  # the EMA update the real step does too
+        for e, w in zip(ema, weights, strict=True):  # the EMA update the real step does too
             e.assign(0.999 * e + 0.001 * w)
         return losses["loss"]
 
