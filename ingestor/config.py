@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from kit.config import BaseSettings, not_below
+from kit.config import BaseSettings, existing_dirs, not_below
 from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
 
 # Room for the Frame envelope (ids, annotations) next to the image in one Kafka message.
@@ -60,14 +60,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_roots")
     @classmethod
     def _roots_exist(cls, value: list[Path]) -> list[Path]:
-        roots = []
-        for root in value:
-            resolved = root.expanduser().resolve()
-            # Fail at start rather than refusing every request later.
-            if not resolved.is_dir():
-                raise ValueError(f"{str(root)!r} is not a directory")
-            roots.append(resolved)
-        return roots
+        return existing_dirs(value)
 
     @field_validator("retry_max_ms")
     @classmethod

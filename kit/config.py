@@ -11,6 +11,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
@@ -112,6 +113,17 @@ def stripped_entries(value: list[str]) -> list[str]:
     if any(not item.strip() for item in value):
         raise ValueError("entries must not be blank")
     return [item.strip() for item in value]
+
+
+def existing_dirs(value: list[Path]) -> list[Path]:
+    """For directory-list settings: each resolved, and failing at start rather than on every request later."""
+    roots = []
+    for root in value:
+        resolved = root.expanduser().resolve()
+        if not resolved.is_dir():
+            raise ValueError(f"{str(root)!r} is not a directory")
+        roots.append(resolved)
+    return roots
 
 
 def not_below(value: float, info: ValidationInfo, other: str) -> float:

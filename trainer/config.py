@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from kit.config import BaseSettings
+from kit.config import BaseSettings, existing_dirs
 
 
 class Settings(BaseSettings):
@@ -44,10 +44,4 @@ class Settings(BaseSettings):
     @field_validator("allowed_roots")
     @classmethod
     def _roots_exist(cls, value: list[Path]) -> list[Path]:
-        roots = []
-        for root in value:
-            resolved = root.expanduser().resolve()
-            if not resolved.is_dir():
-                raise ValueError(f"{str(root)!r} is not a directory")
-            roots.append(resolved)
-        return roots
+        return existing_dirs(value)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainer.data import TrainingData
+from trainer.evaluate import TALL_MIN_HEIGHT_PX
 from trainer.jobspec import JobSpec
 from trainer.model import ModelSpec
 from trainer.tracking import (
@@ -33,7 +34,6 @@ from trainer.tracking import (
 
 log = logging.getLogger(__name__)
 
-TALL_MIN_HEIGHT_PX = 40.0
 SAMPLE_IMAGES = 6
 
 
@@ -146,7 +146,9 @@ def publish(
     tracker.log_artifact(out_dir / "parity.json")
     scored = {"map50": metrics["val_map50"], "map50_95": metrics["val_map50_95"],
               "map50_tall": metrics["val_map50_tall"], "images": float(len(data.val))}
-    tags = version_tags(list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.path)
+    tags = version_tags(
+        list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
+    )
     tags.update({
         TAG_TRAIN_DATASET: spec.dataset,
         TAG_JOB_ID: spec.job_id,

@@ -8,7 +8,6 @@ process-global state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -44,22 +43,18 @@ def eval_key(dataset: str, classes: Sequence[str], ignore_classes: Sequence[str]
     return f"{dataset}|{','.join(classes)}|{','.join(sorted(ignore_classes))}"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
-def version_tags(class_names: list[str], input_width: int, input_height: int, onnx: Path) -> dict[str, str]:
+def version_tags(
+    class_names: list[str], input_width: int, input_height: int, sha256: str, size_bytes: int
+) -> dict[str, str]:
     return {
         TAG_FAMILY: "yolov8",
         TAG_CLASS_NAMES: json.dumps(list(class_names)),
         TAG_INPUT_WIDTH: str(input_width),
         TAG_INPUT_HEIGHT: str(input_height),
-        TAG_SHA256: sha256_of(onnx),
-        TAG_SIZE_BYTES: str(onnx.stat().st_size),
+        TAG_SHA256: sha256,
+        TAG_SIZE_BYTES: str(size_bytes),
         TAG_ONNX_PATH: ONNX_FILE,
     }
 
