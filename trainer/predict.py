@@ -62,9 +62,9 @@ def nms(
     if not len(scores):
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
     xywh = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, 2:]], axis=1)
-    picked = cv2.dnn.NMSBoxesBatched(
-        xywh.tolist(), scores.tolist(), classes.tolist(), score_threshold, iou_threshold, top_k=max_detections
-    )
+    # No top_k: OpenCV applies it to the candidates *before* suppression, which would leave far fewer than
+    # max_detections boxes (mostly duplicates of the strongest objects) and cap the recall.
+    picked = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), score_threshold, iou_threshold)
     idx = np.asarray(picked, np.int64).reshape(-1)[:max_detections]
     boxes = np.concatenate([xywh[idx, :2], xywh[idx, :2] + xywh[idx, 2:]], axis=1).astype(np.float32)
     return boxes, scores[idx].astype(np.float32), classes[idx]
