@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from typing import TextIO
 
 import grpc
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 from carmesh_cli.connection import EXIT_RPC_FAILED, CliError, Connection, rpc_failure
+from kit.registry_tags import TAG_EVAL, TAG_TRAIN_DATASET, EvalKey
 
 GATED_ALIAS = "champion"
-TAG_EVAL = "carmesh.eval"
-TAG_TRAIN_DATASET = "carmesh.train.dataset"
 EVALUATE_TIMEOUT_S = 900.0
-
-
-@dataclass(frozen=True)
-class EvalKey:
-    dataset: str
-    classes: tuple[str, ...]
-    ignore_classes: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, key: str) -> EvalKey:
-        dataset, _, rest = key.partition("|")
-        classes, _, ignore = rest.partition("|")
-        return cls(dataset, tuple(c for c in classes.split(",") if c), tuple(c for c in ignore.split(",") if c))
-
-    def __str__(self) -> str:
-        ignore = f", don't care {','.join(self.ignore_classes)}" if self.ignore_classes else ""
-        return f"{self.dataset} ({','.join(self.classes)}{ignore})"
 
 
 def evaluations(version: registry_pb2.ModelVersion) -> dict[str, dict[str, float]]:

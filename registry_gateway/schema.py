@@ -8,22 +8,26 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-# Model version tags written by ImportModel and by the trainer.
-TAG_FAMILY = "carmesh.family"
-TAG_CLASS_NAMES = "carmesh.class_names"
-TAG_INPUT_WIDTH = "carmesh.input_width"
-TAG_INPUT_HEIGHT = "carmesh.input_height"
-TAG_SHA256 = "carmesh.sha256"
-TAG_SIZE_BYTES = "carmesh.size_bytes"
-TAG_ONNX_PATH = "carmesh.onnx_path"
-# Registered model tag prefix: JSON list of the versions an alias pointed at, oldest first.
-ALIAS_HISTORY_PREFIX = "carmesh.alias_history."
-# Files inside a version's artifact directory.
-ONNX_FILE = "model.onnx"
-TRITON_CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "carmesh.json"
-# Where an import run logs the files above.
-ARTIFACT_DIR = "model"
+from kit.registry_tags import (
+    ALIAS_HISTORY_PREFIX,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    TAG_CLASS_NAMES,
+    TAG_FAMILY,
+    TAG_INPUT_HEIGHT,
+    TAG_INPUT_WIDTH,
+    TAG_ONNX_PATH,
+    TAG_SHA256,
+    TAG_SIZE_BYTES,
+    TRITON_CONFIG_FILE,
+)
+from kit.registry_tags import MODEL_ARTIFACT_DIR as ARTIFACT_DIR
+
+__all__ = [
+    "ALIAS_HISTORY_PREFIX", "ARTIFACT_DIR", "MANIFEST_FILE", "ONNX_FILE", "TAG_CLASS_NAMES", "TAG_FAMILY",
+    "TAG_INPUT_HEIGHT", "TAG_INPUT_WIDTH", "TAG_ONNX_PATH", "TAG_SHA256", "TAG_SIZE_BYTES", "TRITON_CONFIG_FILE",
+    "Family", "ModelVersionInfo",
+]
 
 
 class Family(StrEnum):

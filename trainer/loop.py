@@ -56,6 +56,7 @@ class Recipe:
     hsv_s: float = 0.6
     hsv_v: float = 0.35
     paint_ignore: bool = True
+    mosaic_p: float = 0.0
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     ema_decay: float = 0.999
     ema_ramp_steps: float = 200.0  # EMA decay ramps as decay * (1 - exp(-updates / ramp)), as Ultralytics
@@ -79,6 +80,7 @@ class Recipe:
             hsv_v=self.hsv_v,
             max_boxes=self.max_boxes,
             paint_ignore=self.paint_ignore,
+            mosaic_p=self.mosaic_p,
         )
 
 

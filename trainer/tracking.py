@@ -15,34 +15,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from kit.registry_tags import (
+    MANIFEST_FILE,
+    MODEL_ARTIFACT_DIR,
+    ONNX_FILE,
+    TAG_CLASS_NAMES,
+    TAG_EVAL,
+    TAG_FAMILY,
+    TAG_INPUT_HEIGHT,
+    TAG_INPUT_WIDTH,
+    TAG_JOB_ID,
+    TAG_ONNX_PATH,
+    TAG_SHA256,
+    TAG_SIZE_BYTES,
+    TAG_TRAIN_DATASET,
+    TRITON_CONFIG_FILE,
+    EvalKey,
+)
 
-# The version tag schema shared with registry_gateway (docs/registry.md).
-TAG_FAMILY = "carmesh.family"
-TAG_CLASS_NAMES = "carmesh.class_names"
-TAG_INPUT_WIDTH = "carmesh.input_width"
-TAG_INPUT_HEIGHT = "carmesh.input_height"
-TAG_SHA256 = "carmesh.sha256"
-TAG_SIZE_BYTES = "carmesh.size_bytes"
-TAG_ONNX_PATH = "carmesh.onnx_path"
-# Evaluations of a version: JSON {"<dataset>|<classes>": {"map50": .., "map50_95": .., ...}}.
-TAG_EVAL = "carmesh.eval"
-TAG_TRAIN_DATASET = "carmesh.train.dataset"
-TAG_JOB_ID = "carmesh.job_id"
-MODEL_ARTIFACT_DIR = "model"
-ONNX_FILE = "model.onnx"
-MANIFEST_FILE = "carmesh.json"
-TRITON_CONFIG_FILE = "config.pbtxt"
+__all__ = [
+    "MANIFEST_FILE", "MODEL_ARTIFACT_DIR", "ONNX_FILE", "TAG_EVAL", "TAG_JOB_ID", "TAG_TRAIN_DATASET",
+    "TRITON_CONFIG_FILE", "Tracker", "eval_key", "merged_eval_tag", "record_evaluation", "version_tags",
+]
+
+log = logging.getLogger(__name__)
 
 
 def eval_key(dataset: str, classes: Sequence[str], ignore_classes: Sequence[str] = ()) -> str:
-    """Which numbers are comparable: the same validation data, scored classes and don't-care classes.
-
-    ``apollo:1|car|bus,truck,van``; the promotion gate parses it back to evaluate a champion the same way.
-    """
-    return f"{dataset}|{','.join(classes)}|{','.join(sorted(ignore_classes))}"
-
-
+    """The ``carmesh.eval`` key of an evaluation (see :class:`kit.registry_tags.EvalKey`)."""
+    return EvalKey.of(dataset, classes, ignore_classes).key
 
 
 def version_tags(

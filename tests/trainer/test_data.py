@@ -11,7 +11,7 @@ import pytest
 from detector.imaging import letterbox as detector_letterbox
 from tests.helpers import SHARED
 from tests.trainer.synthetic import make_kitti
-from trainer.augment import AugmentConfig, BatchIterator, ImageCache, letterbox, make_sample
+from trainer.augment import AugmentConfig, BatchIterator, ImageCache, letterbox, make_mosaic, make_sample
 from trainer.data import LabelledImage, detect_format, load_folder
 
 APOLLO = SHARED / "data" / "apollo-cars"
@@ -91,6 +91,28 @@ def test_boxes_follow_crop_zoom_and_flip(tmp_path: Path, flip: float, zoom: floa
         lit = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
         # The white square's pixels and the transformed box agree to a pixel (interpolation at the edges).
         np.testing.assert_allclose(boxes[0], lit, atol=1.0)
+
+
+def test_mosaic_quadrants_carry_their_own_boxes(tmp_path: Path) -> None:
+    item = _square_image(tmp_path, (100, 60, 140, 90))
+    cfg = AugmentConfig(crop_w=192, crop_h=128, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
+                        flip_p=0.5, hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.0, min_box_px=1.0)
+    cache = ImageCache(1.0)
+    for seed in range(4):
+        canvas, boxes, classes = make_mosaic(np.random.default_rng(seed), [item] * 4, cache, cfg)
+        assert canvas.shape == (128, 192, 3) and len(boxes) == len(classes) >= 1
+        lit = canvas[..., 0] > 127
+        for x1, y1, x2, y2 in np.round(boxes).astype(int):
+            # Every box sits on white pixels of its quadrant's square, and the square is inside the canvas.
+            assert 0 <= x1 < x2 <= 192 and 0 <= y1 < y2 <= 128
+            assert lit[y1:y2, x1:x2].mean() > 0.8
+        # Nothing white lies outside the boxes.
+        covered = np.zeros_like(lit)
+        for x1, y1, x2, y2 in np.round(boxes).astype(int):
+            covered[max(y1 - 1, 0) : y2 + 1, max(x1 - 1, 0) : x2 + 1] = True
+        assert not (lit & ~covered).any()
+    with pytest.raises(ValueError, match="4 images"):
+        make_mosaic(np.random.default_rng(0), [item], cache, cfg)
 
 
 def test_cut_boxes_are_dropped_and_targets_padded(tmp_path: Path) -> None:
