@@ -4,7 +4,9 @@ with ``TF_CONFIG`` and is followed through the chief's ``events.jsonl``.
 A worker that dies takes the job's other workers down with it (a collective op would wait
 forever otherwise); the job then restarts all of them, up to ``max_restarts`` times, and they
 resume from the last epoch checkpoint. State survives a daemon restart as ``state.json`` per
-job; jobs that were running then are marked failed (their checkpoints remain).
+job: a job whose workers were running when the daemon stopped (SIGTERM stops them after their
+current step, with a checkpoint) resumes from that checkpoint when the daemon starts again; a job
+that had not got its data yet failed with the daemon.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import JobFinished, JobNotFound, TooManyJobs
-from trainer.jobspec import EVENTS_FILE, EventReader, JobSpec
+from trainer.jobspec import EVENTS_FILE, JOB_FILE, EventReader, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ STATE_FILE = "state.json"
 # trainer.worker's exit code for failures a restart cannot fix (bad data, export, registration).
 FINAL_EXIT = 4
 _POLL_S = 0.5
+INTERRUPTED = "interrupted: the trainer stopped; the job resumes from its last checkpoint when it starts again"
 
 
 class State(IntEnum):
@@ -124,11 +127,14 @@ class JobManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, list[asyncio.subprocess.Process]] = {}
         self._cancelled: set[str] = set()
+        self._interrupted: list[str] = []  # jobs of an earlier daemon run to resume
+        self._closing = False
         self._changed = asyncio.Condition()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
-        """Reads the jobs of earlier daemon runs; unfinished ones failed with the daemon."""
+        """Reads the jobs of earlier daemon runs. Unfinished jobs with a job spec (their data was ready) are
+        queued for :meth:`resume`; the others failed with the daemon."""
         self._dir.mkdir(parents=True, exist_ok=True)
         for state_file in sorted(self._dir.glob(f"*/{STATE_FILE}")):
             try:
@@ -137,18 +143,37 @@ class JobManager:
                 log.warning("skipping unreadable %s: %s", state_file, exc)
                 continue
             if not job.state.done:
-                job.state, job.error, job.finished_at = State.FAILED, "the trainer stopped while it ran", time.time()
-                self._save(job)
+                if (state_file.parent / JOB_FILE).exists():
+                    self._interrupted.append(job.job_id)
+                else:
+                    job.state, job.finished_at = State.FAILED, time.time()
+                    job.error = "the trainer stopped before the job's data set was ready; start it again"
+                    self._save(job)
             self._jobs[job.job_id] = job
 
+    def resume(self) -> list[str]:
+        """Restarts the workers of the jobs :meth:`load` found interrupted; they continue from their last
+        checkpoint (and their MLflow run). Returns their ids."""
+        resumed, self._interrupted = self._interrupted, []
+        for job_id in resumed:
+            job = self._jobs[job_id]
+            log.info("job %s: resuming from its last checkpoint", job_id)
+            self._tasks[job_id] = asyncio.create_task(self._guard(job, self._resume(job)), name=f"job-{job_id}")
+        return resumed
+
     async def close(self) -> None:
-        """Stops every running job's workers (they keep their checkpoints)."""
-        for job_id in list(self._tasks):
-            self._cancelled.add(job_id)
+        """Stops every running job's workers after their current step; they keep their checkpoints and the jobs
+        resume when the daemon starts again (jobs still fetching their data fail)."""
+        self._closing = True
         await asyncio.gather(*(self._terminate(job_id) for job_id in list(self._procs)), return_exceptions=True)
-        for task in list(self._tasks.values()):
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        # Jobs whose workers just stopped record themselves as interrupted; the rest (fetching data) are cut off.
+        _, pending = await asyncio.wait(tasks, timeout=self._limits.stop_grace_s)
+        for task in pending:
             task.cancel()
-        for task in list(self._tasks.values()):
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -156,7 +181,7 @@ class JobManager:
     def get(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)
         if job is None:
-            raise JobNotFound(f"no training job {job_id!r}; list them with `carmesh train list`")
+            raise JobNotFound(f"no training job {job_id!r}; list them with `carmesh jobs list`")
         return replace(job)
 
     def all(self) -> list[JobRecord]:
@@ -190,7 +215,7 @@ class JobManager:
         (self._dir / job_id).mkdir(parents=True)
         self._jobs[job_id] = job
         self._save(job)
-        self._tasks[job_id] = asyncio.create_task(self._run(job, prepare), name=f"job-{job_id}")
+        self._tasks[job_id] = asyncio.create_task(self._guard(job, self._run(job, prepare)), name=f"job-{job_id}")
         return replace(job)
 
     async def cancel(self, job_id: str) -> JobRecord:
@@ -222,18 +247,28 @@ class JobManager:
         os.replace(tmp, path)
 
     async def _run(self, job: JobRecord, prepare: Preparer) -> None:
+        await self._update(job, state=State.RUNNING, phase="fetching data set")
+
+        def set_phase(text: str) -> None:
+            job.phase = text
+
+        spec = await prepare(job, set_phase)
+        spec.write(self.job_dir(job.job_id))
+        await self._update(job, dataset=spec.dataset, phase="starting workers")
+        await self._train(job, spec)
+
+    async def _resume(self, job: JobRecord) -> None:
+        spec = JobSpec.read(self.job_dir(job.job_id))
+        await self._update(job, state=State.RUNNING, phase="resuming from checkpoint", error="")
+        await self._train(job, spec)
+
+    async def _guard(self, job: JobRecord, work: Awaitable[None]) -> None:
+        """Runs a job's work; whatever ends it early is recorded on the job."""
         try:
-            await self._update(job, state=State.RUNNING, phase="fetching data set")
-
-            def set_phase(text: str) -> None:
-                job.phase = text
-
-            spec = await prepare(job, set_phase)
-            spec.write(self.job_dir(job.job_id))
-            await self._update(job, dataset=spec.dataset, phase="starting workers")
-            await self._train(job, spec)
+            await work
         except asyncio.CancelledError:
-            await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
+            if not self._closing:
+                await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
         except Exception as exc:
             log.exception("job %s failed", job.job_id)
             message = getattr(exc, "args", [str(exc)])[0] if exc.args else type(exc).__name__
@@ -245,10 +280,13 @@ class JobManager:
     async def _train(self, job: JobRecord, spec: JobSpec) -> None:
         job_dir = self.job_dir(job.job_id)
         reader = EventReader(job_dir / EVENTS_FILE)
-        attempt = 0
+        attempt = job.restarts
         while True:
             codes = await self._run_workers(job, spec, reader, attempt)
             await self._consume(job, reader)
+            if self._closing and job.job_id not in self._cancelled:
+                await self._update(job, phase=INTERRUPTED)
+                return
             if job.job_id in self._cancelled:
                 await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
                 return

@@ -309,3 +309,29 @@ def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(trainer: Trai
     epochs = [entry.epoch for entry in done.history]
     # Resumed, not restarted: every epoch was reported once, and the last one is the job's last.
     assert sorted(set(epochs)) == sorted(epochs) and max(epochs) == 2, epochs
+
+
+def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer) -> None:
+    job_dir = trainer.work_dir / "jobs"
+    with trainer.channel() as channel:
+        stub = trainer.stub(channel)
+        job = stub.StartTraining(tiny_request(trainer, epochs=3), timeout=30).job
+        deadline = time.monotonic() + 400
+        while not stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.history:
+            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
+            time.sleep(0.5)
+    # SIGTERM: the daemon stops the workers after their current step (they checkpoint) and exits.
+    assert trainer.daemon.stop(timeout_s=60) == 0, trainer.daemon.log()[-3000:]
+    assert not _worker_pids(job.job_id)
+    state = json.loads((job_dir / job.job_id / "state.json").read_text())
+    assert state["state"] == training_pb2.TRAINING_STATE_RUNNING and state["phase"].startswith("interrupted"), state
+    trainer.daemon.start()
+    with trainer.channel() as channel:
+        done = wait_done(trainer.stub(channel), job.job_id, timeout_s=600)
+    assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
+    assert done.registered.version
+    log = (job_dir / job.job_id / "worker-0.log").read_text()
+    assert log.count("--- attempt 0 ---") == 2, "the workers did not run again after the restart"
+    epochs = [entry.epoch for entry in done.history]
+    # Resumed, not restarted: every epoch was reported once, and the last one is the job's last.
+    assert sorted(set(epochs)) == sorted(epochs) and max(epochs) == 2, epochs
