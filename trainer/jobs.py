@@ -71,6 +71,7 @@ class JobRecord:
     registered_alias: str = ""
     error: str = ""
     restarts: int = 0
+    worker_pids: list[int] = field(default_factory=list)  # of the latest attempt
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
 
@@ -113,6 +114,20 @@ def tf_config(ports: list[int], index: int) -> str:
     return json.dumps(
         {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     )
+
+
+def _live_workers(pids: list[int], job_dir: Path) -> list[int]:
+    """Those of ``pids`` that are still trainer workers of ``job_dir`` (a pid may have been reused since)."""
+    marker = f"--job-dir {job_dir}".encode()
+    live = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue  # gone (or no /proc: nothing to find)
+        if marker in cmdline:
+            live.append(pid)
+    return live
 
 
 # Prepares a job's data (fetching a snapshot) and returns the spec the workers run.
@@ -259,6 +274,7 @@ class JobManager:
 
     async def _resume(self, job: JobRecord) -> None:
         spec = JobSpec.read(self.job_dir(job.job_id))
+        await self._stop_orphans(job)
         await self._update(job, state=State.RUNNING, phase="resuming from checkpoint", error="")
         await self._train(job, spec)
 
@@ -328,6 +344,7 @@ class JobManager:
             )
             log_file.close()
         self._procs[job.job_id] = procs
+        await self._update(job, worker_pids=[p.pid for p in procs])
         waits = {asyncio.ensure_future(p.wait()): p for p in procs}
         try:
             pending = set(waits)
@@ -340,6 +357,22 @@ class JobManager:
             return [p.returncode if p.returncode is not None else -1 for p in procs]
         finally:
             self._procs.pop(job.job_id, None)
+
+    async def _stop_orphans(self, job: JobRecord) -> None:
+        """Workers of a daemon that was killed outright keep running (they have their own session); they would
+        write the same checkpoints as the resumed ones, so they stop first."""
+        orphans = _live_workers(job.worker_pids, self.job_dir(job.job_id))
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._limits.stop_grace_s
+        while orphans and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            orphans = _live_workers(orphans, self.job_dir(job.job_id))
+        for pid in orphans:
+            log.warning("job %s: worker %d of the earlier daemon ignored SIGTERM; killing it", job.job_id, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
     async def _terminate(self, job_id: str) -> None:
         procs = [p for p in self._procs.get(job_id, []) if p.returncode is None]

@@ -311,7 +311,8 @@ def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(trainer: Trai
     assert sorted(set(epochs)) == sorted(epochs) and max(epochs) == 2, epochs
 
 
-def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer, stop_signal: signal.Signals) -> None:
     job_dir = trainer.work_dir / "jobs"
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
@@ -320,14 +321,25 @@ def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer) -> None:
         while not stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.history:
             assert time.monotonic() < deadline, _logs(trainer, job.job_id)
             time.sleep(0.5)
-    # SIGTERM: the daemon stops the workers after their current step (they checkpoint) and exits.
-    assert trainer.daemon.stop(timeout_s=60) == 0, trainer.daemon.log()[-3000:]
-    assert not _worker_pids(job.job_id)
     state = json.loads((job_dir / job.job_id / "state.json").read_text())
-    assert state["state"] == training_pb2.TRAINING_STATE_RUNNING and state["phase"].startswith("interrupted"), state
+    if stop_signal == signal.SIGTERM:
+        # The daemon stops the workers after their current step (they checkpoint) and exits.
+        assert trainer.daemon.stop(timeout_s=60) == 0, trainer.daemon.log()[-3000:]
+        assert not _worker_pids(job.job_id)
+        state = json.loads((job_dir / job.job_id / "state.json").read_text())
+        assert state["phase"].startswith("interrupted"), state
+    else:
+        # Killed outright: its workers run on, orphaned, until the next daemon stops them.
+        assert trainer.daemon.proc is not None
+        trainer.daemon.terminate(signal.SIGKILL)
+        trainer.daemon.proc.wait(timeout=30)
+        assert _worker_pids(job.job_id), "the orphaned worker already ended; nothing left to check"
+    assert state["state"] == training_pb2.TRAINING_STATE_RUNNING, state
     trainer.daemon.start()
     with trainer.channel() as channel:
         done = wait_done(trainer.stub(channel), job.job_id, timeout_s=600)
+    for pid in state["worker_pids"]:
+        assert not _alive(pid), f"worker {pid} of the stopped daemon still runs"
     assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
     assert done.registered.version
     log = (job_dir / job.job_id / "worker-0.log").read_text()
@@ -335,3 +347,12 @@ def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer) -> None:
     epochs = [entry.epoch for entry in done.history]
     # Resumed, not restarted: every epoch was reported once, and the last one is the job's last.
     assert sorted(set(epochs)) == sorted(epochs) and max(epochs) == 2, epochs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return ") Z " not in stat  # a zombie has ended

@@ -1,0 +1,94 @@
+"""``python -m bench.recipe``: one training recipe variant on apollo-cars within a time budget, scored
+by the issue's protocol (car AP50 on val, van/truck/bus/ignore as don't-care, all cars and cars
+>= 40 px tall, at the 960x544 export size).
+
+For comparing recipes, not for a model to ship: it calls ``trainer.loop.train`` in this process
+(no daemon, no MLflow). Variants are only comparable when they ran under the same conditions; run
+them side by side (``--threads 1`` each), so that every one gets the same share of the machine:
+
+    python -m bench.recipe base --budget-s 1500 &
+    python -m bench.recipe mosaic --budget-s 1500 --set mosaic_p=0.5 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DONT_CARE = ["van", "truck", "bus"]
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("name", help="the variant's name in the output")
+    parser.add_argument("--budget-s", type=float, default=1500.0, help="training seconds (the schedule anneals to it)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a trainer.loop.Recipe field, e.g. mosaic_p=0.5 (repeatable)")  # fmt: skip
+    parser.add_argument("--classes", default="car", help="target classes, comma-separated (scored: car)")
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import numpy as np
+
+    from trainer.data import load_folder
+    from trainer.loop import Progress, Recipe, train
+    from trainer.model import ModelSpec
+    from trainer.predict import ImageDetections, evaluate_detections, predict
+
+    known = {f.name for f in fields(Recipe)}
+    overrides = {}
+    for item in args.set:
+        key, _, text = item.partition("=")
+        if key not in known:
+            parser.error(f"--set {item}: Recipe has no field {key!r}; it has {', '.join(sorted(known))}")
+        overrides[key] = _value(text)
+    classes = args.classes.split(",")
+    # Classes that are not targets stay don't-care, as in the scored protocol.
+    data = load_folder(args.data, classes, [c for c in DONT_CARE if c not in classes])
+    recipe = replace(Recipe(), time_budget_s=args.budget_s, epochs=100_000, loader_threads=1, **overrides)
+    spec = ModelSpec("n", tuple(data.class_names), 960, 544)
+    started = time.monotonic()
+
+    def on_progress(p: Progress) -> None:
+        if p.epoch_metrics is not None:
+            m = p.epoch_metrics
+            print(f"{args.name}: {time.monotonic() - started:5.0f}s epoch {p.epoch + 1} step {p.step} "
+                  f"loss {m.get('loss', 0.0):.3f} {m.get('images_per_s', 0.0):.2f} img/s", flush=True)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="bench-recipe-") as ckpt:
+        result = train(spec, recipe, data, None, Path(ckpt), on_progress, lambda: False, evaluate_every_epochs=0)
+    scored = load_folder(args.data, ["car"], DONT_CARE)
+    car = list(data.class_names).index("car")
+    found = []
+    for d in predict(result.body, spec, [im.path for im in scored.val]):
+        keep = d.classes == car
+        found.append(ImageDetections(d.path, d.boxes[keep], d.scores[keep], np.zeros(int(keep.sum()), np.int32)))
+    every, tall = evaluate_detections(found, scored.val, 1), evaluate_detections(found, scored.val, 1, 40.0)
+    steps = int(result.history[-1]["steps"]) if result.history else 0
+    print(f"RESULT {args.name}: steps {steps}, car AP50 {every.map50:.3f} (AP50-95 {every.map50_95:.3f}), "
+          f">= 40 px AP50 {tall.map50:.3f}; {' '.join(args.set) or 'defaults'}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
