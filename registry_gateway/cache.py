@@ -12,9 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kit.registry_tags import TAG_SHA256
 from registry_gateway.errors import DataLoss, FailedPrecondition
 from registry_gateway.mlflow_store import MlflowStore
-from registry_gateway.schema import TAG_SHA256, ModelVersionInfo
+from registry_gateway.schema import ModelVersionInfo
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from kit.registry_tags import MODEL_ARTIFACT_DIR
 from registry_gateway.errors import FailedPrecondition, NotFound, from_mlflow
 from registry_gateway.schema import (
-    ARTIFACT_DIR,
     ModelVersionInfo,
     RegisteredModelInfo,
     alias_history_key,
@@ -283,7 +283,7 @@ class MlflowStore:
         )
         run_id = run.info.run_id
         try:
-            self._client.log_artifacts(run_id, str(new.files_dir), ARTIFACT_DIR)
+            self._client.log_artifacts(run_id, str(new.files_dir), MODEL_ARTIFACT_DIR)
             try:
                 self._client.create_registered_model(new.name)
             except MlflowException as exc:
@@ -291,7 +291,7 @@ class MlflowStore:
                     raise
             mv = self._client.create_model_version(
                 new.name,
-                f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
+                f"{run.info.artifact_uri}/{MODEL_ARTIFACT_DIR}",
                 run_id=run_id,
                 tags=dict(new.tags),
                 description=new.description or None,

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kit.registry_tags import MANIFEST_FILE, ONNX_FILE, TRITON_CONFIG_FILE
 from registry_gateway.cache import ArtifactCache
 from registry_gateway.errors import DataLoss, InvalidArgument, ResourceExhausted
 from registry_gateway.mlflow_store import MlflowStore, NewVersion
 from registry_gateway.onnx_check import DetectorSpec, check_class_names, inspect_detector
 from registry_gateway.schema import (
-    MANIFEST_FILE,
-    ONNX_FILE,
-    TRITON_CONFIG_FILE,
     Family,
     ModelVersionInfo,
     RegisteredModelInfo,

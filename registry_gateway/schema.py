@@ -10,7 +10,6 @@ from typing import Any
 
 from kit.registry_tags import (
     ALIAS_HISTORY_PREFIX,
-    MANIFEST_FILE,
     ONNX_FILE,
     TAG_CLASS_NAMES,
     TAG_FAMILY,
@@ -19,15 +18,7 @@ from kit.registry_tags import (
     TAG_ONNX_PATH,
     TAG_SHA256,
     TAG_SIZE_BYTES,
-    TRITON_CONFIG_FILE,
 )
-from kit.registry_tags import MODEL_ARTIFACT_DIR as ARTIFACT_DIR
-
-__all__ = [
-    "ALIAS_HISTORY_PREFIX", "ARTIFACT_DIR", "MANIFEST_FILE", "ONNX_FILE", "TAG_CLASS_NAMES", "TAG_FAMILY",
-    "TAG_INPUT_HEIGHT", "TAG_INPUT_WIDTH", "TAG_ONNX_PATH", "TAG_SHA256", "TAG_SIZE_BYTES", "TRITON_CONFIG_FILE",
-    "Family", "ModelVersionInfo",
-]
 
 
 class Family(StrEnum):

@@ -14,11 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data import TrainingData
-from trainer.evaluate import TALL_MIN_HEIGHT_PX
-from trainer.jobspec import JobSpec
-from trainer.model import ModelSpec
-from trainer.tracking import (
+from kit.registry_tags import (
     MANIFEST_FILE,
     MODEL_ARTIFACT_DIR,
     ONNX_FILE,
@@ -26,6 +22,12 @@ from trainer.tracking import (
     TAG_JOB_ID,
     TAG_TRAIN_DATASET,
     TRITON_CONFIG_FILE,
+)
+from trainer.data import TrainingData
+from trainer.evaluate import TALL_MIN_HEIGHT_PX
+from trainer.jobspec import JobSpec
+from trainer.model import ModelSpec
+from trainer.tracking import (
     Tracker,
     eval_key,
     merged_eval_tag,

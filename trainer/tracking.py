@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from kit.registry_tags import (
-    MANIFEST_FILE,
     MODEL_ARTIFACT_DIR,
     ONNX_FILE,
     TAG_CLASS_NAMES,
@@ -28,15 +27,8 @@ from kit.registry_tags import (
     TAG_ONNX_PATH,
     TAG_SHA256,
     TAG_SIZE_BYTES,
-    TAG_TRAIN_DATASET,
-    TRITON_CONFIG_FILE,
     EvalKey,
 )
-
-__all__ = [
-    "MANIFEST_FILE", "MODEL_ARTIFACT_DIR", "ONNX_FILE", "TAG_EVAL", "TAG_JOB_ID", "TAG_TRAIN_DATASET",
-    "TRITON_CONFIG_FILE", "Tracker", "eval_key", "merged_eval_tag", "record_evaluation", "version_tags",
-]
 
 log = logging.getLogger(__name__)
 

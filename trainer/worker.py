@@ -205,7 +205,8 @@ def _recipe(recipe_cls: Any, overrides: dict[str, Any]) -> Any:
 def _start_tracking(spec: JobSpec, job_dir: Path, model_spec: Any, recipe: Any, data: Any) -> Any:
     import dataclasses
 
-    from trainer.tracking import TAG_TRAIN_DATASET, Tracker
+    from kit.registry_tags import TAG_TRAIN_DATASET
+    from trainer.tracking import Tracker
 
     tracker = Tracker(spec.mlflow_tracking_uri, spec.experiment)
     run_file = job_dir / RUN_FILE
