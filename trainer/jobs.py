@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import JobFinished, JobNotFound, TooManyJobs
-from trainer.jobspec import EVENTS_FILE, JOB_FILE, EventReader, JobSpec
+from trainer.jobspec import EVENTS_FILE, JOB_FILE, RESULT_FILE, EventReader, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,14 @@ class JobManager:
         await self._train(job, spec)
 
     async def _resume(self, job: JobRecord) -> None:
-        spec = JobSpec.read(self.job_dir(job.job_id))
+        job_dir = self.job_dir(job.job_id)
+        spec = JobSpec.read(job_dir)
         await self._stop_orphans(job)
+        if (job_dir / RESULT_FILE).exists():
+            # Orphaned workers finished the job while no daemon watched: record it, do not train again.
+            await self._consume(job, EventReader(job_dir / EVENTS_FILE))
+            await self._update(job, state=State.SUCCEEDED, phase="done", finished_at=time.time())
+            return
         await self._update(job, state=State.RUNNING, phase="resuming from checkpoint", error="")
         await self._train(job, spec)
 
