@@ -84,8 +84,7 @@ class TrainerApp:
         self.jobs.load()
         await self.server.start()
         await self.server.set_serving(True)
-        for job_id in self.jobs.resume():
-            log.info("resumed training job %s from its last checkpoint", job_id)
+        self.jobs.resume()
         log.info("trainer on %s, work dir %s", self.server.address, self.cfg.work_dir)
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ cars survive the crop at full detail, which a whole-frame downscale would lose),
 HSV-jittered. Boxes follow the crop exactly; boxes cut to less than ``min_visible`` of their area or
 shorter/narrower than ``min_box_px`` are dropped. Ignore regions are painted grey (114, the letterbox
 pad value) outside target boxes, so the loss sees neither positives nor hard negatives there.
+With probability ``mosaic_p`` a sample is instead a 2x2 mosaic of four such crops of four images.
 
 Batches are RGB float32 0..1 NHWC plus padded targets for kyolo's loss: ``boxes`` [B, M, 4] xyxy in
 input pixels, ``labels`` [B, M] int32, ``mask`` [B, M] float32.

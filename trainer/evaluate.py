@@ -163,7 +163,8 @@ class Evaluator:
         self._lock = asyncio.Lock()
 
     async def __call__(self, req: EvaluateRequest) -> EvaluateResult:
-        from trainer.tracking import eval_key, record_evaluation
+        from kit.registry_tags import EvalKey
+        from trainer.tracking import record_evaluation
 
         dataset, data_path, fmt = await self._resolve_data(req.dataset)
         model = await download(self._registry_addr, req.model_name, req.version, req.alias, self._cache)
@@ -172,7 +173,7 @@ class Evaluator:
                 evaluate_onnx, model, data_path, fmt or None, req.classes, req.ignore_classes
             )
         result: dict[str, Any] = {**metrics, "images": images}
-        key = eval_key(dataset, classes, req.ignore_classes)
+        key = EvalKey.of(dataset, classes, req.ignore_classes).key
         try:
             await asyncio.to_thread(record_evaluation, self._mlflow, model.name, model.version, key, result)
         except Exception as exc:  # the numbers are still worth returning

@@ -22,6 +22,7 @@ from kit.registry_tags import (
     TAG_JOB_ID,
     TAG_TRAIN_DATASET,
     TRITON_CONFIG_FILE,
+    EvalKey,
 )
 from trainer.data import TrainingData
 from trainer.evaluate import TALL_MIN_HEIGHT_PX
@@ -29,7 +30,6 @@ from trainer.jobspec import JobSpec
 from trainer.model import ModelSpec
 from trainer.tracking import (
     Tracker,
-    eval_key,
     merged_eval_tag,
     version_tags,
 )
@@ -151,11 +151,9 @@ def publish(
     tags = version_tags(
         list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
     )
-    tags.update({
-        TAG_TRAIN_DATASET: spec.dataset,
-        TAG_JOB_ID: spec.job_id,
-        TAG_EVAL: merged_eval_tag(None, eval_key(spec.dataset, model_spec.class_names, spec.ignore_classes), scored),
-    })
+    key = EvalKey.of(spec.dataset, model_spec.class_names, spec.ignore_classes).key
+    tags.update({TAG_TRAIN_DATASET: spec.dataset, TAG_JOB_ID: spec.job_id})
+    tags[TAG_EVAL] = merged_eval_tag(None, key, scored)
     description = (
         f"trained by {spec.job_id} on {spec.dataset}: val mAP50 {metrics['val_map50']:.3f} "
         f"({metrics['val_map50_tall']:.3f} for objects >= {TALL_MIN_HEIGHT_PX:.0f} px tall)"

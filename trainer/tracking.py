@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,9 @@ from kit.registry_tags import (
     TAG_ONNX_PATH,
     TAG_SHA256,
     TAG_SIZE_BYTES,
-    EvalKey,
 )
 
 log = logging.getLogger(__name__)
-
-
-def eval_key(dataset: str, classes: Sequence[str], ignore_classes: Sequence[str] = ()) -> str:
-    """The ``carmesh.eval`` key of an evaluation (see :class:`kit.registry_tags.EvalKey`)."""
-    return EvalKey.of(dataset, classes, ignore_classes).key
 
 
 def version_tags(
