@@ -1,6 +1,6 @@
 """``python -m bench.recipe``: one training recipe variant on apollo-cars within a time budget, scored
 by the issue's protocol (car AP50 on val, van/truck/bus/ignore as don't-care, all cars and cars
->= 40 px tall, at the 960x544 export size).
+>= 40 px tall, at the export size, 960x544 unless ``--size``).
 
 For comparing recipes, not for a model to ship: it calls ``trainer.loop.train`` in this process
 (no daemon, no MLflow). Variants are only comparable when they ran under the same conditions; run
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default="car", help="target classes, comma-separated (scored: car)")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars")
+    parser.add_argument("--size", default="960x544", metavar="WxH", help="model input size, scored at it too")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     # Classes that are not targets stay don't-care, as in the scored protocol.
     data = load_folder(args.data, classes, [c for c in DONT_CARE if c not in classes])
     recipe = replace(Recipe(), time_budget_s=args.budget_s, epochs=100_000, loader_threads=1, **overrides)
-    spec = ModelSpec("n", tuple(data.class_names), 960, 544)
+    width, _, height = args.size.partition("x")
+    spec = ModelSpec("n", tuple(data.class_names), int(width), int(height))
     started = time.monotonic()
 
     def on_progress(p: Progress) -> None:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     every, tall = evaluate_detections(found, scored.val, 1), evaluate_detections(found, scored.val, 1, 40.0)
     steps = int(result.history[-1]["steps"]) if result.history else 0
     print(f"RESULT {args.name}: steps {steps}, car AP50 {every.map50:.3f} (AP50-95 {every.map50_95:.3f}), "
-          f">= 40 px AP50 {tall.map50:.3f}; {' '.join(args.set) or 'defaults'}", flush=True)  # fmt: skip
+          f">= 40 px AP50 {tall.map50:.3f}; {args.size} {' '.join(args.set) or 'defaults'}", flush=True)  # fmt: skip
     return 0
 
 

@@ -76,7 +76,7 @@ def run_raw(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, f
     import numpy as np
     import tensorflow as tf
 
-    from trainer.augment import BatchIterator
+    from trainer.augment import BatchIterator, frame_scale
     from trainer.data import load_folder
     from trainer.loop import Recipe
     from trainer.model import ModelSpec, build_body, build_loss
@@ -84,7 +84,8 @@ def run_raw(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, f
     data = load_folder(data_dir, classes=["car"], ignore_classes=["van", "truck", "bus"])
     recipe = Recipe(batch_size=batch)
     spec = ModelSpec("n", data.class_names, 960, 544)
-    one = next(iter(BatchIterator(data.train, recipe.augment_config(), batch, seed=0, threads=1).epoch(0)))
+    cfg = recipe.augment_config(frame_scale(data.train, (spec.input_width, spec.input_height)))
+    one = next(iter(BatchIterator(data.train, cfg, batch, seed=0, threads=1).epoch(0)))
     images, boxes, labels, mask = (tf.constant(x) for x in (one.images, one.boxes, one.labels, one.mask))
     keras.utils.set_random_seed(0)
     body = build_body(spec)

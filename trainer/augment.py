@@ -48,6 +48,7 @@ class AugmentConfig:
     max_boxes: int = 64
     paint_ignore: bool = True
     mosaic_p: float = 0.0  # probability that a sample is a 2x2 mosaic of four crops (four images)
+    mosaic_zoom: float = 1.0  # extra zoom of a mosaic's quadrants (< 1: smaller quadrants still hold large cars)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ def make_mosaic(
     all_boxes, all_classes = [], []
     regions = ((0, 0, cx, cy), (cx, 0, cfg.crop_w, cy), (0, cy, cx, cfg.crop_h), (cx, cy, cfg.crop_w, cfg.crop_h))
     for item, (x1, y1, x2, y2) in zip(items, regions, strict=True):
-        part, boxes, classes = make_sample(rng, item, cache, replace(cfg, crop_w=x2 - x1, crop_h=y2 - y1))
+        quadrant = replace(cfg, crop_w=x2 - x1, crop_h=y2 - y1, image_scale=cfg.image_scale * cfg.mosaic_zoom)
+        part, boxes, classes = make_sample(rng, item, cache, quadrant)
         canvas[y1:y2, x1:x2] = part
         all_boxes.append(boxes + np.array([x1, y1, x1, y1], np.float32))
         all_classes.append(classes)
@@ -265,40 +267,55 @@ class BatchIterator:
         return order[: self.samples_per_epoch]
 
     def sample(
-        self, epoch: int, position: int, image_index: int
+        self, epoch: int, position: int, image_index: int, mosaic: bool = True
     ) -> tuple[UInt8Image, FloatArray, npt.NDArray[np.int32]]:
         # Seeded by the global sample position, so a sample is the same whichever worker draws it.
         rng = np.random.default_rng([self.seed, epoch, position, 7])
-        if self.cfg.mosaic_p > 0 and rng.random() < self.cfg.mosaic_p:
+        if mosaic and self.cfg.mosaic_p > 0 and rng.random() < self.cfg.mosaic_p:
             others = rng.integers(len(self.images), size=3)
             items = [self.images[image_index]] + [self.images[int(i)] for i in others]
             return make_mosaic(rng, items, self.cache, self.cfg)
         return make_sample(rng, self.images[image_index], self.cache, self.cfg)
 
-    def _batch(self, epoch: int, step: int, order: npt.NDArray[np.int64]) -> Batch:
+    def _batch(self, epoch: int, step: int, order: npt.NDArray[np.int64], mosaic: bool) -> Batch:
         samples = []
         for j in range(self.batch_size):
             position = (step * self.batch_size + j) * self.num_workers + self.worker_index
             position %= len(order)
-            samples.append(self.sample(epoch, position, int(order[position])))
+            samples.append(self.sample(epoch, position, int(order[position]), mosaic))
         images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
         boxes, labels, mask = pad_targets([s[1] for s in samples], [s[2] for s in samples], self.cfg.max_boxes)
         return Batch(images, boxes, labels, mask)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start_step: int = 0, mosaic: bool = True) -> Iterator[Batch]:
         """Batches of one epoch from ``start_step``, prepared ahead in background threads (OpenCV and numpy
-        release the GIL, so this overlaps with the training step)."""
+        release the GIL, so this overlaps with the training step). ``mosaic=False`` draws no mosaics."""
         order = self._order(epoch)
         steps = range(start_step, self.steps_per_epoch)
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            pending = [pool.submit(self._batch, epoch, s, order) for s in steps[: self.threads + 1]]
+            pending = [pool.submit(self._batch, epoch, s, order, mosaic) for s in steps[: self.threads + 1]]
             next_step = start_step + len(pending)
             while pending:
                 batch = pending.pop(0).result()
                 if next_step < self.steps_per_epoch:
-                    pending.append(pool.submit(self._batch, epoch, next_step, order))
+                    pending.append(pool.submit(self._batch, epoch, next_step, order, mosaic))
                     next_step += 1
                 yield batch
+
+
+def frame_scale(images: Sequence[LabelledImage], input_wh: tuple[int, int]) -> float:
+    """The letterbox scale of the median training frame into ``input_wh``: what the served model sees
+    of a source pixel. Reads image headers only."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("no training images")
+    sizes = []
+    for item in images:
+        with Image.open(item.path) as image:
+            sizes.append(image.size)
+    width, height = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
+    return min(input_wh[0] / width, input_wh[1] / height)
 
 
 def letterbox(rgb: UInt8Image, input_hw: tuple[int, int]) -> tuple[UInt8Image, float, float, float]:

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.augment import AugmentConfig, Batch, BatchIterator
+from trainer.augment import AugmentConfig, Batch, BatchIterator, frame_scale
 from trainer.data import TrainingData
 from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_checkpoint
 
@@ -47,7 +47,10 @@ class Recipe:
     # Wide crops: the cars sit in a horizontal band of the dashcam frame, so less sky and bonnet per step.
     crop_width: int = 512
     crop_height: int = 256
-    image_scale: float = 2 / 3
+    # Training pixels per source pixel; None: 4/3 of the export's scale of the frames (2/3 for 1920x1080
+    # frames served at 960x544), so with the zoom's geometric mean (0.78) a crop shows the cars at about
+    # the size the served model sees them.
+    image_scale: float | None = None
     zoom_min: float = 0.45  # with image_scale 2/3: 0.3..0.9 of the source, so large cars fit a crop too
     zoom_max: float = 1.35
     object_bias: float = 0.85
@@ -58,6 +61,10 @@ class Recipe:
     paint_ignore: bool = True
     # Half the samples are 2x2 mosaics: +0.04 car AP50 (+0.06 for cars >= 40 px) in a same-budget comparison.
     mosaic_p: float = 0.5
+    # The last fraction of the schedule trains on plain crops only, like the frames the model will see
+    # (Ultralytics' close_mosaic); decided at epoch starts from the chief's schedule progress.
+    close_mosaic: float = 0.0
+    mosaic_zoom: float = 1.0  # quadrants zoomed out by this, so a quarter of the crop can still hold a large car
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     ema_decay: float = 0.999
     ema_ramp_steps: float = 200.0  # EMA decay ramps as decay * (1 - exp(-updates / ramp)), as Ultralytics
@@ -67,11 +74,13 @@ class Recipe:
     seed: int = 0
     loader_threads: int = 2
 
-    def augment_config(self) -> AugmentConfig:
+    def augment_config(self, frame_scale: float) -> AugmentConfig:
+        """The sample pipeline's settings; ``frame_scale`` is the export's scale of the training frames
+        (:func:`trainer.augment.frame_scale`)."""
         return AugmentConfig(
             crop_w=self.crop_width,
             crop_h=self.crop_height,
-            image_scale=self.image_scale,
+            image_scale=self.image_scale if self.image_scale is not None else frame_scale * 4 / 3,
             zoom_min=self.zoom_min,
             zoom_max=self.zoom_max,
             object_bias=self.object_bias,
@@ -82,6 +91,7 @@ class Recipe:
             max_boxes=self.max_boxes,
             paint_ignore=self.paint_ignore,
             mosaic_p=self.mosaic_p,
+            mosaic_zoom=self.mosaic_zoom,
         )
 
 
@@ -185,7 +195,8 @@ def train(
     worker_index, num_workers = worker_shard(strategy)
     replicas = strategy.num_replicas_in_sync
     batches = BatchIterator(
-        data.train, recipe.augment_config(), recipe.batch_size, seed=recipe.seed, worker_index=worker_index,
+        data.train, recipe.augment_config(frame_scale(data.train, (spec.input_width, spec.input_height))),
+        recipe.batch_size, seed=recipe.seed, worker_index=worker_index,
         num_workers=num_workers, samples_per_epoch=recipe.samples_per_epoch, threads=recipe.loader_threads,
     )
     steps_per_epoch = batches.steps_per_epoch
@@ -304,7 +315,8 @@ def train(
         step_started = epoch_started
         n_steps = 0
         step = start_step - 1
-        for batch in batches.epoch(epoch, start_step):
+        mosaic = float(progress_var.numpy()) < 1.0 - recipe.close_mosaic
+        for batch in batches.epoch(epoch, start_step, mosaic):
             step += 1
             lr = schedule.value(global_step, float(progress_var.numpy()))
             progress = (global_step + 1 - recipe.warmup_steps) / decay_steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,17 @@ import pytest
 from detector.imaging import letterbox as detector_letterbox
 from tests.helpers import SHARED
 from tests.trainer.synthetic import make_kitti
-from trainer.augment import AugmentConfig, BatchIterator, ImageCache, letterbox, make_mosaic, make_sample
+from trainer.augment import (
+    AugmentConfig,
+    BatchIterator,
+    ImageCache,
+    frame_scale,
+    letterbox,
+    make_mosaic,
+    make_sample,
+)
 from trainer.data import LabelledImage, detect_format, load_folder
+from trainer.loop import Recipe
 
 APOLLO = SHARED / "data" / "apollo-cars"
 
@@ -113,6 +123,43 @@ def test_mosaic_quadrants_carry_their_own_boxes(tmp_path: Path) -> None:
         assert not (lit & ~covered).any()
     with pytest.raises(ValueError, match="4 images"):
         make_mosaic(np.random.default_rng(0), [item], cache, cfg)
+
+
+def test_closing_the_mosaic_draws_the_plain_crops(tmp_path: Path) -> None:
+    item = _square_image(tmp_path, (100, 60, 140, 90))
+    cfg = AugmentConfig(crop_w=128, crop_h=64, image_scale=1.0, zoom_min=0.8, zoom_max=1.2, mosaic_p=1.0)
+    mosaics = BatchIterator([item] * 4, cfg, batch_size=2, seed=5, samples_per_epoch=8)
+    plain = BatchIterator([item] * 4, replace(cfg, mosaic_p=0.0), batch_size=2, seed=5, samples_per_epoch=8)
+    closed = list(mosaics.epoch(1, mosaic=False))
+    expected = list(plain.epoch(1))
+    assert len(closed) == len(expected) == 4
+    for got, want in zip(closed, expected, strict=True):
+        np.testing.assert_array_equal(got.images, want.images)
+        np.testing.assert_array_equal(got.boxes, want.boxes)
+    # With the mosaic open, every sample of mosaic_p=1.0 is a mosaic, so the batches differ.
+    assert not any(np.array_equal(a.images, b.images) for a, b in zip(mosaics.epoch(1), expected, strict=True))
+
+
+def test_mosaic_zoom_shrinks_the_quadrants(tmp_path: Path) -> None:
+    item = _square_image(tmp_path, (100, 60, 140, 90))  # 40 x 30
+    cfg = AugmentConfig(crop_w=192, crop_h=128, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
+                        hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.99, mosaic_zoom=0.5)
+    _, boxes, _ = make_mosaic(np.random.default_rng(0), [item] * 4, ImageCache(1.0), cfg)
+    assert len(boxes) >= 1
+    # Whole squares only (min_visible 0.99), each at half size.
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 20.0, atol=1.0)
+    np.testing.assert_allclose(boxes[:, 3] - boxes[:, 1], 15.0, atol=1.0)
+
+
+def test_the_training_scale_follows_the_export_size(tmp_path: Path) -> None:
+    item = _square_image(tmp_path, (100, 60, 140, 90))  # a 300 x 200 frame
+    assert frame_scale([item], (960, 544)) == pytest.approx(544 / 200)
+    assert frame_scale([item], (150, 544)) == pytest.approx(0.5)
+    # 1920x1080 frames served at 960x544: crops at 2/3 of the source (times the random zoom).
+    assert Recipe().augment_config(0.5).image_scale == pytest.approx(2 / 3)
+    assert Recipe(image_scale=0.9).augment_config(0.5).image_scale == 0.9
+    with pytest.raises(ValueError, match="no training images"):
+        frame_scale([], (960, 544))
 
 
 def test_cut_boxes_are_dropped_and_targets_padded(tmp_path: Path) -> None:
