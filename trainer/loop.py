@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +379,3 @@ def _run_step(train_step: Any, batch: Batch, stop: bool, progress: float) -> dic
         tf.constant(1.0 if stop else 0.0), tf.constant(progress, tf.float32),
     )
     return result
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return asdict(recipe)

@@ -206,8 +206,12 @@ def _start_tracking(spec: JobSpec, job_dir: Path, model_spec: Any, recipe: Any, 
     import dataclasses
 
     from kit.registry_tags import TAG_TRAIN_DATASET
+    from trainer.augment import frame_scale
     from trainer.tracking import Tracker
 
+    # The effective training scale, not "None", when the recipe derives it from the export size.
+    size = (model_spec.input_width, model_spec.input_height)
+    image_scale = recipe.augment_config(frame_scale(data.train, size)).image_scale
     tracker = Tracker(spec.mlflow_tracking_uri, spec.experiment)
     run_file = job_dir / RUN_FILE
     previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else ""
@@ -221,6 +225,7 @@ def _start_tracking(spec: JobSpec, job_dir: Path, model_spec: Any, recipe: Any, 
         "max_duration_s": spec.max_duration_s,
         **{f"model.{k}": v for k, v in model_spec.to_dict().items()},
         **{f"recipe.{k}": v for k, v in dataclasses.asdict(recipe).items()},
+        "recipe.image_scale": round(image_scale, 4),
     }
     tracker.start(spec.job_id, params, {TAG_TRAIN_DATASET: spec.dataset}, run_id=previous)
     run_file.write_text(json.dumps({"run_id": tracker.run_id}))

@@ -25,6 +25,8 @@ from tests.cli.test_cli_e2e import carmesh, constant_model
 from tests.gateway.support import ADMIN_KEY, keys_file_text, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import gateway_args
+from trainer.augment import frame_scale
+from trainer.data import load_folder
 from trainer.synthetic import write_dataset
 
 pytestmark = pytest.mark.timeout(900)
@@ -146,6 +148,9 @@ def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Traine
     run = client.get_run(trained.mlflow_run_id)
     assert run.data.params["workers"] == "2"
     assert run.data.params["model.input_width"] == "320"
+    # The training scale the recipe derived from the export size, as a number.
+    train_frames = load_folder(trainer.data, ["car"], ["van"]).train
+    assert float(run.data.params["recipe.image_scale"]) == round(4 / 3 * frame_scale(train_frames, (320, 192)), 4)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == len(trained.history)
     folders = ("model", "plots", "keras")
     artifacts = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
