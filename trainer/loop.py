@@ -32,8 +32,8 @@ from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_ch
 @dataclass(frozen=True)
 class Recipe:
     """How to train. The defaults are the best recipe measured on apollo-cars (2 CPU cores, yolov8n, single
-    class "car", van/truck/bus ignored, export 960x544): one 28-minute job, 1727 steps, car AP50 0.598 on val
-    (0.793 for cars >= 40 px tall). docs/training.md has the comparisons behind each choice."""
+    class "car", van/truck/bus ignored, export 960x544): one 28-minute job, 1602 steps, car AP50 0.606 on val
+    (0.786 for cars >= 40 px tall). docs/training.md has the comparisons behind each choice."""
 
     epochs: int = 100  # the most epochs; with time_budget_s training usually ends sooner
     time_budget_s: float | None = 1710.0  # training seconds (chief's clock): the cosine anneals to end on time
