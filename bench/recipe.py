@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars")
     parser.add_argument("--size", default="960x544", metavar="WxH", help="model input size, scored at it too")
+    parser.add_argument("--save", type=Path, default=None, metavar="FILE.weights.h5",
+                        help="keep the trained (EMA) weights, e.g. to score them again another way")  # fmt: skip
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-recipe-") as ckpt:
         result = train(spec, recipe, data, None, Path(ckpt), on_progress, lambda: False, evaluate_every_epochs=0)
+    if args.save is not None:
+        result.body.save_weights(str(args.save))
     scored = load_folder(args.data, ["car"], DONT_CARE)
     car = list(data.class_names).index("car")
     found = []
