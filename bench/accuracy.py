@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=SHARED / "models" / "yolox_nano.onnx")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars" / "val")
     parser.add_argument("--score-threshold", type=float, default=0.01)
+    parser.add_argument("--iou-threshold", type=float, default=0.6, help="NMS IoU (the detector's default)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     family, names = model_spec(args.model)
     engine = load_engine(args.model, ModelSpec(ref=ModelRef("eval", "0"), family=family, class_names=names),
                          EngineOptions(providers=["CPUExecutionProvider"]))
     car = list(engine.class_names or names).index("car")
-    params = PostprocessParams(score_threshold=args.score_threshold, iou_threshold=0.45, class_ids=frozenset({car}),
-                               max_detections=100)
+    params = PostprocessParams(score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+                               class_ids=frozenset({car}), max_detections=100)
     gts, dets = [], []
     images = sorted(args.data.glob("images/*.jpg"))
     started = time.perf_counter()
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (f"## Accuracy of {args.model.name}: car AP on {args.data.parent.name}/{args.data.name}\n\n"
             f"Command: `make bench-accuracy MODEL={args.model}`  \n"
             f"Model: `{args.model.name}` ({family}); {len(images)} images in {seconds:.1f} s; score >= "
-            f"{args.score_threshold}; van/truck/bus/ignore boxes are don't-care.\n\n"
+            f"{args.score_threshold}, NMS IoU {args.iou_threshold}; van/truck/bus/ignore boxes are don't-care.\n\n"
             "| cars | labelled | AP50 | AP50-95 |\n|---|---:|---:|---:|\n" + "\n".join(rows))
     print(body)
     if args.write:

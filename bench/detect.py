@@ -66,7 +66,7 @@ def bench_raw(model: Path, family: str, names: tuple[str, ...], images: list[byt
               count: int) -> Result:
     engine = load_engine(model, ModelSpec(ref=ModelRef("bench", "0"), family=family, class_names=names),
                          EngineOptions(providers=["CPUExecutionProvider"]))
-    params = PostprocessParams(score_threshold=0.25, iou_threshold=0.45, class_ids=None, max_detections=100)
+    params = PostprocessParams(score_threshold=0.25, iou_threshold=0.6, class_ids=None, max_detections=100)
 
     def one(data: bytes) -> float:
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from detector.postprocess import Detections, PostprocessParams, postprocess
 @dataclass(frozen=True)
 class DetectDefaults:
     score_threshold: float = 0.25
-    iou_threshold: float = 0.45
+    iou_threshold: float = 0.6
     classes: tuple[str, ...] = ()
     max_detections: int = 100
     max_image_pixels: int = 40_000_000

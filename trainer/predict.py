@@ -24,7 +24,7 @@ from trainer.model import ModelSpec, decode_head
 
 # Low enough that AP sees the whole precision/recall curve; the same as bench/accuracy.py.
 SCORE_THRESHOLD = 0.01
-NMS_IOU = 0.45
+NMS_IOU = 0.6  # the detector's default (detector/config.py)
 MAX_DETECTIONS = 100
 
 
