@@ -127,7 +127,8 @@ def publish(
     (out_dir / "parity.json").write_text(json.dumps({
         "images": parity.num_images, "head_max_abs": parity.head_max_abs, "head_max_value": parity.head_max_value,
         "head_max_rel": parity.head_max_rel, "score_max_abs": parity.score_max_abs,
-        "box_max_abs_px": parity.box_max_abs, "box_max_rel_input": parity.box_max_rel_input, "ok": parity.ok,
+        "box_max_abs_px": parity.box_max_abs, "box_max_rel_input": parity.box_max_rel_input,
+        "box_allowance_px": parity.box_allowance_px, "ok": parity.ok,
         "described": parity.describe(),
     }, indent=2))
 

@@ -159,7 +159,8 @@ def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Traine
     assert "keras/body.keras" in artifacts
     parity = json.loads(Path(client.download_artifacts(run.info.run_id, "parity.json")).read_text())
     assert parity["ok"] and parity["score_max_abs"] < 1e-4
-    assert max(parity["head_max_rel"]) < 1e-4 and parity["box_max_rel_input"] < 1e-4
+    assert max(parity["head_max_rel"]) < 1e-4
+    assert parity["box_max_rel_input"] < 1e-4 or parity["box_max_abs_px"] < parity["box_allowance_px"]
 
 
 def test_the_registered_onnx_runs_in_the_detector_engine(trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path) -> None:  # noqa: E501
