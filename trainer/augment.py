@@ -49,21 +49,6 @@ class AugmentConfig:
     paint_ignore: bool = True
     mosaic_p: float = 0.0  # probability that a sample is a 2x2 mosaic of four crops (four images)
     mosaic_zoom: float = 1.0  # extra zoom of a mosaic's quadrants (< 1: smaller quadrants still hold large cars)
-    # Every n-th step of an epoch is a frame view instead (0: never): one crop of the export size at the
-    # export's scale times a zoom in frame_zoom_min..max, so the near cars a crop cannot hold are seen whole.
-    frame_every: int = 0
-    frame_w: int = 960
-    frame_h: int = 544
-    frame_scale: float = 0.5
-    frame_zoom_min: float = 0.75
-    frame_zoom_max: float = 1.33
-
-    def frame_view(self) -> AugmentConfig:
-        """The settings of a frame view's one sample (no mosaic)."""
-        return replace(
-            self, crop_w=self.frame_w, crop_h=self.frame_h, image_scale=self.frame_scale,
-            zoom_min=self.frame_zoom_min, zoom_max=self.frame_zoom_max, mosaic_p=0.0,
-        )
 
 
 @dataclass(frozen=True)
@@ -268,8 +253,6 @@ class BatchIterator:
         self.num_workers = num_workers
         self.samples_per_epoch = samples_per_epoch or len(self.images)
         base = min(1.0, cfg.image_scale * cfg.zoom_max)
-        if cfg.frame_every > 0:
-            base = max(base, min(1.0, cfg.frame_scale * cfg.frame_zoom_max))
         self.cache = ImageCache(base)
         self.threads = threads
 
@@ -294,27 +277,12 @@ class BatchIterator:
             return make_mosaic(rng, items, self.cache, self.cfg)
         return make_sample(rng, self.images[image_index], self.cache, self.cfg)
 
-    def is_frame_step(self, step: int) -> bool:
-        """Whether ``step`` of an epoch is a frame view (the same steps on every worker)."""
-        every = self.cfg.frame_every
-        return every > 0 and step % every == every - 1
-
-    def frame_batch_size(self) -> int:
-        """Frame views per worker in a frame step: about the pixels of a crop step, at least one."""
-        crop_px = self.batch_size * self.cfg.crop_w * self.cfg.crop_h
-        return max(1, round(crop_px / (self.cfg.frame_w * self.cfg.frame_h)))
-
     def _batch(self, epoch: int, step: int, order: npt.NDArray[np.int64], mosaic: bool) -> Batch:
         samples = []
-        frame = self.is_frame_step(step)
-        for j in range(self.frame_batch_size() if frame else self.batch_size):
+        for j in range(self.batch_size):
             position = (step * self.batch_size + j) * self.num_workers + self.worker_index
             position %= len(order)
-            if frame:
-                rng = np.random.default_rng([self.seed, epoch, position, 11])
-                samples.append(make_sample(rng, self.images[int(order[position])], self.cache, self.cfg.frame_view()))
-            else:
-                samples.append(self.sample(epoch, position, int(order[position]), mosaic))
+            samples.append(self.sample(epoch, position, int(order[position]), mosaic))
         images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
         boxes, labels, mask = pad_targets([s[1] for s in samples], [s[2] for s in samples], self.cfg.max_boxes)
         return Batch(images, boxes, labels, mask)

@@ -66,11 +66,6 @@ class Recipe:
     # (Ultralytics' close_mosaic); decided at epoch starts from the chief's schedule progress.
     close_mosaic: float = 0.0
     mosaic_zoom: float = 1.0  # quadrants zoomed out by this, so a quarter of the crop can still hold a large car
-    # Every n-th step is a frame view (0: never): a crop of the export size at the export's scale (zoom
-    # frame_zoom_min..max), about the pixels of a crop step; near cars are taller than a crop.
-    frame_every: int = 0
-    frame_zoom_min: float = 0.75
-    frame_zoom_max: float = 1.33
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     ema_decay: float = 0.999
     ema_ramp_steps: float = 200.0  # EMA decay ramps as decay * (1 - exp(-updates / ramp)), as Ultralytics
@@ -80,9 +75,9 @@ class Recipe:
     seed: int = 0
     loader_threads: int = 2
 
-    def augment_config(self, frame_scale: float, export_wh: tuple[int, int] = (960, 544)) -> AugmentConfig:
+    def augment_config(self, frame_scale: float) -> AugmentConfig:
         """The sample pipeline's settings; ``frame_scale`` is the export's scale of the training frames
-        (:func:`trainer.augment.frame_scale`), ``export_wh`` the model's input size."""
+        (:func:`trainer.augment.frame_scale`)."""
         return AugmentConfig(
             crop_w=self.crop_width,
             crop_h=self.crop_height,
@@ -98,12 +93,6 @@ class Recipe:
             paint_ignore=self.paint_ignore,
             mosaic_p=self.mosaic_p,
             mosaic_zoom=self.mosaic_zoom,
-            frame_every=self.frame_every,
-            frame_w=export_wh[0],
-            frame_h=export_wh[1],
-            frame_scale=frame_scale,
-            frame_zoom_min=self.frame_zoom_min,
-            frame_zoom_max=self.frame_zoom_max,
         )
 
 
@@ -206,9 +195,8 @@ def train(
     chief = is_chief(strategy)
     worker_index, num_workers = worker_shard(strategy)
     replicas = strategy.num_replicas_in_sync
-    export_wh = (spec.input_width, spec.input_height)
     batches = BatchIterator(
-        data.train, recipe.augment_config(frame_scale(data.train, export_wh), export_wh),
+        data.train, recipe.augment_config(frame_scale(data.train, (spec.input_width, spec.input_height))),
         recipe.batch_size, seed=recipe.seed, worker_index=worker_index,
         num_workers=num_workers, samples_per_epoch=recipe.samples_per_epoch, threads=recipe.loader_threads,
     )
@@ -318,6 +306,7 @@ def train(
     epoch = int(epoch_var.numpy())
     start_step = int(step_in_epoch_var.numpy())
     global_step = epoch * steps_per_epoch + start_step
+    global_batch = recipe.batch_size * num_workers
     train_s = float(train_s_var.numpy())
     decay_steps = max(1, total_steps - recipe.warmup_steps)
     budget_done = float(progress_var.numpy()) >= 1.0 and recipe.time_budget_s is not None
@@ -342,7 +331,7 @@ def train(
             train_s += now - step_started
             metrics = {k: float(v) for k, v in out.items() if k not in ("stop", "progress")}
             metrics["lr"] = lr
-            metrics["images_per_s"] = len(batch.images) * num_workers / max(now - step_started, 1e-9)
+            metrics["images_per_s"] = global_batch / max(now - step_started, 1e-9)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             on_progress(Progress(epoch, global_step, total_steps, metrics))

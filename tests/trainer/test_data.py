@@ -162,30 +162,6 @@ def test_the_training_scale_follows_the_export_size(tmp_path: Path) -> None:
         frame_scale([], (960, 544))
 
 
-def test_frame_views_show_the_export_size_at_its_scale(tmp_path: Path) -> None:
-    item = _square_image(tmp_path, (100, 60, 140, 90))  # 40 x 30 in a 300 x 200 frame
-    cfg = AugmentConfig(crop_w=64, crop_h=32, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, hsv_h=0, hsv_s=0,
-                        hsv_v=0, flip_p=0.0, mosaic_p=1.0, frame_every=3, frame_w=160, frame_h=96,
-                        frame_scale=0.48, frame_zoom_min=1.0, frame_zoom_max=1.0)  # fmt: skip
-    batches = BatchIterator([item] * 4, cfg, batch_size=4, seed=1, samples_per_epoch=32)
-    # About the pixels of a crop step: 4 x 64 x 32 against 160 x 96, so one frame view per step.
-    assert batches.frame_batch_size() == 1
-    got = list(batches.epoch(0))
-    assert len(got) == 8
-    for step, batch in enumerate(got):
-        if step % 3 == 2:
-            assert batch.images.shape == (1, 96, 160, 3)
-            # The whole frame fits (300 x 200 at 0.48 = 144 x 96), so the square is there, whole, at 0.48.
-            (box,) = batch.boxes[0][batch.mask[0] > 0]
-            np.testing.assert_allclose([box[2] - box[0], box[3] - box[1]], [40 * 0.48, 30 * 0.48], atol=1.0)
-        else:
-            assert batch.images.shape == (4, 32, 64, 3)
-    # A resumed epoch agrees on which steps are frame views.
-    resumed = list(batches.epoch(0, start_step=5))
-    assert [b.images.shape for b in resumed] == [b.images.shape for b in got[5:]]
-    assert Recipe(frame_every=4).augment_config(0.5, (1280, 736)).frame_view().crop_w == 1280
-
-
 def test_cut_boxes_are_dropped_and_targets_padded(tmp_path: Path) -> None:
     item = _square_image(tmp_path, (100, 60, 140, 90))
     cfg = AugmentConfig(crop_w=64, crop_h=64, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=0.0,
