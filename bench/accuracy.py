@@ -15,6 +15,7 @@ import numpy as np
 
 from bench.common import write_section
 from bench.detect import model_spec
+from detector.detector import DetectDefaults
 from detector.engine import EngineOptions, ModelRef, ModelSpec, load_engine
 from detector.imaging import decode_for_input
 from detector.postprocess import PostprocessParams, postprocess
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=SHARED / "models" / "yolox_nano.onnx")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars" / "val")
     parser.add_argument("--score-threshold", type=float, default=0.01)
-    parser.add_argument("--iou-threshold", type=float, default=0.6, help="NMS IoU (the detector's default)")
+    parser.add_argument("--iou-threshold", type=float, default=DetectDefaults().iou_threshold,
+                        help="NMS IoU (default: the detector's)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     family, names = model_spec(args.model)

@@ -28,6 +28,7 @@ import onnxruntime as ort
 from bench.common import free_port, write_section
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from carmesh_cli.names import PRESETS
+from detector.detector import DetectDefaults
 from detector.engine import EngineOptions, ModelRef, ModelSpec, load_engine
 from detector.imaging import decode_image
 from detector.postprocess import PostprocessParams, postprocess
@@ -66,7 +67,9 @@ def bench_raw(model: Path, family: str, names: tuple[str, ...], images: list[byt
               count: int) -> Result:
     engine = load_engine(model, ModelSpec(ref=ModelRef("bench", "0"), family=family, class_names=names),
                          EngineOptions(providers=["CPUExecutionProvider"]))
-    params = PostprocessParams(score_threshold=0.25, iou_threshold=0.6, class_ids=None, max_detections=100)
+    defaults = DetectDefaults()
+    params = PostprocessParams(score_threshold=defaults.score_threshold, iou_threshold=defaults.iou_threshold,
+                               class_ids=None, max_detections=defaults.max_detections)
 
     def one(data: bytes) -> float:
         started = time.perf_counter()
