@@ -3,9 +3,11 @@
 A training sample is a fixed-size crop (``crop_w`` x ``crop_h``) of the source image scaled by
 ``image_scale`` times a random zoom, placed so that it usually contains an object (small distant
 cars survive the crop at full detail, which a whole-frame downscale would lose), then flipped and
-HSV-jittered. Boxes follow the crop exactly; boxes cut to less than ``min_visible`` of their area or
-shorter/narrower than ``min_box_px`` are dropped. Ignore regions are painted grey (114, the letterbox
-pad value) outside target boxes, so the loss sees neither positives nor hard negatives there.
+HSV-jittered. A crop centred on an object too large for it may zoom out until the object fits whole
+(``fit_p``), so near objects are not learnt only as cut boxes. Boxes follow the crop exactly; boxes
+cut to less than ``min_visible`` of their area or shorter/narrower than ``min_box_px`` are dropped.
+Ignore regions are painted grey (114, the letterbox pad value) outside target boxes, so the loss
+sees neither positives nor hard negatives there.
 With probability ``mosaic_p`` a sample is instead a 2x2 mosaic of four such crops of four images.
 
 Batches are RGB float32 0..1 NHWC plus padded targets for kyolo's loss: ``boxes`` [B, M, 4] xyxy in
@@ -49,6 +51,12 @@ class AugmentConfig:
     paint_ignore: bool = True
     mosaic_p: float = 0.0  # probability that a sample is a 2x2 mosaic of four crops (four images)
     mosaic_zoom: float = 1.0  # extra zoom of a mosaic's quadrants (< 1: smaller quadrants still hold large cars)
+    # Probability that a crop centred on a target too large for it zooms out until the target fits whole
+    # (at most ``fit_fraction`` of the crop's width and height): near cars are otherwise seen mostly cut.
+    fit_p: float = 0.0
+    fit_fraction: float = 0.9
+    # The crop's target box is drawn with weights height ** target_size_power (0: uniform over boxes).
+    target_size_power: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,22 +93,38 @@ class ImageCache:
         return rgb
 
 
+def pick_target(rng: np.random.Generator, boxes: FloatArray, bias: float, size_power: float = 0.0) -> int | None:
+    """Index of the box a crop is centred near (probability ``bias``; weights height ** ``size_power``)."""
+    if not len(boxes) or rng.random() >= bias:
+        return None
+    if size_power == 0:
+        return int(rng.integers(len(boxes)))
+    weights = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0) ** size_power
+    return int(rng.choice(len(boxes), p=weights / weights.sum()))
+
+
 def crop_window(
     rng: np.random.Generator,
     image_wh: tuple[float, float],
     boxes: FloatArray,
     win_wh: tuple[float, float],
-    bias: float,
+    target: int | None,
+    whole: bool = False,
 ) -> tuple[float, float]:
-    """Top-left of a ``win_wh`` window in an ``image_wh`` image: near a random box with probability ``bias``."""
+    """Top-left of a ``win_wh`` window in an ``image_wh`` image: near box ``target`` (anywhere if None); with
+    ``whole`` the window holds that box entirely where it can."""
     img_w, img_h = image_wh
     win_w, win_h = win_wh
-    if len(boxes) and rng.random() < bias:
-        x1, y1, x2, y2 = boxes[rng.integers(len(boxes))]
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        # The box centre lands anywhere in the central 80% of the window.
-        left = cx - win_w * rng.uniform(0.1, 0.9)
-        top = cy - win_h * rng.uniform(0.1, 0.9)
+    if target is not None:
+        x1, y1, x2, y2 = boxes[target]
+        if whole and x2 - x1 <= win_w and y2 - y1 <= win_h:
+            left = rng.uniform(x2 - win_w, x1)
+            top = rng.uniform(y2 - win_h, y1)
+        else:
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            # The box centre lands anywhere in the central 80% of the window.
+            left = cx - win_w * rng.uniform(0.1, 0.9)
+            top = cy - win_h * rng.uniform(0.1, 0.9)
     else:
         left = rng.uniform(0, max(0.0, img_w - win_w))
         top = rng.uniform(0, max(0.0, img_h - win_h))
@@ -148,8 +172,14 @@ def make_sample(
     rel = zoom / base_scale  # base-image pixels -> crop pixels
     img_h, img_w = base.shape[:2]
     boxes = item.boxes * np.float32(base_scale)
+    target = pick_target(rng, boxes, cfg.object_bias, cfg.target_size_power)
+    whole = target is not None and cfg.fit_p > 0 and rng.random() < cfg.fit_p
+    if whole:
+        x1, y1, x2, y2 = boxes[target]
+        # Zoom out (never in) so that the target takes at most fit_fraction of the crop.
+        rel = min(rel, cfg.fit_fraction * min(cfg.crop_w / max(x2 - x1, 1.0), cfg.crop_h / max(y2 - y1, 1.0)))
     win_w, win_h = cfg.crop_w / rel, cfg.crop_h / rel
-    left, top = crop_window(rng, (img_w, img_h), boxes, (win_w, win_h), cfg.object_bias)
+    left, top = crop_window(rng, (img_w, img_h), boxes, (win_w, win_h), target, whole)
     # Affine warp does crop + scale + out-of-image padding in one pass.
     matrix = np.array([[rel, 0, -left * rel], [0, rel, -top * rel]], np.float64)
     interp = cv2.INTER_AREA if rel < 1 else cv2.INTER_LINEAR

@@ -20,6 +20,7 @@ from trainer.augment import (
     letterbox,
     make_mosaic,
     make_sample,
+    pick_target,
 )
 from trainer.data import LabelledImage, detect_format, load_folder
 from trainer.loop import Recipe
@@ -149,6 +150,36 @@ def test_mosaic_zoom_shrinks_the_quadrants(tmp_path: Path) -> None:
     # Whole squares only (min_visible 0.99), each at half size.
     np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 20.0, atol=1.0)
     np.testing.assert_allclose(boxes[:, 3] - boxes[:, 1], 15.0, atol=1.0)
+
+
+def test_fit_zooms_out_until_the_target_is_whole(tmp_path: Path) -> None:
+    item = _square_image(tmp_path, (40, 20, 240, 180))  # 200 x 160, larger than the 96 x 64 crop
+    cfg = AugmentConfig(crop_w=96, crop_h=64, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
+                        hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.0, fit_p=1.0, fit_fraction=0.9)
+    for seed in range(6):
+        crop, boxes, _ = make_sample(np.random.default_rng(seed), item, ImageCache(1.0), cfg)
+        assert len(boxes) == 1
+        x1, y1, x2, y2 = boxes[0]
+        # Zoomed by 0.9 * 64 / 160: the whole square, 0.9 of the crop's height, nowhere cut by the crop.
+        assert y2 - y1 == pytest.approx(0.9 * 64, abs=0.5) and x2 - x1 == pytest.approx(0.9 * 64 * 200 / 160, abs=0.5)
+        assert x1 > 0 and y1 > 0 and x2 < 96 and y2 < 64
+        ys, xs = np.nonzero(crop[..., 0] > 127)
+        np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], boxes[0], atol=1.0)
+    # Without fit the same crop cuts the square (the crop is smaller than it).
+    cut = replace(cfg, fit_p=0.0)
+    _, boxes, _ = make_sample(np.random.default_rng(0), item, ImageCache(1.0), cut)
+    assert (boxes[0, 2] - boxes[0, 0], boxes[0, 3] - boxes[0, 1]) == (96, 64)
+
+
+def test_target_size_power_favours_large_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 100, 100]], np.float32)
+    def picks(power: float) -> float:
+        rng = np.random.default_rng(0)
+        return float(np.mean([pick_target(rng, boxes, 1.0, power) == 1 for _ in range(2000)]))
+    assert picks(0.0) == pytest.approx(0.5, abs=0.05)
+    assert picks(1.0) == pytest.approx(100 / 110, abs=0.03)
+    assert pick_target(np.random.default_rng(0), boxes, 0.0, 1.0) is None
+    assert pick_target(np.random.default_rng(0), boxes[:0], 1.0, 1.0) is None
 
 
 def test_the_training_scale_follows_the_export_size(tmp_path: Path) -> None:
