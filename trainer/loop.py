@@ -36,9 +36,11 @@ class Recipe:
 
     epochs: int = 100  # the most epochs; with time_budget_s training usually ends sooner
     time_budget_s: float | None = 1710.0  # training seconds (chief's clock): the cosine anneals to end on time
-    batch_size: int = 2  # per worker: 2.5 updates/s against 1.5 at batch 4 on 2 cores; short runs want updates
+    # Per worker. Batch 2 makes 2.5 updates/s against 1.5 on 2 cores, but its 28-minute jobs scored no better
+    # (docs/training.md: 0.643 / 0.806 at 1.5e-3 against 0.628-0.637 / 0.820-0.823 here).
+    batch_size: int = 4
     samples_per_epoch: int = 392  # crops per epoch over all workers (the data sets are small: 4 x 98 frames)
-    learning_rate: float = 1.5e-3  # 2e-3 at batch 4; about sqrt-scaled for batch 2
+    learning_rate: float = 2e-3
     final_lr_fraction: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 5e-4
@@ -64,13 +66,13 @@ class Recipe:
     # (Ultralytics' close_mosaic); decided at epoch starts from the chief's schedule progress.
     close_mosaic: float = 0.15
     mosaic_zoom: float = 1.0  # quadrants zoomed out by this, so a quarter of the crop can still hold a large car
-    # A crop centred on a car too large for it zooms out, with this probability, until the car fits whole:
-    # otherwise near cars are mostly seen cut by a 256-px-high crop and learnt as cut boxes.
-    # Together with target_size_power 1 that shows whole cars >= 160 px tall 10x as often (0.008 -> 0.077 a
-    # sample; a val frame at the export scale holds 0.54) at about the same number of small cars.
-    fit_p: float = 1.0
+    # A crop centred on a car too large for it zooms out, with this probability, until the car fits whole
+    # (near cars are otherwise seen mostly cut by a 256-px-high crop). With target_size_power 1 that shows
+    # whole cars >= 160 px tall 10x as often; off by default: its one full job gained on the largest cars
+    # and scored lower overall (docs/training.md).
+    fit_p: float = 0.0
     fit_fraction: float = 0.9
-    target_size_power: float = 1.0  # crops centre on cars drawn with weights height ** this (0: uniform)
+    target_size_power: float = 0.0  # crops centre on cars drawn with weights height ** this (0: uniform)
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     # Ultralytics' EMA: decay * (1 - exp(-updates / ramp)). In a 1,700-step job it ends near 0.57, so the
     # export is close to the raw weights; the 0.999 / 200 used before averaged over the last ~800 steps and
