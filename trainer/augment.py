@@ -106,17 +106,16 @@ def pick_target(rng: np.random.Generator, boxes: FloatArray, bias: float, size_p
 def crop_window(
     rng: np.random.Generator,
     image_wh: tuple[float, float],
-    boxes: FloatArray,
     win_wh: tuple[float, float],
-    target: int | None,
+    target: FloatArray | None,
     whole: bool = False,
 ) -> tuple[float, float]:
-    """Top-left of a ``win_wh`` window in an ``image_wh`` image: near box ``target`` (anywhere if None); with
-    ``whole`` the window holds that box entirely where it can."""
+    """Top-left of a ``win_wh`` window in an ``image_wh`` image: near the ``target`` box (xyxy; anywhere if
+    None); with ``whole`` the window holds that box entirely where it can."""
     img_w, img_h = image_wh
     win_w, win_h = win_wh
     if target is not None:
-        x1, y1, x2, y2 = boxes[target]
+        x1, y1, x2, y2 = target
         if whole and x2 - x1 <= win_w and y2 - y1 <= win_h:
             left = rng.uniform(x2 - win_w, x1)
             top = rng.uniform(y2 - win_h, y1)
@@ -172,14 +171,15 @@ def make_sample(
     rel = zoom / base_scale  # base-image pixels -> crop pixels
     img_h, img_w = base.shape[:2]
     boxes = item.boxes * np.float32(base_scale)
-    target = pick_target(rng, boxes, cfg.object_bias, cfg.target_size_power)
+    index = pick_target(rng, boxes, cfg.object_bias, cfg.target_size_power)
+    target = None if index is None else boxes[index]
     whole = target is not None and cfg.fit_p > 0 and rng.random() < cfg.fit_p
-    if whole:
-        x1, y1, x2, y2 = boxes[target]
+    if target is not None and whole:
+        x1, y1, x2, y2 = target
         # Zoom out (never in) so that the target takes at most fit_fraction of the crop.
         rel = min(rel, cfg.fit_fraction * min(cfg.crop_w / max(x2 - x1, 1.0), cfg.crop_h / max(y2 - y1, 1.0)))
     win_w, win_h = cfg.crop_w / rel, cfg.crop_h / rel
-    left, top = crop_window(rng, (img_w, img_h), boxes, (win_w, win_h), target, whole)
+    left, top = crop_window(rng, (img_w, img_h), (win_w, win_h), target, whole)
     # Affine warp does crop + scale + out-of-image padding in one pass.
     matrix = np.array([[rel, 0, -left * rel], [0, rel, -top * rel]], np.float64)
     interp = cv2.INTER_AREA if rel < 1 else cv2.INTER_LINEAR

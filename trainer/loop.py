@@ -68,8 +68,8 @@ class Recipe:
     mosaic_zoom: float = 1.0  # quadrants zoomed out by this, so a quarter of the crop can still hold a large car
     # A crop centred on a car too large for it zooms out, with this probability, until the car fits whole
     # (near cars are otherwise seen mostly cut by a 256-px-high crop). With target_size_power 1 that shows
-    # whole cars >= 160 px tall 10x as often; off by default: its one full job gained on the largest cars
-    # and scored lower overall (docs/training.md).
+    # whole cars >= 160 px tall 10x as often; off by default: its one full job (at batch 2) gained on the
+    # largest cars and scored lower overall (docs/training.md).
     fit_p: float = 0.0
     fit_fraction: float = 0.9
     target_size_power: float = 0.0  # crops centre on cars drawn with weights height ** this (0: uniform)
