@@ -20,6 +20,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from trainer.runtime import prefer_onednn
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DONT_CARE = ["van", "truck", "bus"]
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, default=None, metavar="FILE.weights.h5",
                         help="keep the trained (EMA) weights, e.g. to score them again another way")  # fmt: skip
     args = parser.parse_args(argv)
+    prefer_onednn()  # as the trainer's workers do
 
     import tensorflow as tf
 

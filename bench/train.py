@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import free_port, write_section
+from trainer.runtime import prefer_onednn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WARMUP_STEPS = 5
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= WARMUP_STEPS + 1:
         parser.error(f"--steps must be more than {WARMUP_STEPS + 1}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    prefer_onednn()  # as the trainer's workers do, for the raw loop and the workers alike
     if args.worker:
         print(json.dumps(run_pipeline(args.data, args.steps, args.batch, args.threads)), flush=True)
         return 0

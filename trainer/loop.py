@@ -73,6 +73,8 @@ class Recipe:
     fit_p: float = 0.0
     fit_fraction: float = 0.9
     target_size_power: float = 0.0  # crops centre on cars drawn with weights height ** this (0: uniform)
+    # A target cut by the crop to less than this fraction of its area is dropped (and painted grey).
+    min_visible: float = 0.4
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
     # Ultralytics' EMA: decay * (1 - exp(-updates / ramp)). In a 1,700-step job it ends near 0.57, so the
     # export is close to the raw weights; the 0.999 / 200 used before averaged over the last ~800 steps and
@@ -99,6 +101,7 @@ class Recipe:
             hsv_h=self.hsv_h,
             hsv_s=self.hsv_s,
             hsv_v=self.hsv_v,
+            min_visible=self.min_visible,
             max_boxes=self.max_boxes,
             paint_ignore=self.paint_ignore,
             mosaic_p=self.mosaic_p,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.jobspec import ARTIFACT_DIR, CHECKPOINT_DIR, EVENTS_FILE, RESULT_FILE, EventLog, EventReader, JobSpec
+from trainer.runtime import prefer_onednn
 
 log = logging.getLogger("trainer.worker")
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.worker", description=__doc__)
     parser.add_argument("--job-dir", type=Path, required=True, help="folder with job.json (shared by all workers)")
     args = parser.parse_args(argv)
+    prefer_onednn()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job_dir: Path = args.job_dir.resolve()
     spec = JobSpec.read(job_dir)
