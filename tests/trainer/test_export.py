@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -57,6 +58,8 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+    # The body's other weights come from Keras's initialisers: seeded, so every run exports one file.
+    keras.utils.set_random_seed(3)
     body = build_body(SPEC)
     _realistic_head(body, seed=3)
     info = export_onnx(body, SPEC, tmp_path_factory.mktemp("export") / "model.onnx")
@@ -148,11 +151,14 @@ def test_exported_file_is_served_by_the_detector_engine_unchanged(exported: Expo
     assert raw.shape == (2, 6, 1260)
     keras_raw = np.asarray(build_inference_model(exported.body, SPEC)(batch))
     np.testing.assert_allclose(raw[:, 4:], keras_raw[:, 4:], atol=1e-4)
-    params = det_post.PostprocessParams(score_threshold=0.25, iou_threshold=0.45, max_detections=50)
+    # Random weights give real frames best scores anywhere from ~0.6 to ~0.99, so the threshold
+    # follows them: half of each image's best score keeps its confident boxes whatever the init.
+    threshold = 0.5 * float(raw[:, 4:].max(axis=(1, 2)).min())
+    params = det_post.PostprocessParams(score_threshold=threshold, iou_threshold=0.45, max_detections=50)
     height, width = frames[0].shape[:2]
     for (_, box), out in zip(prepared, raw, strict=True):
         found = det_post.postprocess(out, engine.family, engine.input_hw, box, params)
-        # Random head weights give many confident boxes; they must land inside the source frame.
+        # The confident boxes must land inside the source frame.
         assert len(found.boxes) > 0
         assert found.boxes.min() >= 0 and (found.boxes[:, [0, 2]] <= width).all()
         assert (found.boxes[:, [1, 3]] <= height).all()
