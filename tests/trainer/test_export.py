@@ -151,8 +151,8 @@ def test_exported_file_is_served_by_the_detector_engine_unchanged(exported: Expo
     assert raw.shape == (2, 6, 1260)
     keras_raw = np.asarray(build_inference_model(exported.body, SPEC)(batch))
     np.testing.assert_allclose(raw[:, 4:], keras_raw[:, 4:], atol=1e-4)
-    # Random weights give real frames best scores anywhere from ~0.6 to ~0.99, so the threshold
-    # follows them: half of each image's best score keeps its confident boxes whatever the init.
+    # Random weights give real frames best scores anywhere from ~0.6 to ~0.99, so the threshold follows
+    # them: half the lower of the two images' best scores keeps confident boxes in both, whatever the init.
     threshold = 0.5 * float(raw[:, 4:].max(axis=(1, 2)).min())
     params = det_post.PostprocessParams(score_threshold=threshold, iou_threshold=0.45, max_detections=50)
     height, width = frames[0].shape[:2]
