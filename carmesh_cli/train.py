@@ -56,7 +56,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     train.add_argument("--size", type=size, metavar="WxH",
                        help="input size of the exported model, multiples of 32 (default 960x544, the 16:9 frame)")
     train.add_argument("--crop", type=size, metavar="WxH", help="training crop size (default: the recipe's)")
-    train.add_argument("--epochs", type=argtypes.count, default=0, metavar="N", help="epochs (default: the recipe's)")
+    train.add_argument("--epochs", type=argtypes.count, default=0, metavar="N",
+                       help="train N epochs (default: the recipe's schedule, about 28.5 min of training)")
     train.add_argument("--batch-size", type=argtypes.count, default=0, metavar="N", help="images per step and worker")
     train.add_argument("--learning-rate", type=float, default=0.0, metavar="LR", help="peak learning rate")
     train.add_argument("--classes", type=argtypes.names, default=[], metavar="A,B",
@@ -217,8 +218,10 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
                     elapsed_s = time.time() - job.started_at.ToSeconds()
                     fraction, total = min(1.0, elapsed_s / limit_s), f"{elapsed_s:.0f}/{limit_s}s"
                 else:
-                    fraction = job.step / job.total_steps if job.total_steps else 0.0
-                    total = f"step {job.step}/{job.total_steps}"
+                    # The trainer reports its schedule's progress; without epochs the schedule follows
+                    # the recipe's training-time budget, and total_steps is only a cap.
+                    fraction = job.progress or (job.step / job.total_steps if job.total_steps else 0.0)
+                    total = f"step {job.step}/{job.total_steps}" if job.request.config.epochs else f"step {job.step}"
                 line = (f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} {total} ({fraction:4.0%}) "
                         f"{time.monotonic() - started:6.0f}s")  # fmt: skip
                 if live:

@@ -63,6 +63,7 @@ class JobRecord:
     step: int = 0
     total_steps: int = 0
     steps_per_s: float = 0.0
+    progress: float = 0.0  # the chief's schedule progress, 0..1
     history: list[dict[str, Any]] = field(default_factory=list)  # {"epoch": n, "metrics": {...}}
     final_metrics: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str = ""
@@ -407,6 +408,7 @@ class JobManager:
                     epoch=int(event.get("epoch", 0)),
                     step=int(event.get("step", 0)),
                     total_steps=int(event.get("total_steps", 0)),
+                    progress=min(1.0, max(0.0, float(event.get("progress", 0.0)))),
                 )
                 metrics = event.get("metrics") or {}
                 if kind == "epoch":

@@ -123,6 +123,8 @@ class Progress:
     total_steps: int
     metrics: dict[str, float] = field(default_factory=dict)  # loss, box, cls, dfl, lr, images_per_s
     epoch_metrics: dict[str, float] | None = None  # at epoch ends; incl. val_map50 / val_map50_95 when evaluated
+    schedule_progress: float = 0.0  # 0..1: what the learning-rate schedule has done (steps or time budget)
+    stopped_mid_epoch: bool = False  # the last report of a job stopped before its epoch's end (not throttled)
 
 
 @dataclass
@@ -354,7 +356,7 @@ def train(
             metrics["images_per_s"] = global_batch / max(now - step_started, 1e-9)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-            on_progress(Progress(epoch, global_step, total_steps, metrics))
+            on_progress(Progress(epoch, global_step, total_steps, metrics, schedule_progress=float(out["progress"])))
             budget_done = recipe.time_budget_s is not None and float(out["progress"]) >= 1.0
             if float(out["stop"]) > 0:
                 stopped = True
@@ -366,6 +368,8 @@ def train(
         if stopped and step + 1 < steps_per_epoch:
             step_in_epoch_var.assign(step + 1)
             save(global_step)
+            on_progress(Progress(epoch, global_step, total_steps, schedule_progress=float(progress_var.numpy()),
+                                 stopped_mid_epoch=True))
             break
         epoch += 1
         epoch_var.assign(epoch)
@@ -375,6 +379,7 @@ def train(
         epoch_metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
         epoch_metrics["epoch"] = float(epoch)
         epoch_metrics["epoch_s"] = time.perf_counter() - epoch_started
+        epoch_metrics["steps_per_s"] = n_steps / max(epoch_metrics["epoch_s"], 1e-9)
         epoch_metrics["train_s"] = train_s
         epoch_metrics["steps"] = float(global_step)
         last = epoch == recipe.epochs or budget_done
@@ -384,7 +389,8 @@ def train(
             epoch_metrics["val_map50"] = _finite(report.map50)
             epoch_metrics["val_map50_95"] = _finite(report.map50_95)
         history.append(epoch_metrics)
-        on_progress(Progress(epoch - 1, global_step, total_steps, dict(epoch_metrics), epoch_metrics))
+        on_progress(Progress(epoch - 1, global_step, total_steps, dict(epoch_metrics), epoch_metrics,
+                             schedule_progress=float(progress_var.numpy())))
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return TrainResult(body=ema_body(), history=history, epochs_completed=epoch, stopped=stopped)

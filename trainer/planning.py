@@ -125,6 +125,10 @@ class Planner:
             # deadline below is the hard stop. Epochs then only cap it, unless the request set them.
             recipe["time_budget_s"] = max(1.0, req.max_duration_s - STARTUP_ALLOWANCE_S)
             recipe.setdefault("epochs", MAX_EPOCHS)
+        elif req.epochs:
+            # Epochs asked for and no time limit: run them all, scheduled by steps. The recipe's own
+            # time budget belongs to its default job (no epochs, no limit).
+            recipe["time_budget_s"] = None
         cores = self.cpu_threads or os.cpu_count() or 1
         return JobSpec(
             job_id=job_id,

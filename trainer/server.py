@@ -51,6 +51,7 @@ def job_message(job: JobRecord) -> training_pb2.TrainingJob:
         dataset=job.dataset,
         phase=job.phase,
         steps_per_s=job.steps_per_s,
+        progress=job.progress,
     )
     json_format.ParseDict(job.request, msg.request, ignore_unknown_fields=True)
     for entry in job.history:

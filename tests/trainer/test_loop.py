@@ -31,7 +31,8 @@ def test_loss_falls_stop_is_clean_and_training_resumes(tmp_path: Path) -> None:
     # should_stop turns true during step 12 (epoch 1, its 4th step): training ends after that step.
     result = train(spec, TINY, data, strategy, tmp_path / "ck", first.append,
                    lambda: len([p for p in first if p.epoch_metrics is None]) >= 11, evaluate_every_epochs=1)
-    steps = [p for p in first if p.epoch_metrics is None]
+    steps = [p for p in first if p.epoch_metrics is None and not p.stopped_mid_epoch]
+    assert first[-1].stopped_mid_epoch and first[-1].step == 12, "no last report of where the job stopped"
     assert result.stopped and result.epochs_completed == 1 and steps[-1].step == 12 and steps[-1].epoch == 1
     assert steps[-1].total_steps == 24 and len(result.history) == 1 and "val_map50" in result.history[0]
 

@@ -124,7 +124,9 @@ def test_a_finished_job_registers_a_challenger_with_its_evaluation(trainer: Trai
     assert trained.registered.name == trainer.model_name and trained.registered.version
     assert trained.registered.alias == "challenger"
     assert trained.history, "no per-epoch metrics"
-    assert {"loss", "box", "cls", "dfl"} <= set(trained.history[0].metrics)
+    assert {"loss", "box", "cls", "dfl", "steps_per_s"} <= set(trained.history[0].metrics)
+    # Epochs without a time limit: the schedule is the steps, and it ran to its end.
+    assert trained.progress == pytest.approx(1.0) and trained.steps_per_s > 0
     assert "val_map50" in trained.final_metrics and "val_map50_tall" in trained.final_metrics
     with grpc.insecure_channel(trainer.registry.address) as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
@@ -208,6 +210,7 @@ def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Train
         done = wait_done(stub, job.job_id, timeout_s=400)
     assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
     assert done.registered.version and done.epoch < 499
+    assert done.progress == pytest.approx(1.0), "the time budget, not the steps, ended the schedule"
     assert time.monotonic() - started < 300
 
 
