@@ -114,21 +114,7 @@ class Planner:
 
             cached = await materialize(self.feature_addr, ref, self.cache_dir, progress)
             dataset, data_path, fmt = f"{cached.ref.name}:{cached.ref.version}", cached.path, "coco"
-        recipe: dict[str, Any] = {}
-        for key, value in (("epochs", req.epochs), ("batch_size", req.batch_size),
-                           ("learning_rate", req.learning_rate), ("crop_width", req.crop_width),
-                           ("crop_height", req.crop_height), ("seed", req.seed)):
-            if value:
-                recipe[key] = value
-        if req.max_duration_s:
-            # The schedule anneals to end on time (worker start-up and data loading come first); the
-            # deadline below is the hard stop. Epochs then only cap it, unless the request set them.
-            recipe["time_budget_s"] = max(1.0, req.max_duration_s - STARTUP_ALLOWANCE_S)
-            recipe.setdefault("epochs", MAX_EPOCHS)
-        elif req.epochs:
-            # Epochs asked for and no time limit: run them all, scheduled by steps. The recipe's own
-            # time budget belongs to its default job (no epochs, no limit).
-            recipe["time_budget_s"] = None
+        recipe = recipe_overrides(req)
         cores = self.cpu_threads or os.cpu_count() or 1
         return JobSpec(
             job_id=job_id,
@@ -151,6 +137,26 @@ class Planner:
             threads_per_worker=max(1, cores // req.workers),
             **{**self.defaults, **({"model_name": req.model_name} if req.model_name else {})},
         )
+
+
+def recipe_overrides(req: TrainRequest) -> dict[str, Any]:
+    """The Recipe fields a request sets, here and in a TFJob: what it names, and the schedule."""
+    recipe: dict[str, Any] = {}
+    for key, value in (("epochs", req.epochs), ("batch_size", req.batch_size),
+                       ("learning_rate", req.learning_rate), ("crop_width", req.crop_width),
+                       ("crop_height", req.crop_height), ("seed", req.seed)):  # fmt: skip
+        if value:
+            recipe[key] = value
+    if req.max_duration_s:
+        # The schedule anneals to end on time (worker start-up and data loading come first); the
+        # job's deadline is the hard stop. Epochs then only cap it, unless the request set them.
+        recipe["time_budget_s"] = max(1.0, req.max_duration_s - STARTUP_ALLOWANCE_S)
+        recipe.setdefault("epochs", MAX_EPOCHS)
+    elif req.epochs:
+        # Epochs asked for and no time limit: run them all, scheduled by steps. The recipe's own
+        # time budget belongs to its default job (no epochs, no limit).
+        recipe["time_budget_s"] = None
+    return recipe
 
 
 def _absolute(path: str) -> str:

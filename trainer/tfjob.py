@@ -218,15 +218,10 @@ def job_name_for(req: TrainRequest, model_name: str) -> str:
 def _job_template(
     req: TrainRequest, job_name: str, model_name: str, cores: int, mlflow_tracking_uri: str, registry_addr: str
 ) -> JobSpec:
-    from trainer.planning import DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH
+    from trainer.planning import DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH, recipe_overrides
     from trainer.snapshots import looks_like_folder
 
-    recipe: dict[str, Any] = {
-        key: value
-        for key, value in (("epochs", req.epochs), ("batch_size", req.batch_size), ("learning_rate", req.learning_rate),
-                           ("crop_width", req.crop_width), ("crop_height", req.crop_height), ("seed", req.seed))
-        if value
-    }
+    recipe = recipe_overrides(req)
     folder = looks_like_folder(req.dataset)
     return JobSpec(
         job_id=job_name,

@@ -38,3 +38,4 @@ async def test_a_time_limit_sets_the_budget_and_epochs_only_cap_it(tmp_path: Pat
     recipe = await _recipe(tmp_path, epochs=epochs, max_duration_s=600)
     assert recipe["time_budget_s"] == 600 - STARTUP_ALLOWANCE_S
     assert recipe["epochs"] == (epochs or MAX_EPOCHS)
+

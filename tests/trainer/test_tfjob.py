@@ -138,7 +138,9 @@ def test_render_for_request_gives_a_config_map_and_a_tfjob_that_prepares_the_job
     template = JobSpec(**json.loads(config_map["data"][JOB_TEMPLATE_FILE]))
     assert (template.job_id, template.dataset) == (name, "apollo:2")
     assert (template.data_path, template.data_format) == ("", "coco")  # `prepare` fetches and pins it
-    assert template.recipe == {"epochs": 30} and template.workers == 2 and template.threads_per_worker == 2
+    # The same schedule as a local job: annealed over the 600 s limit less start-up, at most 30 epochs.
+    assert template.recipe == {"epochs": 30, "time_budget_s": 570}
+    assert template.workers == 2 and template.threads_per_worker == 2
     assert template.ignore_classes == ["van", "truck"] and template.model["class_names"] == ["car"]
     assert template.mlflow_tracking_uri == "http://mlflow.ml:5000" and template.deadline_unix == 0.0
     replicas = job["spec"]["tfReplicaSpecs"]
