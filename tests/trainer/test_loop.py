@@ -88,3 +88,26 @@ def test_time_budget_ends_training_annealed(tmp_path: Path) -> None:
     again: list[Progress] = []
     result = train(spec, recipe, data, None, tmp_path / "ck", again.append, lambda: False, evaluate_every_epochs=0)
     assert not [p for p in again if p.epoch_metrics is None] and result.epochs_completed == 1
+
+
+@pytest.mark.timeout(240)
+def test_time_spent_between_steps_counts_against_the_budget(tmp_path: Path) -> None:
+    """Validation and checkpoints take a job's wall time too: the schedule must end by its deadline."""
+    data = load_folder(make_kitti(tmp_path / "ds", n_train=4, n_val=1), ["car"], ["van"])
+    spec = ModelSpec("n", ("car",), 64, 64)
+    now = [0.0]
+
+    def clock() -> float:  # steps take no time on this clock; only the epoch end moves it
+        return now[0]
+
+    def on_progress(p: Progress) -> None:
+        if p.epoch_metrics is not None:
+            now[0] += 1000.0  # as if validating after epoch 1 took 1,000 s
+
+    recipe = Recipe(**{**TINY.__dict__, "time_budget_s": 500.0, "warmup_steps": 1})
+    result = train(spec, recipe, data, None, tmp_path / "ck", on_progress, lambda: False, evaluate_every_epochs=0,
+                   clock=clock)  # fmt: skip
+    # Epoch 1's 8 steps took no time; the next step still runs on the progress it was given, and the one
+    # after it sees the 1,000 s and ends the schedule: 2 steps into epoch 2, not 3 full epochs.
+    assert result.epochs_completed == 2 and not result.stopped
+    assert result.history[-1]["steps"] == 10
