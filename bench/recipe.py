@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = int(result.history[-1]["steps"]) if result.history else 0
     print(f"RESULT {args.name}: steps {steps}, car AP50 {every.map50:.3f} (AP50-95 {every.map50_95:.3f}), "
           f">= 40 px AP50 {tall.map50:.3f}; {args.size} {' '.join(args.set) or 'defaults'}", flush=True)  # fmt: skip
+    # The by-height columns of docs/training.md (source pixels, as bench.accuracy --min-heights).
+    heights = [f">= {h:.0f} px {evaluate_detections(found, scored.val, 1, h).map50:.3f}" for h in (80.0, 160.0, 320.0)]
+    print(f"HEIGHTS {args.name}: car AP50 {', '.join(heights)}", flush=True)
     return 0
 
 

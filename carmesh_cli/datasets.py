@@ -241,12 +241,13 @@ def run_features(conn: Connection, camera: str, *, as_json: bool, timeout_s: flo
     return EXIT_OK
 
 
-def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None) -> int:
+def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, stdout: TextIO = sys.stdout) -> int:
     """``carmesh datasets ACTION`` and ``carmesh features``; ``timeout_s`` None: the action's default."""
     if args.command == "features":
-        return run_features(conn, args.camera, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
+        return run_features(conn, args.camera, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                            stdout=stdout)
     if args.action == "create":
-        return run_create(conn, args, timeout_s=timeout_s or CREATE_TIMEOUT_S)
+        return run_create(conn, args, timeout_s=timeout_s or CREATE_TIMEOUT_S, stdout=stdout)
     if args.action == "list":
-        return run_list(conn, args.name, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
-    return run_show(conn, args.ref, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
+        return run_list(conn, args.name, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)
+    return run_show(conn, args.ref, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)

@@ -314,20 +314,21 @@ def run_import_dataset(
     return EXIT_OK
 
 
-def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None) -> int:
+def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, stdout: TextIO = sys.stdout) -> int:
     """``carmesh ingest ACTION``; ``timeout_s`` None: each action's default deadline."""
     if args.action == "dataset":
         request = import_request(
             args.path, fmt=args.format, dataset=args.dataset, class_map=args.class_map, names=args.names,
             camera=args.camera or "", split=args.split,
         )  # fmt: skip
-        return run_import_dataset(conn, request, as_json=args.json, timeout_s=timeout_s or IMPORT_TIMEOUT_S)
+        return run_import_dataset(conn, request, as_json=args.json, timeout_s=timeout_s or IMPORT_TIMEOUT_S,
+                                  stdout=stdout)
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S
     if args.action in SOURCE_KINDS:
         return run_start(
             conn, args.action, args.uri, camera=args.camera, fps=args.fps, loop=getattr(args, "loop", False),
-            follow_progress=args.follow, as_json=args.json, timeout_s=timeout_s,
+            follow_progress=args.follow, as_json=args.json, timeout_s=timeout_s, stdout=stdout,
         )  # fmt: skip
     if args.action == "list":
-        return run_list(conn, as_json=args.json, timeout_s=timeout_s)
-    return run_stop(conn, args.source_id, as_json=args.json, timeout_s=timeout_s)
+        return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
+    return run_stop(conn, args.source_id, as_json=args.json, timeout_s=timeout_s, stdout=stdout)

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from carmesh_cli import datasets, ingest, train
 from carmesh_cli.argtypes import count as _count
@@ -56,6 +57,9 @@ def _common_options() -> argparse.ArgumentParser:
                        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
                             f"{IMPORT_TIMEOUT_S:g} for models import, {ingest.IMPORT_TIMEOUT_S:g} for ingest dataset, "
                             f"{datasets.CREATE_TIMEOUT_S:g} for datasets create)")
+    common.add_argument("--output", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help="write what the command prints on stdout (its result, e.g. with --json) to FILE "
+                             "instead, complete or not at all: FILE exists only when the command succeeded")
     return common
 
 
@@ -138,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) -> int:
     address = getattr(args, "gateway", None) or env.get("CARMESH_GATEWAY") or DEFAULT_GATEWAY
     api_key = getattr(args, "api_key", None) or env.get("CARMESH_API_KEY") or None
     timeout_s: float | None = getattr(args, "timeout", None)
@@ -151,34 +155,57 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise CliError(str(exc), EXIT_USAGE) from exc
     with Connection(address, api_key, connect_timeout_s=min(timeout_s or 5.0, 5.0)) as conn:
         if args.command == "ingest":
-            return ingest.run(conn, args, timeout_s=timeout_s)
+            return ingest.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command in ("datasets", "features"):
-            return datasets.run(conn, args, timeout_s=timeout_s)
+            return datasets.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command in ("train", "jobs"):
-            return train.run(conn, args, timeout_s=timeout_s)
+            return train.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command == "models" and args.action == "evaluate":
             return train.evaluate(conn, args.name, args.version, args.dataset, args.classes, args.ignore_classes,
-                                  timeout_s=timeout_s)
+                                  timeout_s=timeout_s, stdout=stdout)
         if args.command == "detect":
             return run_detect(
                 conn, args.images, as_json=args.json, out_dir=args.out, score_threshold=args.score_threshold,
                 iou_threshold=args.iou_threshold, classes=args.classes, max_detections=args.max_detections,
-                timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout,
             )
         timeout_s = timeout_s or DEFAULT_TIMEOUT_S
         if args.action == "import":
             return run_import(
                 conn, args.path, name=args.name, family=args.family, class_names=class_names, alias=args.alias,
                 description=args.description, timeout_s=getattr(args, "timeout", None) or IMPORT_TIMEOUT_S,
+                stdout=stdout,
             )
         if args.action == "list":
-            return run_list(conn, as_json=args.json, timeout_s=timeout_s)
+            return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
         if args.action == "versions":
-            return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s)
+            return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
         if args.action == "promote":
             return run_promote(conn, args.name, args.version, alias=args.alias, timeout_s=timeout_s, force=args.force,
-                               dataset=args.dataset)
-        return run_rollback(conn, args.name, alias=args.alias, timeout_s=timeout_s)
+                               dataset=args.dataset, stdout=stdout)
+        return run_rollback(conn, args.name, alias=args.alias, timeout_s=timeout_s, stdout=stdout)
+
+
+def _dispatch_to_file(args: argparse.Namespace, env: Mapping[str, str], output: Path) -> int:
+    """Runs the command with its stdout in ``output``: written to a temporary file beside it and renamed when the
+    command succeeds, so a script never reads half a result, nor a stale one after a failure."""
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        output.unlink(missing_ok=True)
+        stream = partial.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write --output {output}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    try:
+        with stream:
+            code = _dispatch(args, env, stream)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if code == EXIT_OK:
+        partial.replace(output)
+    else:
+        partial.unlink(missing_ok=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -188,7 +215,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        return _dispatch(args, os.environ if env is None else env)
+        output: Path | None = getattr(args, "output", None)
+        if output is None:
+            return _dispatch(args, os.environ if env is None else env, sys.stdout)
+        return _dispatch_to_file(args, os.environ if env is None else env, output)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -60,7 +60,9 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
         ensure_api_key(cfg)
     for proc in processes(cfg, names):
         started = proc.start()
-        print(f"{'starting' if started else 'running '} {proc.name:<17} log {proc.log_path}", flush=True)
+        # Status for people goes to stderr: stdout stays free for what scripts capture.
+        state = "starting" if started else "running "
+        print(f"{state} {proc.name:<17} log {proc.log_path}", file=sys.stderr, flush=True)
         try:
             proc.wait_ready()
         except StackError:
@@ -70,7 +72,8 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
             services.create_databases(cfg)
     print(
         f"up: gateway {services.HOST}:{cfg.ports.gateway}  mlflow {cfg.mlflow_uri}  "
-        f"kafka {cfg.kafka_bootstrap}  redis {cfg.redis_url}  postgres {cfg.postgres_dsn}"
+        f"kafka {cfg.kafka_bootstrap}  redis {cfg.redis_url}  postgres {cfg.postgres_dsn}",
+        file=sys.stderr,
     )
 
 
@@ -79,7 +82,7 @@ def down(cfg: services.StackConfig) -> None:
     for name in reversed(INFRA + DAEMONS):
         proc = Process(name, [], cfg.run_dir, ready=lambda: True)
         if proc.stop():
-            print(f"stopped {name}")
+            print(f"stopped {name}", file=sys.stderr)
 
 
 def status(cfg: services.StackConfig) -> int:

@@ -10,6 +10,8 @@ PY=${VENV:-.venv}/bin/python
 SHARED=../shared
 
 RUN_DIR=${CARMESH_STACK_RUN_DIR:-.run}
+DEMO_TRAIN=${DEMO_TRAIN:-8m}
+OUT=${DEMO_OUT:-out/demo}
 [ -z "$MODEL" ] || [ -f "$MODEL" ] || { echo "demo: MODEL $MODEL does not exist" >&2; exit 2; }
 if [ -z "$IMAGE" ]; then
   IMAGE=$(ls "$SHARED"/data/apollo-cars/val/images/*.jpg 2>/dev/null | head -1 || true)
@@ -22,11 +24,12 @@ export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
 
 if [ -z "$MODEL" ]; then
   cat >&2 <<TXT
-demo: no MODEL given, so the demo trains one here first (${DEMO_TRAIN:-6m} of training; \`make train\`
+demo: no MODEL given, so the demo trains one here first ($DEMO_TRAIN of training; \`make train\`
 trains longer). Real data goes in with DATA=/path/to/kitti-folder make train, or
 \`carmesh ingest dataset\`; a detector you already have: make demo MODEL=model.onnx.
 TXT
-  bash scripts/train.sh --max-duration "${DEMO_TRAIN:-6m}" --json > "$RUN_DIR/demo-train.json"
+  # The job's result goes to a file the CLI writes; stdout and stderr stay for people.
+  bash scripts/train.sh --max-duration "$DEMO_TRAIN" --json --output "$RUN_DIR/demo-train.json"
   version=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['registered']['version'])" "$RUN_DIR/demo-train.json")
   # The gate keeps a better champion from an earlier run; the demo then detects with that one.
   "$PY" -m carmesh_cli models promote car-detector "$version" || echo "demo: keeping the current champion"
@@ -48,6 +51,17 @@ fi
 [ -n "$IMAGE" ] || { echo "demo: give an image: make demo IMAGE=photo.jpg" >&2; exit 2; }
 echo "demo: waiting for the detector to load the champion"
 "$PY" -m devstack wait-serving "127.0.0.1:$((50061 + ${CARMESH_STACK_PORT_OFFSET:-0}))" 120
-mkdir -p out/demo
-"$PY" -m carmesh_cli detect "$IMAGE" --classes car --out out/demo
-echo "demo: annotated image in out/demo/ (stop the mesh with: make down)"
+mkdir -p "$OUT"
+"$PY" -m carmesh_cli detect "$IMAGE" --classes car --out "$OUT"
+annotated="$OUT/$(basename "${IMAGE%.*}").jpg"
+gateway=$CARMESH_GATEWAY
+cat <<TXT
+
+demo: done. The cars found are boxed in $annotated
+What next (the mesh keeps running):
+  export CARMESH_API_KEY=\$(cat $RUN_DIR/api-key) CARMESH_GATEWAY=$gateway
+  .venv/bin/carmesh detect photo.jpg --classes car --out out/   # your own images, annotated into out/
+  .venv/bin/carmesh models versions car-detector                # what is registered, and which is champion
+  make train                                                     # the full 28-minute recipe, a better model
+  make down                                                      # stop the mesh
+TXT

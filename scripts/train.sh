@@ -15,25 +15,26 @@ if [ -z "$DATA" ]; then
     DATA=../shared/data/apollo-cars
   else
     DATA=$RUN_DIR/synthetic-cars
-    [ -d "$DATA/train" ] || "$PY" -m trainer.synthetic "$DATA"
-    echo "train: no data set given; using synthetic scenes in $DATA (real data: DATA=/path/to/kitti-folder make train)"
+    [ -d "$DATA/train" ] || "$PY" -m trainer.synthetic "$DATA" >&2
+    echo "train: no data set given; using synthetic scenes in $DATA (real data: DATA=/path/to/kitti-folder make train)" >&2
   fi
 fi
 NAME=${NAME:-$(basename "$DATA" | tr -c 'A-Za-z0-9._\n-' '-')}
 ARGS=${ARGS:---classes car --ignore-classes van,truck,bus}
 
-"$PY" -m devstack up
+"$PY" -m devstack up  # status on stderr; nothing on stdout
 export CARMESH_API_KEY
 CARMESH_API_KEY=$(cat "$RUN_DIR/api-key")
 export CARMESH_GATEWAY=127.0.0.1:$((50051 + ${CARMESH_STACK_PORT_OFFSET:-0}))
 
 if ! "$PY" -m carmesh_cli datasets show "$NAME" >/dev/null 2>&1; then
-  echo "train: importing $DATA as data set $NAME"
-  "$PY" -m carmesh_cli ingest dataset "$DATA" --format kitti --dataset "$NAME" --camera "$NAME" --json > "$RUN_DIR/import-$NAME.json"
+  echo "train: importing $DATA as data set $NAME" >&2
+  "$PY" -m carmesh_cli ingest dataset "$DATA" --format kitti --dataset "$NAME" --camera "$NAME" --json \
+    --output "$RUN_DIR/import-$NAME.json"
   total=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['frames_published'])" "$RUN_DIR/import-$NAME.json")
-  echo "train: waiting for feature_service to store $total frames"
+  echo "train: waiting for feature_service to store $total frames" >&2
   "$PY" -m devstack wait-frames "$NAME" "$total" 300
-  "$PY" -m carmesh_cli datasets create "$NAME" --dataset "$NAME" --keep-source-split
+  "$PY" -m carmesh_cli datasets create "$NAME" --dataset "$NAME" --keep-source-split >&2
 fi
 # shellcheck disable=SC2086
 exec "$PY" -m carmesh_cli train "$NAME" $ARGS "$@"

@@ -33,8 +33,10 @@ def carmesh(*args: str, gateway: str, api_key: str | None, timeout_s: float = 12
     )  # fmt: skip
 
 
-def constant_model(path: Path, score: float = 0.9) -> Path:
-    raw = yolov8_raw([(32, 32, 20, 20), (16, 16, 8, 8)], [[score, 0.05], [0.1, 0.6]])
+def constant_model(path: Path, score: float = 0.9, anchors: int | None = None) -> Path:
+    """Two boxes (car, truck) at 64x64; ``anchors`` > 6 pads zero-score anchors so that the registry
+    can tell the YOLOv8 layout ([N,4+nc,A] with 4+nc < A) without --family."""
+    raw = yolov8_raw([(32, 32, 20, 20), (16, 16, 8, 8)], [[score, 0.05], [0.1, 0.6]], anchors=anchors)
     return write_yolov8_model(path, raw, (64, 64), ["car", "truck"])
 
 
@@ -70,11 +72,15 @@ def test_detect_json_lines_and_annotated_jpegs(detect_gateway, tmp_path):
 
 def test_detect_table_with_filters(detect_gateway, tmp_path):
     Image.new("RGB", (128, 96)).save(tmp_path / "frame.png")
+    out = tmp_path / "out"
     result = carmesh("detect", str(tmp_path / "frame.png"), "--classes", "truck", "--score-threshold", "0.3",
-                     gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+                     "--out", str(out), gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "frame.png: 128x96, 1 detection by cli_model" in result.stdout
     assert "truck" in result.stdout and " car " not in result.stdout
+    assert f"annotated: {out / 'frame.jpg'}" in result.stdout
+    with Image.open(out / "frame.jpg") as annotated:
+        assert annotated.format == "JPEG" and annotated.size == (128, 96)
 
 
 def test_bad_image_fails_alone_with_its_status(detect_gateway, tmp_path):
@@ -86,6 +92,29 @@ def test_bad_image_fails_alone_with_its_status(detect_gateway, tmp_path):
     assert result.stderr.startswith("error: INVALID_ARGUMENT: ")
     assert "broken.jpg" in result.stderr
     assert [Path(json.loads(line)["image"]).name for line in result.stdout.splitlines()] == ["good.png"]
+
+
+def test_output_file_holds_the_result_and_only_after_success(detect_gateway, tmp_path):
+    """Scripts read results from `--output FILE`, never from captured stdout (the demo broke that way)."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
+    result_file = tmp_path / "result.json"
+    result = carmesh("detect", str(tmp_path / "good.png"), "--json", "--output", str(result_file),
+                     gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    records = [json.loads(line) for line in result_file.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["good.png"]
+
+    (tmp_path / "broken.jpg").write_bytes(b"this is not an image")
+    failed = carmesh("detect", str(tmp_path / "good.png"), str(tmp_path / "broken.jpg"), "--json",
+                     "--output", str(result_file), gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    assert failed.returncode == 1 and failed.stderr.startswith("error: INVALID_ARGUMENT: ")
+    assert not result_file.exists(), "a failed command must not leave a result (nor the previous one) behind"
+    assert list(tmp_path.glob(".*partial")) == []
+
+    unwritable = carmesh("detect", str(tmp_path / "good.png"), "--output", str(tmp_path / "no" / "dir" / "r.json"),
+                         gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    assert unwritable.returncode == 2 and "cannot write --output" in unwritable.stderr
 
 
 @pytest.mark.parametrize(
@@ -140,10 +169,11 @@ def registry_gateway(keys_file: Path, mlflow_uri: str, tmp_path_factory: pytest.
 
 def test_models_import_list_promote_rollback(registry_gateway, tmp_path):
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    first = constant_model(tmp_path / "first.onnx", score=0.9)
+    first = constant_model(tmp_path / "first.onnx", score=0.9, anchors=8)
     second = constant_model(tmp_path / "second.onnx", score=0.8)
 
-    imported = carmesh("models", "import", str(first), "--name", name, "--family", "yolov8", "--alias", "champion",
+    # As in the README: no --family, the registry detects YOLOv8 from the layout.
+    imported = carmesh("models", "import", str(first), "--name", name, "--alias", "champion",
                        gateway=registry_gateway, api_key=WRITER_KEY)  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     assert f"imported {name} version 1 (yolov8, 2 classes" in imported.stdout

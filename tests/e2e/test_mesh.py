@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
@@ -68,6 +69,8 @@ def mesh() -> Iterator[Mesh]:
     up = mesh.make("up")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        # Status lines go to stderr, so a script's captured stdout holds only results (issue 14's demo bug).
+        assert up.stdout == "", f"`make up` wrote to stdout: {up.stdout!r}"
         mesh.api_key = (run_dir / "api-key").read_text().strip()
         env["CARMESH_API_KEY"] = mesh.api_key
         env["CARMESH_GATEWAY"] = mesh.gateway
@@ -280,3 +283,21 @@ def test_cli_reports_auth_failures(mesh: Mesh, shared_dir: Path) -> None:
     image = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[0]
     wrong = mesh.cli("detect", str(image), "--api-key", "not-a-key")
     assert wrong.returncode == 4 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
+
+
+def test_reflection_lists_every_service_through_the_gateway(mesh: Mesh) -> None:
+    """README: `grpcurl -plaintext 127.0.0.1:50051 list` works through the `make up` gateway (no key needed)."""
+    routed = ("DetectorService", "RegistryService", "IngestService", "FeatureService", "TrainingService")
+    wanted = {f"carmesh.v1.{name}" for name in routed} | {"grpc.health.v1.Health"}
+    with grpc.insecure_channel(mesh.gateway) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert wanted <= set(database.get_services())
+        described = database.FindFileContainingSymbol("carmesh.v1.TrainingService")
+    assert described.name == "carmesh/v1/training.proto"
+    assert "StartTraining" in [m.name for m in described.service[0].method]
+    grpcurl = shutil.which("grpcurl")
+    if grpcurl:
+        listed = subprocess.run([grpcurl, "-plaintext", mesh.gateway, "list"], capture_output=True, text=True,
+                                timeout=60, check=False)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert wanted <= set(listed.stdout.split()), listed.stdout

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from trainer.loop import Recipe
-from trainer.planning import MAX_EPOCHS, STARTUP_ALLOWANCE_S, Planner, TrainRequest
+from trainer.planning import MAX_EPOCHS, SHORT_BUDGET_S, SHORT_SCHEDULE, STARTUP_ALLOWANCE_S, Planner, TrainRequest
 
 
 def _planner(root: Path) -> Planner:
@@ -39,3 +40,15 @@ async def test_a_time_limit_sets_the_budget_and_epochs_only_cap_it(tmp_path: Pat
     assert recipe["time_budget_s"] == 600 - STARTUP_ALLOWANCE_S
     assert recipe["epochs"] == (epochs or MAX_EPOCHS)
 
+
+
+async def test_a_short_limit_gets_the_short_schedule_unless_the_request_sets_a_field(tmp_path: Path) -> None:
+    assert set(SHORT_SCHEDULE) <= {f.name for f in fields(Recipe)}, "the workers build a Recipe from these"
+    short = await _recipe(tmp_path, max_duration_s=int(SHORT_BUDGET_S + STARTUP_ALLOWANCE_S))
+    for key, value in SHORT_SCHEDULE.items():
+        assert short[key] == value, key
+    asked = await _recipe(tmp_path, max_duration_s=480, batch_size=8, crop_width=320)
+    assert asked["batch_size"] == 8 and asked["crop_width"] == 320
+    assert all(asked[key] == value for key, value in SHORT_SCHEDULE.items() if key not in ("batch_size", "crop_width"))
+    long = await _recipe(tmp_path, max_duration_s=int(SHORT_BUDGET_S + STARTUP_ALLOWANCE_S) + 1)
+    assert not set(SHORT_SCHEDULE) & set(long), "a long job keeps the recipe's own defaults"
