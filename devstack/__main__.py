@@ -59,10 +59,10 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
     if "gateway" in names:
         ensure_api_key(cfg)
     for proc in processes(cfg, names):
-        started = proc.start()
-        # Status for people goes to stderr: stdout stays free for what scripts capture.
-        state = "starting" if started else "running "
-        print(f"{state} {proc.name:<17} log {proc.log_path}", file=sys.stderr, flush=True)
+        # Status for people goes to stderr (stdout stays free for what scripts capture), and only for
+        # what this call starts: scripts call `up` again to be sure, and need not repeat the list.
+        if proc.start():
+            print(f"starting {proc.name:<17} log {proc.log_path}", file=sys.stderr, flush=True)
         try:
             proc.wait_ready()
         except StackError:

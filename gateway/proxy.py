@@ -104,7 +104,7 @@ class Forwarder:
         # A replica that could not be reached is retried once on the next healthy one. Only the
         # detector pool has several replicas, and its unary calls are read-only, so a retry after
         # a connection that dropped mid-call repeats nothing that matters.
-        candidates = self._pool.candidates()[:2]
+        candidates = (await self._pool.candidates())[:2]
         for attempt, replica in enumerate(candidates, start=1):
             call = replica.channel.unary_unary(self.path, **_RAW)(request, timeout=self._timeout(context), metadata=md)
             try:
@@ -125,7 +125,7 @@ class Forwarder:
     async def stream_unary(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, md: Metadata
     ) -> bytes:
-        replica = self._pool.candidates()[0]
+        replica = (await self._pool.candidates())[0]
         call = replica.channel.stream_unary(self.path, **_RAW)(requests, timeout=self._timeout(context), metadata=md)
         try:
             response: bytes = await call
@@ -141,7 +141,7 @@ class Forwarder:
     async def unary_stream(
         self, request: bytes, context: grpc.aio.ServicerContext, md: Metadata
     ) -> AsyncIterator[bytes]:
-        replica = self._pool.candidates()[0]
+        replica = (await self._pool.candidates())[0]
         call = replica.channel.unary_stream(self.path, **_RAW)(request, timeout=self._timeout(context), metadata=md)
         async for item in self._relay_stream(replica, call, context):
             yield item
@@ -149,7 +149,7 @@ class Forwarder:
     async def stream_stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, md: Metadata
     ) -> AsyncIterator[bytes]:
-        replica = self._pool.candidates()[0]
+        replica = (await self._pool.candidates())[0]
         call = replica.channel.stream_stream(self.path, **_RAW)(requests, timeout=self._timeout(context), metadata=md)
         async for item in self._relay_stream(replica, call, context):
             yield item

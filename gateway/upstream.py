@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,10 @@ _RECONNECT_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
+
+
+# The least time between two on-demand looks at a pool with no healthy replica (see candidates()).
+_FRESH_LOOK_SPACING_S = 0.2
 
 
 class Replica:
@@ -65,6 +70,8 @@ class UpstreamPool:
         self._on_change = on_change
         self._next = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._look: asyncio.Future[list[None]] | None = None
+        self._looked_at = -_FRESH_LOOK_SPACING_S
 
     @property
     def healthy_count(self) -> int:
@@ -76,14 +83,24 @@ class UpstreamPool:
         self._tasks = [asyncio.create_task(self._watch(replica)) for replica in self.replicas]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._look] if self._look is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(replica.channel.close(None) for replica in self.replicas))
 
-    def candidates(self) -> list[Replica]:
-        """Healthy replicas in round-robin order (the first is this call's turn)."""
+    async def candidates(self) -> list[Replica]:
+        """Healthy replicas in round-robin order (the first is this call's turn).
+
+        With none healthy, the replicas are looked at once more before the call is refused: the watchers
+        look only every interval, and a call right after a replica came up (a start, a model loaded, a
+        recovery) must not fail on the pool's stale view. Concurrent calls share one look, and looks are
+        at least ``_FRESH_LOOK_SPACING_S`` apart, so an outage does not turn every call into a health check.
+        """
         healthy = [replica for replica in self.replicas if replica.healthy]
+        if not healthy:
+            await self._look_now()
+            healthy = [replica for replica in self.replicas if replica.healthy]
         if not healthy:
             addresses = ", ".join(replica.address for replica in self.replicas)
             raise NoHealthyUpstream(
@@ -92,6 +109,16 @@ class UpstreamPool:
         start = self._next % len(healthy)
         self._next += 1
         return healthy[start:] + healthy[:start]
+
+    async def _look_now(self) -> None:
+        if self._look is None or self._look.done():
+            if time.monotonic() - self._looked_at < _FRESH_LOOK_SPACING_S:
+                return
+            self._looked_at = time.monotonic()
+            self._look = asyncio.ensure_future(asyncio.gather(*(self._check(r) for r in self.replicas)))
+        # Shielded: a caller that gives up (deadline, cancel) must not cancel the look the others await.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._look)
 
     def suspect(self, replica: Replica) -> None:
         """A call to ``replica`` failed as if it were down: check it now rather than at the next interval."""

@@ -158,3 +158,55 @@ async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path:
             assert reply.model.version == v2.version.version and first_box(reply) == (12, 32, 20, 48)
             info = await det.GetModelInfo(detector_pb2.GetModelInfoRequest())
             assert info.sha256 and (tmp_path / "detector-cache" / f"{info.sha256}.onnx").is_file()
+
+
+async def test_the_gateway_serves_a_call_made_the_moment_the_detector_loads_its_champion(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    """`make demo`'s sequence: the detector waits NOT_SERVING for its alias, a version is promoted, the script
+    waits for the detector to say SERVING and detects through the gateway at once. The gateway's health
+    watchers look only every interval (a minute here), so the call must not fail on its stale view of the
+    replica (it did, with UNAVAILABLE "no healthy detector replica", issue 14)."""
+    from tests.gateway.support import bearer, run_gateway
+
+    name = f"det-{uuid.uuid4().hex[:8]}"
+    key = f"demo-{uuid.uuid4().hex}"
+    (tmp_path / "keys").write_text(f"{key} demo detect\n")
+    registry = DaemonProcess(
+        "registry_gateway",
+        ["--mlflow-tracking-uri", mlflow_uri, "--cache-dir", str(tmp_path / "registry-cache"), "--metrics-port", "0",
+         "--poll-interval-s", "0.2"],
+        free_port(), timeout_s=90,
+    )  # fmt: skip
+    detector = DaemonProcess(
+        "detector",
+        ["--registry-addr", registry.address, "--model-name", name, "--metrics-port", "0",
+         "--model-cache-dir", str(tmp_path / "detector-cache"), "--registry-retry-initial-s", "0.1",
+         "--registry-retry-max-s", "1"],
+        free_port(), wait_for="port",
+    )  # fmt: skip
+    with registry, detector:
+        gateway_args = (tmp_path / "keys", registry.address, detector.address, "--health-check-interval-s", "60")
+        with run_gateway(*gateway_args) as gateway:
+            async with (
+                grpc.aio.insecure_channel(registry.address) as reg_channel,
+                grpc.aio.insecure_channel(detector.address) as det_channel,
+                grpc.aio.insecure_channel(gateway.address) as gw_channel,
+            ):
+                health = health_pb2_grpc.HealthStub(det_channel)
+
+                async def serving() -> bool:
+                    reply = await health.Check(health_pb2.HealthCheckRequest())
+                    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+                front = detector_pb2_grpc.DetectorServiceStub(gw_channel)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await front.Detect(detector_pb2.DetectRequest(image=IMAGE), metadata=bearer(key))
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+                reg = registry_pb2_grpc.RegistryServiceStub(reg_channel)
+                v1 = await reg.ImportModel(import_requests(model_file(tmp_path / "v1.onnx", BOX_V1), name))
+                await wait_until(serving, 60, "the detector to serve the first promotion")
+                reply = await front.Detect(detector_pb2.DetectRequest(image=IMAGE), metadata=bearer(key), timeout=30)
+                assert reply.model.version == v1.version.version
+                assert first_box(reply) == (22, 27, 42, 37)
