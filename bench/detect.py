@@ -151,7 +151,7 @@ def report(command: str, model: Path, count: int, image_desc: str, body: str) ->
 
 
 async def run_services(model: Path, family: str, names: tuple[str, ...], images: list[bytes], count: int,
-                       concurrencies: list[int], results: list[Result]) -> None:
+                       concurrencies: list[int], results: list[Result], notes: list[str]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="carmesh-bench-"))
     det_port, gw_port = free_port(), free_port()
     key = "bench-key-" + os.urandom(8).hex()
@@ -173,10 +173,21 @@ async def run_services(model: Path, family: str, names: tuple[str, ...], images:
                 results.append(result)
                 print(f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
                       f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms", flush=True)
+        peak = peak_rss_mb(detector.pid)
+        print(f"detector peak RSS: {peak:.0f} MB", flush=True)
+        notes.append(f"Detector peak RSS over the run (VmHWM): {peak:.0f} MB.")
     finally:
         for proc in (gateway, detector):
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
               f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms", flush=True)
-    asyncio.run(run_services(args.model, family, names, images, args.count, concurrencies, results))
+    notes: list[str] = []
+    asyncio.run(run_services(args.model, family, names, images, args.count, concurrencies, results, notes))
     order = {"raw ONNX Runtime": 0, "detector direct": 1, "gateway -> detector": 2}
     results.sort(key=lambda r: (r.concurrency, order[r.path]))
-    body = table(results)
+    body = "\n\n".join([table(results), *notes])
     print("\n" + body)
     by = {(r.path, r.concurrency): r.images_per_s for r in results}
     top = max(concurrencies)
@@ -215,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         size = decode_image(images[0], 40_000_000).shape
         text = report("make bench-detect", args.model, args.count,
                       f"{len(images)} images of {size[1]}x{size[0]} from {args.images.name}/", body)
-        write_section(args.write, "bench-detect", text)
+        # One section per model, as bench.accuracy does: YOLOX-nano's and our trained model's side by side.
+        write_section(args.write, f"bench-detect-{args.model.stem}", text)
         print(f"written to {args.write}")
     return 0
 

@@ -32,10 +32,12 @@ class DetectorApp:
         self.cfg = cfg
         self.registry = metrics.registry
         self.metrics = DetectorMetrics(metrics)
+        cores = os.cpu_count() or 1
         engine_options = EngineOptions(
             providers=choose_providers(cfg.providers),
-            intra_op_threads=cfg.intra_op_threads or max(1, (os.cpu_count() or 1) // cfg.inference_threads),
+            intra_op_threads=cfg.intra_op_threads or max(1, cores // cfg.inference_threads),
             warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
+            solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
         )
         self.preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
         self.inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")

@@ -132,10 +132,10 @@ class Batcher:
         # Requests cancelled while queued (client gone) are not worth a slot in the batch.
         return [item for item in batch if not item.future.done()]
 
-    def _run_batch(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _run_batch(self, tensors: list[np.ndarray], alone: bool) -> tuple[np.ndarray, float]:
         # Runs in the inference thread: stacking big tensors would stall the event loop.
         started = time.perf_counter()
-        outputs = self._engine.run(np.stack(tensors))
+        outputs = self._engine.run(np.stack(tensors), alone=alone)
         return outputs, time.perf_counter() - started
 
     async def _loop(self) -> None:
@@ -150,7 +150,8 @@ class Batcher:
             if not batch:
                 slots.release()
                 continue
-            task = asyncio.create_task(self._run(batch, slots))
+            # A batch that starts while none runs may use every core; one that overlaps another shares them.
+            task = asyncio.create_task(self._run(batch, slots, alone=not self._inflight))
             self._inflight.add(task)
             self._running_items[task] = batch
             task.add_done_callback(self._forget)
@@ -159,12 +160,12 @@ class Batcher:
         self._inflight.discard(task)
         self._running_items.pop(task, None)
 
-    async def _run(self, batch: list[_Item], slots: asyncio.Semaphore) -> None:
+    async def _run(self, batch: list[_Item], slots: asyncio.Semaphore, alone: bool) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
             outputs, seconds = await loop.run_in_executor(
-                self._executor, self._run_batch, [item.tensor for item in batch]
+                self._executor, self._run_batch, [item.tensor for item in batch], alone
             )
         except Exception as exc:
             log.exception("inference failed on %s for a batch of %d", self._label, len(batch))

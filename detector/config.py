@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads per run (0: CPU cores / inference_threads, so concurrent runs "
         "share the cores instead of oversubscribing them)",
     )
+    solo_batch_all_cores: bool = Field(
+        True,
+        description="a batch that runs while no other does uses every core, through a second ONNX Runtime session "
+        "of the model (CPU only; off, or intra_op_threads set: one session, the cores split over inference_threads)",
+    )
     warmup: bool = Field(True, description="run one dummy batch through a model before serving it")
 
     # Batching and admission.

@@ -51,6 +51,10 @@ class EngineOptions:
     providers: Sequence[str]
     intra_op_threads: int = 0
     warmup_batch_size: int = 1
+    # Threads of a second session that a batch running alone uses (0: none). With the cores split between
+    # concurrent batches, a lone request would otherwise run on a fraction of them (0.59x of raw ONNX Runtime
+    # for a 960x544 model at concurrency 1, docs/benchmarks.md).
+    solo_intra_op_threads: int = 0
 
 
 @dataclass
@@ -65,6 +69,8 @@ class Engine:
     # None when the batch dimension is dynamic; else the only batch size the model accepts.
     static_batch: int | None
     class_names: tuple[str, ...] = field(default=())
+    # The same model with every core's threads, for a batch that runs while no other does.
+    solo_session: ort.InferenceSession | None = None
 
     @property
     def family(self) -> str:
@@ -90,22 +96,34 @@ class Engine:
             chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(self.input_dtype, copy=False)
         return np.ascontiguousarray(chw), box
 
-    def _run_once(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self.session.run(None, {self.input_name: batch})
+    def _run_once(self, batch: np.ndarray, alone: bool) -> np.ndarray:
+        session = self.solo_session if alone and self.solo_session is not None else self.session
+        outputs = session.run(None, {self.input_name: batch})
         return np.asarray(outputs[0], dtype=np.float32)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """[n, 3, h, w] -> raw outputs [n, ...]; chunks and pads for models with a static batch size."""
+    def run(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+        """[n, 3, h, w] -> raw outputs [n, ...]; chunks and pads for models with a static batch size.
+        ``alone``: no other batch is running, so the solo session (every core) may take it."""
         if self.static_batch is None:
-            return self._run_once(batch)
+            return self._run_once(batch, alone)
         size, parts = self.static_batch, []
         for start in range(0, len(batch), size):
             chunk = batch[start : start + size]
             if len(chunk) < size:
                 pad = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            parts.append(self._run_once(chunk)[: min(size, len(batch) - start)])
+            parts.append(self._run_once(chunk, alone)[: min(size, len(batch) - start)])
         return np.concatenate(parts)
+
+
+def _session(path: Path, providers: Sequence[str], intra_op_threads: int) -> ort.InferenceSession:
+    sess_options = ort.SessionOptions()
+    if intra_op_threads:
+        sess_options.intra_op_num_threads = intra_op_threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=sess_options, providers=list(providers))
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
 
 
 def choose_providers(requested: Sequence[str]) -> list[str]:
@@ -177,13 +195,7 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
     """Opens, validates and warms up a model; raises :class:`ModelLoadError` saying what does not fit."""
     if spec.family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {spec.family!r}; supported: {', '.join(FAMILIES)}")
-    sess_options = ort.SessionOptions()
-    if options.intra_op_threads:
-        sess_options.intra_op_num_threads = options.intra_op_threads
-    try:
-        session = ort.InferenceSession(str(path), sess_options=sess_options, providers=list(options.providers))
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+    session = _session(path, options.providers, options.intra_op_threads)
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelLoadError(
@@ -205,13 +217,21 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
         input_hw=input_hw,
         static_batch=batch_dim,
     )
+    # On a GPU the cores are not what concurrent batches share, and a second session would double its memory.
+    solo = options.solo_intra_op_threads > options.intra_op_threads > 0
+    if solo and "CUDAExecutionProvider" not in session.get_providers():
+        engine.solo_session = _session(path, options.providers, options.solo_intra_op_threads)
 
     # One real run validates the output layout and counts the classes; it also warms the session up.
     probe = np.full((1, 3, *input_hw), 114 if spec.family == "yolox" else 114 / 255, dtype)
     try:
         out = engine.run(probe)
+        sessions = (False, True) if engine.solo_session is not None else (False,)
+        for alone in sessions[1:]:
+            engine.run(probe, alone=alone)
         if options.warmup_batch_size > 1 and batch_dim is None:
-            engine.run(np.repeat(probe, options.warmup_batch_size, axis=0))
+            for alone in sessions:
+                engine.run(np.repeat(probe, options.warmup_batch_size, axis=0), alone=alone)
     except Exception as exc:
         raise ModelLoadError(f"{path}: a test inference on input {list(probe.shape)} failed: {exc}") from exc
     nc = _num_classes(spec.family, tuple(out.shape), input_hw, path)

@@ -207,6 +207,19 @@ def test_engine_with_static_batch_runs_items_one_by_one(tmp_path: Path) -> None:
     np.testing.assert_allclose(out[:, :, 0], [[32, 32, 20, 10, 0.9]] * 3, rtol=1e-6)
 
 
+def test_a_lone_batch_runs_on_the_solo_session_with_every_core_and_the_same_answer(tmp_path: Path) -> None:
+    raw = yolov8_raw([(32, 32, 20, 10)], [[0.9]])
+    path = write_yolov8_model(tmp_path / "v8.onnx", raw, (64, 64), names=["car"])
+    split = EngineOptions(["CPUExecutionProvider"], intra_op_threads=1, solo_intra_op_threads=2)
+    engine = load_engine(path, spec("yolov8"), split)
+    assert engine.solo_session is not None and engine.solo_session is not engine.session
+    batch = np.zeros((2, 3, 64, 64), np.float32)
+    np.testing.assert_array_equal(engine.run(batch, alone=True), engine.run(batch, alone=False))
+    # Nothing to gain when the cores are not split (or the threads are set by hand): one session.
+    assert load_engine(path, spec("yolov8"), EngineOptions(["CPUExecutionProvider"], 2, 1, 2)).solo_session is None
+    assert load_engine(path, spec("yolov8"), CPU).solo_session is None
+
+
 def test_engine_rejects_a_mismatched_family_and_class_count(tmp_path: Path) -> None:
     path = write_yolox_model(tmp_path / "x.onnx", yolox_raw_three_boxes(), (64, 64))
     with pytest.raises(ModelLoadError, match="set family yolox"):
