@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train clean
+.PHONY: help setup protos lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench-accuracy: ## car AP50 / AP50-95 of MODEL on apollo-cars val; writes docs/b
 
 bench-ingest: ## end-to-end ingest vs raw aiokafka vs JPEG decode; writes docs/benchmarks.md
 	$(PY) -m bench.ingest --write docs/benchmarks.md
+
+bench-export-sizes: ## one trained model (KERAS=.../keras/body.keras from its MLflow run) at several export sizes: AP and speed
+	$(PY) -m bench.export_sizes --keras $(KERAS)
 
 bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 workers; writes docs/benchmarks.md
 	$(PY) -m bench.train --write docs/benchmarks.md

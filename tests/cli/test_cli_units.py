@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ from carmesh_cli.main import build_parser, main
 from carmesh_cli.models import import_requests
 from carmesh_cli.names import COCO_NAMES, NamesError, parse_names
 from carmesh_cli.progress import ProgressBar
+from carmesh_cli.train import duration_s, request_of
 from tests.helpers import free_port
 
 
@@ -55,6 +57,19 @@ def test_models_arguments():
     assert (promote.name, promote.version, promote.alias) == ("car-detector", "3", "champion")
     rollback = parser.parse_args(["models", "rollback", "car-detector", "--alias", "canary"])
     assert rollback.alias == "canary"
+
+
+def test_train_max_duration_takes_the_readme_units():
+    assert duration_s("28m") == 1680
+    assert (duration_s("90"), duration_s("90s"), duration_s("1.5h"), duration_s("0.25m")) == (90, 90, 5400, 15)
+    for bad in ("28 min", "-5m", "0.5s", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration_s(bad)
+    args = build_parser().parse_args(["train", "apollo-snap", "--classes", "car", "--ignore-classes", "van,truck,bus",
+                                      "--max-duration", "28m"])  # fmt: skip
+    request = request_of(args)
+    assert (request.dataset, request.config.max_duration_s, request.workers) == ("apollo-snap", 1680, 1)
+    assert (list(request.config.classes), list(request.config.ignore_classes)) == (["car"], ["van", "truck", "bus"])
 
 
 @pytest.mark.parametrize(

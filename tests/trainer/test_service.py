@@ -3,6 +3,8 @@ session's real MLflow, a synthetic KITTI folder, tiny sizes so a job takes about
 
 One 2-worker job is shared by the checks of what a finished job leaves behind (MLflow run,
 registered version, alias, evaluation tag, exported ONNX); cancel and crash-resume run their own.
+The README's `carmesh train` / `carmesh jobs` lines run through the CLI and the gateway where a
+test starts, follows, lists or cancels a job; the other checks call the trainer directly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 from tests.cli.test_cli_e2e import carmesh, constant_model
@@ -88,6 +91,16 @@ def tiny_request(trainer: Trainer, *, epochs: int, workers: int = 1, max_duratio
     )  # fmt: skip
 
 
+# The flags of the CLI that give tiny_request's config (the CLI's preset default is "n").
+TINY_FLAGS = ("--size", "320x192", "--crop", "64x64", "--batch-size", "2", "--classes", "car",
+              "--ignore-classes", "van")  # fmt: skip
+
+
+def cli(trainer: Trainer, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`carmesh ARGS` through the fixture's gateway with the admin key."""
+    return carmesh(*args, gateway=trainer.gateway.address, api_key=ADMIN_KEY, timeout_s=timeout_s)
+
+
 def wait_done(
     stub: training_pb2_grpc.TrainingServiceStub, job_id: str, timeout_s: float = 600
 ) -> training_pb2.TrainingJob:
@@ -102,16 +115,20 @@ def wait_done(
 
 @pytest.fixture(scope="module")
 def trained(trainer: Trainer) -> training_pb2.TrainingJob:
-    """A 2-worker job followed through WatchTrainingJob until it ends."""
+    """A 2-worker job started with `carmesh train DATA --workers 2 --detach`, followed through
+    WatchTrainingJob until it ends."""
+    started = cli(trainer, "train", str(trainer.data), *TINY_FLAGS, "--epochs", "2", "--workers", "2", "--detach")
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    assert job_id.startswith("train-") and f"started {job_id} on {trainer.data}" in started.stderr
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
-        job = stub.StartTraining(tiny_request(trainer, epochs=2, workers=2), timeout=30).job
-        assert job.state in (training_pb2.TRAINING_STATE_PENDING, training_pb2.TRAINING_STATE_RUNNING)
         seen_steps = []
-        for reply in stub.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=600):
+        for reply in stub.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job_id), timeout=600):
             seen_steps.append(reply.job.step)
             last = reply.job
         assert last.state == training_pb2.TRAINING_STATE_SUCCEEDED, (last.error, _logs(trainer, last.job_id))
+        assert last.request == tiny_request(trainer, epochs=2, workers=2), "the CLI sent another request"
         assert max(seen_steps) > 0, "watch never reported progress"
         return last
 
@@ -141,6 +158,29 @@ def test_a_finished_job_registers_a_challenger_with_its_evaluation(trainer: Trai
     assert list(evals) == [f"{trained.dataset}|car|van"]
     assert evals[f"{trained.dataset}|car|van"]["map50"] == pytest.approx(trained.final_metrics["val_map50"], abs=1e-6)
     assert version.tags["carmesh.train.dataset"] == trained.dataset
+
+
+def test_jobs_list_and_watch_show_the_finished_job(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:
+    """`carmesh jobs list` and `carmesh jobs watch JOB` (on a job that has ended: one update, then the job)."""
+    version = trained.registered.version
+    listed = cli(trainer, "jobs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    jobs = {job["job_id"]: job for job in map(json.loads, listed.stdout.splitlines())}
+    assert jobs[trained.job_id]["state"] == "TRAINING_STATE_SUCCEEDED"
+    assert jobs[trained.job_id]["registered"]["version"] == version
+    table = cli(trainer, "jobs", "list")
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith(trained.job_id))
+    assert row[1] == "succeeded" and f"v{version}" in row
+
+    watched = cli(trainer, "jobs", "watch", trained.job_id, "--json")
+    assert watched.returncode == 0, watched.stderr
+    job = json.loads(watched.stdout)
+    assert (job["job_id"], job["state"]) == (trained.job_id, "TRAINING_STATE_SUCCEEDED")
+    assert job["registered"] == {"name": trainer.model_name, "version": version, "alias": "challenger"}
+    assert all(f"epoch {entry.epoch}:" in watched.stderr for entry in trained.history), watched.stderr
+    missing = cli(trainer, "jobs", "watch", "train-nope")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND: "), missing.stderr
 
 
 def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
@@ -203,12 +243,17 @@ def test_evaluate_model_scores_a_version_like_the_trainer_did(trainer: Trainer, 
 
 
 def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Trainer) -> None:
+    """`carmesh train DATA --max-duration TIME`, followed by the CLI to the end (0.25m: 15 s in minutes)."""
+    started = time.monotonic()
+    followed = cli(trainer, "train", str(trainer.data), *TINY_FLAGS, "--epochs", "500", "--max-duration", "0.25m",
+                   "--json", timeout_s=400)  # fmt: skip
+    job = json.loads(followed.stdout) if followed.stdout.strip() else {}
+    assert followed.returncode == 0, (followed.stderr[-3000:], _logs(trainer, job.get("job_id", "none")))
     with trainer.channel() as channel:
-        stub = trainer.stub(channel)
-        started = time.monotonic()
-        job = stub.StartTraining(tiny_request(trainer, epochs=500, max_duration_s=15), timeout=30).job
-        done = wait_done(stub, job.job_id, timeout_s=400)
-    assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, job.job_id))
+        done = trainer.stub(channel).GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job["job_id"]),
+                                                    timeout=10).job  # fmt: skip
+    assert done.request == tiny_request(trainer, epochs=500, max_duration_s=15)
+    assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, done.job_id))
     assert done.registered.version and done.epoch < 499
     assert done.progress == pytest.approx(1.0), "the time budget, not the steps, ended the schedule"
     assert time.monotonic() - started < 300
@@ -256,6 +301,30 @@ def test_the_promotion_gate_compares_on_the_same_validation_data(
     assert "gate" not in forced.stdout
 
 
+def test_render_tfjob_prints_a_config_map_and_a_tfjob_and_starts_nothing(trainer: Trainer) -> None:
+    """`carmesh train SNAPSHOT --render-tfjob --image IMAGE > tfjob.yaml`: RenderTrainingJob through the gateway."""
+    with trainer.channel() as channel:
+        before = len(trainer.stub(channel).ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).jobs)
+    rendered = cli(trainer, "train", "apollo-snap", "--classes", "car", "--ignore-classes", "van,truck,bus",
+                   "--max-duration", "28m", "--workers", "2", "--render-tfjob", "--image", "reg/carmesh:t")  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    config_map, tfjob = yaml.safe_load_all(rendered.stdout)  # stdout is only the manifest
+    assert config_map["kind"] == "ConfigMap" and (tfjob["apiVersion"], tfjob["kind"]) == ("kubeflow.org/v1", "TFJob")
+    name = tfjob["metadata"]["name"]
+    assert name.startswith(f"train-{trainer.model_name}-") and config_map["metadata"]["name"] == f"{name}-spec"
+    (template,) = config_map["data"].values()
+    spec = json.loads(template)
+    assert (spec["dataset"], spec["workers"], spec["max_duration_s"]) == ("apollo-snap", 2, 1680)  # 28m
+    assert (spec["model"]["class_names"], spec["ignore_classes"]) == (["car"], ["van", "truck", "bus"])
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    assert (replicas["Chief"]["replicas"], replicas["Worker"]["replicas"]) == (1, 1)
+    images = {c["image"] for r in replicas.values() for c in r["template"]["spec"]["containers"]}
+    assert images == {"reg/carmesh:t"}
+    with trainer.channel() as channel:
+        after = len(trainer.stub(channel).ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).jobs)
+    assert after == before, "rendering must not start a job"
+
+
 def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None:
     cases = [
         (dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(preset="xl")), grpc.StatusCode.INVALID_ARGUMENT, "preset"),  # noqa: E501
@@ -278,6 +347,7 @@ def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None
 
 
 def test_cancel_stops_the_workers_and_registers_nothing(trainer: Trainer) -> None:
+    """`carmesh jobs cancel JOB` on a running job, then on the cancelled one (FAILED_PRECONDITION, exit 1)."""
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
         job = stub.StartTraining(tiny_request(trainer, epochs=50), timeout=30).job
@@ -285,14 +355,15 @@ def test_cancel_stops_the_workers_and_registers_nothing(trainer: Trainer) -> Non
         while stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.step == 0:
             assert time.monotonic() < deadline, _logs(trainer, job.job_id)
             time.sleep(0.5)
-        stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=60)
+        cancelled = cli(trainer, "jobs", "cancel", job.job_id, "--timeout", "60")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert cancelled.stdout.startswith(f"{job.job_id}: "), cancelled.stdout
         done = wait_done(stub, job.job_id, timeout_s=60)
         assert done.state == training_pb2.TRAINING_STATE_CANCELLED
         assert not done.registered.version
         assert not _worker_pids(job.job_id)
-        with pytest.raises(grpc.RpcError) as failure:
-            stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=10)
-        assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    again = cli(trainer, "jobs", "cancel", job.job_id)
+    assert again.returncode == 1 and again.stderr.startswith("error: FAILED_PRECONDITION: "), again.stderr
 
 
 def _worker_pids(job_id: str) -> list[int]:
