@@ -83,7 +83,7 @@ class UpstreamPool:
         self._tasks = [asyncio.create_task(self._watch(replica)) for replica in self.replicas]
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *([self._look] if self._look is not None else [])]
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *([self._look] if self._look is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
