@@ -45,8 +45,10 @@ class Mesh:
                               capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def make(self, target: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["make", target, f"VENV={Path(sys.executable).parent.parent}"], env=self.env,
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+        # --no-print-directory: under `make test`, make's own "Entering directory" lines would reach stdout.
+        argv = ["make", "--no-print-directory", target, f"VENV={Path(sys.executable).parent.parent}"]
+        return subprocess.run(argv, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                              check=False)  # fmt: skip
 
 
 def _free_offset() -> int:

@@ -11,7 +11,7 @@ import yaml
 
 from trainer.errors import BadRequest
 from trainer.jobspec import JOB_FILE, JobSpec
-from trainer.planning import TrainRequest
+from trainer.planning import SHORT_SCHEDULE, TrainRequest
 from trainer.tfjob import (
     JOB_TEMPLATE_FILE,
     Resources,
@@ -138,8 +138,9 @@ def test_render_for_request_gives_a_config_map_and_a_tfjob_that_prepares_the_job
     template = JobSpec(**json.loads(config_map["data"][JOB_TEMPLATE_FILE]))
     assert (template.job_id, template.dataset) == (name, "apollo:2")
     assert (template.data_path, template.data_format) == ("", "coco")  # `prepare` fetches and pins it
-    # The same schedule as a local job: annealed over the 600 s limit less start-up, at most 30 epochs.
-    assert template.recipe == {"epochs": 30, "time_budget_s": 570}
+    # The same schedule as a local job: annealed over the 600 s limit less start-up, at most 30 epochs, and
+    # (a budget under SHORT_BUDGET_S) the short schedule.
+    assert template.recipe == {"epochs": 30, "time_budget_s": 570, **SHORT_SCHEDULE}
     assert template.workers == 2 and template.threads_per_worker == 2
     assert template.ignore_classes == ["van", "truck"] and template.model["class_names"] == ["car"]
     assert template.mlflow_tracking_uri == "http://mlflow.ml:5000" and template.deadline_unix == 0.0
