@@ -18,8 +18,9 @@ protos: ## regenerate carmesh/v1 from protos/ (committed; tests fail when stale)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/carmesh/v1/*.proto
 	$(VENV)/bin/buf lint
 
-lint: ## ruff + buf lint
+lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI

@@ -37,15 +37,20 @@ def ground_truth(label: Path) -> GroundTruth:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.accuracy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=SHARED / "models" / "yolox_nano.onnx")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars" / "val")
     parser.add_argument("--score-threshold", type=float, default=0.01)
-    parser.add_argument("--iou-threshold", type=float, default=DetectDefaults().iou_threshold,
-                        help="NMS IoU (default: the detector's)")
-    parser.add_argument("--min-heights", default="40,80,160,320",
-                        help="comma-separated heights in source pixels: one row each for the cars at least that tall")
+    parser.add_argument(
+        "--iou-threshold", type=float, default=DetectDefaults().iou_threshold, help="NMS IoU (default: the detector's)"
+    )
+    parser.add_argument(
+        "--min-heights",
+        default="40,80,160,320",
+        help="comma-separated heights in source pixels: one row each for the cars at least that tall",
+    )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -53,11 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--min-heights must be numbers separated by commas, got {args.min_heights!r}")
     family, names = model_spec(args.model)
-    engine = load_engine(args.model, ModelSpec(ref=ModelRef("eval", "0"), family=family, class_names=names),
-                         EngineOptions(providers=["CPUExecutionProvider"]))
+    engine = load_engine(
+        args.model,
+        ModelSpec(ref=ModelRef("eval", "0"), family=family, class_names=names),
+        EngineOptions(providers=["CPUExecutionProvider"]),
+    )
     car = list(engine.class_names or names).index("car")
-    params = PostprocessParams(score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
-                               class_ids=frozenset({car}), max_detections=100)
+    params = PostprocessParams(
+        score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold,
+        class_ids=frozenset({car}),
+        max_detections=100,
+    )
     gts, dets = [], []
     images = sorted(args.data.glob("images/*.jpg"))
     started = time.perf_counter()
@@ -74,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, min_height in bands:
         report = evaluate(gts, dets, num_classes=1, min_height_px=min_height)
         rows.append(f"| {label} | {int(report.num_gt[0])} | {report.map50:.3f} | {report.map50_95:.3f} |")
-    body = (f"## Accuracy of {args.model.name}: car AP on {args.data.parent.name}/{args.data.name}\n\n"
-            f"Command: `make bench-accuracy MODEL={args.model}`  \n"
-            f"Model: `{args.model.name}` ({family}); {len(images)} images in {seconds:.1f} s; score >= "
-            f"{args.score_threshold}, NMS IoU {args.iou_threshold}; van/truck/bus/ignore boxes are don't-care.\n\n"
-            "| cars | labelled | AP50 | AP50-95 |\n|---|---:|---:|---:|\n" + "\n".join(rows))
+    body = (
+        f"## Accuracy of {args.model.name}: car AP on {args.data.parent.name}/{args.data.name}\n\n"
+        f"Command: `make bench-accuracy MODEL={args.model}`  \n"
+        f"Model: `{args.model.name}` ({family}); {len(images)} images in {seconds:.1f} s; score >= "
+        f"{args.score_threshold}, NMS IoU {args.iou_threshold}; van/truck/bus/ignore boxes are don't-care.\n\n"
+        "| cars | labelled | AP50 | AP50-95 |\n|---|---:|---:|---:|\n" + "\n".join(rows)
+    )
     print(body)
     if args.write:
         write_section(args.write, f"bench-accuracy-{args.model.stem}", body)

@@ -63,13 +63,21 @@ def model_spec(model: Path) -> tuple[str, tuple[str, ...]]:
     return spec.family.value, names
 
 
-def bench_raw(model: Path, family: str, names: tuple[str, ...], images: list[bytes], concurrency: int,
-              count: int) -> Result:
-    engine = load_engine(model, ModelSpec(ref=ModelRef("bench", "0"), family=family, class_names=names),
-                         EngineOptions(providers=["CPUExecutionProvider"]))
+def bench_raw(
+    model: Path, family: str, names: tuple[str, ...], images: list[bytes], concurrency: int, count: int
+) -> Result:
+    engine = load_engine(
+        model,
+        ModelSpec(ref=ModelRef("bench", "0"), family=family, class_names=names),
+        EngineOptions(providers=["CPUExecutionProvider"]),
+    )
     defaults = DetectDefaults()
-    params = PostprocessParams(score_threshold=defaults.score_threshold, iou_threshold=defaults.iou_threshold,
-                               class_ids=None, max_detections=defaults.max_detections)
+    params = PostprocessParams(
+        score_threshold=defaults.score_threshold,
+        iou_threshold=defaults.iou_threshold,
+        class_ids=None,
+        max_detections=defaults.max_detections,
+    )
 
     def one(data: bytes) -> float:
         started = time.perf_counter()
@@ -87,11 +95,13 @@ def bench_raw(model: Path, family: str, names: tuple[str, ...], images: list[byt
     return Result("raw ONNX Runtime", concurrency, count, seconds, latencies)
 
 
-async def bench_grpc(label: str, address: str, key: str | None, images: list[bytes], concurrency: int,
-                     count: int) -> Result:
+async def bench_grpc(
+    label: str, address: str, key: str | None, images: list[bytes], concurrency: int, count: int
+) -> Result:
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                           ("grpc.max_send_message_length", 64 << 20)]) as channel:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
         for data in images[:3]:
             await stub.Detect(detector_pb2.DetectRequest(image=data), metadata=metadata, timeout=60)
@@ -116,8 +126,7 @@ async def bench_grpc(label: str, address: str, key: str | None, images: list[byt
 def start(module: str, args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     from devstack.services import grpc_serving
 
-    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0",
-            *args]
+    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 60
@@ -133,25 +142,37 @@ def table(results: list[Result]) -> str:
     raw = {r.concurrency: r.images_per_s for r in results if r.path.startswith("raw")}
     lines = ["| path | concurrency | images/s | p50 ms | p99 ms | vs raw |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r.path} | {r.concurrency} | {r.images_per_s:.1f} | {r.percentile(0.5):.1f} | "
-                     f"{r.percentile(0.99):.1f} | {r.images_per_s / raw[r.concurrency]:.2f}x |")
+        lines.append(
+            f"| {r.path} | {r.concurrency} | {r.images_per_s:.1f} | {r.percentile(0.5):.1f} | "
+            f"{r.percentile(0.99):.1f} | {r.images_per_s / raw[r.concurrency]:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def report(command: str, model: Path, count: int, image_desc: str, body: str) -> str:
-    return (f"## Detection: raw ONNX Runtime vs detector vs gateway\n\n"
-            f"Command: `{command}`  \nModel: `{model.name}`; {image_desc}; {count} requests per row; "
-            f"machine: {os.cpu_count()} CPUs, {platform.machine()}, onnxruntime {ort.__version__}; "
-            f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{body}\n\n"
-            "Raw: full `cv2.imdecode`, letterbox, one `session.run` per image on N threads, post-processing, "
-            "in one process with no RPC. The detector decodes JPEGs larger than its input at a DCT-reduced "
-            "size (exact box mapping), batches, and overlaps runs. Client, gateway, detector and raw "
-            "baseline share the same 2 cores; the ratio is images/s of the path over raw at the same "
-            "concurrency.")
+    return (
+        f"## Detection: raw ONNX Runtime vs detector vs gateway\n\n"
+        f"Command: `{command}`  \nModel: `{model.name}`; {image_desc}; {count} requests per row; "
+        f"machine: {os.cpu_count()} CPUs, {platform.machine()}, onnxruntime {ort.__version__}; "
+        f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{body}\n\n"
+        "Raw: full `cv2.imdecode`, letterbox, one `session.run` per image on N threads, post-processing, "
+        "in one process with no RPC. The detector decodes JPEGs larger than its input at a DCT-reduced "
+        "size (exact box mapping), batches, and overlaps runs. Client, gateway, detector and raw "
+        "baseline share the same 2 cores; the ratio is images/s of the path over raw at the same "
+        "concurrency."
+    )
 
 
-async def run_services(model: Path, family: str, names: tuple[str, ...], images: list[bytes], count: int,
-                       concurrencies: list[int], results: list[Result], notes: list[str]) -> None:
+async def run_services(
+    model: Path,
+    family: str,
+    names: tuple[str, ...],
+    images: list[bytes],
+    count: int,
+    concurrencies: list[int],
+    results: list[Result],
+    notes: list[str],
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="carmesh-bench-"))
     det_port, gw_port = free_port(), free_port()
     key = "bench-key-" + os.urandom(8).hex()
@@ -160,8 +181,19 @@ async def run_services(model: Path, family: str, names: tuple[str, ...], images:
     if names:
         det_args += ["--class-names", ",".join(names)]
     detector = start("detector", det_args, det_port, workdir / "detector.log")
-    gateway = start("gateway", ["--detector-addrs", f"127.0.0.1:{det_port}", "--api-keys-file",
-                                str(workdir / "keys"), "--rate-limit-rps", "0"], gw_port, workdir / "gateway.log")
+    gateway = start(
+        "gateway",
+        [
+            "--detector-addrs",
+            f"127.0.0.1:{det_port}",
+            "--api-keys-file",
+            str(workdir / "keys"),
+            "--rate-limit-rps",
+            "0",
+        ],
+        gw_port,
+        workdir / "gateway.log",
+    )
     try:
         targets = [
             ("detector direct", f"127.0.0.1:{det_port}", None),
@@ -171,8 +203,11 @@ async def run_services(model: Path, family: str, names: tuple[str, ...], images:
             for label, address, api_key in targets:
                 result = await bench_grpc(label, address, api_key, images, concurrency, count)
                 results.append(result)
-                print(f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
-                      f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms", flush=True)
+                print(
+                    f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
+                    f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms",
+                    flush=True,
+                )
         peak = peak_rss_mb(detector.pid)
         print(f"detector peak RSS: {peak:.0f} MB", flush=True)
         notes.append(f"Detector peak RSS over the run (VmHWM): {peak:.0f} MB.")
@@ -191,8 +226,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.detect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.detect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=SHARED / "models" / "yolox_nano.onnx")
     parser.add_argument("--images", type=Path, default=SHARED / "data" / "apollo-cars" / "val" / "images")
     parser.add_argument("--count", type=int, default=160, help="requests per path and concurrency")
@@ -211,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     for concurrency in concurrencies:
         result = bench_raw(args.model, family, names, images, concurrency, args.count)
         results.append(result)
-        print(f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
-              f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms", flush=True)
+        print(
+            f"{result.path:<22} c={concurrency}: {result.images_per_s:6.1f} img/s  "
+            f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms",
+            flush=True,
+        )
     notes: list[str] = []
     asyncio.run(run_services(args.model, family, names, images, args.count, concurrencies, results, notes))
     order = {"raw ONNX Runtime": 0, "detector direct": 1, "gateway -> detector": 2}
@@ -225,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngateway / raw at concurrency {top}: {ratio:.2f}x")
     if args.write:
         size = decode_image(images[0], 40_000_000).shape
-        text = report("make bench-detect", args.model, args.count,
-                      f"{len(images)} images of {size[1]}x{size[0]} from {args.images.name}/", body)
+        text = report(
+            "make bench-detect",
+            args.model,
+            args.count,
+            f"{len(images)} images of {size[1]}x{size[0]} from {args.images.name}/",
+            body,
+        )
         # One section per model, as bench.accuracy does: YOLOX-nano's and our trained model's side by side.
         write_section(args.write, f"bench-detect-{args.model.stem}", text)
         print(f"written to {args.write}")

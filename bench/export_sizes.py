@@ -29,8 +29,9 @@ def _size(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def export_all(keras_file: Path, preset: str, classes: tuple[str, ...], sizes: list[tuple[int, int]],
-               out_dir: Path) -> list[Path]:  # fmt: skip
+def export_all(
+    keras_file: Path, preset: str, classes: tuple[str, ...], sizes: list[tuple[int, int]], out_dir: Path
+) -> list[Path]:
     from trainer.export import export_onnx
     from trainer.model import ModelSpec, build_body
 
@@ -47,27 +48,30 @@ def export_all(keras_file: Path, preset: str, classes: tuple[str, ...], sizes: l
 
 
 def _run(module: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, check=True)
     return result.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.export_sizes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.export_sizes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keras", type=Path, required=True, help="a job's keras/body.keras (MLflow artifacts)")
     parser.add_argument("--carmesh-json", type=Path, help="the job's model/carmesh.json (default: beside --keras)")
     parser.add_argument("--preset", default="n", help="the body's preset (n or s)")
-    parser.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",")],
-                        default=[(960, 544), (800, 448), (640, 352)])  # fmt: skip
+    parser.add_argument(
+        "--sizes", type=lambda t: [_size(s) for s in t.split(",")], default=[(960, 544), (800, 448), (640, 352)]
+    )
     parser.add_argument("--out", type=Path, default=REPO / "out" / "export-sizes")
     parser.add_argument("--count", default="160", help="requests per bench.detect row")
     args = parser.parse_args(argv)
     meta_path = args.carmesh_json or args.keras.parent.parent / "model" / "carmesh.json"
     classes = tuple(json.loads(meta_path.read_text())["class_names"])
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = ["| export size | car AP50 | >= 40 px | >= 160 px | gateway img/s c=1 | c=8 | detector peak RSS c=8 |",
-            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| export size | car AP50 | >= 40 px | >= 160 px | gateway img/s c=1 | c=8 | detector peak RSS c=8 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for path in export_all(args.keras, args.preset, classes, args.sizes, args.out):
         accuracy = _run("bench.accuracy", "--model", str(path))
         speed = _run("bench.detect", "--model", str(path), "--count", args.count)
@@ -76,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         gateway = dict(re.findall(r"^\| gateway -> detector \| (\d+) \| ([\d.]+) \|", speed, flags=re.M))
         rss = re.search(r"detector peak RSS: ([\d.]+ MB)", speed)
         size = path.stem.rsplit("-", 1)[1]
-        rows.append(f"| {size} | {ap.get('all cars', '-')} | {ap.get('cars >= 40 px tall', '-')} | "
-                    f"{ap.get('cars >= 160 px tall', '-')} | {gateway.get('1', '-')} | {gateway.get('8', '-')} | "
-                    f"{rss.group(1) if rss else '-'} |")  # fmt: skip
+        rows.append(
+            f"| {size} | {ap.get('all cars', '-')} | {ap.get('cars >= 40 px tall', '-')} | "
+            f"{ap.get('cars >= 160 px tall', '-')} | {gateway.get('1', '-')} | {gateway.get('8', '-')} | "
+            f"{rss.group(1) if rss else '-'} |"
+        )
     print("\n".join(rows))
     return 0
 

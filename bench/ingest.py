@@ -48,9 +48,19 @@ def load_frames(folder: Path, count: int, camera_id: str) -> list[common_pb2.Fra
         width, height = _jpeg_size(data)
         stamp = Timestamp()
         stamp.GetCurrentTime()
-        frames.append(common_pb2.Frame(
-            frame_id=f"bench-{run}-{i}", camera_id=camera_id, seq=i, captured_at=stamp,
-            encoding=common_pb2.IMAGE_ENCODING_JPEG, image=data, width=width, height=height, source="bench"))
+        frames.append(
+            common_pb2.Frame(
+                frame_id=f"bench-{run}-{i}",
+                camera_id=camera_id,
+                seq=i,
+                captured_at=stamp,
+                encoding=common_pb2.IMAGE_ENCODING_JPEG,
+                image=data,
+                width=width,
+                height=height,
+                source="bench",
+            )
+        )
     return frames
 
 
@@ -98,8 +108,7 @@ async def bench_raw_kafka(bootstrap: str, frames: list[common_pb2.Frame]) -> flo
 
 @contextmanager
 def daemon(module: str, args: list[str], port: int, log: Path) -> Iterator[None]:
-    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0",
-            *args]
+    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -142,8 +151,10 @@ async def bench_end_to_end(ingestor: str, dsn: str, frames: list[common_pb2.Fram
 async def run(args: argparse.Namespace) -> str:
     run_dir = Path(tempfile.mkdtemp(prefix="carmesh-bench-ingest-"))
     os.chmod(run_dir, 0o755)
-    cfg = services.StackConfig(run_dir=run_dir, ports=services.Ports(
-        redis=free_port(), postgres=free_port(), kafka=free_port(), mlflow=free_port()))
+    cfg = services.StackConfig(
+        run_dir=run_dir,
+        ports=services.Ports(redis=free_port(), postgres=free_port(), kafka=free_port(), mlflow=free_port()),
+    )
     procs: list[Process] = [services.tansu(cfg), services.postgres(cfg), services.redis(cfg)]
     try:
         for proc in procs:
@@ -156,9 +167,23 @@ async def run(args: argparse.Namespace) -> str:
         raw_s = await bench_raw_kafka(cfg.kafka_bootstrap, frames)
         ingestor_port, feature_port = free_port(), free_port()
         kafka = ["--kafka-bootstrap", cfg.kafka_bootstrap, "--no-kafka-idempotence"]
-        with daemon("feature_service", [*kafka, "--postgres-dsn", cfg.postgres_dsn, "--redis-url", cfg.redis_url,
-                                        "--blob-dir", str(run_dir / "blobs")], feature_port, run_dir / "fs.log"), \
-             daemon("ingestor", kafka, ingestor_port, run_dir / "ingestor.log"):
+        with (
+            daemon(
+                "feature_service",
+                [
+                    *kafka,
+                    "--postgres-dsn",
+                    cfg.postgres_dsn,
+                    "--redis-url",
+                    cfg.redis_url,
+                    "--blob-dir",
+                    str(run_dir / "blobs"),
+                ],
+                feature_port,
+                run_dir / "fs.log",
+            ),
+            daemon("ingestor", kafka, ingestor_port, run_dir / "ingestor.log"),
+        ):
             # Warm-up on another camera: consumer-group join and first connections are not throughput.
             warmup = load_frames(args.images, 8, camera_id=f"warmup-{os.urandom(3).hex()}")
             await bench_end_to_end(f"127.0.0.1:{ingestor_port}", cfg.postgres_dsn, warmup)
@@ -168,24 +193,32 @@ async def run(args: argparse.Namespace) -> str:
             proc.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
     n = len(frames)
-    rows = [("JPEG decode only (cv2.imdecode, 1 thread)", decode_s), ("raw aiokafka produce + consume", raw_s),
-            ("end to end: ingestor -> Kafka -> feature_service -> PostgreSQL + Redis + blobs", e2e_s)]
+    rows = [
+        ("JPEG decode only (cv2.imdecode, 1 thread)", decode_s),
+        ("raw aiokafka produce + consume", raw_s),
+        ("end to end: ingestor -> Kafka -> feature_service -> PostgreSQL + Redis + blobs", e2e_s),
+    ]
     table = ["| path | frames/s | MB/s | seconds | vs decode cost |", "|---|---:|---:|---:|---:|"]
     for label, seconds in rows:
-        table.append(f"| {label} | {n / seconds:.1f} | {megabytes / seconds:.1f} | {seconds:.2f} | "
-                     f"{seconds / decode_s:.2f}x |")
+        table.append(
+            f"| {label} | {n / seconds:.1f} | {megabytes / seconds:.1f} | {seconds:.2f} | {seconds / decode_s:.2f}x |"
+        )
     width, height = frames[0].width, frames[0].height
-    return (f"## Ingest: end to end vs raw Kafka vs JPEG decode\n\nCommand: `make bench-ingest`  \n"
-            f"{n} frames ({width}x{height} JPEG, {megabytes:.0f} MB in all) from `{args.images}`; machine: "
-            f"{os.cpu_count()} CPUs, {platform.machine()}; run "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n" + "\n".join(table) +
-            "\n\nThe last column is each path's time over the time to decode the same frames once; "
-            "the end-to-end path also decodes every frame (validation and features), so 1.0x is its floor.")
+    return (
+        f"## Ingest: end to end vs raw Kafka vs JPEG decode\n\nCommand: `make bench-ingest`  \n"
+        f"{n} frames ({width}x{height} JPEG, {megabytes:.0f} MB in all) from `{args.images}`; machine: "
+        f"{os.cpu_count()} CPUs, {platform.machine()}; run "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        + "\n".join(table)
+        + "\n\nThe last column is each path's time over the time to decode the same frames once; "
+        "the end-to-end path also decodes every frame (validation and features), so 1.0x is its floor."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=Path, default=SHARED / "data" / "apollo-cars")
     parser.add_argument("--count", type=int, default=296, help="frames to send (images are reused)")
     parser.add_argument("--write", type=Path, help="update this markdown file's bench-ingest section")

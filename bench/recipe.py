@@ -39,14 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("name", help="the variant's name in the output")
     parser.add_argument("--budget-s", type=float, default=1500.0, help="training seconds (the schedule anneals to it)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a trainer.loop.Recipe field, e.g. mosaic_p=0.5 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a trainer.loop.Recipe field, e.g. mosaic_p=0.5 (repeatable)",
+    )
     parser.add_argument("--classes", default="car", help="target classes, comma-separated (scored: car)")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars")
     parser.add_argument("--size", default="960x544", metavar="WxH", help="model input size, scored at it too")
-    parser.add_argument("--save", type=Path, default=None, metavar="FILE.weights.h5",
-                        help="keep the trained (EMA) weights, e.g. to score them again another way")  # fmt: skip
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="FILE.weights.h5",
+        help="keep the trained (EMA) weights, e.g. to score them again another way",
+    )
     args = parser.parse_args(argv)
     prefer_onednn()  # as the trainer's workers do
 
@@ -79,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     def on_progress(p: Progress) -> None:
         if p.epoch_metrics is not None:
             m = p.epoch_metrics
-            print(f"{args.name}: {time.monotonic() - started:5.0f}s epoch {p.epoch + 1} step {p.step} "
-                  f"loss {m.get('loss', 0.0):.3f} {m.get('images_per_s', 0.0):.2f} img/s", flush=True)  # fmt: skip
+            print(
+                f"{args.name}: {time.monotonic() - started:5.0f}s epoch {p.epoch + 1} step {p.step} "
+                f"loss {m.get('loss', 0.0):.3f} {m.get('images_per_s', 0.0):.2f} img/s",
+                flush=True,
+            )
 
     with tempfile.TemporaryDirectory(prefix="bench-recipe-") as ckpt:
         result = train(spec, recipe, data, None, Path(ckpt), on_progress, lambda: False, evaluate_every_epochs=0)
@@ -94,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         found.append(ImageDetections(d.path, d.boxes[keep], d.scores[keep], np.zeros(int(keep.sum()), np.int32)))
     every, tall = evaluate_detections(found, scored.val, 1), evaluate_detections(found, scored.val, 1, 40.0)
     steps = int(result.history[-1]["steps"]) if result.history else 0
-    print(f"RESULT {args.name}: steps {steps}, car AP50 {every.map50:.3f} (AP50-95 {every.map50_95:.3f}), "
-          f">= 40 px AP50 {tall.map50:.3f}; {args.size} {' '.join(args.set) or 'defaults'}", flush=True)  # fmt: skip
+    print(
+        f"RESULT {args.name}: steps {steps}, car AP50 {every.map50:.3f} (AP50-95 {every.map50_95:.3f}), "
+        f">= 40 px AP50 {tall.map50:.3f}; {args.size} {' '.join(args.set) or 'defaults'}",
+        flush=True,
+    )
     # The by-height columns of docs/training.md (source pixels, as bench.accuracy --min-heights).
     heights = [f">= {h:.0f} px {evaluate_detections(found, scored.val, 1, h).map50:.3f}" for h in (80.0, 160.0, 320.0)]
     print(f"HEIGHTS {args.name}: car AP50 {', '.join(heights)}", flush=True)

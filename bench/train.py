@@ -63,8 +63,16 @@ def run_pipeline(data_dir: Path, steps: int, batch: int, threads: int) -> dict[s
 
     spec = ModelSpec("n", data.class_names, 960, 544)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as ckpt:
-        train(spec, _recipe(steps, batch, workers), data, strategy, Path(ckpt), on_progress, lambda: False,
-              evaluate_every_epochs=0)  # fmt: skip
+        train(
+            spec,
+            _recipe(steps, batch, workers),
+            data,
+            strategy,
+            Path(ckpt),
+            on_progress,
+            lambda: False,
+            evaluate_every_epochs=0,
+        )
     timed = stamps[WARMUP_STEPS:]
     steps_per_s = (len(timed) - 1) / (timed[-1] - timed[0])
     return {"steps_per_s": steps_per_s, "images_per_s": steps_per_s * batch * workers, "steps": float(len(stamps))}
@@ -91,8 +99,9 @@ def run_raw(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, f
     keras.utils.set_random_seed(0)
     body = build_body(spec)
     loss_fn = build_loss(spec)
-    optimizer = keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=recipe.weight_decay,
-                                       global_clipnorm=recipe.clip_norm)  # fmt: skip
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=1e-3, weight_decay=recipe.weight_decay, global_clipnorm=recipe.clip_norm
+    )
     body(np.zeros((1, recipe.crop_height, recipe.crop_width, 3), np.float32))
     trainable = body.trainable_variables
     weights = [w.value for w in body.weights]  # the tf.Variables behind Keras 3's variables
@@ -120,11 +129,30 @@ def run_two_workers(data_dir: Path, steps: int, batch: int, cores: int) -> dict[
     ports = [free_port(), free_port()]
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index},
-        }))  # fmt: skip
-        argv = [sys.executable, "-m", "bench.train", "--worker", "--data", str(data_dir), "--steps", str(steps),
-                "--batch", str(batch), "--threads", str(max(1, cores // 2))]  # fmt: skip
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps(
+                {
+                    "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                    "task": {"type": "worker", "index": index},
+                }
+            ),
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.train",
+            "--worker",
+            "--data",
+            str(data_dir),
+            "--steps",
+            str(steps),
+            "--batch",
+            str(batch),
+            "--threads",
+            str(max(1, cores // 2)),
+        ]
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
     outputs = [p.communicate(timeout=1800)[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -134,8 +162,9 @@ def run_two_workers(data_dir: Path, steps: int, batch: int, cores: int) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "apollo-cars")
     parser.add_argument("--steps", type=int, default=40, help="steps per measurement (the first 5 are warm-up)")
     parser.add_argument("--batch", type=int, default=8, help="images per step and worker")
@@ -155,10 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn in (("raw loop, in-memory batch", run_raw), ("1 worker, real input pipeline", run_pipeline)):
         # Each in its own process: TensorFlow's thread pools are fixed once it has run anything.
         out = subprocess.run(
-            [sys.executable, "-c", f"import json, pathlib; from bench.train import {fn.__name__} as f; "
-             f"print(json.dumps(f(pathlib.Path({str(args.data)!r}), {args.steps}, {args.batch}, {cores})))"],
-            capture_output=True, text=True, check=True, env=dict(os.environ),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                f"import json, pathlib; from bench.train import {fn.__name__} as f; "
+                f"print(json.dumps(f(pathlib.Path({str(args.data)!r}), {args.steps}, {args.batch}, {cores})))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ),
+        )
         rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
         print(label, rows[-1][1], flush=True)
     rows.append(("2 workers (MWMS, 127.0.0.1)", run_two_workers(args.data, args.steps, args.batch, cores)))
@@ -176,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         "## Training throughput\n\nCommand: `make bench-train`  \n"
         f"yolov8n (1 class), crops {recipe.crop_width}x{recipe.crop_height}, batch {args.batch} per worker, "
         f"{args.steps} steps per row (first {WARMUP_STEPS} not timed), {cores} cores, apollo-cars train.\n\n"
-        "| path | steps/s | images/s | vs raw |\n|---|---:|---:|---:|\n" + table +
-        f"\n\nInput pipeline overhead (1 worker vs raw): {overhead:.1%} (target <= 10%)."
-    )  # fmt: skip
+        "| path | steps/s | images/s | vs raw |\n|---|---:|---:|---:|\n"
+        + table
+        + f"\n\nInput pipeline overhead (1 worker vs raw): {overhead:.1%} (target <= 10%)."
+    )
     print(body)
     if args.write:
         write_section(args.write, "bench-train", body)

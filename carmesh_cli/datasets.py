@@ -23,33 +23,75 @@ DEFAULT_VAL_FRACTION = 0.2
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> None:
     datasets = commands.add_parser(
-        "datasets", parents=[common], help="create and inspect dataset snapshots", epilog=epilog,
+        "datasets",
+        parents=[common],
+        help="create and inspect dataset snapshots",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A snapshot is an immutable, versioned set of frames with a train/val split (FeatureService).",
-    )  # fmt: skip
+    )
     actions = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser(
-        "create", parents=[common], help="snapshot the frames that match a filter (a new version of NAME)",
+        "create",
+        parents=[common],
+        help="snapshot the frames that match a filter (a new version of NAME)",
         description="CreateDatasetSnapshot: every filter option narrows the frames; none given takes all frames.",
-    )  # fmt: skip
+    )
     create.add_argument("name", type=argtypes.name, metavar="NAME")
-    create.add_argument("--camera", dest="cameras", type=argtypes.names, action="extend", default=[],
-                        metavar="ID,...", help="only frames of these cameras (repeatable)")
-    create.add_argument("--dataset", dest="datasets", type=argtypes.names, action="extend", default=[],
-                        metavar="NAME,...", help="only frames of these imported data sets (repeatable)")
-    create.add_argument("--classes", type=argtypes.names, action="extend", default=[], metavar="A,B",
-                        help="only these classes (repeatable)")
+    create.add_argument(
+        "--camera",
+        dest="cameras",
+        type=argtypes.names,
+        action="extend",
+        default=[],
+        metavar="ID,...",
+        help="only frames of these cameras (repeatable)",
+    )
+    create.add_argument(
+        "--dataset",
+        dest="datasets",
+        type=argtypes.names,
+        action="extend",
+        default=[],
+        metavar="NAME,...",
+        help="only frames of these imported data sets (repeatable)",
+    )
+    create.add_argument(
+        "--classes",
+        type=argtypes.names,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="only these classes (repeatable)",
+    )
     create.add_argument("--labelled-only", action="store_true", help="only frames with at least one label")
-    create.add_argument("--captured-after", type=argtypes.timestamp, metavar="TIME",
-                        help="only frames captured at or after TIME (ISO 8601; no zone: UTC)")
-    create.add_argument("--captured-before", type=argtypes.timestamp, metavar="TIME",
-                        help="only frames captured before TIME (ISO 8601; no zone: UTC)")
-    create.add_argument("--val-fraction", type=argtypes.fraction, default=DEFAULT_VAL_FRACTION, metavar="F",
-                        help=f"fraction of frames in val (default {DEFAULT_VAL_FRACTION:g})")
-    create.add_argument("--seed", type=argtypes.whole, default=0, metavar="N",
-                        help="seed of the deterministic split (default 0)")
-    create.add_argument("--keep-source-split", action="store_true",
-                        help="keep the train/val split the imported data set gave instead of re-splitting")
+    create.add_argument(
+        "--captured-after",
+        type=argtypes.timestamp,
+        metavar="TIME",
+        help="only frames captured at or after TIME (ISO 8601; no zone: UTC)",
+    )
+    create.add_argument(
+        "--captured-before",
+        type=argtypes.timestamp,
+        metavar="TIME",
+        help="only frames captured before TIME (ISO 8601; no zone: UTC)",
+    )
+    create.add_argument(
+        "--val-fraction",
+        type=argtypes.fraction,
+        default=DEFAULT_VAL_FRACTION,
+        metavar="F",
+        help=f"fraction of frames in val (default {DEFAULT_VAL_FRACTION:g})",
+    )
+    create.add_argument(
+        "--seed", type=argtypes.whole, default=0, metavar="N", help="seed of the deterministic split (default 0)"
+    )
+    create.add_argument(
+        "--keep-source-split",
+        action="store_true",
+        help="keep the train/val split the imported data set gave instead of re-splitting",
+    )
     create.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
     lst = actions.add_parser("list", parents=[common], help="list snapshots (all, or the versions of NAME)")
@@ -61,10 +103,13 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
     features = commands.add_parser(
-        "features", parents=[common], help="show the online features of a camera", epilog=epilog,
+        "features",
+        parents=[common],
+        help="show the online features of a camera",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="GetOnlineFeatures: the latest frame quality, size, car counts and model of a camera.",
-    )  # fmt: skip
+    )
     features.add_argument("camera", type=argtypes.name, metavar="CAMERA")
     features.add_argument("--json", action="store_true", help="print the features as JSON")
 
@@ -144,10 +189,17 @@ def snapshot_details(s: feature_pb2.DatasetSnapshot) -> str:
 
 def snapshots_table(snapshots: list[feature_pb2.DatasetSnapshot]) -> str:
     rows = [
-        [s.name, str(s.version), str(s.train_frames), str(s.val_frames), ",".join(s.class_names) or "-",
-         when(s.created_at), describe_filter(s.filter)]
+        [
+            s.name,
+            str(s.version),
+            str(s.train_frames),
+            str(s.val_frames),
+            ",".join(s.class_names) or "-",
+            when(s.created_at),
+            describe_filter(s.filter),
+        ]
         for s in snapshots
-    ]  # fmt: skip
+    ]
     return table(["NAME", "VERSION", "TRAIN", "VAL", "CLASSES", "CREATED", "FILTER"], rows)
 
 
@@ -244,8 +296,9 @@ def run_features(conn: Connection, camera: str, *, as_json: bool, timeout_s: flo
 def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, stdout: TextIO = sys.stdout) -> int:
     """``carmesh datasets ACTION`` and ``carmesh features``; ``timeout_s`` None: the action's default."""
     if args.command == "features":
-        return run_features(conn, args.camera, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
-                            stdout=stdout)
+        return run_features(
+            conn, args.camera, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout
+        )
     if args.action == "create":
         return run_create(conn, args, timeout_s=timeout_s or CREATE_TIMEOUT_S, stdout=stdout)
     if args.action == "list":

@@ -50,8 +50,12 @@ def output_paths(images: Sequence[Path], out_dir: Path) -> list[Path]:
 
 
 def build_request(
-    image: bytes, request_id: str, score_threshold: float | None, iou_threshold: float | None,
-    classes: Sequence[str], max_detections: int,
+    image: bytes,
+    request_id: str,
+    score_threshold: float | None,
+    iou_threshold: float | None,
+    classes: Sequence[str],
+    max_detections: int,
 ) -> detector_pb2.DetectRequest:
     request = detector_pb2.DetectRequest(
         image=image, classes=list(classes), max_detections=max_detections, request_id=request_id

@@ -65,9 +65,10 @@ def check(
         raise rpc_failure(error) from None
     try:
         current = registry.GetModelVersion(
-            registry_pb2.GetModelVersionRequest(name=name, alias=GATED_ALIAS), timeout=timeout_s,
+            registry_pb2.GetModelVersionRequest(name=name, alias=GATED_ALIAS),
+            timeout=timeout_s,
             metadata=conn.metadata,
-        ).version  # fmt: skip
+        ).version
     except grpc.RpcError as error:
         if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
             print(f"gate: {name} has no {GATED_ALIAS} yet; nothing to compare", file=stdout)
@@ -94,9 +95,11 @@ def check(
 def _evaluate(conn: Connection, name: str, version: str, key: EvalKey) -> float:
     stub = training_pb2_grpc.TrainingServiceStub(conn.channel)
     request = training_pb2.EvaluateModelRequest(
-        model=common_pb2.ModelRef(name=name, version=version), dataset=key.dataset, classes=key.classes,
+        model=common_pb2.ModelRef(name=name, version=version),
+        dataset=key.dataset,
+        classes=key.classes,
         ignore_classes=key.ignore_classes,
-    )  # fmt: skip
+    )
     try:
         reply = stub.EvaluateModel(request, timeout=EVALUATE_TIMEOUT_S, metadata=conn.metadata)
     except grpc.RpcError as error:

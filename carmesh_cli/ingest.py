@@ -46,8 +46,13 @@ FAILED = ingest_pb2.SOURCE_STATE_FAILED
 class _MergeMap(argparse.Action):
     """``--map`` may be given more than once; a class mapped twice is a usage error."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:  # fmt: skip
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         merged = dict(getattr(namespace, self.dest, None) or {})
         twice = sorted(set(merged) & set(values))
         if twice:
@@ -58,11 +63,14 @@ class _MergeMap(argparse.Action):
 
 def add_parser(commands: Any, common: argparse.ArgumentParser, epilog: str) -> None:
     ingest = commands.add_parser(
-        "ingest", parents=[common], help="publish frames from folders, videos, streams and data sets",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "ingest",
+        parents=[common],
+        help="publish frames from folders, videos, streams and data sets",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Drives IngestService: sources publish frames to Kafka (carmesh.frames.v1). PATHs are read "
-                    "by the ingestor; relative ones are made absolute against the current directory.",
-    )  # fmt: skip
+        "by the ingestor; relative ones are made absolute against the current directory.",
+    )
     actions = ingest.add_subparsers(dest="action", required=True, metavar="ACTION")
     helps = {
         "folder": ("PATH", "publish the images of a folder (sorted by name)"),
@@ -73,12 +81,20 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, epilog: str) -> N
         start = actions.add_parser(kind, parents=[common], help=text, description=f"StartSource: {text}.")
         start.add_argument("uri", metavar=metavar)
         start.add_argument("--camera", required=True, type=argtypes.name, metavar="ID", help="camera id of the frames")
-        start.add_argument("--fps", type=argtypes.fps, default=0.0, metavar="F",
-                           help="at most F frames per second (default 0: as fast as the source gives them)")
+        start.add_argument(
+            "--fps",
+            type=argtypes.fps,
+            default=0.0,
+            metavar="F",
+            help="at most F frames per second (default 0: as fast as the source gives them)",
+        )
         if kind != "stream":
             start.add_argument("--loop", action="store_true", help="start again from the beginning at the end")
-        start.add_argument("--follow", action="store_true",
-                           help="show progress until the source ends (Ctrl-C stops following, not the source)")
+        start.add_argument(
+            "--follow",
+            action="store_true",
+            help="show progress until the source ends (Ctrl-C stops following, not the source)",
+        )
         start.add_argument("--json", action="store_true", help="print the source status as JSON")
 
     lst = actions.add_parser("list", parents=[common], help="list sources and their progress (ListSources)")
@@ -89,21 +105,40 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, epilog: str) -> N
     stop.add_argument("--json", action="store_true", help="print the final source status as JSON")
 
     dataset = actions.add_parser(
-        "dataset", parents=[common], help="import a labelled data set (ImportDataset)",
+        "dataset",
+        parents=[common],
+        help="import a labelled data set (ImportDataset)",
         description="Imports the images and labels of a data set; progress on stderr, a summary on stdout.",
-    )  # fmt: skip
+    )
     dataset.add_argument("path", metavar="PATH", help="root folder (or the annotation file for coco json and csv)")
     dataset.add_argument("--format", required=True, choices=sorted(DATASET_FORMATS), help="layout of the data set")
-    dataset.add_argument("--dataset", type=argtypes.name, metavar="NAME",
-                         help="data set name recorded on every frame (default: the name of PATH)")
-    dataset.add_argument("--map", dest="class_map", type=argtypes.class_map, action=_MergeMap, default={},
-                         metavar="SRC=DST,...", help="rename classes; SRC= (empty DST) drops a class")
-    dataset.add_argument("--names", metavar="SPEC",
-                         help=f"class names in id order for formats that store ids (yolo): a preset "
-                              f"({', '.join(sorted(PRESETS))}), a file with one name per line, or a,b,c")
+    dataset.add_argument(
+        "--dataset",
+        type=argtypes.name,
+        metavar="NAME",
+        help="data set name recorded on every frame (default: the name of PATH)",
+    )
+    dataset.add_argument(
+        "--map",
+        dest="class_map",
+        type=argtypes.class_map,
+        action=_MergeMap,
+        default={},
+        metavar="SRC=DST,...",
+        help="rename classes; SRC= (empty DST) drops a class",
+    )
+    dataset.add_argument(
+        "--names",
+        metavar="SPEC",
+        help=f"class names in id order for formats that store ids (yolo): a preset "
+        f"({', '.join(sorted(PRESETS))}), a file with one name per line, or a,b,c",
+    )
     dataset.add_argument("--camera", type=argtypes.name, metavar="ID", help="camera id of the frames")
-    dataset.add_argument("--split", choices=sorted(SPLITS),
-                         help="split of frames whose split the layout does not say (default: the ingestor's)")
+    dataset.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        help="split of frames whose split the layout does not say (default: the ingestor's)",
+    )
     dataset.add_argument("--json", action="store_true", help="print the final counts as JSON")
 
 
@@ -122,7 +157,13 @@ def source_spec(kind: str, uri: str, *, camera: str, fps: float, loop: bool) -> 
 
 
 def import_request(
-    path: str, *, fmt: str, dataset: str | None, class_map: Mapping[str, str], names: str | None, camera: str,
+    path: str,
+    *,
+    fmt: str,
+    dataset: str | None,
+    class_map: Mapping[str, str],
+    names: str | None,
+    camera: str,
     split: str | None,
 ) -> ingest_pb2.ImportDatasetRequest:
     """The request, or a usage error (unreadable --names) before any call."""
@@ -170,12 +211,18 @@ def sources_table(sources: Sequence[ingest_pb2.SourceStatus]) -> str:
         return "no sources"
     rows = [
         [
-            s.source_id, kind_name(s.spec.kind), state_name(s.state), s.spec.camera_id,
-            f"{s.spec.max_fps:g}" if s.spec.max_fps else "-", str(s.frames_published), str(s.frames_dropped),
-            s.spec.uri, s.error or "-",
+            s.source_id,
+            kind_name(s.spec.kind),
+            state_name(s.state),
+            s.spec.camera_id,
+            f"{s.spec.max_fps:g}" if s.spec.max_fps else "-",
+            str(s.frames_published),
+            str(s.frames_dropped),
+            s.spec.uri,
+            s.error or "-",
         ]
         for s in sources
-    ]  # fmt: skip
+    ]
     return table(["ID", "KIND", "STATE", "CAMERA", "FPS", "PUBLISHED", "DROPPED", "URI", "ERROR"], rows)
 
 
@@ -208,8 +255,15 @@ def _finished(source: ingest_pb2.SourceStatus) -> int:
 
 
 def follow(
-    stub: ingest_pb2_grpc.IngestServiceStub, conn: Connection, source_id: str, *, timeout_s: float,
-    stdout: TextIO, stderr: TextIO, interval_s: float = FOLLOW_INTERVAL_S, sleep: Callable[[float], None] = time.sleep,
+    stub: ingest_pb2_grpc.IngestServiceStub,
+    conn: Connection,
+    source_id: str,
+    *,
+    timeout_s: float,
+    stdout: TextIO,
+    stderr: TextIO,
+    interval_s: float = FOLLOW_INTERVAL_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ingest_pb2.SourceStatus:
     """Polls ListSources until the source is no longer running; returns its last status."""
     status = StatusLine(stderr)
@@ -229,8 +283,18 @@ def follow(
 
 
 def run_start(
-    conn: Connection, kind: str, uri: str, *, camera: str, fps: float, loop: bool, follow_progress: bool,
-    as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+    conn: Connection,
+    kind: str,
+    uri: str,
+    *,
+    camera: str,
+    fps: float,
+    loop: bool,
+    follow_progress: bool,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
 ) -> int:
     spec = source_spec(kind, uri, camera=camera, fps=fps, loop=loop)
     stub = _stub(conn)
@@ -251,8 +315,11 @@ def run_start(
     try:
         final = follow(stub, conn, source.source_id, timeout_s=timeout_s, stdout=stdout, stderr=stderr)
     except KeyboardInterrupt:
-        print(f"\nstopped following; {source.source_id} keeps running "
-              f"(stop it with: carmesh ingest stop {source.source_id})", file=stderr)  # fmt: skip
+        print(
+            f"\nstopped following; {source.source_id} keeps running "
+            f"(stop it with: carmesh ingest stop {source.source_id})",
+            file=stderr,
+        )
         return 130
     if as_json:
         print_json(final, stdout)
@@ -288,8 +355,13 @@ def run_stop(conn: Connection, source_id: str, *, as_json: bool, timeout_s: floa
 
 
 def run_import_dataset(
-    conn: Connection, request: ingest_pb2.ImportDatasetRequest, *, as_json: bool, timeout_s: float,
-    stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+    conn: Connection,
+    request: ingest_pb2.ImportDatasetRequest,
+    *,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
 ) -> int:
     stub = _stub(conn)
     progress = ProgressBar(f"importing {dataset_label(request)}", 0, stderr, unit=plain_count)
@@ -305,8 +377,9 @@ def run_import_dataset(
         raise
     progress.finish()
     if not last.done:
-        raise CliError(f"the import of {request.path} ended before it was done: {import_summary(request, last)}",
-                       EXIT_RPC_FAILED)  # fmt: skip
+        raise CliError(
+            f"the import of {request.path} ended before it was done: {import_summary(request, last)}", EXIT_RPC_FAILED
+        )
     if as_json:
         print_json(last, stdout)
     else:
@@ -318,17 +391,31 @@ def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, 
     """``carmesh ingest ACTION``; ``timeout_s`` None: each action's default deadline."""
     if args.action == "dataset":
         request = import_request(
-            args.path, fmt=args.format, dataset=args.dataset, class_map=args.class_map, names=args.names,
-            camera=args.camera or "", split=args.split,
-        )  # fmt: skip
-        return run_import_dataset(conn, request, as_json=args.json, timeout_s=timeout_s or IMPORT_TIMEOUT_S,
-                                  stdout=stdout)
+            args.path,
+            fmt=args.format,
+            dataset=args.dataset,
+            class_map=args.class_map,
+            names=args.names,
+            camera=args.camera or "",
+            split=args.split,
+        )
+        return run_import_dataset(
+            conn, request, as_json=args.json, timeout_s=timeout_s or IMPORT_TIMEOUT_S, stdout=stdout
+        )
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S
     if args.action in SOURCE_KINDS:
         return run_start(
-            conn, args.action, args.uri, camera=args.camera, fps=args.fps, loop=getattr(args, "loop", False),
-            follow_progress=args.follow, as_json=args.json, timeout_s=timeout_s, stdout=stdout,
-        )  # fmt: skip
+            conn,
+            args.action,
+            args.uri,
+            camera=args.camera,
+            fps=args.fps,
+            loop=getattr(args, "loop", False),
+            follow_progress=args.follow,
+            as_json=args.json,
+            timeout_s=timeout_s,
+            stdout=stdout,
+        )
     if args.action == "list":
         return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
     return run_stop(conn, args.source_id, as_json=args.json, timeout_s=timeout_s, stdout=stdout)

@@ -49,17 +49,35 @@ def _common_options() -> argparse.ArgumentParser:
     # SUPPRESS lets these be given before or after the subcommand without one erasing the other.
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection")
-    group.add_argument("--gateway", default=argparse.SUPPRESS, metavar="HOST:PORT",
-                       help=f"gateway (or daemon) address (default $CARMESH_GATEWAY or {DEFAULT_GATEWAY})")
-    group.add_argument("--api-key", default=argparse.SUPPRESS, metavar="KEY",
-                       help="API key sent as 'authorization: Bearer KEY' (default $CARMESH_API_KEY)")
-    group.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS, metavar="S",
-                       help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
-                            f"{IMPORT_TIMEOUT_S:g} for models import, {ingest.IMPORT_TIMEOUT_S:g} for ingest dataset, "
-                            f"{datasets.CREATE_TIMEOUT_S:g} for datasets create)")
-    common.add_argument("--output", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                        help="write what the command prints on stdout (its result, e.g. with --json) to FILE "
-                             "instead, complete or not at all: FILE exists only when the command succeeded")
+    group.add_argument(
+        "--gateway",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help=f"gateway (or daemon) address (default $CARMESH_GATEWAY or {DEFAULT_GATEWAY})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS,
+        metavar="KEY",
+        help="API key sent as 'authorization: Bearer KEY' (default $CARMESH_API_KEY)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
+        f"{IMPORT_TIMEOUT_S:g} for models import, {ingest.IMPORT_TIMEOUT_S:g} for ingest dataset, "
+        f"{datasets.CREATE_TIMEOUT_S:g} for datasets create)",
+    )
+    common.add_argument(
+        "--output",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="write what the command prints on stdout (its result, e.g. with --json) to FILE "
+        "instead, complete or not at all: FILE exists only when the command succeeded",
+    )
     return common
 
 
@@ -68,40 +86,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carmesh",
         description="Detect cars, ingest frames and data sets, build dataset snapshots and manage detector models "
-                    "through the carmesh gateway.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+        "through the carmesh gateway.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     detect = commands.add_parser(
-        "detect", parents=[common], help="detect objects in images", epilog=EPILOG,
+        "detect",
+        parents=[common],
+        help="detect objects in images",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sends each image to DetectorService.Detect and prints what was found.",
     )
     detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     detect.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
-    detect.add_argument("--out", type=Path, metavar="DIR",
-                        help="write annotated JPEGs (boxes, labels, scores) to DIR, named after the inputs")
+    detect.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write annotated JPEGs (boxes, labels, scores) to DIR, named after the inputs",
+    )
     detect.add_argument("--score-threshold", type=_fraction, metavar="F", help="minimum score (default: detector's)")
     detect.add_argument("--iou-threshold", type=_fraction, metavar="F", help="NMS IoU threshold (default: detector's)")
-    detect.add_argument("--classes", type=_classes, default=[], metavar="A,B",
-                        help="keep only these class names, e.g. car,truck")
-    detect.add_argument("--max-detections", type=_count, default=0, metavar="N",
-                        help="at most N detections per image (default: detector's)")
+    detect.add_argument(
+        "--classes", type=_classes, default=[], metavar="A,B", help="keep only these class names, e.g. car,truck"
+    )
+    detect.add_argument(
+        "--max-detections",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="at most N detections per image (default: detector's)",
+    )
 
-    models = commands.add_parser("models", parents=[common], help="manage registered detector models",
-                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    models = commands.add_parser(
+        "models",
+        parents=[common],
+        help="manage registered detector models",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    imp = actions.add_parser("import", parents=[common], help="register an ONNX detector file",
-                             description="Uploads an ONNX detector to the registry in chunks (sha256-checked).")
+    imp = actions.add_parser(
+        "import",
+        parents=[common],
+        help="register an ONNX detector file",
+        description="Uploads an ONNX detector to the registry in chunks (sha256-checked).",
+    )
     imp.add_argument("path", type=Path, metavar="PATH", help="the ONNX file")
     imp.add_argument("--name", default="car-detector", help="registered model name (default car-detector)")
-    imp.add_argument("--family", default="auto", choices=sorted(FAMILIES),
-                     help="output layout of the model (default auto: the registry tells it from the layout)")
-    imp.add_argument("--names", metavar="SPEC",
-                     help=f"class names: a preset ({', '.join(sorted(PRESETS))}), a file with one name per line, "
-                          "or a,b,c (needed when the file has no `names` metadata)")
+    imp.add_argument(
+        "--family",
+        default="auto",
+        choices=sorted(FAMILIES),
+        help="output layout of the model (default auto: the registry tells it from the layout)",
+    )
+    imp.add_argument(
+        "--names",
+        metavar="SPEC",
+        help=f"class names: a preset ({', '.join(sorted(PRESETS))}), a file with one name per line, "
+        "or a,b,c (needed when the file has no `names` metadata)",
+    )
     imp.add_argument("--alias", default="", help="point this alias (e.g. champion) at the new version")
     imp.add_argument("--description", default="", help="free text kept with the version")
 
@@ -116,23 +165,40 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("name", metavar="NAME")
     promote.add_argument("version", metavar="VERSION")
     promote.add_argument("--alias", default="champion", help="the alias to move (default champion)")
-    promote.add_argument("--force", action="store_true",
-                         help="skip the gate (champion moves only to a version at least as good on the same data)")
-    promote.add_argument("--dataset", default="", metavar="SNAPSHOT",
-                         help="compare on this evaluation data set (default: the version's training snapshot)")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="skip the gate (champion moves only to a version at least as good on the same data)",
+    )
+    promote.add_argument(
+        "--dataset",
+        default="",
+        metavar="SNAPSHOT",
+        help="compare on this evaluation data set (default: the version's training snapshot)",
+    )
 
-    evaluate = actions.add_parser("evaluate", parents=[common],
-                                  help="score a version on a data set's validation split (recorded on the version)")
+    evaluate = actions.add_parser(
+        "evaluate", parents=[common], help="score a version on a data set's validation split (recorded on the version)"
+    )
     evaluate.add_argument("name", metavar="NAME")
     evaluate.add_argument("version", metavar="VERSION")
     evaluate.add_argument("--dataset", required=True, metavar="SNAPSHOT", help="snapshot (NAME[:VERSION]) or folder")
-    evaluate.add_argument("--classes", type=_classes, default=[], metavar="A,B",
-                          help="classes to score (default: the model's classes the data set has)")
-    evaluate.add_argument("--ignore-classes", type=_classes, default=[], metavar="A,B",
-                          help="classes whose boxes are don't-care, e.g. van,truck,bus")
+    evaluate.add_argument(
+        "--classes",
+        type=_classes,
+        default=[],
+        metavar="A,B",
+        help="classes to score (default: the model's classes the data set has)",
+    )
+    evaluate.add_argument(
+        "--ignore-classes",
+        type=_classes,
+        default=[],
+        metavar="A,B",
+        help="classes whose boxes are don't-care, e.g. van,truck,bus",
+    )
 
-    rollback = actions.add_parser("rollback", parents=[common],
-                                  help="point an alias back at its previous version")
+    rollback = actions.add_parser("rollback", parents=[common], help="point an alias back at its previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--alias", default="champion", help="the alias to roll back (default champion)")
 
@@ -161,19 +227,40 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
         if args.command in ("train", "jobs"):
             return train.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command == "models" and args.action == "evaluate":
-            return train.evaluate(conn, args.name, args.version, args.dataset, args.classes, args.ignore_classes,
-                                  timeout_s=timeout_s, stdout=stdout)
+            return train.evaluate(
+                conn,
+                args.name,
+                args.version,
+                args.dataset,
+                args.classes,
+                args.ignore_classes,
+                timeout_s=timeout_s,
+                stdout=stdout,
+            )
         if args.command == "detect":
             return run_detect(
-                conn, args.images, as_json=args.json, out_dir=args.out, score_threshold=args.score_threshold,
-                iou_threshold=args.iou_threshold, classes=args.classes, max_detections=args.max_detections,
-                timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout,
+                conn,
+                args.images,
+                as_json=args.json,
+                out_dir=args.out,
+                score_threshold=args.score_threshold,
+                iou_threshold=args.iou_threshold,
+                classes=args.classes,
+                max_detections=args.max_detections,
+                timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                stdout=stdout,
             )
         timeout_s = timeout_s or DEFAULT_TIMEOUT_S
         if args.action == "import":
             return run_import(
-                conn, args.path, name=args.name, family=args.family, class_names=class_names, alias=args.alias,
-                description=args.description, timeout_s=getattr(args, "timeout", None) or IMPORT_TIMEOUT_S,
+                conn,
+                args.path,
+                name=args.name,
+                family=args.family,
+                class_names=class_names,
+                alias=args.alias,
+                description=args.description,
+                timeout_s=getattr(args, "timeout", None) or IMPORT_TIMEOUT_S,
                 stdout=stdout,
             )
         if args.action == "list":
@@ -181,8 +268,16 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
         if args.action == "versions":
             return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
         if args.action == "promote":
-            return run_promote(conn, args.name, args.version, alias=args.alias, timeout_s=timeout_s, force=args.force,
-                               dataset=args.dataset, stdout=stdout)
+            return run_promote(
+                conn,
+                args.name,
+                args.version,
+                alias=args.alias,
+                timeout_s=timeout_s,
+                force=args.force,
+                dataset=args.dataset,
+                stdout=stdout,
+            )
         return run_rollback(conn, args.name, alias=args.alias, timeout_s=timeout_s, stdout=stdout)
 
 

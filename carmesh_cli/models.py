@@ -54,8 +54,17 @@ def import_requests(
 
 
 def run_import(
-    conn: Connection, path: Path, *, name: str, family: str, class_names: Sequence[str], alias: str,
-    description: str, timeout_s: float, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+    conn: Connection,
+    path: Path,
+    *,
+    name: str,
+    family: str,
+    class_names: Sequence[str],
+    alias: str,
+    description: str,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
 ) -> int:
     if not path.is_file():
         raise CliError(f"no such model file: {path}", EXIT_USAGE)
@@ -65,8 +74,13 @@ def run_import(
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
     metadata = registry_pb2.ImportModelMetadata(
-        name=name, family=FAMILIES[family], class_names=list(class_names), description=description,
-        alias=alias, sha256=digest, file_name=path.name,
+        name=name,
+        family=FAMILIES[family],
+        class_names=list(class_names),
+        description=description,
+        alias=alias,
+        sha256=digest,
+        file_name=path.name,
     )
     stub = _stub(conn)
     progress = ProgressBar(f"uploading {path.name}", size, stderr)

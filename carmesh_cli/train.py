@@ -44,48 +44,94 @@ def duration_s(text: str) -> int:
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> None:
     train = commands.add_parser(
-        "train", parents=[common], help="train a detector on a dataset snapshot and register it", epilog=epilog,
+        "train",
+        parents=[common],
+        help="train a detector on a dataset snapshot and register it",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="StartTraining, then follow the job until it ends (Ctrl-C stops following, not the job). "
-                    "The trained model is registered and gets the alias `challenger`; promote it with "
-                    "`carmesh models promote NAME VERSION`.",
-    )  # fmt: skip
-    train.add_argument("dataset", metavar="DATASET",
-                       help="a dataset snapshot (NAME or NAME:VERSION) or a folder on the trainer in any import format")
+        "The trained model is registered and gets the alias `challenger`; promote it with "
+        "`carmesh models promote NAME VERSION`.",
+    )
+    train.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="a dataset snapshot (NAME or NAME:VERSION) or a folder on the trainer in any import format",
+    )
     train.add_argument("--preset", default="n", choices=["n", "s"], help="model size (default n)")
-    train.add_argument("--size", type=size, metavar="WxH",
-                       help="input size of the exported model, multiples of 32 (default 960x544, the 16:9 frame)")
+    train.add_argument(
+        "--size",
+        type=size,
+        metavar="WxH",
+        help="input size of the exported model, multiples of 32 (default 960x544, the 16:9 frame)",
+    )
     train.add_argument("--crop", type=size, metavar="WxH", help="training crop size (default: the recipe's)")
-    train.add_argument("--epochs", type=argtypes.count, default=0, metavar="N",
-                       help="train N epochs (default: the recipe's schedule, about 28.5 min of training)")
+    train.add_argument(
+        "--epochs",
+        type=argtypes.count,
+        default=0,
+        metavar="N",
+        help="train N epochs (default: the recipe's schedule, about 28.5 min of training)",
+    )
     train.add_argument("--batch-size", type=argtypes.count, default=0, metavar="N", help="images per step and worker")
     train.add_argument("--learning-rate", type=float, default=0.0, metavar="LR", help="peak learning rate")
-    train.add_argument("--classes", type=argtypes.names, default=[], metavar="A,B",
-                       help="classes to learn (default: every class of the data set)")
-    train.add_argument("--ignore-classes", type=argtypes.names, default=[], metavar="A,B",
-                       help="classes whose boxes are don't-care regions, e.g. van,truck,bus")
-    train.add_argument("--init", default="", metavar="CHECKPOINT",
-                       help="start from an Ultralytics YOLOv8 .pt checkpoint (a path on the trainer)")
-    train.add_argument("--max-duration", type=duration_s, default=0, metavar="TIME",
-                       help="stop training after TIME (e.g. 25m) and finish the job with what it learned")
-    train.add_argument("--workers", type=argtypes.count, default=1, metavar="N",
-                       help="tf.distribute worker processes (default 1)")
+    train.add_argument(
+        "--classes",
+        type=argtypes.names,
+        default=[],
+        metavar="A,B",
+        help="classes to learn (default: every class of the data set)",
+    )
+    train.add_argument(
+        "--ignore-classes",
+        type=argtypes.names,
+        default=[],
+        metavar="A,B",
+        help="classes whose boxes are don't-care regions, e.g. van,truck,bus",
+    )
+    train.add_argument(
+        "--init",
+        default="",
+        metavar="CHECKPOINT",
+        help="start from an Ultralytics YOLOv8 .pt checkpoint (a path on the trainer)",
+    )
+    train.add_argument(
+        "--max-duration",
+        type=duration_s,
+        default=0,
+        metavar="TIME",
+        help="stop training after TIME (e.g. 25m) and finish the job with what it learned",
+    )
+    train.add_argument(
+        "--workers", type=argtypes.count, default=1, metavar="N", help="tf.distribute worker processes (default 1)"
+    )
     train.add_argument("--seed", type=argtypes.whole, default=0, metavar="N", help="seed (default: the recipe's)")
     train.add_argument("--model-name", default="", help="registered model name (default: the trainer's, car-detector)")
     train.add_argument("--detach", action="store_true", help="print the job id and return at once")
-    train.add_argument("--render-tfjob", action="store_true",
-                       help="print the Kubeflow TFJob manifest for this job instead of running it here")
+    train.add_argument(
+        "--render-tfjob",
+        action="store_true",
+        help="print the Kubeflow TFJob manifest for this job instead of running it here",
+    )
     train.add_argument("--namespace", default="", help="with --render-tfjob: the namespace")
     train.add_argument("--image", default="", help="with --render-tfjob: the trainer container image")
     train.add_argument("--json", action="store_true", help="print the final job as JSON")
 
-    jobs = commands.add_parser("jobs", parents=[common], help="list, follow and cancel training jobs",
-                               epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    jobs = commands.add_parser(
+        "jobs",
+        parents=[common],
+        help="list, follow and cancel training jobs",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = actions.add_parser("list", parents=[common], help="training jobs, newest first")
     lst.add_argument("--json", action="store_true", help="one JSON object per job")
-    for name, text in (("show", "describe a job"), ("watch", "follow a job until it ends"),
-                       ("cancel", "stop a job (nothing is registered)")):
+    for name, text in (
+        ("show", "describe a job"),
+        ("watch", "follow a job until it ends"),
+        ("cancel", "stop a job (nothing is registered)"),
+    ):
         action = actions.add_parser(name, parents=[common], help=text)
         action.add_argument("job_id", metavar="JOB")
         action.add_argument("--json", action="store_true", help="print the job as JSON")
@@ -93,10 +139,16 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
 
 def request_of(args: argparse.Namespace) -> training_pb2.StartTrainingRequest:
     config = training_pb2.TrainingConfig(
-        preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        classes=args.classes, ignore_classes=args.ignore_classes, init_checkpoint=args.init,
-        max_duration_s=args.max_duration, seed=args.seed,
-    )  # fmt: skip
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        classes=args.classes,
+        ignore_classes=args.ignore_classes,
+        init_checkpoint=args.init,
+        max_duration_s=args.max_duration,
+        seed=args.seed,
+    )
     if args.size:
         config.input_width, config.input_height = args.size
     if args.crop:
@@ -112,8 +164,13 @@ def _stub(conn: Connection) -> training_pb2_grpc.TrainingServiceStub:
     return training_pb2_grpc.TrainingServiceStub(conn.channel)
 
 
-def run(conn: Connection, args: argparse.Namespace, timeout_s: float | None, stdout: TextIO = sys.stdout,
-        stderr: TextIO = sys.stderr) -> int:  # fmt: skip
+def run(
+    conn: Connection,
+    args: argparse.Namespace,
+    timeout_s: float | None,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
     conn.ensure_reachable()
     stub = _stub(conn)
     timeout = timeout_s or DEFAULT_TIMEOUT_S
@@ -123,8 +180,9 @@ def run(conn: Connection, args: argparse.Namespace, timeout_s: float | None, std
             if args.render_tfjob:
                 reply = stub.RenderTrainingJob(
                     training_pb2.RenderTrainingJobRequest(request=request, namespace=args.namespace, image=args.image),
-                    timeout=timeout, metadata=conn.metadata,
-                )  # fmt: skip
+                    timeout=timeout,
+                    metadata=conn.metadata,
+                )
                 stdout.write(reply.manifest_yaml)
                 return EXIT_OK
             job = stub.StartTraining(request, timeout=timeout, metadata=conn.metadata).job
@@ -134,24 +192,29 @@ def run(conn: Connection, args: argparse.Namespace, timeout_s: float | None, std
                 return EXIT_OK
             return _follow(conn, job.job_id, args.json, stdout, stderr)
         if args.action == "list":
-            jobs = stub.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=timeout,
-                                         metadata=conn.metadata).jobs  # fmt: skip
+            jobs = stub.ListTrainingJobs(
+                training_pb2.ListTrainingJobsRequest(), timeout=timeout, metadata=conn.metadata
+            ).jobs
             if args.json:
                 for job in jobs:
                     print_json(job, stdout)
             else:
-                print(table(["JOB", "STATE", "DATASET", "EPOCH", "mAP50", "VERSION", "STARTED"],
-                            [_row(j) for j in jobs]), file=stdout)  # fmt: skip
+                print(
+                    table(["JOB", "STATE", "DATASET", "EPOCH", "mAP50", "VERSION", "STARTED"], [_row(j) for j in jobs]),
+                    file=stdout,
+                )
             return EXIT_OK
         if args.action == "show":
-            job = stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=args.job_id), timeout=timeout,
-                                      metadata=conn.metadata).job  # fmt: skip
+            job = stub.GetTrainingJob(
+                training_pb2.GetTrainingJobRequest(job_id=args.job_id), timeout=timeout, metadata=conn.metadata
+            ).job
             _print_job(job, args.json, stdout)
             return _exit_of(job)
         if args.action == "watch":
             return _follow(conn, args.job_id, args.json, stdout, stderr)
-        job = stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=args.job_id), timeout=timeout,
-                                     metadata=conn.metadata).job  # fmt: skip
+        job = stub.CancelTrainingJob(
+            training_pb2.CancelTrainingJobRequest(job_id=args.job_id), timeout=timeout, metadata=conn.metadata
+        ).job
         print(f"{job.job_id}: {_state(job)}", file=stdout)
         return EXIT_OK
     except grpc.RpcError as error:
@@ -165,9 +228,15 @@ def _state(job: training_pb2.TrainingJob) -> str:
 def _row(job: training_pb2.TrainingJob) -> list[str]:
     map50 = job.final_metrics.get("val_map50")
     version = f"{job.registered.name} v{job.registered.version}" if job.registered.version else "-"
-    return [job.job_id, _state(job), job.dataset or job.request.dataset, f"{job.epoch}",
-            f"{map50:.3f}" if map50 is not None else "-", version,
-            when(job.started_at) if is_set(job.started_at) else "-"]  # fmt: skip
+    return [
+        job.job_id,
+        _state(job),
+        job.dataset or job.request.dataset,
+        f"{job.epoch}",
+        f"{map50:.3f}" if map50 is not None else "-",
+        version,
+        when(job.started_at) if is_set(job.started_at) else "-",
+    ]
 
 
 def _print_job(job: training_pb2.TrainingJob, as_json: bool, stdout: TextIO) -> None:
@@ -205,8 +274,9 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
     seen_epochs = 0
     while True:
         try:
-            for reply in stub.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job_id),
-                                               metadata=conn.metadata):  # fmt: skip
+            for reply in stub.WatchTrainingJob(
+                training_pb2.WatchTrainingJobRequest(job_id=job_id), metadata=conn.metadata
+            ):
                 job = last = reply.job
                 for entry in list(job.history)[seen_epochs:]:
                     metrics = "  ".join(f"{k} {v:.4g}" for k, v in sorted(entry.metrics.items()))
@@ -222,8 +292,10 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
                     # the recipe's training-time budget, and total_steps is only a cap.
                     fraction = job.progress or (job.step / job.total_steps if job.total_steps else 0.0)
                     total = f"step {job.step}/{job.total_steps}" if job.request.config.epochs else f"step {job.step}"
-                line = (f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} {total} ({fraction:4.0%}) "
-                        f"{time.monotonic() - started:6.0f}s")  # fmt: skip
+                line = (
+                    f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} {total} ({fraction:4.0%}) "
+                    f"{time.monotonic() - started:6.0f}s"
+                )
                 if live:
                     stderr.write("\r" + line[:160])
                     stderr.flush()
@@ -244,18 +316,31 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
     return _exit_of(last)
 
 
-def evaluate(conn: Connection, name: str, version: str, dataset: str, classes: list[str],
-             ignore_classes: list[str], timeout_s: float | None, stdout: TextIO = sys.stdout) -> int:  # fmt: skip
+def evaluate(
+    conn: Connection,
+    name: str,
+    version: str,
+    dataset: str,
+    classes: list[str],
+    ignore_classes: list[str],
+    timeout_s: float | None,
+    stdout: TextIO = sys.stdout,
+) -> int:
     conn.ensure_reachable()
     request = training_pb2.EvaluateModelRequest(
-        model=common_pb2.ModelRef(name=name, version=version), dataset=dataset, classes=classes,
+        model=common_pb2.ModelRef(name=name, version=version),
+        dataset=dataset,
+        classes=classes,
         ignore_classes=ignore_classes,
-    )  # fmt: skip
+    )
     try:
         reply = _stub(conn).EvaluateModel(request, timeout=timeout_s or EVALUATE_TIMEOUT_S, metadata=conn.metadata)
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
     per_class = "  ".join(f"{k} {v:.3f}" for k, v in sorted(reply.ap50.items()))
-    print(f"{name} v{reply.model.version} on {reply.dataset} ({reply.images} images): mAP50 {reply.map50:.3f}  "
-          f"mAP50-95 {reply.map50_95:.3f}  AP50 {per_class}", file=stdout)  # fmt: skip
+    print(
+        f"{name} v{reply.model.version} on {reply.dataset} ({reply.images} images): mAP50 {reply.map50:.3f}  "
+        f"mAP50-95 {reply.map50_95:.3f}  AP50 {per_class}",
+        file=stdout,
+    )
     return EXIT_OK

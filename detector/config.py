@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution providers in order (empty: CUDA first when available, then CPU)",
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256,
+        0,
+        ge=0,
+        le=256,
         description="ONNX Runtime intra-op threads per run (0: CPU cores / inference_threads, so concurrent runs "
         "share the cores instead of oversubscribing them)",
     )

@@ -80,9 +80,7 @@ class Engine:
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def preprocess(
-        self, image: np.ndarray, source_wh: tuple[int, int] | None = None
-    ) -> tuple[np.ndarray, Letterbox]:
+    def preprocess(self, image: np.ndarray, source_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
         """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went (in the
         pixels of a ``source_wh`` source when ``image`` is its exact reduction)."""
         yolox = self.spec.family == "yolox"

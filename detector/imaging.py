@@ -91,9 +91,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return decode_for_input(data, max_pixels, None)[0]
 
 
-def decode_for_input(
-    data: bytes, max_pixels: int, input_hw: tuple[int, int] | None
-) -> tuple[np.ndarray, int, int]:
+def decode_for_input(data: bytes, max_pixels: int, input_hw: tuple[int, int] | None) -> tuple[np.ndarray, int, int]:
     """Decodes to 8-bit BGR, for a JPEG at the smallest DCT scale that loses nothing the model input
     of ``input_hw`` would keep; returns the pixels and the source's full width and height."""
     fmt, width, height = image_size(data, max_pixels)

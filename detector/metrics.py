@@ -61,7 +61,8 @@ class StreamMetrics:
             "carmesh_detector_stream_inflight", "Frames taken from the topic and not yet committed", registry=registry
         )
         self.paused = Gauge(
-            "carmesh_detector_stream_paused", "1 while consumption is paused because no model is loaded",
+            "carmesh_detector_stream_paused",
+            "1 while consumption is paused because no model is loaded",
             registry=registry,
         )
         self.committed = Counter(

@@ -137,8 +137,9 @@ class FrameStream:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
-            log.info("consuming %s as group %s, publishing to %s", opts.frames_topic, opts.group_id,
-                     opts.detections_topic)  # fmt: skip
+            log.info(
+                "consuming %s as group %s, publishing to %s", opts.frames_topic, opts.group_id, opts.detections_topic
+            )
             self._consumer = consumer
             try:
                 await self._consume(consumer, producer)
@@ -269,8 +270,9 @@ class FrameStream:
             return
         _, late = await asyncio.wait(tasks, timeout=timeout_s)
         if late:
-            log.warning("%s: %d frames still in flight after %.1fs; they will be redelivered", why, len(late),
-                        timeout_s)  # fmt: skip
+            log.warning(
+                "%s: %d frames still in flight after %.1fs; they will be redelivered", why, len(late), timeout_s
+            )
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -299,7 +301,10 @@ class FrameStream:
     # -- one frame ----------------------------------------------------------------------
 
     async def _handle(
-        self, record: Any, previous: asyncio.Future[None] | None, turn: asyncio.Future[None],
+        self,
+        record: Any,
+        previous: asyncio.Future[None] | None,
+        turn: asyncio.Future[None],
         producer: AIOKafkaProducer,
     ) -> None:
         try:
@@ -321,8 +326,9 @@ class FrameStream:
                 except KafkaError as exc:
                     self._metrics.retries.labels("publish").inc()
                     delay = backoff.next()
-                    log.warning("publishing detections of frame %s failed (%s); retrying in %.2fs",
-                                message.frame_id, exc, delay)  # fmt: skip
+                    log.warning(
+                        "publishing detections of frame %s failed (%s); retrying in %.2fs", message.frame_id, exc, delay
+                    )
                     await asyncio.sleep(delay)
             self._metrics.frames.labels("published").inc()
         finally:

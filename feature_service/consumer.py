@@ -167,7 +167,11 @@ class ConsumerLoop(Generic[PreparedT]):
         return None
 
     async def _store_and_commit(
-        self, consumer: AIOKafkaConsumer, batches: Batches, prepared: PreparedT, records: list[ConsumerRecord],
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: Batches,
+        prepared: PreparedT,
+        records: list[ConsumerRecord],
         started: float,
     ) -> bool:
         """Stores the batch (retrying outages) and commits its offsets; False when it did not commit."""
@@ -178,7 +182,11 @@ class ConsumerLoop(Generic[PreparedT]):
             return False
 
     async def _store_then_commit(
-        self, consumer: AIOKafkaConsumer, batches: Batches, prepared: PreparedT, records: list[ConsumerRecord],
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: Batches,
+        prepared: PreparedT,
+        records: list[ConsumerRecord],
         started: float,
     ) -> bool:
         delay = self._backoff.initial_s

@@ -37,9 +37,7 @@ class Settings(BaseSettings):
     # Callers. Key formats are documented in gateway/auth.py.
     auth_required: bool = Field(True, description="reject calls without a known API key")
     api_keys_file: Path | None = Field(None, description="file of API keys, one `KEY NAME SCOPES` per line")
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="API keys as KEY:NAME:SCOPE+SCOPE entries"
-    )
+    api_keys: list[SecretStr] = Field(default_factory=list, description="API keys as KEY:NAME:SCOPE+SCOPE entries")
     rate_limit_rps: float = Field(50.0, ge=0, description="sustained calls per second per API key (0: unlimited)")
     rate_limit_burst: int = Field(100, ge=1, description="calls an API key may make at once before the rate applies")
 
@@ -48,9 +46,7 @@ class Settings(BaseSettings):
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of unary-response calls whose client set none (0: none)"
     )
-    max_deadline_s: float = Field(
-        600.0, ge=0, description="cap on the deadline of unary-response calls (0: no cap)"
-    )
+    max_deadline_s: float = Field(600.0, ge=0, description="cap on the deadline of unary-response calls (0: no cap)")
 
     @field_validator("detector_addrs")
     @classmethod

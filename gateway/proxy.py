@@ -34,9 +34,7 @@ _RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": Non
 
 def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> Metadata:
     kept = [
-        (key, value)
-        for key, value in incoming
-        if key.lower() not in _DROPPED and not key.startswith((":", "grpc-"))
+        (key, value) for key, value in incoming if key.lower() not in _DROPPED and not key.startswith((":", "grpc-"))
     ]
     return (*kept, (CALLER_HEADER, caller.name))
 
@@ -69,7 +67,11 @@ class Forwarder:
     """Forwards one method (``path`` is ``/package.Service/Method``) to ``pool``."""
 
     def __init__(
-        self, path: str, pool: UpstreamPool, deadlines: DeadlinePolicy, metrics: GatewayMetrics,
+        self,
+        path: str,
+        pool: UpstreamPool,
+        deadlines: DeadlinePolicy,
+        metrics: GatewayMetrics,
         streaming_response: bool,
     ) -> None:
         self.path = path

@@ -28,9 +28,15 @@ BATCH_BYTES = 1024 * 1024
 DEFAULT_PARTITIONS: Mapping[str, int] = {FRAMES_TOPIC: 4, DETECTIONS_TOPIC: 4, FRAMES_DLQ_TOPIC: 1}
 
 
-def create_producer(bootstrap: str, *, client_id: str, idempotence: bool, linger_ms: int = 5,
-                    max_message_bytes: int = MAX_MESSAGE_BYTES,
-                    max_batch_bytes: int = BATCH_BYTES) -> AIOKafkaProducer:
+def create_producer(
+    bootstrap: str,
+    *,
+    client_id: str,
+    idempotence: bool,
+    linger_ms: int = 5,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_batch_bytes: int = BATCH_BYTES,
+) -> AIOKafkaProducer:
     """acks=all always; idempotence where the broker supports it (not started: call ``start()``)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -43,9 +49,15 @@ def create_producer(bootstrap: str, *, client_id: str, idempotence: bool, linger
     )
 
 
-def create_consumer(bootstrap: str, *topics: str, group_id: str, client_id: str,
-                    max_message_bytes: int = MAX_MESSAGE_BYTES, fetch_max_wait_ms: int = 50,
-                    **kwargs: object) -> AIOKafkaConsumer:
+def create_consumer(
+    bootstrap: str,
+    *topics: str,
+    group_id: str,
+    client_id: str,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    fetch_max_wait_ms: int = 50,
+    **kwargs: object,
+) -> AIOKafkaConsumer:
     """Manual commits only: callers commit an offset once its effect is durable.
 
     ``fetch_max_wait_ms`` caps how long the broker may hold a fetch: Tansu holds it for the
@@ -64,15 +76,19 @@ def create_consumer(bootstrap: str, *topics: str, group_id: str, client_id: str,
     )
 
 
-async def ensure_topics(bootstrap: str, partitions: Mapping[str, int] = DEFAULT_PARTITIONS,
-                        replication_factor: int = 1) -> None:
+async def ensure_topics(
+    bootstrap: str, partitions: Mapping[str, int] = DEFAULT_PARTITIONS, replication_factor: int = 1
+) -> None:
     """Creates missing topics with their partition counts; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="carmesh-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=count, replication_factor=replication_factor)
-                   for name, count in partitions.items() if name not in existing]
+        missing = [
+            NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+            for name, count in partitions.items()
+            if name not in existing
+        ]
         if missing:
             try:
                 await admin.create_topics(missing)

@@ -175,8 +175,10 @@ class MlflowStore:
         for alias, version in (getattr(registered, "aliases", None) or {}).items():
             aliases_of.setdefault(str(version), []).append(alias)
         return [
-            replace(version_info(v, self._metrics(v.run_id or "", cache)),
-                    aliases=tuple(sorted(aliases_of.get(str(v.version), []))))
+            replace(
+                version_info(v, self._metrics(v.run_id or "", cache)),
+                aliases=tuple(sorted(aliases_of.get(str(v.version), []))),
+            )
             for v in versions
         ]
 

@@ -211,8 +211,7 @@ class Registry:
                 size += len(chunk)
                 if size > self._max_import_bytes:
                     raise ResourceExhausted(
-                        f"the upload exceeds the import limit of {self._max_import_bytes} bytes "
-                        "(max_import_bytes)"
+                        f"the upload exceeds the import limit of {self._max_import_bytes} bytes (max_import_bytes)"
                     )
                 digest.update(chunk)
                 await asyncio.to_thread(out.write, chunk)
@@ -222,9 +221,7 @@ class Registry:
             raise InvalidArgument("no file bytes received: send the ONNX file as chunk messages after the metadata")
         return digest.hexdigest(), size
 
-    def _write_companions(
-        self, work: Path, request: ImportRequest, spec: DetectorSpec, sha256: str, size: int
-    ) -> None:
+    def _write_companions(self, work: Path, request: ImportRequest, spec: DetectorSpec, sha256: str, size: int) -> None:
         (work / TRITON_CONFIG_FILE).write_text(triton_config(request.name, spec, self._triton_max_batch_size))
         manifest = {
             "family": spec.family.value,
@@ -244,9 +241,7 @@ class Registry:
         self, request: ImportRequest, spec: DetectorSpec, work: Path, sha256: str, size: int
     ) -> NewVersion:
         tags = dict(request.tags)
-        tags.update(
-            version_tags(spec.family, spec.class_names, spec.input_width, spec.input_height, sha256, size)
-        )
+        tags.update(version_tags(spec.family, spec.class_names, spec.input_width, spec.input_height, sha256, size))
         if request.file_name:
             tags["carmesh.file_name"] = request.file_name
         run_tags = {"carmesh.kind": "import", "carmesh.model_name": request.name, "carmesh.sha256": sha256}

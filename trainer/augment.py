@@ -183,18 +183,23 @@ def make_sample(
     # Affine warp does crop + scale + out-of-image padding in one pass.
     matrix = np.array([[rel, 0, -left * rel], [0, rel, -top * rel]], np.float64)
     interp = cv2.INTER_AREA if rel < 1 else cv2.INTER_LINEAR
-    crop: UInt8Image = np.asarray(cv2.warpAffine(
-        base, matrix, (cfg.crop_w, cfg.crop_h), flags=interp, borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
-    ), np.uint8)
+    crop: UInt8Image = np.asarray(
+        cv2.warpAffine(
+            base,
+            matrix,
+            (cfg.crop_w, cfg.crop_h),
+            flags=interp,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
+        ),
+        np.uint8,
+    )
     flip = bool(rng.random() < cfg.flip_p)
     out_wh = (cfg.crop_w, cfg.crop_h)
     # Flip is applied to the boxes in transform_boxes and to the pixels below.
     tb, visible = transform_boxes(boxes, left, top, rel, out_wh, flip)
     keep = (
-        (visible >= cfg.min_visible)
-        & (tb[:, 2] - tb[:, 0] >= cfg.min_box_px)
-        & (tb[:, 3] - tb[:, 1] >= cfg.min_box_px)
+        (visible >= cfg.min_visible) & (tb[:, 2] - tb[:, 0] >= cfg.min_box_px) & (tb[:, 3] - tb[:, 1] >= cfg.min_box_px)
     )
     if flip:
         crop = np.ascontiguousarray(crop[:, ::-1])

@@ -154,9 +154,7 @@ def load_folder(
         names = tuple(classes)
         missing = [n for n in names if n not in seen]
         if len(missing) == len(names):
-            raise ValueError(
-                f"none of the classes {list(names)} occur in {path}; its classes are {seen}"
-            )
+            raise ValueError(f"none of the classes {list(names)} occur in {path}; its classes are {seen}")
     if not names:
         raise ValueError(f"no target classes in {path}: its classes are {seen}, all ignored by {sorted(ignore_names)}")
     index = {n: i for i, n in enumerate(names)}

@@ -97,7 +97,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def evaluate_onnx(
-    model: DownloadedModel, data_path: Path, data_format: str | None, classes: tuple[str, ...],
+    model: DownloadedModel,
+    data_path: Path,
+    data_format: str | None,
+    classes: tuple[str, ...],
     ignore_classes: tuple[str, ...],
 ) -> tuple[tuple[str, ...], dict[str, float], int]:
     """Scores ``classes`` (default: the model's classes the data has) on the validation split."""

@@ -75,9 +75,7 @@ class GroundTruth:
     ignore: BoolArray
 
     @classmethod
-    def of(
-        cls, boxes: npt.ArrayLike, classes: npt.ArrayLike, ignore: npt.ArrayLike | None = None
-    ) -> GroundTruth:
+    def of(cls, boxes: npt.ArrayLike, classes: npt.ArrayLike, ignore: npt.ArrayLike | None = None) -> GroundTruth:
         """Validate and convert array-likes; ``ignore`` defaults to all False."""
         b = _as_boxes(boxes, "ground truth")
         n = b.shape[0]
@@ -291,8 +289,14 @@ def evaluate(
             gm, dm = g.classes == c, d.classes == c
             per_class[c].append(
                 _evaluate_image_class(
-                    g.boxes[gm], g.ignore[gm], gt_short[gm], d.boxes[dm], d.scores[dm], det_short[dm],
-                    thresholds, max_dets,
+                    g.boxes[gm],
+                    g.ignore[gm],
+                    gt_short[gm],
+                    d.boxes[dm],
+                    d.scores[dm],
+                    det_short[dm],
+                    thresholds,
+                    max_dets,
                 )
             )
 

@@ -325,11 +325,7 @@ def triton_config(spec: ModelSpec, model_name: str, max_batch_size: int = 8) -> 
 
     def tensor(name: str, dims: tuple[int, ...]) -> str:
         return (
-            "  {\n"
-            f'    name: "{name}"\n'
-            "    data_type: TYPE_FP32\n"
-            f"    dims: [ {', '.join(str(d) for d in dims)} ]\n"
-            "  }"
+            f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}'
         )
 
     lines = [

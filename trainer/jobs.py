@@ -318,7 +318,9 @@ class JobManager:
                     await self._update(job, state=State.SUCCEEDED, phase="done", finished_at=time.time())
                 else:
                     await self._update(
-                        job, state=State.FAILED, error=job.error or "workers ended without a result",
+                        job,
+                        state=State.FAILED,
+                        error=job.error or "workers ended without a result",
                         finished_at=time.time(),
                     )
                 return
@@ -345,8 +347,15 @@ class JobManager:
             log_file.write(f"--- attempt {attempt} ---\n".encode())
             procs.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "trainer.worker", "--job-dir", str(job_dir),
-                    env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                    sys.executable,
+                    "-m",
+                    "trainer.worker",
+                    "--job-dir",
+                    str(job_dir),
+                    env=env,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )
             log_file.close()

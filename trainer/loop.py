@@ -220,9 +220,14 @@ def train(
     worker_index, num_workers = worker_shard(strategy)
     replicas = strategy.num_replicas_in_sync
     batches = BatchIterator(
-        data.train, recipe.augment_config(frame_scale(data.train, (spec.input_width, spec.input_height))),
-        recipe.batch_size, seed=recipe.seed, worker_index=worker_index,
-        num_workers=num_workers, samples_per_epoch=recipe.samples_per_epoch, threads=recipe.loader_threads,
+        data.train,
+        recipe.augment_config(frame_scale(data.train, (spec.input_width, spec.input_height))),
+        recipe.batch_size,
+        seed=recipe.seed,
+        worker_index=worker_index,
+        num_workers=num_workers,
+        samples_per_epoch=recipe.samples_per_epoch,
+        threads=recipe.loader_threads,
     )
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * recipe.epochs
@@ -239,7 +244,10 @@ def train(
         train_s_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
         schedule = WarmupCosine(recipe.learning_rate, recipe.warmup_steps, recipe.final_lr_fraction, progress_var)
         optimizer = keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999,
+            learning_rate=schedule,
+            weight_decay=recipe.weight_decay,
+            beta_1=0.9,
+            beta_2=0.999,
             global_clipnorm=recipe.clip_norm,
         )
         # Decay only conv kernels, not BatchNorm scales/offsets or biases (Ultralytics does the same).
@@ -247,7 +255,9 @@ def train(
         optimizer.build(body.trainable_variables)
         ema = [
             tf.Variable(
-                w.value if hasattr(w, "value") else w, trainable=False, name=f"ema_{i}",
+                w.value if hasattr(w, "value") else w,
+                trainable=False,
+                name=f"ema_{i}",
                 synchronization=tf.VariableSynchronization.ON_READ,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
@@ -255,13 +265,24 @@ def train(
         ]
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         step_in_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        ema_updates = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="ema_updates",
-                                  synchronization=tf.VariableSynchronization.ON_READ,
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        ema_updates = tf.Variable(
+            0.0,
+            dtype=tf.float32,
+            trainable=False,
+            name="ema_updates",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
 
     checkpoint = tf.train.Checkpoint(
-        body=body, optimizer=optimizer, ema=ema, epoch=epoch_var, step_in_epoch=step_in_epoch_var,
-        ema_updates=ema_updates, schedule_progress=progress_var, train_seconds=train_s_var,
+        body=body,
+        optimizer=optimizer,
+        ema=ema,
+        epoch=epoch_var,
+        step_in_epoch=step_in_epoch_var,
+        ema_updates=ema_updates,
+        schedule_progress=progress_var,
+        train_seconds=train_s_var,
     )
     checkpoint_dir = Path(checkpoint_dir)
     write_dir = _checkpoint_dir_for(checkpoint_dir, chief)
@@ -375,8 +396,15 @@ def train(
         if stopped and step + 1 < steps_per_epoch:
             step_in_epoch_var.assign(step + 1)
             save(global_step)
-            on_progress(Progress(epoch, global_step, total_steps, schedule_progress=float(progress_var.numpy()),
-                                 stopped_mid_epoch=True))
+            on_progress(
+                Progress(
+                    epoch,
+                    global_step,
+                    total_steps,
+                    schedule_progress=float(progress_var.numpy()),
+                    stopped_mid_epoch=True,
+                )
+            )
             break
         epoch += 1
         epoch_var.assign(epoch)
@@ -396,8 +424,16 @@ def train(
             epoch_metrics["val_map50"] = _finite(report.map50)
             epoch_metrics["val_map50_95"] = _finite(report.map50_95)
         history.append(epoch_metrics)
-        on_progress(Progress(epoch - 1, global_step, total_steps, dict(epoch_metrics), epoch_metrics,
-                             schedule_progress=float(progress_var.numpy())))
+        on_progress(
+            Progress(
+                epoch - 1,
+                global_step,
+                total_steps,
+                dict(epoch_metrics),
+                epoch_metrics,
+                schedule_progress=float(progress_var.numpy()),
+            )
+        )
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return TrainResult(body=ema_body(), history=history, epochs_completed=epoch, stopped=stopped)
@@ -409,7 +445,11 @@ def _finite(value: float) -> float:
 
 def _run_step(train_step: Any, batch: Batch, stop: bool, progress: float) -> dict[str, Any]:
     result: dict[str, Any] = train_step(
-        tf.constant(batch.images), tf.constant(batch.boxes), tf.constant(batch.labels), tf.constant(batch.mask),
-        tf.constant(1.0 if stop else 0.0), tf.constant(progress, tf.float32),
+        tf.constant(batch.images),
+        tf.constant(batch.boxes),
+        tf.constant(batch.labels),
+        tf.constant(batch.mask),
+        tf.constant(1.0 if stop else 0.0),
+        tf.constant(progress, tf.float32),
     )
     return result

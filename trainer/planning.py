@@ -78,8 +78,12 @@ class Planner:
             raise BadRequest("dataset is required: a snapshot name ('apollo', 'apollo:2') or a local folder")
         if req.preset not in PRESETS:
             raise BadRequest(f"unknown preset {req.preset!r}; use one of {', '.join(PRESETS)}")
-        for label, value in (("input_width", req.input_width), ("input_height", req.input_height),
-                             ("crop_width", req.crop_width), ("crop_height", req.crop_height)):
+        for label, value in (
+            ("input_width", req.input_width),
+            ("input_height", req.input_height),
+            ("crop_width", req.crop_width),
+            ("crop_height", req.crop_height),
+        ):
             if value and (value < SIZE_MULTIPLE or value % SIZE_MULTIPLE or value > MAX_INPUT_SIDE_PX):
                 raise BadRequest(f"{label} {value} must be a multiple of {SIZE_MULTIPLE} in 32..{MAX_INPUT_SIDE_PX}")
         if not 0 <= req.epochs <= MAX_EPOCHS:
@@ -153,9 +157,14 @@ class Planner:
 def recipe_overrides(req: TrainRequest) -> dict[str, Any]:
     """The Recipe fields a request sets, here and in a TFJob: what it names, and the schedule."""
     recipe: dict[str, Any] = {}
-    for key, value in (("epochs", req.epochs), ("batch_size", req.batch_size),
-                       ("learning_rate", req.learning_rate), ("crop_width", req.crop_width),
-                       ("crop_height", req.crop_height), ("seed", req.seed)):  # fmt: skip
+    for key, value in (
+        ("epochs", req.epochs),
+        ("batch_size", req.batch_size),
+        ("learning_rate", req.learning_rate),
+        ("crop_width", req.crop_width),
+        ("crop_height", req.crop_height),
+        ("seed", req.seed),
+    ):
         if value:
             recipe[key] = value
     if req.max_duration_s:

@@ -154,8 +154,10 @@ def _unpack(sample: Sample) -> tuple[Image, npt.NDArray[Any], npt.NDArray[Any], 
         image, dets, gt = sample
         boxes, scores, classes = dets.boxes, dets.scores, dets.classes
     else:
-        raise ValueError(f"a sample is (image, detections, ground truth) or (image, boxes, scores, classes, "
-                         f"ground truth); got {len(sample)} items")
+        raise ValueError(
+            f"a sample is (image, detections, ground truth) or (image, boxes, scores, classes, "
+            f"ground truth); got {len(sample)} items"
+        )
     scores_arr = np.asarray(scores, dtype=np.float64).reshape(-1)
     boxes_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     classes_arr = np.asarray(classes).reshape(-1).astype(np.int64)
@@ -185,8 +187,16 @@ def _draw_tile(
         x1, y1, x2, y2 = (round(v) for v in boxes[i])
         cv2.rectangle(tile, (x1, y1), (x2, y2), colour, 2, cv2.LINE_AA)
         name = class_names[c] if 0 <= c < len(class_names) else str(c)
-        cv2.putText(tile, f"{name} {scores[i]:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            tile,
+            f"{name} {scores[i]:.2f}",
+            (x1, max(10, y1 - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     return np.asarray(tile, dtype=np.uint8)
 
 

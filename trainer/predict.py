@@ -117,7 +117,9 @@ def ground_truth(image: LabelledImage, num_classes: int) -> GroundTruth:
 
 
 def evaluate_detections(
-    detections: Sequence[ImageDetections], images: Sequence[LabelledImage], num_classes: int,
+    detections: Sequence[ImageDetections],
+    images: Sequence[LabelledImage],
+    num_classes: int,
     min_height_px: float | None = None,
 ) -> Report:
     gts = [ground_truth(im, num_classes) for im in images]
@@ -125,9 +127,7 @@ def evaluate_detections(
     return evaluate(gts, dets, num_classes=num_classes, min_height_px=min_height_px)
 
 
-def evaluate_on(
-    body: Any, spec: ModelSpec, images: list[LabelledImage], min_height_px: float | None = None
-) -> Report:
+def evaluate_on(body: Any, spec: ModelSpec, images: list[LabelledImage], min_height_px: float | None = None) -> Report:
     """COCO-style AP of ``body`` on ``images`` at the spec's export size (ignore regions are don't-care)."""
     detections = predict(body, spec, [im.path for im in images])
     return evaluate_detections(detections, images, spec.num_classes, min_height_px)

@@ -108,10 +108,20 @@ def publish(
                 "sha256": info.sha256,
                 "size_bytes": info.size_bytes,
                 "onnx_path": ONNX_FILE,
-                "inputs": [{"name": "images", "type": "tensor(float)",
-                            "shape": ["batch", 3, model_spec.input_height, model_spec.input_width]}],
-                "outputs": [{"name": "output0", "type": "tensor(float)",
-                             "shape": ["batch", 4 + model_spec.num_classes, model_spec.anchors()]}],
+                "inputs": [
+                    {
+                        "name": "images",
+                        "type": "tensor(float)",
+                        "shape": ["batch", 3, model_spec.input_height, model_spec.input_width],
+                    }
+                ],
+                "outputs": [
+                    {
+                        "name": "output0",
+                        "type": "tensor(float)",
+                        "shape": ["batch", 4 + model_spec.num_classes, model_spec.anchors()],
+                    }
+                ],
                 "file_name": ONNX_FILE,
                 "preset": model_spec.preset,
                 "trained_on": spec.dataset,
@@ -124,13 +134,23 @@ def publish(
     keras_dir = out_dir / "keras"
     keras_dir.mkdir(exist_ok=True)
     body.save(str(keras_dir / "body.keras"))
-    (out_dir / "parity.json").write_text(json.dumps({
-        "images": parity.num_images, "head_max_abs": parity.head_max_abs, "head_max_value": parity.head_max_value,
-        "head_max_rel": parity.head_max_rel, "score_max_abs": parity.score_max_abs,
-        "box_max_abs_px": parity.box_max_abs, "box_max_rel_input": parity.box_max_rel_input,
-        "box_allowance_px": parity.box_allowance_px, "ok": parity.ok,
-        "described": parity.describe(),
-    }, indent=2))
+    (out_dir / "parity.json").write_text(
+        json.dumps(
+            {
+                "images": parity.num_images,
+                "head_max_abs": parity.head_max_abs,
+                "head_max_value": parity.head_max_value,
+                "head_max_rel": parity.head_max_rel,
+                "score_max_abs": parity.score_max_abs,
+                "box_max_abs_px": parity.box_max_abs,
+                "box_max_rel_input": parity.box_max_rel_input,
+                "box_allowance_px": parity.box_allowance_px,
+                "ok": parity.ok,
+                "described": parity.describe(),
+            },
+            indent=2,
+        )
+    )
 
     plots.pr_curve_png(report, model_spec.class_names, plots_dir / "pr_curve.png")
     if result.history:  # empty when a time limit ended training inside the first epoch
@@ -147,8 +167,12 @@ def publish(
     tracker.log_artifacts(keras_dir, "keras")
     tracker.log_artifacts(plots_dir, "plots")
     tracker.log_artifact(out_dir / "parity.json")
-    scored = {"map50": metrics["val_map50"], "map50_95": metrics["val_map50_95"],
-              "map50_tall": metrics["val_map50_tall"], "images": float(len(data.val))}
+    scored = {
+        "map50": metrics["val_map50"],
+        "map50_95": metrics["val_map50_95"],
+        "map50_tall": metrics["val_map50_tall"],
+        "images": float(len(data.val)),
+    }
     tags = version_tags(
         list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
     )

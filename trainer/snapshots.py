@@ -140,10 +140,15 @@ class CocoWriter:
         for ann in frame.annotations:
             category = self._categories.setdefault(ann.class_name or str(ann.class_id), len(self._categories) + 1)
             b = ann.box
-            doc["annotations"].append({
-                "id": len(doc["annotations"]) + 1, "image_id": image_id, "category_id": category,
-                "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1], "iscrowd": int(ann.ignore),
-            })  # fmt: skip
+            doc["annotations"].append(
+                {
+                    "id": len(doc["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1],
+                    "iscrowd": int(ann.ignore),
+                }
+            )
         self.count += 1
 
     def finish(self, ref: SnapshotRef) -> None:

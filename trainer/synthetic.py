@@ -67,8 +67,9 @@ def make_image(rng: np.random.Generator, width: int, height: int) -> tuple[np.nd
     return image, labels
 
 
-def write_dataset(out: Path, train_images: int, val_images: int, width: int = 640, height: int = 360,
-                  seed: int = 0) -> Path:  # fmt: skip
+def write_dataset(
+    out: Path, train_images: int, val_images: int, width: int = 640, height: int = 360, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_images), ("val", val_images)):
         (out / split / "images").mkdir(parents=True, exist_ok=True)

@@ -153,8 +153,11 @@ def render_tfjob(
     if backoff_limit < 0:
         raise TFJobError(f"backoff_limit must be >= 0, got {backoff_limit}")
 
-    labels = {"app.kubernetes.io/name": "carmesh-trainer", "app.kubernetes.io/part-of": "carmesh",
-              "carmesh/job": job_name}
+    labels = {
+        "app.kubernetes.io/name": "carmesh-trainer",
+        "app.kubernetes.io/part-of": "carmesh",
+        "carmesh/job": job_name,
+    }
     mounts: list[dict[str, Any]] = [{"name": _VOLUME, "mountPath": mount_dir}]
     volumes: list[dict[str, Any]] = [{"name": _VOLUME, "persistentVolumeClaim": {"claimName": checkpoint_claim}}]
     if job_config_map:
@@ -277,8 +280,15 @@ def render_for_request(
     )
     config_map_name = f"{job_name}-spec"
     job_dir = f"{mount_dir.rstrip('/')}/jobs/{job_name}"
-    init_args = ["prepare", "--template", f"{JOB_SPEC_DIR}/{JOB_TEMPLATE_FILE}", "--job-dir", job_dir,
-                 "--cache-dir", f"{mount_dir.rstrip('/')}/datasets"]
+    init_args = [
+        "prepare",
+        "--template",
+        f"{JOB_SPEC_DIR}/{JOB_TEMPLATE_FILE}",
+        "--job-dir",
+        job_dir,
+        "--cache-dir",
+        f"{mount_dir.rstrip('/')}/datasets",
+    ]
     if feature_addr:
         init_args += ["--feature-addr", feature_addr]
     env = {"PYTHONUNBUFFERED": "1"}

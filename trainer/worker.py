@@ -144,13 +144,25 @@ def _run(spec: JobSpec, job_dir: Path, workers: int, chief: bool, events: EventL
             return
         now = time.monotonic()
         if p.epoch_metrics:
-            events.emit("epoch", epoch=p.epoch, step=p.step, total_steps=p.total_steps, metrics=p.epoch_metrics,
-                        progress=p.schedule_progress)
+            events.emit(
+                "epoch",
+                epoch=p.epoch,
+                step=p.step,
+                total_steps=p.total_steps,
+                metrics=p.epoch_metrics,
+                progress=p.schedule_progress,
+            )
             if tracker is not None:
                 tracker.log_metrics(p.epoch_metrics, step=p.epoch)
         elif p.stopped_mid_epoch or now - last_emit[0] >= _PROGRESS_EVERY_S:
-            events.emit("progress", epoch=p.epoch, step=p.step, total_steps=p.total_steps, metrics=p.metrics,
-                        progress=p.schedule_progress)
+            events.emit(
+                "progress",
+                epoch=p.epoch,
+                step=p.step,
+                total_steps=p.total_steps,
+                metrics=p.metrics,
+                progress=p.schedule_progress,
+            )
         else:
             return
         last_emit[0] = now

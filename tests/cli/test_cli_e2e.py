@@ -29,8 +29,13 @@ def carmesh(*args: str, gateway: str, api_key: str | None, timeout_s: float = 12
         env["CARMESH_API_KEY"] = api_key
     return subprocess.run(
         [sys.executable, "-m", "carmesh_cli", *args],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout_s, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def constant_model(path: Path, score: float = 0.9, anchors: int | None = None) -> Path:
@@ -55,8 +60,16 @@ def test_detect_json_lines_and_annotated_jpegs(detect_gateway, tmp_path):
     Image.new("RGB", (128, 96), (50, 60, 70)).save(tmp_path / "first.png")
     Image.new("RGB", (256, 192), (50, 60, 70)).save(tmp_path / "second.jpg")
     out = tmp_path / "annotated"
-    result = carmesh("detect", str(tmp_path / "first.png"), str(tmp_path / "second.jpg"), "--json", "--out", str(out),
-                     gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    result = carmesh(
+        "detect",
+        str(tmp_path / "first.png"),
+        str(tmp_path / "second.jpg"),
+        "--json",
+        "--out",
+        str(out),
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(r["image"]).name for r in records] == ["first.png", "second.jpg"]
@@ -73,8 +86,18 @@ def test_detect_json_lines_and_annotated_jpegs(detect_gateway, tmp_path):
 def test_detect_table_with_filters(detect_gateway, tmp_path):
     Image.new("RGB", (128, 96)).save(tmp_path / "frame.png")
     out = tmp_path / "out"
-    result = carmesh("detect", str(tmp_path / "frame.png"), "--classes", "truck", "--score-threshold", "0.3",
-                     "--out", str(out), gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    result = carmesh(
+        "detect",
+        str(tmp_path / "frame.png"),
+        "--classes",
+        "truck",
+        "--score-threshold",
+        "0.3",
+        "--out",
+        str(out),
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert result.returncode == 0, result.stderr
     assert "frame.png: 128x96, 1 detection by cli_model" in result.stdout
     assert "truck" in result.stdout and " car " not in result.stdout
@@ -86,8 +109,14 @@ def test_detect_table_with_filters(detect_gateway, tmp_path):
 def test_bad_image_fails_alone_with_its_status(detect_gateway, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"this is not an image")
     Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
-    result = carmesh("detect", str(tmp_path / "broken.jpg"), str(tmp_path / "good.png"), "--json",
-                     gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    result = carmesh(
+        "detect",
+        str(tmp_path / "broken.jpg"),
+        str(tmp_path / "good.png"),
+        "--json",
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: INVALID_ARGUMENT: ")
     assert "broken.jpg" in result.stderr
@@ -98,22 +127,43 @@ def test_output_file_holds_the_result_and_only_after_success(detect_gateway, tmp
     """Scripts read results from `--output FILE`, never from captured stdout (the demo broke that way)."""
     Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
     result_file = tmp_path / "result.json"
-    result = carmesh("detect", str(tmp_path / "good.png"), "--json", "--output", str(result_file),
-                     gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    result = carmesh(
+        "detect",
+        str(tmp_path / "good.png"),
+        "--json",
+        "--output",
+        str(result_file),
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     records = [json.loads(line) for line in result_file.read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["good.png"]
 
     (tmp_path / "broken.jpg").write_bytes(b"this is not an image")
-    failed = carmesh("detect", str(tmp_path / "good.png"), str(tmp_path / "broken.jpg"), "--json",
-                     "--output", str(result_file), gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    failed = carmesh(
+        "detect",
+        str(tmp_path / "good.png"),
+        str(tmp_path / "broken.jpg"),
+        "--json",
+        "--output",
+        str(result_file),
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert failed.returncode == 1 and failed.stderr.startswith("error: INVALID_ARGUMENT: ")
     assert not result_file.exists(), "a failed command must not leave a result (nor the previous one) behind"
     assert list(tmp_path.glob(".*partial")) == []
 
-    unwritable = carmesh("detect", str(tmp_path / "good.png"), "--output", str(tmp_path / "no" / "dir" / "r.json"),
-                         gateway=detect_gateway, api_key=DETECT_KEY)  # fmt: skip
+    unwritable = carmesh(
+        "detect",
+        str(tmp_path / "good.png"),
+        "--output",
+        str(tmp_path / "no" / "dir" / "r.json"),
+        gateway=detect_gateway,
+        api_key=DETECT_KEY,
+    )
     assert unwritable.returncode == 2 and "cannot write --output" in unwritable.stderr
 
 
@@ -136,14 +186,31 @@ def test_detect_cars_in_a_real_frame_with_yolox_nano(keys_file, tmp_path):
         pytest.skip(f"{SHARED} (yolox_nano.onnx, apollo-cars) not present")
     from carmesh_cli.names import COCO_NAMES
 
-    args = ["--model-path", str(model), "--model-family", "yolox", "--class-names", ",".join(COCO_NAMES),
-            "--metrics-port", "0"]  # fmt: skip
+    args = [
+        "--model-path",
+        str(model),
+        "--model-family",
+        "yolox",
+        "--class-names",
+        ",".join(COCO_NAMES),
+        "--metrics-port",
+        "0",
+    ]
     with (
         DaemonProcess("detector", args, free_port()) as detector,
         run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address) as gateway,
     ):
-        result = carmesh("detect", str(image), "--json", "--classes", "car", "--out", str(tmp_path),
-                         gateway=gateway.address, api_key=DETECT_KEY)  # fmt: skip
+        result = carmesh(
+            "detect",
+            str(image),
+            "--json",
+            "--classes",
+            "car",
+            "--out",
+            str(tmp_path),
+            gateway=gateway.address,
+            api_key=DETECT_KEY,
+        )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert (record["width"], record["height"]) == (1920, 1080)
@@ -173,15 +240,33 @@ def test_models_import_list_promote_rollback(registry_gateway, tmp_path):
     second = constant_model(tmp_path / "second.onnx", score=0.8)
 
     # As in the README: no --family, the registry detects YOLOv8 from the layout.
-    imported = carmesh("models", "import", str(first), "--name", name, "--alias", "champion",
-                       gateway=registry_gateway, api_key=WRITER_KEY)  # fmt: skip
+    imported = carmesh(
+        "models",
+        "import",
+        str(first),
+        "--name",
+        name,
+        "--alias",
+        "champion",
+        gateway=registry_gateway,
+        api_key=WRITER_KEY,
+    )
     assert imported.returncode == 0, imported.stderr
     assert f"imported {name} version 1 (yolov8, 2 classes" in imported.stdout
     assert f"{name}: champion -> version 1" in imported.stdout
     assert "100%" in imported.stderr  # the progress bar's last line
 
-    imported = carmesh("models", "import", str(second), "--name", name, "--family", "yolov8",
-                       gateway=registry_gateway, api_key=WRITER_KEY)  # fmt: skip
+    imported = carmesh(
+        "models",
+        "import",
+        str(second),
+        "--name",
+        name,
+        "--family",
+        "yolov8",
+        gateway=registry_gateway,
+        api_key=WRITER_KEY,
+    )
     assert imported.returncode == 0, imported.stderr
     assert f"imported {name} version 2" in imported.stdout
 
@@ -217,8 +302,19 @@ def test_models_import_with_the_coco_preset(registry_gateway, tmp_path):
     # A YOLOX-layout model has no names metadata: the 80 COCO names come from the preset.
     anchors = sum((64 // stride) ** 2 for stride in (8, 16, 32))
     model = write_yolox_model(tmp_path / "yolox.onnx", np.zeros((1, anchors, 85), np.float32), (64, 64))
-    imported = carmesh("models", "import", str(model), "--name", name, "--family", "yolox", "--names", "coco",
-                       gateway=registry_gateway, api_key=ADMIN_KEY)  # fmt: skip
+    imported = carmesh(
+        "models",
+        "import",
+        str(model),
+        "--name",
+        name,
+        "--family",
+        "yolox",
+        "--names",
+        "coco",
+        gateway=registry_gateway,
+        api_key=ADMIN_KEY,
+    )
     assert imported.returncode == 0, imported.stderr
     versions = carmesh("models", "versions", name, "--json", gateway=registry_gateway, api_key=READER_KEY)
     version = json.loads(versions.stdout.splitlines()[0])
@@ -233,7 +329,14 @@ def test_models_errors(registry_gateway, tmp_path):
     denied = carmesh("models", "promote", "no-such-model-xyz", "1", gateway=registry_gateway, api_key=READER_KEY)
     assert denied.returncode == 4
     assert denied.stderr.startswith("error: PERMISSION_DENIED: ")
-    bad_file = carmesh("models", "import", str(tmp_path / "absent.onnx"), "--family", "yolov8",
-                       gateway=registry_gateway, api_key=WRITER_KEY)  # fmt: skip
+    bad_file = carmesh(
+        "models",
+        "import",
+        str(tmp_path / "absent.onnx"),
+        "--family",
+        "yolov8",
+        gateway=registry_gateway,
+        api_key=WRITER_KEY,
+    )
     assert bad_file.returncode == 2
     assert "no such model file" in bad_file.stderr

@@ -58,28 +58,72 @@ def _until(check: Callable[[], object], timeout_s: float, what: str) -> object:
 
 @pytest.fixture(scope="module")
 def pipeline(
-    keys_file: Path, kafka_bootstrap: str, redis_url: str, postgres_dsn: str, shared_dir: Path,
+    keys_file: Path,
+    kafka_bootstrap: str,
+    redis_url: str,
+    postgres_dsn: str,
+    shared_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Pipeline]:  # fmt: skip
+) -> Iterator[Pipeline]:
     tag = uuid.uuid4().hex[:8]
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(postgres_dsn, "cli"))
         ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"], free_port()))
-        features = stack.enter_context(DaemonProcess("feature_service", [
-            *kafka, "--postgres-dsn", db.dsn, "--redis-url", redis_url, "--metrics-port", "0",
-            "--blob-dir", str(tmp_path_factory.mktemp("blobs")), "--frames-group", f"cli-frames-{tag}",
-            "--detections-group", f"cli-detections-{tag}", "--poll-timeout-ms", "200",
-        ], free_port()))  # fmt: skip
-        stack.enter_context(DaemonProcess("detector", [
-            *kafka, "--model-path", str(shared_dir / "models" / "yolox_nano.onnx"), "--model-family", "yolox",
-            "--class-names", ",".join(PRESETS["coco"]), "--metrics-port", "0", "--stream-consumer",
-            "--stream-group-id", f"cli-detector-{tag}",
-        ], free_port()))  # fmt: skip
-        gateway = stack.enter_context(run_gateway(
-            keys_file, f"127.0.0.1:{free_port()}", None,
-            "--ingestor-addr", ingestor.address, "--feature-addr", features.address,
-        ))  # fmt: skip
+        features = stack.enter_context(
+            DaemonProcess(
+                "feature_service",
+                [
+                    *kafka,
+                    "--postgres-dsn",
+                    db.dsn,
+                    "--redis-url",
+                    redis_url,
+                    "--metrics-port",
+                    "0",
+                    "--blob-dir",
+                    str(tmp_path_factory.mktemp("blobs")),
+                    "--frames-group",
+                    f"cli-frames-{tag}",
+                    "--detections-group",
+                    f"cli-detections-{tag}",
+                    "--poll-timeout-ms",
+                    "200",
+                ],
+                free_port(),
+            )
+        )
+        stack.enter_context(
+            DaemonProcess(
+                "detector",
+                [
+                    *kafka,
+                    "--model-path",
+                    str(shared_dir / "models" / "yolox_nano.onnx"),
+                    "--model-family",
+                    "yolox",
+                    "--class-names",
+                    ",".join(PRESETS["coco"]),
+                    "--metrics-port",
+                    "0",
+                    "--stream-consumer",
+                    "--stream-group-id",
+                    f"cli-detector-{tag}",
+                ],
+                free_port(),
+            )
+        )
+        gateway = stack.enter_context(
+            run_gateway(
+                keys_file,
+                f"127.0.0.1:{free_port()}",
+                None,
+                "--ingestor-addr",
+                ingestor.address,
+                "--feature-addr",
+                features.address,
+            )
+        )
         yield Pipeline(gateway.address, tag)
 
 
@@ -97,8 +141,19 @@ def kitti_subset(root: Path, per_split: dict[str, int]) -> Path:
 def test_ingest_dataset_then_snapshots(pipeline: Pipeline, tmp_path: Path) -> None:
     root = kitti_subset(tmp_path / "apollo-mini", {"train": 6, "val": 3})
     dataset, camera, snap = f"mini-{pipeline.tag}", f"cam-ds-{pipeline.tag}", f"cars-{pipeline.tag}"
-    result = pipeline.run("ingest", "dataset", str(root), "--format", "kitti", "--dataset", dataset,
-                          "--camera", camera, "--map", "van=car")  # fmt: skip
+    result = pipeline.run(
+        "ingest",
+        "dataset",
+        str(root),
+        "--format",
+        "kitti",
+        "--dataset",
+        dataset,
+        "--camera",
+        camera,
+        "--map",
+        "van=car",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"imported {dataset} (kitti) from {root}: 9 of 9 frames, "), result.stdout
     assert "importing" in result.stderr and "9/9" in result.stderr  # the progress bar

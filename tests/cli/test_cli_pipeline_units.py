@@ -48,9 +48,12 @@ def test_source_spec_makes_paths_absolute_and_checks_urls(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     spec = source_spec("folder", "frames", camera="cam-1", fps=2.0, loop=True)
     assert spec == ingest_pb2.SourceSpec(
-        kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri=str(tmp_path / "frames"), camera_id="cam-1", max_fps=2.0,
+        kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER,
+        uri=str(tmp_path / "frames"),
+        camera_id="cam-1",
+        max_fps=2.0,
         loop=True,
-    )  # fmt: skip
+    )
     video = source_spec("video", "~/clip.mp4", camera="c", fps=0, loop=False)
     assert video.kind == ingest_pb2.SOURCE_KIND_VIDEO_FILE and video.uri == os.path.expanduser("~/clip.mp4")
     for url in ("rtsp://127.0.0.1:8554/cam", "http://host:8080/video.mjpg", "HTTPS://host/x"):
@@ -66,14 +69,32 @@ def test_dataset_import_request(tmp_path):
     root = tmp_path / "apollo-cars"
     root.mkdir()
     args = parse(
-        "ingest", "dataset", str(root) + "/", "--format", "kitti", "--map", "Van=car,DontCare=", "--map", "Truck=truck",
-        "--names", "coco", "--camera", "cam-9", "--split", "val",
-    )  # fmt: skip
+        "ingest",
+        "dataset",
+        str(root) + "/",
+        "--format",
+        "kitti",
+        "--map",
+        "Van=car,DontCare=",
+        "--map",
+        "Truck=truck",
+        "--names",
+        "coco",
+        "--camera",
+        "cam-9",
+        "--split",
+        "val",
+    )
     assert args.class_map == {"Van": "car", "DontCare": "", "Truck": "truck"}
     request = import_request(
-        args.path, fmt=args.format, dataset=args.dataset, class_map=args.class_map, names=args.names,
-        camera=args.camera, split=args.split,
-    )  # fmt: skip
+        args.path,
+        fmt=args.format,
+        dataset=args.dataset,
+        class_map=args.class_map,
+        names=args.names,
+        camera=args.camera,
+        split=args.split,
+    )
     assert request.format == ingest_pb2.DATASET_FORMAT_KITTI
     assert request.path == str(root)
     assert request.dataset == "" and dataset_label(request) == "apollo-cars"  # the ingestor names it
@@ -83,10 +104,14 @@ def test_dataset_import_request(tmp_path):
 
     labels = tmp_path / "instances.json"
     labels.write_text("{}")
-    coco = import_request(str(labels), fmt="coco", dataset=None, class_map={}, names="car, truck", camera="",
-                          split=None)  # fmt: skip
-    assert (coco.format, dataset_label(coco), list(coco.class_names)) == (ingest_pb2.DATASET_FORMAT_COCO,
-                                                                          "instances", ["car", "truck"])  # fmt: skip
+    coco = import_request(
+        str(labels), fmt="coco", dataset=None, class_map={}, names="car, truck", camera="", split=None
+    )
+    assert (coco.format, dataset_label(coco), list(coco.class_names)) == (
+        ingest_pb2.DATASET_FORMAT_COCO,
+        "instances",
+        ["car", "truck"],
+    )
     assert coco.default_split == common_pb2.SPLIT_UNSPECIFIED and not coco.class_map
     named = import_request(str(root), fmt="yolo", dataset="mine", class_map={}, names=None, camera="", split="train")
     assert (named.dataset, named.default_split, list(named.class_names)) == ("mine", common_pb2.SPLIT_TRAIN, [])
@@ -94,10 +119,28 @@ def test_dataset_import_request(tmp_path):
 
 def test_dataset_commands_parse():
     create = parse(
-        "datasets", "create", "cars", "--camera", "a,b", "--camera", "c", "--dataset", "apollo", "--labelled-only",
-        "--classes", "car", "--val-fraction", "0.25", "--seed", "7", "--keep-source-split",
-        "--captured-after", "2026-11-01", "--captured-before", "2026-11-28T06:00:00+01:00",
-    )  # fmt: skip
+        "datasets",
+        "create",
+        "cars",
+        "--camera",
+        "a,b",
+        "--camera",
+        "c",
+        "--dataset",
+        "apollo",
+        "--labelled-only",
+        "--classes",
+        "car",
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "7",
+        "--keep-source-split",
+        "--captured-after",
+        "2026-11-01",
+        "--captured-before",
+        "2026-11-28T06:00:00+01:00",
+    )
     request = snapshot_request(create)
     assert request.name == "cars"
     assert list(request.filter.camera_ids) == ["a", "b", "c"]
@@ -163,10 +206,12 @@ def test_usage_errors_exit_2(argv, capsys):
         (["ingest", "stream", "camera.local/live", "--camera", "c"], "is not a stream URL"),
         (["ingest", "dataset", "d", "--format", "yolo", "--names", "a,,b"], "empty class name"),
         (["datasets", "show", "cars:v2"], "VERSION must be a whole number"),
-        (["datasets", "create", "n", "--captured-after", "2026-11-28", "--captured-before", "2026-11-01"],
-         "--captured-after must be before --captured-before"),
+        (
+            ["datasets", "create", "n", "--captured-after", "2026-11-28", "--captured-before", "2026-11-01"],
+            "--captured-after must be before --captured-before",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_values_are_usage_errors_before_any_call(argv, message, capsys):
     # Nothing listens at the gateway address: a usage error must come before any attempt to reach it.
     assert main([*argv, "--gateway", f"127.0.0.1:{free_port()}", "--timeout", "1"], env={}) == EXIT_USAGE
@@ -192,8 +237,9 @@ def test_unreachable_gateway_exits_3(argv, capsys):
 
 
 def _source(state: int, **kw) -> ingest_pb2.SourceStatus:
-    spec = ingest_pb2.SourceSpec(kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri="/data/frames", camera_id="cam-1",
-                                 max_fps=2.0, loop=True)  # fmt: skip
+    spec = ingest_pb2.SourceSpec(
+        kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri="/data/frames", camera_id="cam-1", max_fps=2.0, loop=True
+    )
     return ingest_pb2.SourceStatus(source_id="src-1", spec=spec, state=state, **kw)
 
 
@@ -205,9 +251,10 @@ def test_source_output():
     failed = _source(ingest_pb2.SOURCE_STATE_FAILED, error="cannot open /data/frames")
     assert describe(failed).endswith(": failed, 0 published: cannot open /data/frames")
     stream = ingest_pb2.SourceStatus(
-        source_id="src-2", state=ingest_pb2.SOURCE_STATE_STOPPED,
+        source_id="src-2",
+        state=ingest_pb2.SOURCE_STATE_STOPPED,
         spec=ingest_pb2.SourceSpec(kind=ingest_pb2.SOURCE_KIND_STREAM, uri="rtsp://h/x", camera_id="gate"),
-    )  # fmt: skip
+    )
     lines = sources_table([running, stream]).splitlines()
     assert lines[0].split() == ["ID", "KIND", "STATE", "CAMERA", "FPS", "PUBLISHED", "DROPPED", "URI", "ERROR"]
     assert lines[1].split() == ["src-1", "folder", "running", "cam-1", "2", "120", "3", "/data/frames", "-"]
@@ -222,8 +269,9 @@ def test_source_output():
 
 def test_import_summary():
     request = ingest_pb2.ImportDatasetRequest(format=ingest_pb2.DATASET_FORMAT_KITTI, path="/d/apollo", dataset="ap")
-    last = ingest_pb2.ImportDatasetResponse(frames_total=148, frames_published=147, annotations_published=1500,
-                                            frames_skipped=1, done=True)  # fmt: skip
+    last = ingest_pb2.ImportDatasetResponse(
+        frames_total=148, frames_published=147, annotations_published=1500, frames_skipped=1, done=True
+    )
     assert import_summary(request, last) == (
         "imported ap (kitti) from /d/apollo: 147 of 148 frames, 1500 annotations, 1 frames skipped"
     )
@@ -231,9 +279,15 @@ def test_import_summary():
 
 def _snapshot() -> feature_pb2.DatasetSnapshot:
     snapshot = feature_pb2.DatasetSnapshot(
-        name="cars", version=3, val_fraction=0.2, seed=7, train_frames=118, val_frames=30, class_names=["car", "van"],
+        name="cars",
+        version=3,
+        val_fraction=0.2,
+        seed=7,
+        train_frames=118,
+        val_frames=30,
+        class_names=["car", "van"],
         filter=feature_pb2.DatasetFilter(datasets=["apollo"], labelled_only=True, classes=["car", "van"]),
-    )  # fmt: skip
+    )
     snapshot.created_at.FromDatetime(datetime(2026, 11, 28, 6, 30, 5, tzinfo=UTC))
     return snapshot
 
@@ -258,10 +312,13 @@ def test_snapshot_output():
 
 def test_features_output():
     camera = feature_pb2.CameraFeatures(
-        camera_id="cam-1", last_frame_id="cam-1-0042", last_car_count=3, car_count_1m=2.5,
+        camera_id="cam-1",
+        last_frame_id="cam-1-0042",
+        last_car_count=3,
+        car_count_1m=2.5,
         features=feature_pb2.FrameFeatures(brightness=0.45, contrast=0.2, sharpness=123.4, width=1920, height=1080),
         last_model=common_pb2.ModelRef(name="car-detector", version="4", alias="champion"),
-    )  # fmt: skip
+    )
     camera.last_seen_at.FromDatetime(datetime(2026, 11, 28, 6, 30, 5, tzinfo=UTC))
     lines = features_text(camera).splitlines()
     assert lines[0] == "camera     cam-1"

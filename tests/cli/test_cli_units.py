@@ -30,9 +30,27 @@ def png(path: Path, size: tuple[int, int] = (320, 200), colour: tuple[int, int, 
 
 def test_detect_arguments_parse_in_any_order():
     args = build_parser().parse_args(
-        ["--gateway", "gw:1", "detect", "a.jpg", "b.jpg", "--json", "--out", "o", "--score-threshold", "0.4",
-         "--iou-threshold", "0.5", "--classes", "car, truck", "--timeout", "2.5", "--api-key", "k"]
-    )  # fmt: skip
+        [
+            "--gateway",
+            "gw:1",
+            "detect",
+            "a.jpg",
+            "b.jpg",
+            "--json",
+            "--out",
+            "o",
+            "--score-threshold",
+            "0.4",
+            "--iou-threshold",
+            "0.5",
+            "--classes",
+            "car, truck",
+            "--timeout",
+            "2.5",
+            "--api-key",
+            "k",
+        ]
+    )
     assert args.images == ["a.jpg", "b.jpg"]
     assert args.json and args.out == Path("o")
     assert (args.score_threshold, args.iou_threshold) == (0.4, 0.5)
@@ -49,7 +67,12 @@ def test_models_arguments():
         ["models", "import", "m.onnx", "--family", "yolox", "--names", "coco", "--alias", "champion"]
     )
     assert (imp.action, imp.path, imp.family, imp.names, imp.alias, imp.name) == (
-        "import", Path("m.onnx"), "yolox", "coco", "champion", "car-detector"
+        "import",
+        Path("m.onnx"),
+        "yolox",
+        "coco",
+        "champion",
+        "car-detector",
     )
     # Without --family the registry tells the layout apart itself.
     assert parser.parse_args(["models", "import", "m.onnx"]).family == "auto"
@@ -65,8 +88,9 @@ def test_train_max_duration_takes_the_readme_units():
     for bad in ("28 min", "-5m", "0.5s", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             duration_s(bad)
-    args = build_parser().parse_args(["train", "apollo-snap", "--classes", "car", "--ignore-classes", "van,truck,bus",
-                                      "--max-duration", "28m"])  # fmt: skip
+    args = build_parser().parse_args(
+        ["train", "apollo-snap", "--classes", "car", "--ignore-classes", "van,truck,bus", "--max-duration", "28m"]
+    )
     request = request_of(args)
     assert (request.dataset, request.config.max_duration_s, request.workers) == ("apollo-snap", 1680, 1)
     assert (list(request.config.classes), list(request.config.ignore_classes)) == (["car"], ["van", "truck", "bus"])
@@ -118,8 +142,17 @@ def test_names_from_list_and_file(tmp_path):
 def test_bad_names_are_a_usage_error_before_any_call(tmp_path, capsys):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    argv = ["models", "import", str(model), "--family", "yolov8", "--names", "car,car",
-            "--gateway", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    argv = [
+        "models",
+        "import",
+        str(model),
+        "--family",
+        "yolov8",
+        "--names",
+        "car,car",
+        "--gateway",
+        f"127.0.0.1:{free_port()}",
+    ]
     assert main(argv, env={}) == EXIT_USAGE
     assert "duplicate class names" in capsys.readouterr().err
 
@@ -169,14 +202,15 @@ def test_expand_images(tmp_path):
 def test_table_and_json_records():
     reply = detector_pb2.DetectResponse(
         detections=[
-            common_pb2.Detection(box=common_pb2.BoundingBox(x1=1, y1=2, x2=30, y2=40), score=0.875, class_id=2,
-                                 class_name="car")
+            common_pb2.Detection(
+                box=common_pb2.BoundingBox(x1=1, y1=2, x2=30, y2=40), score=0.875, class_id=2, class_name="car"
+            )
         ],
         model=common_pb2.ModelRef(name="car-detector", version="3", alias="champion"),
         timings=detector_pb2.DetectTimings(total_ms=12.5, batch_size=1),
         image_width=640,
         image_height=480,
-    )  # fmt: skip
+    )
     record = as_record(Path("img/a.jpg"), reply, Path("out/a.jpg"))
     assert json.loads(json.dumps(record))["detections"] == [
         {"class_id": 2, "class_name": "car", "score": 0.875, "box": [1.0, 2.0, 30.0, 40.0]}

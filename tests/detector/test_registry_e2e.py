@@ -174,17 +174,38 @@ async def test_the_gateway_serves_a_call_made_the_moment_the_detector_loads_its_
     (tmp_path / "keys").write_text(f"{key} demo detect\n")
     registry = DaemonProcess(
         "registry_gateway",
-        ["--mlflow-tracking-uri", mlflow_uri, "--cache-dir", str(tmp_path / "registry-cache"), "--metrics-port", "0",
-         "--poll-interval-s", "0.2"],
-        free_port(), timeout_s=90,
-    )  # fmt: skip
+        [
+            "--mlflow-tracking-uri",
+            mlflow_uri,
+            "--cache-dir",
+            str(tmp_path / "registry-cache"),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0.2",
+        ],
+        free_port(),
+        timeout_s=90,
+    )
     detector = DaemonProcess(
         "detector",
-        ["--registry-addr", registry.address, "--model-name", name, "--metrics-port", "0",
-         "--model-cache-dir", str(tmp_path / "detector-cache"), "--registry-retry-initial-s", "0.1",
-         "--registry-retry-max-s", "1"],
-        free_port(), wait_for="port",
-    )  # fmt: skip
+        [
+            "--registry-addr",
+            registry.address,
+            "--model-name",
+            name,
+            "--metrics-port",
+            "0",
+            "--model-cache-dir",
+            str(tmp_path / "detector-cache"),
+            "--registry-retry-initial-s",
+            "0.1",
+            "--registry-retry-max-s",
+            "1",
+        ],
+        free_port(),
+        wait_for="port",
+    )
     with registry, detector:
         gateway_args = (tmp_path / "keys", registry.address, detector.address, "--health-check-interval-s", "60")
         with run_gateway(*gateway_args) as gateway:

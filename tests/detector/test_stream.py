@@ -64,10 +64,23 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
     values += [f.SerializeToString() for f in good[3:]]
     metrics_port = free_port()
     args = [
-        "--model-path", str(model), "--model-family", "yolox", "--class-names", ",".join(COCO80),
-        "--max-batch-size", "4", "--metrics-port", str(metrics_port), "--stream-consumer",
-        "--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence", "--stream-group-id", group,
-    ]  # fmt: skip
+        "--model-path",
+        str(model),
+        "--model-family",
+        "yolox",
+        "--class-names",
+        ",".join(COCO80),
+        "--max-batch-size",
+        "4",
+        "--metrics-port",
+        str(metrics_port),
+        "--stream-consumer",
+        "--kafka-bootstrap",
+        kafka_bootstrap,
+        "--no-kafka-idempotence",
+        "--stream-group-id",
+        group,
+    ]
     version = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
 
     async with DetectionsReader(kafka_bootstrap, camera) as reader:
@@ -114,10 +127,15 @@ async def test_paused_without_a_model_then_hot_reload_versions(kafka_bootstrap: 
     camera = f"cam-{uuid.uuid4().hex[:8]}"
     # The registry address answers nothing: the detector starts with no model, as before a first promotion.
     cfg = settings(
-        registry_addr=f"127.0.0.1:{free_port()}", model_cache_dir=tmp_path / "cache", stream_consumer=True,
-        kafka_bootstrap=kafka_bootstrap, kafka_idempotence=False, stream_group_id=f"detector-{uuid.uuid4().hex[:8]}",
-        registry_retry_initial_s=5.0, registry_retry_max_s=5.0,
-    )  # fmt: skip
+        registry_addr=f"127.0.0.1:{free_port()}",
+        model_cache_dir=tmp_path / "cache",
+        stream_consumer=True,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_idempotence=False,
+        stream_group_id=f"detector-{uuid.uuid4().hex[:8]}",
+        registry_retry_initial_s=5.0,
+        registry_retry_max_s=5.0,
+    )
     app = DetectorApp(cfg, Metrics("detector"))
     sample = app.registry.get_sample_value
     image = jpeg_bytes(np.full((90, 160, 3), 80, np.uint8))

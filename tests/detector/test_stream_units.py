@@ -54,10 +54,11 @@ def test_offsets_must_increase():
 
 def test_stream_settings():
     cfg = load_settings(
-        Settings, "CARMESH_DETECTOR_",
+        Settings,
+        "CARMESH_DETECTOR_",
         ["--stream-consumer", "--no-kafka-idempotence", "--kafka-bootstrap", "k1:9092, k2:9092"],
         environ={"CARMESH_DETECTOR_STREAM_GROUP_ID": "g"},
-    )  # fmt: skip
+    )
     assert cfg.stream_consumer and not cfg.kafka_idempotence
     assert (cfg.kafka_bootstrap, cfg.stream_group_id) == ("k1:9092,k2:9092", "g")
     defaults = load_settings(Settings, "CARMESH_DETECTOR_", [], environ={})

@@ -41,14 +41,22 @@ class Mesh:
         return f"127.0.0.1:{self.ports.gateway}"
 
     def cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "carmesh_cli", *args], env=self.env, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "carmesh_cli", *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
     def make(self, target: str) -> subprocess.CompletedProcess[str]:
         # --no-print-directory: under `make test`, make's own "Entering directory" lines would reach stdout.
         argv = ["make", "--no-print-directory", target, f"VENV={Path(sys.executable).parent.parent}"]
-        return subprocess.run(argv, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                              check=False)  # fmt: skip
+        return subprocess.run(
+            argv, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+        )
 
 
 def _free_offset() -> int:
@@ -81,8 +89,12 @@ def mesh() -> Iterator[Mesh]:
         running = [int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")]
         down = mesh.make("down")
         pids = list((run_dir / "pids").glob("*.pid"))
-        orphans = [pid for pid in running if Path(f"/proc/{pid}").exists()
-                   and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        orphans = [
+            pid
+            for pid in running
+            if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        ]
         shutil.rmtree(run_dir, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
         assert not pids, f"make down left pid files: {pids}"
@@ -121,8 +133,19 @@ def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Pa
     model = shared_dir / "models" / "yolox_nano.onnx"
     # The second import lets the registry tell the family from the layout.
     for family in ("yolox", "auto"):
-        imported = mesh.cli("models", "import", str(model), "--name", "car-detector", "--family", family,
-                            "--names", "coco", "--description", f"family {family}")
+        imported = mesh.cli(
+            "models",
+            "import",
+            str(model),
+            "--name",
+            "car-detector",
+            "--family",
+            family,
+            "--names",
+            "coco",
+            "--description",
+            f"family {family}",
+        )
         assert imported.returncode == 0, imported.stderr
     promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion")
     assert promoted.returncode == 0, promoted.stderr
@@ -161,8 +184,9 @@ def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Pa
 
 
 async def _detect(stub: detector_pb2_grpc.DetectorServiceStub, image: bytes, key: str) -> detector_pb2.DetectResponse:
-    return await stub.Detect(detector_pb2.DetectRequest(image=image), timeout=30,
-                             metadata=(("authorization", f"Bearer {key}"),))
+    return await stub.Detect(
+        detector_pb2.DetectRequest(image=image), timeout=30, metadata=(("authorization", f"Bearer {key}"),)
+    )
 
 
 async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
@@ -206,8 +230,17 @@ def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
     """`make up` wires the pipeline: a data set imported through the gateway is stored, the
     detector's streaming mode answers every frame, and the camera's features name the model."""
     camera = f"e2e-{os.getpid()}"
-    imported = mesh.cli("ingest", "dataset", str(shared_dir / "data" / "apollo-cars"), "--format", "kitti",
-                        "--dataset", camera, "--camera", camera)
+    imported = mesh.cli(
+        "ingest",
+        "dataset",
+        str(shared_dir / "data" / "apollo-cars"),
+        "--format",
+        "kitti",
+        "--dataset",
+        camera,
+        "--camera",
+        camera,
+    )
     assert imported.returncode == 0, imported.stderr
     assert "148 of 148 frames" in imported.stdout, imported.stdout
 
@@ -236,9 +269,24 @@ def test_snapshot_train_register_promote_serve(mesh: Mesh, shared_dir: Path) -> 
     trained on (tiny sizes, one epoch), the version is registered as challenger, the gate runs,
     and the detector serves the new version."""
     snapshot = f"e2e-{os.getpid()}"
-    trained = mesh.cli("train", snapshot, "--classes", "car", "--ignore-classes", "van,truck,bus",
-                       "--size", "320x192", "--crop", "64x64", "--epochs", "1", "--batch-size", "2", "--json",
-                       timeout_s=900)  # fmt: skip
+    trained = mesh.cli(
+        "train",
+        snapshot,
+        "--classes",
+        "car",
+        "--ignore-classes",
+        "van,truck,bus",
+        "--size",
+        "320x192",
+        "--crop",
+        "64x64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--json",
+        timeout_s=900,
+    )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     job = json.loads(trained.stdout)
     assert job["state"] == "TRAINING_STATE_SUCCEEDED" and job["dataset"] == f"{snapshot}:1"
@@ -299,7 +347,8 @@ def test_reflection_lists_every_service_through_the_gateway(mesh: Mesh) -> None:
     assert "StartTraining" in [m.name for m in described.service[0].method]
     grpcurl = shutil.which("grpcurl")
     if grpcurl:
-        listed = subprocess.run([grpcurl, "-plaintext", mesh.gateway, "list"], capture_output=True, text=True,
-                                timeout=60, check=False)  # fmt: skip
+        listed = subprocess.run(
+            [grpcurl, "-plaintext", mesh.gateway, "list"], capture_output=True, text=True, timeout=60, check=False
+        )
         assert listed.returncode == 0, listed.stderr
         assert wanted <= set(listed.stdout.split()), listed.stdout

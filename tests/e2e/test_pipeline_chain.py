@@ -27,13 +27,18 @@ def _kitti_boxes(label: Path) -> Counter[tuple[str, int, int, int, int]]:
 
 
 async def _snapshot_round_trip(ingestor: str, features: str, root: Path, dataset: str, dsn: str) -> None:
-    async with grpc.aio.insecure_channel(ingestor) as ich, grpc.aio.insecure_channel(
-        features, options=[("grpc.max_receive_message_length", 64 << 20)]
-    ) as fch:
+    async with (
+        grpc.aio.insecure_channel(ingestor) as ich,
+        grpc.aio.insecure_channel(features, options=[("grpc.max_receive_message_length", 64 << 20)]) as fch,
+    ):
         progress = [
-            p async for p in ingest_pb2_grpc.IngestServiceStub(ich).ImportDataset(
-                ingest_pb2.ImportDatasetRequest(format=ingest_pb2.DATASET_FORMAT_KITTI, path=str(root),
-                                                dataset=dataset), timeout=300)
+            p
+            async for p in ingest_pb2_grpc.IngestServiceStub(ich).ImportDataset(
+                ingest_pb2.ImportDatasetRequest(
+                    format=ingest_pb2.DATASET_FORMAT_KITTI, path=str(root), dataset=dataset
+                ),
+                timeout=300,
+            )
         ]
         assert progress[-1].done and progress[-1].frames_published == 148, progress[-1]
 
@@ -42,8 +47,13 @@ async def _snapshot_round_trip(ingestor: str, features: str, root: Path, dataset
                 await asyncio.sleep(0.5)
 
         stub = feature_pb2_grpc.FeatureServiceStub(fch)
-        snapshot = (await stub.CreateDatasetSnapshot(feature_pb2.CreateDatasetSnapshotRequest(
-            name=dataset, filter=feature_pb2.DatasetFilter(datasets=[dataset]), keep_source_split=True))).snapshot
+        snapshot = (
+            await stub.CreateDatasetSnapshot(
+                feature_pb2.CreateDatasetSnapshotRequest(
+                    name=dataset, filter=feature_pb2.DatasetFilter(datasets=[dataset]), keep_source_split=True
+                )
+            )
+        ).snapshot
         assert (snapshot.train_frames, snapshot.val_frames) == (98, 50)
 
         seen = 0
@@ -53,8 +63,10 @@ async def _snapshot_round_trip(ingestor: str, features: str, root: Path, dataset
                 image = Path(frame.source)
                 assert image.parent.parent.name == folder
                 assert frame.image == image.read_bytes(), f"{image}: bytes differ after the round trip"
-                got = Counter((a.class_name, round(a.box.x1), round(a.box.y1), round(a.box.x2), round(a.box.y2))
-                              for a in frame.annotations)
+                got = Counter(
+                    (a.class_name, round(a.box.x1), round(a.box.y1), round(a.box.x2), round(a.box.y2))
+                    for a in frame.annotations
+                )
                 assert got == _kitti_boxes(image.parent.parent / "labels" / f"{image.stem}.txt"), image
                 seen += 1
         assert seen == 148
@@ -65,10 +77,17 @@ def test_apollo_import_store_snapshot_round_trip(
 ) -> None:
     dataset = f"apollo-chain-{uuid.uuid4().hex[:8]}"
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
-    with contextmanager(fresh_database)(postgres_dsn, "chain") as db, DaemonProcess(
-        "feature_service",
-        daemon_args(dsn=db.dsn, redis_url=redis_url, kafka_bootstrap=kafka_bootstrap, blob_dir=tmp_path / "blobs"),
-        free_port(),
-    ) as features, DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"], free_port()) as ingestor:
-        asyncio.run(_snapshot_round_trip(ingestor.address, features.address, shared_dir / "data" / "apollo-cars",
-                                         dataset, db.dsn))
+    with (
+        contextmanager(fresh_database)(postgres_dsn, "chain") as db,
+        DaemonProcess(
+            "feature_service",
+            daemon_args(dsn=db.dsn, redis_url=redis_url, kafka_bootstrap=kafka_bootstrap, blob_dir=tmp_path / "blobs"),
+            free_port(),
+        ) as features,
+        DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"], free_port()) as ingestor,
+    ):
+        asyncio.run(
+            _snapshot_round_trip(
+                ingestor.address, features.address, shared_dir / "data" / "apollo-cars", dataset, db.dsn
+            )
+        )

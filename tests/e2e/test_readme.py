@@ -73,8 +73,15 @@ class Run:
     out_dir: Path
 
     def bash(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)  # fmt: skip
+        return subprocess.run(
+            ["bash", "-c", command],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
 
 @pytest.fixture
@@ -83,8 +90,12 @@ def clean_run() -> Iterator[Run]:
     run_dir = Path(tempfile.mkdtemp(prefix="carmesh-readme-"))
     os.chmod(run_dir, 0o755)  # PostgreSQL runs as its own user and must reach its data folder
     out_dir = run_dir / "out"
-    env = {**os.environ, "CARMESH_STACK_RUN_DIR": str(run_dir), "CARMESH_STACK_PORT_OFFSET": str(_free_offset()),
-           "DEMO_OUT": str(out_dir)}  # fmt: skip
+    env = {
+        **os.environ,
+        "CARMESH_STACK_RUN_DIR": str(run_dir),
+        "CARMESH_STACK_PORT_OFFSET": str(_free_offset()),
+        "DEMO_OUT": str(out_dir),
+    }
     for name in ("CARMESH_API_KEY", "CARMESH_GATEWAY", "MODEL", "IMAGE", "VENV"):
         env.pop(name, None)
     run = Run(env, run_dir, out_dir)

@@ -37,12 +37,17 @@ def run_gateway(
 ) -> Iterator[DaemonProcess]:
     """The gateway as users run it (``python -m gateway``), with fast health checks for tests."""
     args = [
-        "--metrics-port", str(free_port()),
-        "--api-keys-file", str(keys_file),
-        "--registry-addr", registry_addr,
+        "--metrics-port",
+        str(free_port()),
+        "--api-keys-file",
+        str(keys_file),
+        "--registry-addr",
+        registry_addr,
         # A port nothing listens on stands for "no detector", unless the test brings replicas.
-        "--detector-addrs", detector_addrs or f"127.0.0.1:{free_port()}",
-        "--health-check-interval-s", "0.2",
+        "--detector-addrs",
+        detector_addrs or f"127.0.0.1:{free_port()}",
+        "--health-check-interval-s",
+        "0.2",
         *extra,
     ]
     with DaemonProcess("gateway", args, free_port(), timeout_s=30) as gateway:

@@ -121,8 +121,9 @@ def test_bidirectional_stream_through_the_gateway(stub):
         detector_pb2.DetectStreamRequest(detect=detector_pb2.DetectRequest(image=jpeg(), request_id=f"frame-{i}"))
         for i in range(3)
     ]
-    requests.append(detector_pb2.DetectStreamRequest(detect=detector_pb2.DetectRequest(image=b"not an image",
-                                                                                      request_id="bad")))
+    requests.append(
+        detector_pb2.DetectStreamRequest(detect=detector_pb2.DetectRequest(image=b"not an image", request_id="bad"))
+    )
     replies = list(stub.DetectStream(iter(requests), metadata=bearer(DETECT_KEY), timeout=30))
     by_id = {reply.request_id: reply for reply in replies}
     assert set(by_id) == {"frame-0", "frame-1", "frame-2", "bad"}
@@ -148,9 +149,10 @@ def test_detect_needs_the_detect_scope(stub):
 def test_traffic_continues_when_a_replica_dies(keys_file, tmp_path):
     with detector_replicas(tmp_path, ["left", "right"]) as (left, right):
         addresses = f"{left.address},{right.address}"
-        with run_gateway(keys_file, f"127.0.0.1:{free_port()}", addresses) as gateway, grpc.insecure_channel(
-            gateway.address
-        ) as channel:
+        with (
+            run_gateway(keys_file, f"127.0.0.1:{free_port()}", addresses) as gateway,
+            grpc.insecure_channel(gateway.address) as channel,
+        ):
             stub = detector_pb2_grpc.DetectorServiceStub(channel)
             assert {detect(stub).model.name for _ in range(4)} == {"left", "right"}
 
@@ -161,8 +163,9 @@ def test_traffic_continues_when_a_replica_dies(keys_file, tmp_path):
 
             right.stop()
             assert wait_until(
-                lambda: health_status(channel, "carmesh.v1.DetectorService")
-                == health_pb2.HealthCheckResponse.NOT_SERVING
+                lambda: (
+                    health_status(channel, "carmesh.v1.DetectorService") == health_pb2.HealthCheckResponse.NOT_SERVING
+                )
             )
             assert health_status(channel, "") == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.RpcError) as err:

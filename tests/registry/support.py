@@ -45,13 +45,18 @@ class Gateway:
 
 def gateway_args(mlflow_uri: str, cache_dir: Path, metrics_port: int, *extra: str) -> list[str]:
     return [
-        "--mlflow-tracking-uri", mlflow_uri,
-        "--cache-dir", str(cache_dir),
-        "--metrics-port", str(metrics_port),
-        "--poll-interval-s", "0.2",
-        "--max-import-bytes", str(MAX_IMPORT_BYTES),
+        "--mlflow-tracking-uri",
+        mlflow_uri,
+        "--cache-dir",
+        str(cache_dir),
+        "--metrics-port",
+        str(metrics_port),
+        "--poll-interval-s",
+        "0.2",
+        "--max-import-bytes",
+        str(MAX_IMPORT_BYTES),
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 YOLOX_NANO = SHARED / "models" / "yolox_nano.onnx"

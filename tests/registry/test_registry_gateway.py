@@ -56,9 +56,14 @@ async def test_import_yolov8_then_list_get_and_artifacts(
 ) -> None:
     data = yolov8_file(tmp_path / "cars.onnx", names=["car", "truck"]).read_bytes()
     version = await import_bytes(
-        stub, data, model_name, sha256=sha256(data), file_name="cars.onnx", description="two classes",
+        stub,
+        data,
+        model_name,
+        sha256=sha256(data),
+        file_name="cars.onnx",
+        description="two classes",
         tags={"owner": "tests"},
-    )  # fmt: skip
+    )
     assert (version.name, version.version) == (model_name, "1")
     assert version.family == pb.MODEL_FAMILY_YOLOV8
     assert list(version.class_names) == ["car", "truck"]  # from the ONNX metadata
@@ -100,9 +105,15 @@ async def test_import_real_yolox_nano_download_and_cache(
 ) -> None:
     data = (shared_dir / "models" / "yolox_nano.onnx").read_bytes()
     version = await import_bytes(
-        stub, data, model_name, family=pb.MODEL_FAMILY_YOLOX, class_names=COCO80, alias="champion",
-        sha256=sha256(data), chunk_bytes=1024 * 1024,
-    )  # fmt: skip
+        stub,
+        data,
+        model_name,
+        family=pb.MODEL_FAMILY_YOLOX,
+        class_names=COCO80,
+        alias="champion",
+        sha256=sha256(data),
+        chunk_bytes=1024 * 1024,
+    )
     assert version.family == pb.MODEL_FAMILY_YOLOX
     assert list(version.aliases) == ["champion"]
     assert (version.input_width, version.input_height) == (416, 416)
@@ -259,9 +270,12 @@ async def test_bad_imports_are_refused_and_the_daemon_keeps_serving(
         (import_messages(v8, model_name, family=pb.MODEL_FAMILY_UNSPECIFIED), bad, "cannot tell the model family"),
         (import_messages(b"", model_name), bad, "no file bytes"),
         (iter([pb.ImportModelRequest(chunk=v8)]), bad, "first ImportModel message must carry metadata"),
-        (import_messages(b"\0" * (MAX_IMPORT_BYTES + 1), model_name, chunk_bytes=4 * 1024 * 1024),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, "import limit"),
-    ]  # fmt: skip
+        (
+            import_messages(b"\0" * (MAX_IMPORT_BYTES + 1), model_name, chunk_bytes=4 * 1024 * 1024),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "import limit",
+        ),
+    ]
     for messages, code, fragment in cases:
         await expect_error(stub.ImportModel(messages), code, fragment)
     # None of them registered anything.
@@ -283,9 +297,7 @@ async def test_bad_imports_are_refused_and_the_daemon_keeps_serving(
     await expect_error(stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, version="v1")), bad, "integer")
     await expect_error(stub.GetModelVersion(pb.GetModelVersionRequest(version="1")), bad, "model name is empty")
     await expect_error(stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="", version="1")), bad, "alias is empty")
-    await expect_error(
-        stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="latest", version="1")), bad, "reserved"
-    )
+    await expect_error(stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="latest", version="1")), bad, "reserved")
     await expect_error(
         download(stub, name=model_name, version="1", chunk_size_bytes=10), bad, "chunk_size_bytes 10 is out of range"
     )

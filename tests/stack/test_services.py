@@ -83,20 +83,43 @@ def test_mlflow_server_answers(mlflow_uri: str) -> None:
 def test_mlflow_runs_on_postgresql_when_configured(stack_config: services.StackConfig, postgres_dsn: str) -> None:
     """`CARMESH_STACK_MLFLOW_BACKEND_URI=postgresql+psycopg2://...` puts MLflow's store in PostgreSQL."""
     backend = postgres_dsn.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + "/mlflow"
-    cfg = dataclasses.replace(stack_config, ports=dataclasses.replace(stack_config.ports, mlflow=free_port()),
-                              run_dir=stack_config.run_dir / "mlflow-pg", mlflow_backend_uri=backend)
+    cfg = dataclasses.replace(
+        stack_config,
+        ports=dataclasses.replace(stack_config.ports, mlflow=free_port()),
+        run_dir=stack_config.run_dir / "mlflow-pg",
+        mlflow_backend_uri=backend,
+    )
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     proc = services.mlflow(cfg)
     proc.start()
     try:
         proc.wait_ready()
         request = urllib.request.Request(
-            f"{cfg.mlflow_uri}/api/2.0/mlflow/experiments/create", method="POST",
-            data=json.dumps({"name": "pg-backed"}).encode(), headers={"Content-Type": "application/json"})
+            f"{cfg.mlflow_uri}/api/2.0/mlflow/experiments/create",
+            method="POST",
+            data=json.dumps({"name": "pg-backed"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request) as reply:
             assert json.loads(reply.read())["experiment_id"]
     finally:
         proc.stop()
-    rows = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "mlflow",
-                           "-Atc", "select name from experiments"], capture_output=True, text=True, check=True)
+    rows = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cfg.ports.postgres),
+            "-U",
+            "postgres",
+            "-d",
+            "mlflow",
+            "-Atc",
+            "select name from experiments",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "pg-backed" in rows.stdout.split()

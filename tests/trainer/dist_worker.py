@@ -27,8 +27,18 @@ def main(argv: list[str]) -> int:
 
     data_dir, ck_dir, out, epochs, delay_s = Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3]), float(argv[4])
     data = load_folder(data_dir, ["car"], ["van"])
-    recipe = Recipe(epochs=epochs, batch_size=2, samples_per_epoch=12, learning_rate=4e-3, warmup_steps=2,
-                    crop_width=64, crop_height=64, image_scale=1.0, loader_threads=1, time_budget_s=None)
+    recipe = Recipe(
+        epochs=epochs,
+        batch_size=2,
+        samples_per_epoch=12,
+        learning_rate=4e-3,
+        warmup_steps=2,
+        crop_width=64,
+        crop_height=64,
+        image_scale=1.0,
+        loader_threads=1,
+        time_budget_s=None,
+    )
     spec = ModelSpec("n", ("car",), 64, 64)
     steps: list[int] = []
     progress_file = out.with_suffix(".progress")
@@ -43,12 +53,18 @@ def main(argv: list[str]) -> int:
 
     result = train(spec, recipe, data, strategy, ck_dir, on_progress, lambda: False, evaluate_every_epochs=0)
     digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in result.body.get_weights())).hexdigest()
-    out.write_text(json.dumps({
-        "chief": is_chief(strategy),
-        "first_step": steps[0] if steps else None,
-        "last_step": steps[-1] if steps else None,
-        "epochs_completed": result.epochs_completed, "digest": digest, "replicas": strategy.num_replicas_in_sync,
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "chief": is_chief(strategy),
+                "first_step": steps[0] if steps else None,
+                "last_step": steps[-1] if steps else None,
+                "epochs_completed": result.epochs_completed,
+                "digest": digest,
+                "replicas": strategy.num_replicas_in_sync,
+            }
+        )
+    )
     return 0
 
 

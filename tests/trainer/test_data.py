@@ -91,8 +91,20 @@ def _square_image(tmp_path: Path, box: tuple[int, int, int, int]) -> LabelledIma
 @pytest.mark.parametrize("zoom", [1.0, 1.5])
 def test_boxes_follow_crop_zoom_and_flip(tmp_path: Path, flip: float, zoom: float) -> None:
     item = _square_image(tmp_path, (100, 60, 140, 90))
-    cfg = AugmentConfig(crop_w=96, crop_h=64, image_scale=1.0, zoom_min=zoom, zoom_max=zoom, object_bias=1.0,
-                        flip_p=flip, hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.0, min_box_px=1.0)
+    cfg = AugmentConfig(
+        crop_w=96,
+        crop_h=64,
+        image_scale=1.0,
+        zoom_min=zoom,
+        zoom_max=zoom,
+        object_bias=1.0,
+        flip_p=flip,
+        hsv_h=0,
+        hsv_s=0,
+        hsv_v=0,
+        min_visible=0.0,
+        min_box_px=1.0,
+    )
     cache = ImageCache(1.0)
     for seed in range(6):
         crop, boxes, classes = make_sample(np.random.default_rng(seed), item, cache, cfg)
@@ -106,8 +118,20 @@ def test_boxes_follow_crop_zoom_and_flip(tmp_path: Path, flip: float, zoom: floa
 
 def test_mosaic_quadrants_carry_their_own_boxes(tmp_path: Path) -> None:
     item = _square_image(tmp_path, (100, 60, 140, 90))
-    cfg = AugmentConfig(crop_w=192, crop_h=128, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
-                        flip_p=0.5, hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.0, min_box_px=1.0)
+    cfg = AugmentConfig(
+        crop_w=192,
+        crop_h=128,
+        image_scale=1.0,
+        zoom_min=1.0,
+        zoom_max=1.0,
+        object_bias=1.0,
+        flip_p=0.5,
+        hsv_h=0,
+        hsv_s=0,
+        hsv_v=0,
+        min_visible=0.0,
+        min_box_px=1.0,
+    )
     cache = ImageCache(1.0)
     for seed in range(4):
         canvas, boxes, classes = make_mosaic(np.random.default_rng(seed), [item] * 4, cache, cfg)
@@ -143,8 +167,19 @@ def test_closing_the_mosaic_draws_the_plain_crops(tmp_path: Path) -> None:
 
 def test_mosaic_zoom_shrinks_the_quadrants(tmp_path: Path) -> None:
     item = _square_image(tmp_path, (100, 60, 140, 90))  # 40 x 30
-    cfg = AugmentConfig(crop_w=192, crop_h=128, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
-                        hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.99, mosaic_zoom=0.5)
+    cfg = AugmentConfig(
+        crop_w=192,
+        crop_h=128,
+        image_scale=1.0,
+        zoom_min=1.0,
+        zoom_max=1.0,
+        object_bias=1.0,
+        hsv_h=0,
+        hsv_s=0,
+        hsv_v=0,
+        min_visible=0.99,
+        mosaic_zoom=0.5,
+    )
     _, boxes, _ = make_mosaic(np.random.default_rng(0), [item] * 4, ImageCache(1.0), cfg)
     assert len(boxes) >= 1
     # Whole squares only (min_visible 0.99), each at half size.
@@ -154,8 +189,20 @@ def test_mosaic_zoom_shrinks_the_quadrants(tmp_path: Path) -> None:
 
 def test_fit_zooms_out_until_the_target_is_whole(tmp_path: Path) -> None:
     item = _square_image(tmp_path, (40, 20, 240, 180))  # 200 x 160, larger than the 96 x 64 crop
-    cfg = AugmentConfig(crop_w=96, crop_h=64, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=1.0,
-                        hsv_h=0, hsv_s=0, hsv_v=0, min_visible=0.0, fit_p=1.0, fit_fraction=0.9)
+    cfg = AugmentConfig(
+        crop_w=96,
+        crop_h=64,
+        image_scale=1.0,
+        zoom_min=1.0,
+        zoom_max=1.0,
+        object_bias=1.0,
+        hsv_h=0,
+        hsv_s=0,
+        hsv_v=0,
+        min_visible=0.0,
+        fit_p=1.0,
+        fit_fraction=0.9,
+    )
     for seed in range(6):
         crop, boxes, _ = make_sample(np.random.default_rng(seed), item, ImageCache(1.0), cfg)
         assert len(boxes) == 1
@@ -173,9 +220,11 @@ def test_fit_zooms_out_until_the_target_is_whole(tmp_path: Path) -> None:
 
 def test_target_size_power_favours_large_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [0, 0, 100, 100]], np.float32)
+
     def picks(power: float) -> float:
         rng = np.random.default_rng(0)
         return float(np.mean([pick_target(rng, boxes, 1.0, power) == 1 for _ in range(2000)]))
+
     assert picks(0.0) == pytest.approx(0.5, abs=0.05)
     assert picks(1.0) == pytest.approx(100 / 110, abs=0.03)
     assert pick_target(np.random.default_rng(0), boxes, 0.0, 1.0) is None
@@ -195,8 +244,18 @@ def test_the_training_scale_follows_the_export_size(tmp_path: Path) -> None:
 
 def test_cut_boxes_are_dropped_and_targets_padded(tmp_path: Path) -> None:
     item = _square_image(tmp_path, (100, 60, 140, 90))
-    cfg = AugmentConfig(crop_w=64, crop_h=64, image_scale=1.0, zoom_min=1.0, zoom_max=1.0, object_bias=0.0,
-                        hsv_h=0, hsv_s=0, hsv_v=0, max_boxes=5)
+    cfg = AugmentConfig(
+        crop_w=64,
+        crop_h=64,
+        image_scale=1.0,
+        zoom_min=1.0,
+        zoom_max=1.0,
+        object_bias=0.0,
+        hsv_h=0,
+        hsv_s=0,
+        hsv_v=0,
+        max_boxes=5,
+    )
     batches = BatchIterator([item] * 4, cfg, batch_size=2, seed=3, samples_per_epoch=8)
     seen_empty = False
     for batch in batches.epoch(0):
@@ -222,8 +281,10 @@ def test_batches_are_deterministic_and_sharded(tmp_path: Path) -> None:
         np.testing.assert_array_equal(x.images, y.images)
         np.testing.assert_array_equal(x.boxes, y.boxes)
     assert not np.array_equal(a[0].images, next(iter(whole.epoch(2))).images)
-    shards = [BatchIterator(images, cfg, batch_size=2, seed=5, worker_index=k, num_workers=2, samples_per_epoch=8)
-              for k in range(2)]
+    shards = [
+        BatchIterator(images, cfg, batch_size=2, seed=5, worker_index=k, num_workers=2, samples_per_epoch=8)
+        for k in range(2)
+    ]
     s0, s1 = list(shards[0].epoch(1)), list(shards[1].epoch(1))
     assert len(s0) == len(s1) == 2
     # Worker k's j-th sample is global sample (step * batch + j) * workers + k of the same epoch.

@@ -21,8 +21,13 @@ def _start(data: Path, ck: Path, outs: list[Path], epochs: int, delay_s: float) 
     for index, out in enumerate(outs):
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "PYTHONPATH": str(REPO_ROOT),
-               "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(tf_config),
+            "PYTHONPATH": str(REPO_ROOT),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
         worker = "tests.trainer.dist_worker"
         args = [sys.executable, "-m", worker, str(data), str(ck), str(out), str(epochs), str(delay_s)]
         log = out.with_suffix(".log").open("ab")

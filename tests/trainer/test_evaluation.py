@@ -33,9 +33,7 @@ def test_perfect_match_is_ap_one() -> None:
 
 def test_false_positive_ranked_above_true_positive() -> None:
     # FP (0.9) then TP (0.8): recall [0, 1], precision [0, 1/2] -> envelope 1/2 at every recall point.
-    report = evaluate(
-        [gt([[0, 0, 10, 10]])], [det([[100, 100, 110, 110], [0, 0, 10, 10]], [0.9, 0.8])], num_classes=1
-    )
+    report = evaluate([gt([[0, 0, 10, 10]])], [det([[100, 100, 110, 110], [0, 0, 10, 10]], [0.9, 0.8])], num_classes=1)
     np.testing.assert_allclose(report.ap, 1 / (2 + EPS), rtol=0, atol=1e-12)
     assert report.map50 == pytest.approx(0.5)
 
@@ -91,8 +89,9 @@ def test_classes_without_ground_truth_are_excluded_from_the_mean() -> None:
 
 
 def test_crowd_iou_is_over_detection_area() -> None:
-    iou = box_iou(np.array([[0.0, 0, 10, 10]]), np.array([[0.0, 0, 100, 100], [0.0, 0, 100, 100]]),
-                  np.array([True, False]))
+    iou = box_iou(
+        np.array([[0.0, 0, 10, 10]]), np.array([[0.0, 0, 100, 100], [0.0, 0, 100, 100]]), np.array([True, False])
+    )
     np.testing.assert_allclose(iou, [[1.0, 0.01]])
 
 
@@ -129,8 +128,9 @@ def test_edge_cases_hand_checked() -> None:
 # --- randomized comparison with pycocotools -------------------------------------------------------------------
 
 
-def _random_dataset(rng: np.random.Generator, num_images: int, num_classes: int) -> tuple[list[GroundTruth],
-                                                                                         list[Detections]]:
+def _random_dataset(
+    rng: np.random.Generator, num_images: int, num_classes: int
+) -> tuple[list[GroundTruth], list[Detections]]:
     """Integer boxes (so both implementations compute bit-identical IoUs, exact ties included) and scores on
     a coarse grid (so score ties exercise the stable-sort tie-breaking)."""
     gts, dets = [], []
@@ -182,14 +182,25 @@ def _pycocotools_eval(
             w, h = b[2] - b[0], b[3] - b[1]
             # With min_height_px, put the height in COCO's "area" so its area range acts as a height range.
             area = float(h) if min_height_px is not None else float(w * h)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c) + 1,
-                                "bbox": xywh(b), "area": area, "iscrowd": int(ig)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": xywh(b),
+                    "area": area,
+                    "iscrowd": int(ig),
+                }
+            )
         for b, s, c in zip(d.boxes, d.scores, d.classes, strict=True):
             results.append({"image_id": i + 1, "category_id": int(c) + 1, "bbox": xywh(b), "score": float(s)})
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {"images": [{"id": i + 1} for i in range(len(gts))], "annotations": annotations,
-                           "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+        coco_gt.dataset = {
+            "images": [{"id": i + 1} for i in range(len(gts))],
+            "annotations": annotations,
+            "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)],
+        }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results)
         if min_height_px is not None:

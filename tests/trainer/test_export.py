@@ -37,7 +37,8 @@ def _realistic_head(body: Any, seed: int, target_std: float = 3.0) -> None:
     rng = np.random.default_rng(seed)
     x = rng.random((1, SPEC.input_height, SPEC.input_width, 3), dtype=np.float32)
     finals = [
-        w for w in body.weights
+        w
+        for w in body.weights
         if len(w.shape) == 4 and w.shape[:2] == (1, 1) and "model-22-cv" in w.path and w.path.endswith("-2/kernel")
     ]
     assert len(finals) == 6, [w.path for w in finals]  # box + class branch per level
@@ -119,8 +120,14 @@ def test_box_parity_allows_what_the_head_maps_explain() -> None:
 
     # An almost untrained model: DFL logits in the thousands agree to 1e-5 relative (0.025 absolute), which
     # can move a P5 box edge by 2 * 15 * 32 * 0.025 = 24 px; 0.16 px (1.7e-4 of 960) is then no disagreement.
-    untrained = dict(num_images=1, input_hw=(544, 960), head_max_abs=(0.01, 0.02, 0.025),
-                     head_max_value=(1000.0, 2000.0, 2500.0), score_max_abs=1e-6, box_max_rel=1e-4)  # fmt: skip
+    untrained = dict(
+        num_images=1,
+        input_hw=(544, 960),
+        head_max_abs=(0.01, 0.02, 0.025),
+        head_max_value=(1000.0, 2000.0, 2500.0),
+        score_max_abs=1e-6,
+        box_max_rel=1e-4,
+    )
     allowance = 2 * 15 * 32 * 0.025
     assert ParityReport(**untrained, box_max_abs=0.16, box_allowance_px=allowance).ok  # type: ignore[arg-type]
     # Beyond both the input-size tolerance and what the heads explain: a real disagreement.
@@ -182,9 +189,7 @@ def test_triton_config_rejects_bad_names_and_batch_sizes() -> None:
         triton_config(SPEC, "ok", max_batch_size=0)
 
 
-def test_export_fails_before_converting_when_the_directory_cannot_be_made(
-    exported: Exported, tmp_path: Path
-) -> None:
+def test_export_fails_before_converting_when_the_directory_cannot_be_made(exported: Exported, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OSError):

@@ -14,8 +14,19 @@ from trainer.model import ModelSpec
 from trainer.predict import evaluate_on, nms
 
 TINY = Recipe(
-    epochs=3, batch_size=4, samples_per_epoch=32, learning_rate=4e-3, warmup_steps=4, crop_width=64, crop_height=64,
-    image_scale=1.0, zoom_min=0.9, zoom_max=1.1, ema_ramp_steps=4.0, loader_threads=1, time_budget_s=None,
+    epochs=3,
+    batch_size=4,
+    samples_per_epoch=32,
+    learning_rate=4e-3,
+    warmup_steps=4,
+    crop_width=64,
+    crop_height=64,
+    image_scale=1.0,
+    zoom_min=0.9,
+    zoom_max=1.1,
+    ema_ramp_steps=4.0,
+    loader_threads=1,
+    time_budget_s=None,
 )
 
 
@@ -29,8 +40,16 @@ def test_loss_falls_stop_is_clean_and_training_resumes(tmp_path: Path) -> None:
     assert is_chief(strategy)
     first: list[Progress] = []
     # should_stop turns true during step 12 (epoch 1, its 4th step): training ends after that step.
-    result = train(spec, TINY, data, strategy, tmp_path / "ck", first.append,
-                   lambda: len([p for p in first if p.epoch_metrics is None]) >= 11, evaluate_every_epochs=1)
+    result = train(
+        spec,
+        TINY,
+        data,
+        strategy,
+        tmp_path / "ck",
+        first.append,
+        lambda: len([p for p in first if p.epoch_metrics is None]) >= 11,
+        evaluate_every_epochs=1,
+    )
     steps = [p for p in first if p.epoch_metrics is None and not p.stopped_mid_epoch]
     assert first[-1].stopped_mid_epoch and first[-1].step == 12, "no last report of where the job stopped"
     assert result.stopped and result.epochs_completed == 1 and steps[-1].step == 12 and steps[-1].epoch == 1
@@ -105,8 +124,9 @@ def test_time_spent_between_steps_counts_against_the_budget(tmp_path: Path) -> N
             now[0] += 1000.0  # as if validating after epoch 1 took 1,000 s
 
     recipe = Recipe(**{**TINY.__dict__, "time_budget_s": 500.0, "warmup_steps": 1})
-    result = train(spec, recipe, data, None, tmp_path / "ck", on_progress, lambda: False, evaluate_every_epochs=0,
-                   clock=clock)  # fmt: skip
+    result = train(
+        spec, recipe, data, None, tmp_path / "ck", on_progress, lambda: False, evaluate_every_epochs=0, clock=clock
+    )
     # Epoch 1's 8 steps took no time; the next step still runs on the progress it was given, and the one
     # after it sees the 1,000 s and ends the schedule: 2 steps into epoch 2, not 3 full epochs.
     assert result.epochs_completed == 2 and not result.stopped

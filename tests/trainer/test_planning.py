@@ -12,8 +12,9 @@ from trainer.planning import MAX_EPOCHS, SHORT_BUDGET_S, SHORT_SCHEDULE, STARTUP
 
 
 def _planner(root: Path) -> Planner:
-    return Planner(feature_addr="127.0.0.1:1", cache_dir=root / "cache", allowed_roots=(root,), max_workers=2,
-                   cpu_threads=2)  # fmt: skip
+    return Planner(
+        feature_addr="127.0.0.1:1", cache_dir=root / "cache", allowed_roots=(root,), max_workers=2, cpu_threads=2
+    )
 
 
 async def _recipe(tmp_path: Path, **request: int) -> dict[str, object]:
@@ -39,7 +40,6 @@ async def test_a_time_limit_sets_the_budget_and_epochs_only_cap_it(tmp_path: Pat
     recipe = await _recipe(tmp_path, epochs=epochs, max_duration_s=600)
     assert recipe["time_budget_s"] == 600 - STARTUP_ALLOWANCE_S
     assert recipe["epochs"] == (epochs or MAX_EPOCHS)
-
 
 
 async def test_a_short_limit_gets_the_short_schedule_unless_the_request_sets_a_field(tmp_path: Path) -> None:

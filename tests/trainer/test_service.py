@@ -66,11 +66,23 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     registry_args = gateway_args(mlflow_uri, root / "registry-cache", free_port())
     with DaemonProcess("registry_gateway", registry_args, free_port(), timeout_s=90) as registry:
         args = [
-            "--work-dir", str(root / "work"), "--registry-addr", registry.address,
-            "--feature-addr", f"127.0.0.1:{free_port()}",  # no feature_service: snapshots answer UNAVAILABLE
-            "--mlflow-tracking-uri", mlflow_uri, "--model-name", model_name, "--metrics-port", "0",
-            "--max-running-jobs", "2", "--stop-grace-s", "5",
-        ]  # fmt: skip
+            "--work-dir",
+            str(root / "work"),
+            "--registry-addr",
+            registry.address,
+            "--feature-addr",
+            f"127.0.0.1:{free_port()}",  # no feature_service: snapshots answer UNAVAILABLE
+            "--mlflow-tracking-uri",
+            mlflow_uri,
+            "--model-name",
+            model_name,
+            "--metrics-port",
+            "0",
+            "--max-running-jobs",
+            "2",
+            "--stop-grace-s",
+            "5",
+        ]
         keys = root / "api-keys"
         keys.write_text(keys_file_text())
         with (
@@ -80,20 +92,40 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             yield Trainer(daemon, registry, gateway, root / "work", data, mlflow_uri, model_name)
 
 
-def tiny_request(trainer: Trainer, *, epochs: int, workers: int = 1, max_duration_s: int = 0) -> training_pb2.StartTrainingRequest:  # noqa: E501
+def tiny_request(
+    trainer: Trainer, *, epochs: int, workers: int = 1, max_duration_s: int = 0
+) -> training_pb2.StartTrainingRequest:
     return training_pb2.StartTrainingRequest(
         dataset=str(trainer.data),
         config=training_pb2.TrainingConfig(
-            preset="n", input_width=320, input_height=192, epochs=epochs, batch_size=2, crop_width=64,
-            crop_height=64, classes=["car"], ignore_classes=["van"], max_duration_s=max_duration_s,
+            preset="n",
+            input_width=320,
+            input_height=192,
+            epochs=epochs,
+            batch_size=2,
+            crop_width=64,
+            crop_height=64,
+            classes=["car"],
+            ignore_classes=["van"],
+            max_duration_s=max_duration_s,
         ),
         workers=workers,
-    )  # fmt: skip
+    )
 
 
 # The flags of the CLI that give tiny_request's config (the CLI's preset default is "n").
-TINY_FLAGS = ("--size", "320x192", "--crop", "64x64", "--batch-size", "2", "--classes", "car",
-              "--ignore-classes", "van")  # fmt: skip
+TINY_FLAGS = (
+    "--size",
+    "320x192",
+    "--crop",
+    "64x64",
+    "--batch-size",
+    "2",
+    "--classes",
+    "car",
+    "--ignore-classes",
+    "van",
+)
 
 
 def cli(trainer: Trainer, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -137,7 +169,9 @@ def _logs(trainer: Trainer, job_id: str) -> str:
     return "\n".join(p.read_text()[-3000:] for p in sorted((trainer.work_dir / "jobs" / job_id).glob("worker-*.log")))
 
 
-def test_a_finished_job_registers_a_challenger_with_its_evaluation(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+def test_a_finished_job_registers_a_challenger_with_its_evaluation(
+    trainer: Trainer, trained: training_pb2.TrainingJob
+) -> None:
     assert trained.registered.name == trainer.model_name and trained.registered.version
     assert trained.registered.alias == "challenger"
     assert trained.history, "no per-epoch metrics"
@@ -183,7 +217,9 @@ def test_jobs_list_and_watch_show_the_finished_job(trainer: Trainer, trained: tr
     assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND: "), missing.stderr
 
 
-def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(
+    trainer: Trainer, trained: training_pb2.TrainingJob
+) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=trainer.mlflow_uri)
@@ -205,7 +241,9 @@ def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(trainer: Traine
     assert parity["box_max_rel_input"] < 1e-4 or parity["box_max_abs_px"] < parity["box_allowance_px"]
 
 
-def test_the_registered_onnx_runs_in_the_detector_engine(trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path) -> None:  # noqa: E501
+def test_the_registered_onnx_runs_in_the_detector_engine(
+    trainer: Trainer, trained: training_pb2.TrainingJob, tmp_path: Path
+) -> None:
     from detector import engine as det_engine
 
     chunks = []
@@ -228,15 +266,19 @@ def test_the_registered_onnx_runs_in_the_detector_engine(trainer: Trainer, train
     assert out.shape == (5, (24 * 40) + (12 * 20) + (6 * 10))
 
 
-def test_evaluate_model_scores_a_version_like_the_trainer_did(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:  # noqa: E501
+def test_evaluate_model_scores_a_version_like_the_trainer_did(
+    trainer: Trainer, trained: training_pb2.TrainingJob
+) -> None:
     with trainer.channel() as channel:
         reply = trainer.stub(channel).EvaluateModel(
             training_pb2.EvaluateModelRequest(
                 model=common_pb2.ModelRef(name=trainer.model_name, version=trained.registered.version),
-                dataset=str(trainer.data), classes=["car"], ignore_classes=["van"],
+                dataset=str(trainer.data),
+                classes=["car"],
+                ignore_classes=["van"],
             ),
             timeout=300,
-        )  # fmt: skip
+        )
     assert reply.images == 4 and list(reply.classes) == ["car"]
     # ONNX Runtime here, Keras in the job: the same detections up to float rounding.
     assert reply.map50 == pytest.approx(trained.final_metrics["val_map50"], abs=0.02)
@@ -245,13 +287,26 @@ def test_evaluate_model_scores_a_version_like_the_trainer_did(trainer: Trainer, 
 def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Trainer) -> None:
     """`carmesh train DATA --max-duration TIME`, followed by the CLI to the end (0.25m: 15 s in minutes)."""
     started = time.monotonic()
-    followed = cli(trainer, "train", str(trainer.data), *TINY_FLAGS, "--epochs", "500", "--max-duration", "0.25m",
-                   "--json", timeout_s=400)  # fmt: skip
+    followed = cli(
+        trainer,
+        "train",
+        str(trainer.data),
+        *TINY_FLAGS,
+        "--epochs",
+        "500",
+        "--max-duration",
+        "0.25m",
+        "--json",
+        timeout_s=400,
+    )
     job = json.loads(followed.stdout) if followed.stdout.strip() else {}
     assert followed.returncode == 0, (followed.stderr[-3000:], _logs(trainer, job.get("job_id", "none")))
     with trainer.channel() as channel:
-        done = trainer.stub(channel).GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job["job_id"]),
-                                                    timeout=10).job  # fmt: skip
+        done = (
+            trainer.stub(channel)
+            .GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job["job_id"]), timeout=10)
+            .job
+        )
     assert done.request == tiny_request(trainer, epochs=500, max_duration_s=15)
     assert done.state == training_pb2.TRAINING_STATE_SUCCEEDED, (done.error, _logs(trainer, done.job_id))
     assert done.registered.version and done.epoch < 499
@@ -279,8 +334,17 @@ def test_the_promotion_gate_compares_on_the_same_validation_data(
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return carmesh(*args, gateway=trainer.gateway.address, api_key=ADMIN_KEY, timeout_s=600)
 
-    imported = cli("models", "import", str(constant_model(tmp_path / "constant.onnx")), "--name", name,
-                   "--family", "yolov8", "--alias", "champion")  # fmt: skip
+    imported = cli(
+        "models",
+        "import",
+        str(constant_model(tmp_path / "constant.onnx")),
+        "--name",
+        name,
+        "--family",
+        "yolov8",
+        "--alias",
+        "champion",
+    )
     assert imported.returncode == 0, imported.stderr
     champion = next(line.split("version ")[1].split()[0] for line in imported.stdout.splitlines() if "version" in line)
     assert key not in _evals(trainer, champion)
@@ -305,8 +369,22 @@ def test_render_tfjob_prints_a_config_map_and_a_tfjob_and_starts_nothing(trainer
     """`carmesh train SNAPSHOT --render-tfjob --image IMAGE > tfjob.yaml`: RenderTrainingJob through the gateway."""
     with trainer.channel() as channel:
         before = len(trainer.stub(channel).ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).jobs)
-    rendered = cli(trainer, "train", "apollo-snap", "--classes", "car", "--ignore-classes", "van,truck,bus",
-                   "--max-duration", "28m", "--workers", "2", "--render-tfjob", "--image", "reg/carmesh:t")  # fmt: skip
+    rendered = cli(
+        trainer,
+        "train",
+        "apollo-snap",
+        "--classes",
+        "car",
+        "--ignore-classes",
+        "van,truck,bus",
+        "--max-duration",
+        "28m",
+        "--workers",
+        "2",
+        "--render-tfjob",
+        "--image",
+        "reg/carmesh:t",
+    )
     assert rendered.returncode == 0, rendered.stderr
     config_map, tfjob = yaml.safe_load_all(rendered.stdout)  # stdout is only the manifest
     assert config_map["kind"] == "ConfigMap" and (tfjob["apiVersion"], tfjob["kind"]) == ("kubeflow.org/v1", "TFJob")
@@ -327,8 +405,16 @@ def test_render_tfjob_prints_a_config_map_and_a_tfjob_and_starts_nothing(trainer
 
 def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None:
     cases = [
-        (dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(preset="xl")), grpc.StatusCode.INVALID_ARGUMENT, "preset"),  # noqa: E501
-        (dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(input_width=100)), grpc.StatusCode.INVALID_ARGUMENT, "multiple of 32"),  # noqa: E501
+        (
+            dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(preset="xl")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "preset",
+        ),
+        (
+            dict(dataset=str(trainer.data), config=training_pb2.TrainingConfig(input_width=100)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "multiple of 32",
+        ),
         (dict(dataset=str(trainer.data), workers=99), grpc.StatusCode.INVALID_ARGUMENT, "workers"),
         (dict(dataset="/no/such/folder"), grpc.StatusCode.NOT_FOUND, "does not exist"),
         (dict(dataset=""), grpc.StatusCode.INVALID_ARGUMENT, "dataset is required"),

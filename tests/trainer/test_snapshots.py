@@ -18,19 +18,25 @@ def frame(frame_id: str, split: int, boxes: list[tuple[str, float, float, float,
     ok, data = cv2.imencode(".jpg", np.full((90, 160, 3), 100, np.uint8))
     assert ok
     return common_pb2.Frame(
-        frame_id=frame_id, encoding=common_pb2.IMAGE_ENCODING_JPEG, image=data.tobytes(), width=160, height=90,
+        frame_id=frame_id,
+        encoding=common_pb2.IMAGE_ENCODING_JPEG,
+        image=data.tobytes(),
+        width=160,
+        height=90,
         split=split,
         annotations=[
             common_pb2.Annotation(box=common_pb2.BoundingBox(x1=x1, y1=y1, x2=x2, y2=y2), class_name=name, ignore=ig)
             for name, x1, y1, x2, y2, ig in boxes
         ],
-    )  # fmt: skip
+    )
 
 
 def test_a_cached_snapshot_reads_back_with_splits_boxes_and_dont_care_regions(tmp_path: Path) -> None:
     writer = CocoWriter(tmp_path / "snap")
     writer.add(frame("cam/1", common_pb2.SPLIT_TRAIN, [("car", 10, 20, 50, 60, False), ("van", 60, 10, 90, 40, False)]))
-    writer.add(frame("cam/2", common_pb2.SPLIT_TRAIN, [("car", 1, 2, 30, 40, False), ("ignore", 100, 0, 160, 90, True)]))  # noqa: E501
+    writer.add(
+        frame("cam/2", common_pb2.SPLIT_TRAIN, [("car", 1, 2, 30, 40, False), ("ignore", 100, 0, 160, 90, True)])
+    )
     writer.add(frame("cam/3", common_pb2.SPLIT_VAL, [("car", 5, 5, 25, 35, False)]))
     writer.finish(SnapshotRef("snap", 1))
 

@@ -114,8 +114,15 @@ def test_to_yaml_round_trips_every_document() -> None:
 
 
 def _request(**overrides: Any) -> TrainRequest:
-    values: dict[str, Any] = {"dataset": "apollo:2", "preset": "n", "epochs": 30, "workers": 2,
-                              "classes": ("car",), "ignore_classes": ("van", "truck"), "max_duration_s": 600}
+    values: dict[str, Any] = {
+        "dataset": "apollo:2",
+        "preset": "n",
+        "epochs": 30,
+        "workers": 2,
+        "classes": ("car",),
+        "ignore_classes": ("van", "truck"),
+        "max_duration_s": 600,
+    }
     values.update(overrides)
     return TrainRequest(**values)
 
@@ -162,9 +169,14 @@ def test_render_for_request_gives_a_config_map_and_a_tfjob_that_prepares_the_job
 
 
 def _template(tmp_path: Path, **overrides: Any) -> Path:
-    spec = JobSpec(job_id="train-x", dataset=str(tmp_path / "data"), data_path=str(tmp_path / "data"),
-                   data_format="", model={"preset": "n", "class_names": [], "input_width": 320,
-                                          "input_height": 192}, max_duration_s=120.0)
+    spec = JobSpec(
+        job_id="train-x",
+        dataset=str(tmp_path / "data"),
+        data_path=str(tmp_path / "data"),
+        data_format="",
+        model={"preset": "n", "class_names": [], "input_width": 320, "input_height": 192},
+        max_duration_s=120.0,
+    )
     values = {**spec.__dict__, **overrides}
     path = tmp_path / "template.json"
     path.write_text(json.dumps(values))
@@ -178,8 +190,12 @@ def test_prepare_writes_job_json_once_and_later_replicas_reuse_it(tmp_path: Path
     assert first.deadline_unix > 0 and JobSpec.read(job_dir) == first
     # A later replica (or a restarted pod) runs the spec already there, deadline included.
     template = _template(tmp_path, max_duration_s=999.0)
-    assert main(["prepare", "--template", str(template), "--job-dir", str(job_dir),
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            ["prepare", "--template", str(template), "--job-dir", str(job_dir), "--cache-dir", str(tmp_path / "cache")]
+        )
+        == 0
+    )
     assert JobSpec.read(job_dir) == first
     assert sorted(p.name for p in job_dir.iterdir()) == [JOB_FILE]  # no partial files left behind
 
