@@ -32,13 +32,12 @@ from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_ch
 @dataclass(frozen=True)
 class Recipe:
     """How to train. The defaults are the best recipe measured on apollo-cars (2 CPU cores, yolov8n, single
-    class "car", van/truck/bus ignored, export 960x544; docs/training.md has the numbers and the comparisons)."""
+    class "car", van/truck/bus ignored, export 960x544; docs/training-lab-notes.md §2 has the measurements)."""
 
     epochs: int = 100  # the most epochs; with time_budget_s training usually ends sooner
     # Wall seconds from the first step (chief's clock), validation included: the cosine ends on time.
     time_budget_s: float | None = 1710.0
-    # Per worker. Batch 2 makes 2.5 updates/s against 1.5 on 2 cores, but its 28-minute jobs scored no better
-    # (docs/training.md: 0.643 / 0.806 at 1.5e-3 against 0.628-0.637 / 0.820-0.823 here).
+    # Per worker. Batch 2 makes 1.7x the updates but its 28-minute job scored no better (lab notes §4).
     batch_size: int = 4
     samples_per_epoch: int = 392  # crops per epoch over all workers (the data sets are small: 4 x 98 frames)
     learning_rate: float = 2e-3
@@ -46,14 +45,10 @@ class Recipe:
     warmup_steps: int = 100
     weight_decay: float = 5e-4
     clip_norm: float = 10.0
-    # Wide crops: the cars sit in a horizontal band of the dashcam frame, so less sky and bonnet per step.
-    # 640x320 costs 1.55x the step time of 512x256 but shows near cars whole 5.6x as often: its two 28-minute
-    # jobs scored 0.652 / 0.847 and 0.675 / 0.863, against 0.665 / 0.807 at 512x256 with 1.6x the steps.
+    # Wide crops (cars sit in a band of the frame); 640x320 over 512x256: +0.04-0.08 AP50 >= 40 px (lab notes §6).
     crop_width: int = 640
     crop_height: int = 320
-    # Training pixels per source pixel; None: 4/3 of the export's scale of the frames (2/3 for 1920x1080
-    # frames served at 960x544), so with the zoom's geometric mean (0.78) a crop shows the cars at about
-    # the size the served model sees them.
+    # None: 4/3 of the export's scale, so at the zoom's geometric mean (0.78) crops show cars at the served size.
     image_scale: float | None = None
     zoom_min: float = 0.45  # with image_scale 2/3: 0.3..0.9 of the source, so large cars fit a crop too
     zoom_max: float = 1.35
@@ -63,30 +58,24 @@ class Recipe:
     hsv_s: float = 0.6
     hsv_v: float = 0.35
     paint_ignore: bool = True
-    # Half the samples are 2x2 mosaics: +0.04 car AP50 (+0.06 for cars >= 40 px) in a same-budget comparison.
+    # Half the samples are 2x2 mosaics: +0.04 car AP50 (+0.06 >= 40 px) at the same budget (lab notes §7).
     mosaic_p: float = 0.5
-    # The last fraction of the schedule trains on plain crops only, like the frames the model will see
-    # (Ultralytics' close_mosaic); decided at epoch starts from the chief's schedule progress.
+    # The schedule's last fraction trains on plain crops, like served frames: +0.02 / +0.04 (lab notes §7).
+    # Decided at epoch starts from the chief's schedule progress.
     close_mosaic: float = 0.15
     mosaic_zoom: float = 1.0  # quadrants zoomed out by this, so a quarter of the crop can still hold a large car
-    # A crop centred on a car too large for it zooms out, with this probability, until the car fits whole
-    # (near cars are otherwise seen mostly cut by a 256-px-high crop). With target_size_power 1 that shows
-    # whole cars >= 160 px tall 10x as often; off by default: its one full job (at batch 2) gained on the
-    # largest cars and scored lower overall (docs/training.md).
+    # Zoom out until a too-large car fits whole, with this probability; off: -0.025 AP50 (lab notes §4, §11).
     fit_p: float = 0.0
     fit_fraction: float = 0.9
     target_size_power: float = 0.0  # crops centre on cars drawn with weights height ** this (0: uniform)
     # A target cut by the crop to less than this fraction of its area is dropped (and painted grey).
     min_visible: float = 0.4
     max_boxes: int = 32  # the target padding; the assigner's cost grows with it (apollo: <= 20 cars a frame)
-    # Ultralytics' EMA: decay * (1 - exp(-updates / ramp)). In a 1,700-step job it ends near 0.57, so the
-    # export is close to the raw weights; the 0.999 / 200 used before averaged over the last ~800 steps and
-    # scored 0.012 / 0.017 car AP50 below the same job's raw weights (docs/training.md).
+    # Ultralytics' EMA, decay * (1 - exp(-updates / ramp)); 0.999 / 200 scored below raw weights (lab notes §9).
     ema_decay: float = 0.9999
     ema_ramp_steps: float = 2000.0
     box_gain: float = 7.5
-    # Ultralytics' 0.5 scored 0.05 car AP50 lower than 1.0 in a same-budget comparison; the 28-minute job at 2.0
-    # scored 0.640 / 0.837 against 0.628-0.634 / 0.823 at 1.0, and at 3.0 0.650 / 0.805 (docs/training.md).
+    # Ultralytics uses 0.5; 1.0 gave +0.05 AP50, 2.0 a further +0.01 on cars >= 40 px (lab notes §5, §7).
     cls_gain: float = 2.0
     dfl_gain: float = 1.5
     seed: int = 0
