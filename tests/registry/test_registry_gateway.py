@@ -153,7 +153,7 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     assert {v.version: list(v.aliases) for v in listed} == {"3": ["prod"], "2": [], "1": []}
     for expected_to, expected_from in (("2", "3"), ("1", "2")):
         reply = await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
-        assert (reply.version.version, reply.from_version) == (expected_to, expected_from)
+        assert (reply.version.version, reply.previous_version) == (expected_to, expected_from)
         got = await stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, alias="prod"))
         assert got.version.version == expected_to
     with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -164,7 +164,7 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     # History restarts from the current holder: 1 -> 3, then back to 1.
     assert await set_alias("3") == "1"
     reply = await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
-    assert (reply.version.version, reply.from_version) == ("1", "3")
+    assert (reply.version.version, reply.previous_version) == ("1", "3")
 
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="prod", version="9"))
