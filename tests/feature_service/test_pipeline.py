@@ -40,6 +40,7 @@ from tests.feature_service.support import (
     wait_until,
 )
 from tests.helpers import DaemonProcess, free_port
+from tests.paging import assert_bad_pages_refused, assert_pages_cover
 
 pytestmark = pytest.mark.integration
 
@@ -360,6 +361,21 @@ async def test_snapshot_filters_splits_and_errors(daemon: Daemon, stored: Stored
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _stream(stub, a.name, 7)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for version in ("v1", "0", "-1"):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _stream(stub, a.name, common_pb2.SPLIT_TRAIN, version=version)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "snapshot version" in str(
+                info.value.details()
+            )
+
+        every = feature_pb2.ListDatasetSnapshotsRequest()
+        listed = await assert_pages_cover(
+            stub.ListDatasetSnapshots, every, "snapshots", lambda s: (s.name, s.version), 5
+        )
+        assert {a.name, b.name, c.name, labelled.name, timed.name} <= {s.name for s in listed}
+        await assert_bad_pages_refused(
+            stub.ListDatasetSnapshots, every, feature_pb2.ListDatasetSnapshotsRequest(name=a.name)
+        )
 
 
 async def test_online_features_of_a_camera(daemon: Daemon, stored: Stored) -> None:
