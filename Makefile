@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean
+.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,6 +17,11 @@ setup: ## install system packages (Redis, PostgreSQL) and .venv with carmesh[dev
 protos: ## regenerate carmesh/v1 from protos/ (committed; tests fail when stale)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/carmesh/v1/*.proto
 	$(VENV)/bin/buf lint
+
+proto-release: ## freeze the current protos as protos/releases/vVERSION.binpb (VERSION=x.y.z; FORCE=1 rewrites)
+	@echo "$(VERSION)" | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+$$' || { echo "usage: make proto-release VERSION=x.y.z" >&2; exit 2; }
+	@test ! -e protos/releases/v$(VERSION).binpb -o "$(FORCE)" = 1 || { echo "protos/releases/v$(VERSION).binpb exists: a released API is frozen (FORCE=1 rewrites it)" >&2; exit 2; }
+	$(VENV)/bin/buf build -o protos/releases/v$(VERSION).binpb
 
 lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import grpc
 
 from carmesh.v1 import feature_pb2, feature_pb2_grpc
-from carmesh_cli import argtypes
+from carmesh_cli import argtypes, paging
 from carmesh_cli.connection import EXIT_OK, EXIT_RPC_FAILED, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.output import age, is_set, print_json, table, when
 
@@ -97,6 +97,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     lst = actions.add_parser("list", parents=[common], help="list snapshots (all, or the versions of NAME)")
     lst.add_argument("name", nargs="?", default="", metavar="NAME")
     lst.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+    paging.add_arguments(lst)
 
     show = actions.add_parser("show", parents=[common], help="describe one snapshot (the latest version by default)")
     show.add_argument("ref", metavar="NAME[:VERSION]")
@@ -191,7 +192,7 @@ def snapshots_table(snapshots: list[feature_pb2.DatasetSnapshot]) -> str:
     rows = [
         [
             s.name,
-            str(s.version),
+            s.version,
             str(s.train_frames),
             str(s.val_frames),
             ",".join(s.class_names) or "-",
@@ -226,14 +227,21 @@ def _stub(conn: Connection) -> feature_pb2_grpc.FeatureServiceStub:
     return feature_pb2_grpc.FeatureServiceStub(conn.channel)
 
 
-def _list(conn: Connection, name: str, timeout_s: float) -> list[feature_pb2.DatasetSnapshot]:
+def _list(
+    conn: Connection, name: str, timeout_s: float, page: paging.Paging = paging.EVERY_PAGE, stderr: TextIO = sys.stderr
+) -> list[feature_pb2.DatasetSnapshot]:
+    """Snapshots by name, then version (the server's order, numeric in the version)."""
+    stub = _stub(conn)
     try:
-        reply = _stub(conn).ListDatasets(
-            feature_pb2.ListDatasetsRequest(name=name), timeout=timeout_s, metadata=conn.metadata
+        return paging.fetch(
+            lambda r: stub.ListDatasetSnapshots(r, timeout=timeout_s, metadata=conn.metadata),
+            feature_pb2.ListDatasetSnapshotsRequest(name=name),
+            lambda reply: reply.snapshots,
+            page,
+            stderr,
         )
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
-    return sorted(reply.snapshots, key=lambda s: (s.name, s.version))
 
 
 def run_create(conn: Connection, args: argparse.Namespace, *, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
@@ -249,8 +257,16 @@ def run_create(conn: Connection, args: argparse.Namespace, *, timeout_s: float, 
     return EXIT_OK
 
 
-def run_list(conn: Connection, name: str, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
-    snapshots = _list(conn, name, timeout_s)
+def run_list(
+    conn: Connection,
+    name: str,
+    *,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    page: paging.Paging = paging.EVERY_PAGE,
+) -> int:
+    snapshots = _list(conn, name, timeout_s, page)
     if as_json:
         for snapshot in snapshots:
             print_json(snapshot, stdout)
@@ -267,7 +283,7 @@ def run_show(conn: Connection, ref: str, *, as_json: bool, timeout_s: float, std
     if not snapshots:
         raise CliError(f"NOT_FOUND: no dataset snapshot named {name}", EXIT_RPC_FAILED)
     if version:
-        chosen = next((s for s in snapshots if s.version == version), None)
+        chosen = next((s for s in snapshots if s.version == str(version)), None)
         if chosen is None:
             have = ", ".join(str(s.version) for s in snapshots)
             raise CliError(f"NOT_FOUND: {name} has no version {version} (versions: {have})", EXIT_RPC_FAILED)
@@ -302,5 +318,12 @@ def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, 
     if args.action == "create":
         return run_create(conn, args, timeout_s=timeout_s or CREATE_TIMEOUT_S, stdout=stdout)
     if args.action == "list":
-        return run_list(conn, args.name, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)
+        return run_list(
+            conn,
+            args.name,
+            as_json=args.json,
+            timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+            stdout=stdout,
+            page=paging.Paging.of(args),
+        )
     return run_show(conn, args.ref, as_json=args.json, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from carmesh.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
-from carmesh_cli import argtypes
+from carmesh_cli import argtypes, paging
 from carmesh_cli.connection import EXIT_OK, EXIT_RPC_FAILED, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.names import PRESETS, NamesError, parse_names
 from carmesh_cli.output import enum_name, print_json, table
@@ -99,6 +99,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, epilog: str) -> N
 
     lst = actions.add_parser("list", parents=[common], help="list sources and their progress (ListSources)")
     lst.add_argument("--json", action="store_true", help="one JSON object per source")
+    paging.add_arguments(lst)
 
     stop = actions.add_parser("stop", parents=[common], help="stop a source (StopSource)")
     stop.add_argument("source_id", metavar="SOURCE_ID")
@@ -269,10 +270,16 @@ def follow(
     status = StatusLine(stderr)
     while True:
         try:
-            reply = stub.ListSources(ingest_pb2.ListSourcesRequest(), timeout=timeout_s, metadata=conn.metadata)
+            sources = paging.fetch(
+                lambda r: stub.ListSources(r, timeout=timeout_s, metadata=conn.metadata),
+                ingest_pb2.ListSourcesRequest(),
+                lambda reply: reply.sources,
+                paging.Paging(),
+                stderr,
+            )
         except grpc.RpcError as error:
             raise rpc_failure(error, f"following {source_id}") from None
-        source = next((s for s in reply.sources if s.source_id == source_id), None)
+        source = next((s for s in sources if s.source_id == source_id), None)
         if source is None:
             raise CliError(f"source {source_id} is no longer listed by the ingestor", EXIT_RPC_FAILED)
         if source.state != RUNNING:
@@ -328,16 +335,31 @@ def run_start(
     return _finished(final)
 
 
-def run_list(conn: Connection, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
+def run_list(
+    conn: Connection,
+    *,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    page: paging.Paging = paging.EVERY_PAGE,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    stub = _stub(conn)
     try:
-        reply = _stub(conn).ListSources(ingest_pb2.ListSourcesRequest(), timeout=timeout_s, metadata=conn.metadata)
+        sources = paging.fetch(
+            lambda r: stub.ListSources(r, timeout=timeout_s, metadata=conn.metadata),
+            ingest_pb2.ListSourcesRequest(),
+            lambda reply: reply.sources,
+            page,
+            stderr,
+        )
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
     if as_json:
-        for source in reply.sources:
+        for source in sources:
             print_json(source, stdout)
     else:
-        print(sources_table(reply.sources), file=stdout)
+        print(sources_table(sources), file=stdout)
     return EXIT_OK
 
 
@@ -417,5 +439,5 @@ def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float | None, 
             stdout=stdout,
         )
     if args.action == "list":
-        return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
+        return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout, page=paging.Paging.of(args))
     return run_stop(conn, args.source_id, as_json=args.json, timeout_s=timeout_s, stdout=stdout)

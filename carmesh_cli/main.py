@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from carmesh_cli import datasets, ingest, train
+from carmesh_cli import datasets, ingest, paging, train
 from carmesh_cli.argtypes import count as _count
 from carmesh_cli.argtypes import fraction as _fraction
 from carmesh_cli.argtypes import names as _classes
@@ -156,10 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = actions.add_parser("list", parents=[common], help="list registered models")
     lst.add_argument("--json", action="store_true", help="one JSON object per model")
+    paging.add_arguments(lst)
 
     versions = actions.add_parser("versions", parents=[common], help="list the versions of a model")
     versions.add_argument("name", metavar="NAME")
     versions.add_argument("--json", action="store_true", help="one JSON object per version")
+    paging.add_arguments(versions)
 
     promote = actions.add_parser("promote", parents=[common], help="point an alias at a version (SetAlias)")
     promote.add_argument("name", metavar="NAME")
@@ -264,9 +266,11 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
                 stdout=stdout,
             )
         if args.action == "list":
-            return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
+            return run_list(conn, as_json=args.json, timeout_s=timeout_s, stdout=stdout, page=paging.Paging.of(args))
         if args.action == "versions":
-            return run_versions(conn, args.name, as_json=args.json, timeout_s=timeout_s, stdout=stdout)
+            return run_versions(
+                conn, args.name, as_json=args.json, timeout_s=timeout_s, stdout=stdout, page=paging.Paging.of(args)
+            )
         if args.action == "promote":
             return run_promote(
                 conn,

@@ -17,6 +17,7 @@ from carmesh_cli import gate
 from carmesh_cli.connection import EXIT_OK, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.output import table as _table
 from carmesh_cli.output import when as _when
+from carmesh_cli.paging import EVERY_PAGE, Paging, fetch
 from carmesh_cli.progress import ProgressBar, human_bytes
 
 # "auto": the registry tells the family from the model's tensor layout.
@@ -100,13 +101,28 @@ def run_import(
     return EXIT_OK
 
 
-def run_list(conn: Connection, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
+def run_list(
+    conn: Connection,
+    *,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    page: Paging = EVERY_PAGE,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    stub = _stub(conn)
     try:
-        reply = _stub(conn).ListModels(registry_pb2.ListModelsRequest(), timeout=timeout_s, metadata=conn.metadata)
+        models = fetch(
+            lambda r: stub.ListModels(r, timeout=timeout_s, metadata=conn.metadata),
+            registry_pb2.ListModelsRequest(),
+            lambda reply: reply.models,
+            page,
+            stderr,
+        )
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
     if as_json:
-        for model in reply.models:
+        for model in models:
             print(json.dumps(json_format.MessageToDict(model, preserving_proto_field_name=True)), file=stdout)
         return EXIT_OK
     rows = [
@@ -116,20 +132,35 @@ def run_list(conn: Connection, *, as_json: bool, timeout_s: float, stdout: TextI
             ", ".join(f"{alias}={version}" for alias, version in sorted(model.aliases.items())) or "-",
             _when(model.updated_at),
         ]
-        for model in reply.models
+        for model in models
     ]
     print(_table(["NAME", "LATEST", "ALIASES", "UPDATED"], rows) if rows else "no registered models", file=stdout)
     return EXIT_OK
 
 
-def run_versions(conn: Connection, name: str, *, as_json: bool, timeout_s: float, stdout: TextIO = sys.stdout) -> int:
-    request = registry_pb2.ListModelVersionsRequest(name=name)
+def run_versions(
+    conn: Connection,
+    name: str,
+    *,
+    as_json: bool,
+    timeout_s: float,
+    stdout: TextIO = sys.stdout,
+    page: Paging = EVERY_PAGE,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    stub = _stub(conn)
     try:
-        reply = _stub(conn).ListModelVersions(request, timeout=timeout_s, metadata=conn.metadata)
+        versions = fetch(
+            lambda r: stub.ListModelVersions(r, timeout=timeout_s, metadata=conn.metadata),
+            registry_pb2.ListModelVersionsRequest(name=name),
+            lambda reply: reply.versions,
+            page,
+            stderr,
+        )
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
     if as_json:
-        for version in reply.versions:
+        for version in versions:
             print(json.dumps(json_format.MessageToDict(version, preserving_proto_field_name=True)), file=stdout)
         return EXIT_OK
     rows = [
@@ -144,7 +175,7 @@ def run_versions(conn: Connection, name: str, *, as_json: bool, timeout_s: float
             _when(v.created_at),
             " ".join(f"{k}={val:.3f}" for k, val in sorted(v.metrics.items())) or "-",
         ]
-        for v in reply.versions
+        for v in versions
     ]
     headers = ["VERSION", "ALIASES", "FAMILY", "CLASSES", "INPUT", "SIZE", "SHA256", "CREATED", "METRICS"]
     print(_table(headers, rows) if rows else f"{name} has no versions", file=stdout)
@@ -182,7 +213,7 @@ def run_rollback(conn: Connection, name: str, *, alias: str, timeout_s: float, s
     except grpc.RpcError as error:
         raise rpc_failure(error) from None
     print(
-        f"{name}: {alias} rolled back from version {reply.from_version or '-'} to version {reply.version.version}",
+        f"{name}: {alias} rolled back from version {reply.previous_version or '-'} to version {reply.version.version}",
         file=stdout,
     )
     return EXIT_OK

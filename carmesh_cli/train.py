@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import grpc
 
 from carmesh.v1 import common_pb2, training_pb2, training_pb2_grpc
-from carmesh_cli import argtypes
+from carmesh_cli import argtypes, paging
 from carmesh_cli.connection import EXIT_OK, EXIT_RPC_FAILED, EXIT_USAGE, CliError, Connection, rpc_failure
 from carmesh_cli.output import enum_name, is_set, print_json, table, when
 
@@ -127,6 +127,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = actions.add_parser("list", parents=[common], help="training jobs, newest first")
     lst.add_argument("--json", action="store_true", help="one JSON object per job")
+    paging.add_arguments(lst)
     for name, text in (
         ("show", "describe a job"),
         ("watch", "follow a job until it ends"),
@@ -192,9 +193,13 @@ def run(
                 return EXIT_OK
             return _follow(conn, job.job_id, args.json, stdout, stderr)
         if args.action == "list":
-            jobs = stub.ListTrainingJobs(
-                training_pb2.ListTrainingJobsRequest(), timeout=timeout, metadata=conn.metadata
-            ).jobs
+            jobs = paging.fetch(
+                lambda r: stub.ListTrainingJobs(r, timeout=timeout, metadata=conn.metadata),
+                training_pb2.ListTrainingJobsRequest(),
+                lambda reply: reply.jobs,
+                paging.Paging.of(args),
+                stderr,
+            )
             if args.json:
                 for job in jobs:
                     print_json(job, stdout)

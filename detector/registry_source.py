@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # most frequent ping a default gRPC server accepts without a GOAWAY (too_many_pings).
 _KEEPALIVE = [("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000)]
 _FAMILIES = {registry_pb2.MODEL_FAMILY_YOLOV8: "yolov8", registry_pb2.MODEL_FAMILY_YOLOX: "yolox"}
+# The engine's family name -> the registry's enum, for GetModelInfo.
+FAMILY_TO_PROTO = {name: value for value, name in _FAMILIES.items()}
 
 
 def spec_of(version: registry_pb2.ModelVersion, alias: str, default_input_hw: tuple[int, int]) -> ModelSpec:

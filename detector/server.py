@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from carmesh.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+from carmesh.v1 import common_pb2, detector_pb2, detector_pb2_grpc, registry_pb2
 from detector.detector import DetectOptions, Detector, DetectResult
 from detector.engine import ModelRef
 from detector.models import ModelManager
+from detector.registry_source import FAMILY_TO_PROTO
 from kit.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServiceServicer):
         batching = self._manager.batching
         return detector_pb2.GetModelInfoResponse(
             model=model_ref(loaded.spec.ref),
-            family=engine.family,
+            family=FAMILY_TO_PROTO.get(engine.family, registry_pb2.MODEL_FAMILY_UNSPECIFIED),
             class_names=list(engine.class_names),
             input_width=engine.input_hw[1],
             input_height=engine.input_hw[0],

@@ -277,12 +277,19 @@ class Datasets:
             )
         return snapshot
 
-    async def list_snapshots(self, name: str = "") -> list[Snapshot]:
+    async def list_snapshots(
+        self, name: str = "", after: tuple[str, int] = ("", 0), limit: int | None = None
+    ) -> list[Snapshot]:
+        """Snapshots by name then version, those after ``after`` (keyset paging), at most ``limit``."""
         async with unavailable_as("PostgreSQL"):
             rows = await self._pool.fetch(
                 f"""SELECT {_SNAPSHOT_COLUMNS} FROM dataset_snapshots
-                    WHERE ($1 = '' OR name = $1) ORDER BY name, version""",
+                    WHERE ($1 = '' OR name = $1) AND (name, version) > ($2, $3)
+                    ORDER BY name, version LIMIT $4""",
                 name,
+                after[0],
+                after[1],
+                limit,
             )
         return [_snapshot(r) for r in rows]
 
@@ -300,7 +307,7 @@ class Datasets:
             )
         if row is None:
             which = "any version" if version == 0 else f"version {version}"
-            raise SnapshotNotFound(f"no dataset snapshot {name!r} ({which}); ListDatasets shows what exists")
+            raise SnapshotNotFound(f"no dataset snapshot {name!r} ({which}); ListDatasetSnapshots shows what exists")
         return _snapshot(row)
 
     async def stream(self, name: str, version: int, split: str | None) -> AsyncIterator[Example]:

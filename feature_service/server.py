@@ -13,6 +13,7 @@ from feature_service.datasets import Datasets, Snapshot, SnapshotFilter, Snapsho
 from feature_service.errors import BadRequest
 from feature_service.online import OnlineStore
 from feature_service.validation import SPLIT_NAMES, StoredFrame
+from kit.pagination import BadPageToken, SortKey, next_page_token, page_request
 
 SERVICE_NAME = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
@@ -64,7 +65,7 @@ def filter_to_proto(flt: SnapshotFilter) -> feature_pb2.DatasetFilter:
 def snapshot_to_proto(snapshot: Snapshot) -> feature_pb2.DatasetSnapshot:
     return feature_pb2.DatasetSnapshot(
         name=snapshot.name,
-        version=snapshot.version,
+        version=str(snapshot.version),
         filter=filter_to_proto(snapshot.filter),
         val_fraction=snapshot.val_fraction,
         seed=snapshot.seed,
@@ -154,17 +155,40 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         snapshot = await self._datasets.create(spec)
         return feature_pb2.CreateDatasetSnapshotResponse(snapshot=snapshot_to_proto(snapshot))
 
-    async def ListDatasets(
-        self, request: feature_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
-    ) -> feature_pb2.ListDatasetsResponse:
-        snapshots = await self._datasets.list_snapshots(request.name)
-        return feature_pb2.ListDatasetsResponse(snapshots=[snapshot_to_proto(s) for s in snapshots])
+    async def ListDatasetSnapshots(
+        self, request: feature_pb2.ListDatasetSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> feature_pb2.ListDatasetSnapshotsResponse:
+        page = page_request("ListDatasetSnapshots", request.page_size, request.page_token, {"name": request.name})
+        after = _snapshot_key(page.after) if page.after is not None else ("", 0)
+        # One more than the page tells whether another page follows, in the same query.
+        found = await self._datasets.list_snapshots(request.name, after, page.size + 1)
+        snapshots = found[: page.size]
+        token = next_page_token(page, (snapshots[-1].name, snapshots[-1].version)) if len(found) > page.size else ""
+        return feature_pb2.ListDatasetSnapshotsResponse(
+            snapshots=[snapshot_to_proto(s) for s in snapshots], next_page_token=token
+        )
 
     async def StreamDataset(
         self, request: feature_pb2.StreamDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[feature_pb2.StreamDatasetResponse]:
         split = _split_name(request.split)
-        async for example in self._datasets.stream(request.name, request.version, split):
+        async for example in self._datasets.stream(request.name, _version(request.version), split):
             yield feature_pb2.StreamDatasetResponse(
                 frame=frame_to_proto(example.frame), index=example.index, total=example.total
             )
+
+
+def _version(text: str) -> int:
+    """A snapshot version as the store keeps it; 0 (the latest) for an empty string."""
+    if not text:
+        return 0
+    if not text.isdecimal() or int(text) < 1:
+        raise BadRequest(f"version must be a snapshot version like '2' (or empty for the latest), got {text!r}")
+    return int(text)
+
+
+def _snapshot_key(after: SortKey) -> tuple[str, int]:
+    match after:
+        case (str(name), int(version)):
+            return name, version
+    raise BadPageToken("page_token does not fit ListDatasetSnapshots; send an empty page_token to start over")

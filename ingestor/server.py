@@ -12,6 +12,7 @@ from ingestor.errors import BadRequest
 from ingestor.importer import DatasetImporter, ImportProgress, ImportRequest
 from ingestor.sources import FOLDER, STREAM, VIDEO, SourceManager, SourceSpec, SourceStatus
 from kit.datasets import ParseOptions
+from kit.pagination import page_request, paginate
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -136,7 +137,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def ListSources(
         self, request: ingest_pb2.ListSourcesRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.ListSourcesResponse:
-        return ingest_pb2.ListSourcesResponse(sources=[_status(s) for s in self._sources.list_all()])
+        page = page_request("ListSources", request.page_size, request.page_token)
+        # By source_id: ids never change, so pages stay put while sources start and end.
+        sources, token = paginate(self._sources.list_all(), lambda s: (s.source_id,), page)
+        return ingest_pb2.ListSourcesResponse(sources=[_status(s) for s in sources], next_page_token=token)
 
     async def ImportDataset(
         self, request: ingest_pb2.ImportDatasetRequest, context: grpc.aio.ServicerContext

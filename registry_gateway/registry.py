@@ -161,9 +161,9 @@ class Registry:
         check_name(name)
         check_alias(alias)
         async with self._alias_lock(name, alias):
-            info, from_version = await self._store.rollback_alias(name, alias)
-        log.info("alias %s@%s rolled back %s -> %s", name, alias, from_version, info.version)
-        return info, from_version
+            info, previous = await self._store.rollback_alias(name, alias)
+        log.info("alias %s@%s rolled back %s -> %s", name, alias, previous, info.version)
+        return info, previous
 
     # -- import -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from kit.pagination import page_request, paginate
 from registry_gateway.errors import InvalidArgument
 from registry_gateway.registry import ImportRequest, Registry
 from registry_gateway.schema import Family, ModelVersionInfo, RegisteredModelInfo
@@ -109,14 +110,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListModelsResponse:
-        models = await self._registry.list_models()
-        return registry_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models])
+        page = page_request("ListModels", request.page_size, request.page_token)
+        models, token = paginate(await self._registry.list_models(), lambda m: (m.name,), page)
+        return registry_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models], next_page_token=token)
 
     async def ListModelVersions(
         self, request: registry_pb2.ListModelVersionsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListModelVersionsResponse:
-        versions = await self._registry.list_versions(request.name)
-        return registry_pb2.ListModelVersionsResponse(versions=[version_to_proto(v) for v in versions])
+        page = page_request("ListModelVersions", request.page_size, request.page_token, {"name": request.name})
+        # Newest first: MLflow versions are decimal integers, so the key negates them.
+        versions, token = paginate(await self._registry.list_versions(request.name), lambda v: (-int(v.version),), page)
+        return registry_pb2.ListModelVersionsResponse(
+            versions=[version_to_proto(v) for v in versions], next_page_token=token
+        )
 
     async def GetModelVersion(
         self, request: registry_pb2.GetModelVersionRequest, context: grpc.aio.ServicerContext
@@ -139,8 +145,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RollbackAlias(
         self, request: registry_pb2.RollbackAliasRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.RollbackAliasResponse:
-        info, from_version = await self._registry.rollback_alias(request.name, request.alias)
-        return registry_pb2.RollbackAliasResponse(version=version_to_proto(info), from_version=from_version)
+        info, previous = await self._registry.rollback_alias(request.name, request.alias)
+        return registry_pb2.RollbackAliasResponse(version=version_to_proto(info), previous_version=previous)
 
     async def DownloadModel(
         self, request: registry_pb2.DownloadModelRequest, context: grpc.aio.ServicerContext

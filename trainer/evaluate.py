@@ -64,7 +64,12 @@ async def download(registry_addr: str, name: str, version: str, alias: str, cach
         info: registry_pb2.ModelVersion | None = None
         chunks: list[bytes] = []
         try:
-            request = registry_pb2.DownloadModelRequest(name=name, version=version, alias=alias)
+            request = registry_pb2.DownloadModelRequest(name=name)
+            # version and alias are a oneof: set only the one given.
+            if version:
+                request.version = version
+            else:
+                request.alias = alias
             async for reply in stub.DownloadModel(request):
                 if reply.HasField("version"):
                     info = reply.version

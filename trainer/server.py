@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import json_format
 
 from carmesh.v1 import common_pb2, training_pb2, training_pb2_grpc
+from kit.pagination import page_request, paginate
 from trainer.errors import BadRequest
 from trainer.evaluate import EvaluateRequest, EvaluateResult
 from trainer.jobs import JobManager, JobRecord
@@ -114,7 +115,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def ListTrainingJobs(
         self, request: training_pb2.ListTrainingJobsRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ListTrainingJobsResponse:
-        return training_pb2.ListTrainingJobsResponse(jobs=[job_message(j) for j in self._jobs.all()])
+        page = page_request("ListTrainingJobs", request.page_size, request.page_token)
+        # Newest first, as JobStore.all() sorts; the job id breaks ties between equal start times.
+        jobs, token = paginate(self._jobs.all(), lambda j: (-_start_ns(j.started_at), j.job_id), page)
+        return training_pb2.ListTrainingJobsResponse(jobs=[job_message(j) for j in jobs], next_page_token=token)
 
     async def RenderTrainingJob(
         self, request: training_pb2.RenderTrainingJobRequest, context: grpc.aio.ServicerContext
@@ -157,3 +161,8 @@ def _job_id(job_id: str) -> str:
     if not job_id.strip():
         raise BadRequest("job_id is required")
     return job_id.strip()
+
+
+def _start_ns(started_at_s: float) -> int:
+    # Integer nanoseconds: page tokens carry sort keys through JSON, where ints are exact.
+    return round(started_at_s * 1e9)

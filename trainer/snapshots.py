@@ -63,11 +63,18 @@ async def resolve(feature_addr: str, ref: SnapshotRef, timeout_s: float = 10.0) 
     """The snapshot's concrete version (the latest when ``ref.version`` is 0)."""
     async with insecure_channel(feature_addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
+        versions: list[int] = []
+        request = feature_pb2.ListDatasetSnapshotsRequest(name=ref.name, page_size=1000)
         try:
-            reply = await stub.ListDatasets(feature_pb2.ListDatasetsRequest(name=ref.name), timeout=timeout_s)
+            while True:
+                reply = await stub.ListDatasetSnapshots(request, timeout=timeout_s)
+                versions += [int(s.version) for s in reply.snapshots if s.name == ref.name]
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
         except grpc.aio.AioRpcError as exc:
             raise _upstream(feature_addr, exc) from exc
-    versions = sorted(s.version for s in reply.snapshots if s.name == ref.name)
+    versions.sort()
     if not versions:
         raise DatasetNotFound(f"no dataset snapshot named {ref.name!r}; create one with `carmesh datasets create`")
     if ref.version == 0:
@@ -168,7 +175,8 @@ async def _download(
     async with insecure_channel(feature_addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         try:
-            async for reply in stub.StreamDataset(feature_pb2.StreamDatasetRequest(name=ref.name, version=ref.version)):
+            request = feature_pb2.StreamDatasetRequest(name=ref.name, version=str(ref.version))
+            async for reply in stub.StreamDataset(request):
                 await asyncio.to_thread(writer.add, reply.frame)
                 if on_progress is not None:
                     on_progress(writer.count, int(reply.total))

@@ -1,6 +1,7 @@
 import datetime
 
 from carmesh.v1 import common_pb2 as _common_pb2
+from carmesh.v1 import registry_pb2 as _registry_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -95,7 +96,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
-    family: str
+    family: _registry_pb2.ModelFamily
     class_names: _containers.RepeatedScalarFieldContainer[str]
     input_width: int
     input_height: int
@@ -104,4 +105,4 @@ class GetModelInfoResponse(_message.Message):
     sha256: str
     max_batch_size: int
     max_wait_ms: float
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., family: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sha256: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., family: _Optional[_Union[_registry_pb2.ModelFamily, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sha256: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ...) -> None: ...

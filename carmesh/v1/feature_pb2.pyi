@@ -84,7 +84,7 @@ class DatasetSnapshot(_message.Message):
     KEEP_SOURCE_SPLIT_FIELD_NUMBER: _ClassVar[int]
     TEST_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
-    version: int
+    version: str
     filter: DatasetFilter
     val_fraction: float
     seed: int
@@ -94,7 +94,7 @@ class DatasetSnapshot(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     keep_source_split: bool
     test_frames: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., filter: _Optional[_Union[DatasetFilter, _Mapping]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., train_frames: _Optional[int] = ..., val_frames: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keep_source_split: _Optional[bool] = ..., test_frames: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., filter: _Optional[_Union[DatasetFilter, _Mapping]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., train_frames: _Optional[int] = ..., val_frames: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keep_source_split: _Optional[bool] = ..., test_frames: _Optional[int] = ...) -> None: ...
 
 class CreateDatasetSnapshotRequest(_message.Message):
     __slots__ = ("name", "filter", "val_fraction", "seed", "keep_source_split")
@@ -116,27 +116,33 @@ class CreateDatasetSnapshotResponse(_message.Message):
     snapshot: DatasetSnapshot
     def __init__(self, snapshot: _Optional[_Union[DatasetSnapshot, _Mapping]] = ...) -> None: ...
 
-class ListDatasetsRequest(_message.Message):
-    __slots__ = ("name",)
+class ListDatasetSnapshotsRequest(_message.Message):
+    __slots__ = ("name", "page_size", "page_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
-class ListDatasetsResponse(_message.Message):
-    __slots__ = ("snapshots",)
+class ListDatasetSnapshotsResponse(_message.Message):
+    __slots__ = ("snapshots", "next_page_token")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     snapshots: _containers.RepeatedCompositeFieldContainer[DatasetSnapshot]
-    def __init__(self, snapshots: _Optional[_Iterable[_Union[DatasetSnapshot, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, snapshots: _Optional[_Iterable[_Union[DatasetSnapshot, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamDatasetRequest(_message.Message):
-    __slots__ = ("name", "version", "split")
+    __slots__ = ("name", "split", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    version: int
     split: _common_pb2.Split
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., split: _Optional[_Union[_common_pb2.Split, str]] = ...) -> None: ...
+    version: str
+    def __init__(self, name: _Optional[str] = ..., split: _Optional[_Union[_common_pb2.Split, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class StreamDatasetResponse(_message.Message):
     __slots__ = ("frame", "index", "total")

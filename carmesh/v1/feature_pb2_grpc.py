@@ -45,10 +45,10 @@ class FeatureServiceStub:
                 request_serializer=carmesh_dot_v1_dot_feature__pb2.CreateDatasetSnapshotRequest.SerializeToString,
                 response_deserializer=carmesh_dot_v1_dot_feature__pb2.CreateDatasetSnapshotResponse.FromString,
                 _registered_method=True)
-        self.ListDatasets = channel.unary_unary(
-                '/carmesh.v1.FeatureService/ListDatasets',
-                request_serializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetsRequest.SerializeToString,
-                response_deserializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetsResponse.FromString,
+        self.ListDatasetSnapshots = channel.unary_unary(
+                '/carmesh.v1.FeatureService/ListDatasetSnapshots',
+                request_serializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsResponse.FromString,
                 _registered_method=True)
         self.StreamDataset = channel.unary_stream(
                 '/carmesh.v1.FeatureService/StreamDataset',
@@ -73,8 +73,9 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListDatasets(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def ListDatasetSnapshots(self, request, context):
+        """Snapshots by name, then version, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -99,10 +100,10 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     request_deserializer=carmesh_dot_v1_dot_feature__pb2.CreateDatasetSnapshotRequest.FromString,
                     response_serializer=carmesh_dot_v1_dot_feature__pb2.CreateDatasetSnapshotResponse.SerializeToString,
             ),
-            'ListDatasets': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDatasets,
-                    request_deserializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetsRequest.FromString,
-                    response_serializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetsResponse.SerializeToString,
+            'ListDatasetSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasetSnapshots,
+                    request_deserializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsResponse.SerializeToString,
             ),
             'StreamDataset': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamDataset,
@@ -176,7 +177,7 @@ class FeatureService:
             _registered_method=True)
 
     @staticmethod
-    def ListDatasets(request,
+    def ListDatasetSnapshots(request,
             target,
             options=(),
             channel_credentials=None,
@@ -189,9 +190,9 @@ class FeatureService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/carmesh.v1.FeatureService/ListDatasets',
-            carmesh_dot_v1_dot_feature__pb2.ListDatasetsRequest.SerializeToString,
-            carmesh_dot_v1_dot_feature__pb2.ListDatasetsResponse.FromString,
+            '/carmesh.v1.FeatureService/ListDatasetSnapshots',
+            carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsRequest.SerializeToString,
+            carmesh_dot_v1_dot_feature__pb2.ListDatasetSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,7 +88,8 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSources(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sources by source_id, a page at a time (ended sources are kept for a while).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -293,6 +293,18 @@ def test_models_import_list_promote_rollback(registry_gateway, tmp_path):
     assert set(rows) == {"1", "2"}
     assert all("yolov8" in row and "64x64" in row for row in rows.values())
 
+    # One page at a time: the next page's token goes to stderr, so stdout stays a table.
+    page = carmesh("models", "versions", name, "--page-size", "1", gateway=registry_gateway, api_key=READER_KEY)
+    assert page.returncode == 0, page.stderr
+    assert [line.split()[0] for line in page.stdout.splitlines()[1:]] == ["2"]  # newest first
+    token = page.stderr.split("next page: --page-token ")[1].split()[0]
+    args = ("--page-size", "1", "--page-token", token)
+    page = carmesh("models", "versions", name, *args, gateway=registry_gateway, api_key=READER_KEY)
+    assert page.returncode == 0, page.stderr
+    assert [line.split()[0] for line in page.stdout.splitlines()[1:]] == ["1"] and "next page" not in page.stderr
+    bad = carmesh("models", "versions", name, "--page-token", "nonsense", gateway=registry_gateway, api_key=READER_KEY)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "malformed" in bad.stderr
+
     table = carmesh("models", "list", gateway=registry_gateway, api_key=READER_KEY)
     assert any(line.split()[0] == name and "champion=1" in line for line in table.stdout.splitlines())
 

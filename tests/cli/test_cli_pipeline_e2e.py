@@ -169,7 +169,7 @@ def test_ingest_dataset_then_snapshots(pipeline: Pipeline, tmp_path: Path) -> No
     _until(stored, 90, "the nine imported frames in the offline store")
 
     kept = pipeline.json_lines("datasets", "create", snap, "--dataset", dataset, "--keep-source-split")[0]
-    assert (kept["name"], kept["version"], kept["train_frames"], kept["val_frames"]) == (snap, 1, "6", "3")
+    assert (kept["name"], kept["version"], kept["train_frames"], kept["val_frames"]) == (snap, "1", "6", "3")
     assert "car" in kept["class_names"] and "van" not in kept["class_names"]
     result = pipeline.run("datasets", "create", snap, "--dataset", dataset, "--val-fraction", "0.34", "--seed", "3")
     assert result.returncode == 0, result.stderr
@@ -183,7 +183,7 @@ def test_ingest_dataset_then_snapshots(pipeline: Pipeline, tmp_path: Path) -> No
     assert latest.returncode == 0 and f"snapshot  {snap}:2" in latest.stdout
     assert "split     val fraction 0.34, seed 3" in latest.stdout and f"datasets {dataset}" in latest.stdout
     first = pipeline.json_lines("datasets", "show", f"{snap}:1")[0]
-    assert first["keep_source_split"] is True and first["version"] == 1
+    assert first["keep_source_split"] is True and first["version"] == "1"
     missing = pipeline.run("datasets", "show", f"{snap}:9")
     assert missing.returncode == 1 and f"{snap} has no version 9 (versions: 1, 2)" in missing.stderr
 

@@ -280,7 +280,7 @@ def test_import_summary():
 def _snapshot() -> feature_pb2.DatasetSnapshot:
     snapshot = feature_pb2.DatasetSnapshot(
         name="cars",
-        version=3,
+        version="3",
         val_fraction=0.2,
         seed=7,
         train_frames=118,

@@ -106,6 +106,8 @@ def test_train_max_duration_takes_the_readme_units():
         ["detect", "a.jpg", "--max-detections", "-1"],
         ["models", "import", "m.onnx", "--family", "resnet"],
         ["models", "promote", "car-detector"],
+        ["models", "list", "--page-size", "-1"],
+        ["jobs", "list", "--page-size", "x"],
         ["teleport"],
     ],
 )
@@ -248,3 +250,19 @@ def test_import_requests_send_metadata_then_the_file(tmp_path):
     assert b"".join(chunks) == data
     progress.finish()
     assert stream.getvalue().strip().endswith("100% 256.0 KB/256.0 KB")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "list"],
+        ["models", "versions", "car-detector"],
+        ["ingest", "list"],
+        ["datasets", "list"],
+        ["jobs", "list"],
+    ],
+)
+def test_every_list_command_pages(argv):
+    args = build_parser().parse_args([*argv, "--page-size", "5", "--page-token", "abc"])
+    assert (args.page_size, args.page_token) == (5, "abc")
+    assert build_parser().parse_args(argv).page_size == 0  # default: every page

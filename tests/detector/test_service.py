@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import generate_latest
 
-from carmesh.v1 import detector_pb2
+from carmesh.v1 import detector_pb2, registry_pb2
 from tests.detector.support import jpeg_bytes, running, settings
 from tests.helpers import free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
@@ -83,7 +83,7 @@ async def test_detect_returns_boxes_in_source_pixels_with_model_and_timings(mode
         assert boxes(one) == [CAR_SRC]
 
         info = await stub.GetModelInfo(detector_pb2.GetModelInfoRequest())
-        assert info.family == "yolov8" and list(info.class_names) == ["car", "truck"]
+        assert info.family == registry_pb2.MODEL_FAMILY_YOLOV8 and list(info.class_names) == ["car", "truck"]
         assert (info.input_width, info.input_height) == (64, 64)
         assert "CPUExecutionProvider" in info.execution_providers
         assert len(info.sha256) == 64 and info.model.version == info.sha256[:12]

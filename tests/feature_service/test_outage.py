@@ -123,7 +123,8 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
             async with insecure_channel(proc.address) as channel:
                 assert await check_health(channel)  # still serving, and saying why RPCs fail
                 with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await feature_pb2_grpc.FeatureServiceStub(channel).ListDatasets(feature_pb2.ListDatasetsRequest())
+                    stub = feature_pb2_grpc.FeatureServiceStub(channel)
+                    await stub.ListDatasetSnapshots(feature_pb2.ListDatasetSnapshotsRequest())
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "PostgreSQL" in (info.value.details() or "")
 

@@ -40,6 +40,7 @@ from tests.feature_service.support import (
     wait_until,
 )
 from tests.helpers import DaemonProcess, free_port
+from tests.paging import assert_bad_pages_refused, assert_pages_cover
 
 pytestmark = pytest.mark.integration
 
@@ -245,7 +246,7 @@ def _labels_of(frame: common_pb2.Frame) -> list[Box]:
 
 
 async def _stream(
-    stub: feature_pb2_grpc.FeatureServiceStub, name: str, split: int, version: int = 0
+    stub: feature_pb2_grpc.FeatureServiceStub, name: str, split: int, version: str = ""
 ) -> list[feature_pb2.StreamDatasetResponse]:
     request = feature_pb2.StreamDatasetRequest(name=name, version=version, split=split)
     return [reply async for reply in stub.StreamDataset(request)]
@@ -262,7 +263,7 @@ async def test_snapshot_streams_back_identical_images_and_boxes(daemon: Daemon, 
             )
         )
         snap = reply.snapshot
-        assert (snap.name, snap.version, snap.train_frames, snap.val_frames, snap.test_frames) == (name, 1, 98, 50, 0)
+        assert (snap.name, snap.version, snap.train_frames, snap.val_frames, snap.test_frames) == (name, "1", 98, 50, 0)
         want_classes = sorted({lb.class_name for f in stored.frames for lb in f.labels if not lb.ignore})
         assert list(snap.class_names) == want_classes and "ignore" not in snap.class_names
 
@@ -291,13 +292,13 @@ async def test_snapshot_streams_back_identical_images_and_boxes(daemon: Daemon, 
                 val_fraction=0.5,
             )
         )
-        assert again.snapshot.version == 2 and list(again.snapshot.class_names) == ["bus"]
-        listed = await stub.ListDatasets(feature_pb2.ListDatasetsRequest(name=name))
+        assert again.snapshot.version == "2" and list(again.snapshot.class_names) == ["bus"]
+        listed = await stub.ListDatasetSnapshots(feature_pb2.ListDatasetSnapshotsRequest(name=name))
         assert [(s.version, s.train_frames + s.val_frames) for s in listed.snapshots] == [
-            (1, 148),
-            (2, again.snapshot.train_frames + again.snapshot.val_frames),
+            ("1", 148),
+            ("2", again.snapshot.train_frames + again.snapshot.val_frames),
         ]
-        v1 = await _stream(stub, name, common_pb2.SPLIT_VAL, version=1)
+        v1 = await _stream(stub, name, common_pb2.SPLIT_VAL, version="1")
         assert len(v1) == 50
         latest = await _stream(stub, name, common_pb2.SPLIT_UNSPECIFIED)
         with_bus = {run.frame_id(f) for f in stored.frames if any(lb.class_name == "bus" for lb in f.labels)}
@@ -360,6 +361,21 @@ async def test_snapshot_filters_splits_and_errors(daemon: Daemon, stored: Stored
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _stream(stub, a.name, 7)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for version in ("v1", "0", "-1"):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _stream(stub, a.name, common_pb2.SPLIT_TRAIN, version=version)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "snapshot version" in str(
+                info.value.details()
+            )
+
+        every = feature_pb2.ListDatasetSnapshotsRequest()
+        listed = await assert_pages_cover(
+            stub.ListDatasetSnapshots, every, "snapshots", lambda s: (s.name, s.version), 5
+        )
+        assert {a.name, b.name, c.name, labelled.name, timed.name} <= {s.name for s in listed}
+        await assert_bad_pages_refused(
+            stub.ListDatasetSnapshots, every, feature_pb2.ListDatasetSnapshotsRequest(name=a.name)
+        )
 
 
 async def test_online_features_of_a_camera(daemon: Daemon, stored: Stored) -> None:

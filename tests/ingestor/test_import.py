@@ -23,6 +23,7 @@ from tests.ingestor.support import (
     small_apollo_frames,
     unique_topic,
 )
+from tests.paging import assert_bad_pages_refused, assert_pages_cover
 
 pytestmark = pytest.mark.e2e
 
@@ -193,3 +194,23 @@ async def test_unreadable_images_are_skipped_with_reasons(
     assert "corrupt.jpg" in reasons and "not a readable image" in reasons and "'ten' is not a number" in reasons
     frames = await read_topic(kafka_bootstrap, topic, of_dataset("broken"), lambda got: len(got) >= 1)
     assert [Path(f.source).name for f in frames] == ["good.jpg"]
+
+
+async def test_list_sources_pages_through_every_source_once(
+    daemon: tuple[DaemonProcess, str], shared_dir: Path, data_root: Path
+) -> None:
+    proc, _ = daemon
+    folder = data_root / "one-frame"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg(small_apollo_frames(shared_dir, 1)[0]))
+    spec = ingest_pb2.SourceSpec(kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri=str(folder))
+    async with insecure_channel(proc.address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        started = [
+            (await stub.StartSource(ingest_pb2.StartSourceRequest(spec=spec), timeout=10)).source for _ in range(5)
+        ]
+        listed = await assert_pages_cover(
+            stub.ListSources, ingest_pb2.ListSourcesRequest(), "sources", lambda s: s.source_id, 5
+        )
+        assert {s.source_id for s in started} <= {s.source_id for s in listed}
+        await assert_bad_pages_refused(stub.ListSources, ingest_pb2.ListSourcesRequest())

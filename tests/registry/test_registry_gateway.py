@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from carmesh.v1 import registry_pb2 as pb
 from carmesh.v1 import registry_pb2_grpc
 from kit.clients import insecure_channel
+from tests.paging import assert_bad_pages_refused, assert_pages_cover
 from tests.registry.support import (
     COCO80,
     MAX_IMPORT_BYTES,
@@ -153,7 +154,7 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     assert {v.version: list(v.aliases) for v in listed} == {"3": ["prod"], "2": [], "1": []}
     for expected_to, expected_from in (("2", "3"), ("1", "2")):
         reply = await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
-        assert (reply.version.version, reply.from_version) == (expected_to, expected_from)
+        assert (reply.version.version, reply.previous_version) == (expected_to, expected_from)
         got = await stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, alias="prod"))
         assert got.version.version == expected_to
     with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -164,7 +165,7 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     # History restarts from the current holder: 1 -> 3, then back to 1.
     assert await set_alias("3") == "1"
     reply = await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
-    assert (reply.version.version, reply.from_version) == ("1", "3")
+    assert (reply.version.version, reply.previous_version) == ("1", "3")
 
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="prod", version="9"))
@@ -291,9 +292,10 @@ async def test_bad_imports_are_refused_and_the_daemon_keeps_serving(
     )
     await expect_error(stub.ListModelVersions(pb.ListModelVersionsRequest(name=model_name + "-x")), nf, "not found")
     await expect_error(stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name)), bad, "exactly one")
-    await expect_error(
-        stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, version="1", alias="a")), bad, "exactly one"
-    )
+    # version and alias are a oneof: setting one clears the other, so no request carries both.
+    both = pb.GetModelVersionRequest(name=model_name, version="1")
+    both.alias = "a"
+    assert both.WhichOneof("selector") == "alias" and not both.version
     await expect_error(stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, version="v1")), bad, "integer")
     await expect_error(stub.GetModelVersion(pb.GetModelVersionRequest(version="1")), bad, "model name is empty")
     await expect_error(stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="", version="1")), bad, "alias is empty")
@@ -327,3 +329,16 @@ async def test_versions_without_carmesh_tags_are_not_served(
     await expect_error(
         download(stub, name=model_name, version="1"), grpc.StatusCode.FAILED_PRECONDITION, "carmesh.sha256"
     )
+
+
+async def test_list_rpcs_page_through_every_item_once(stub: Stub, model_name: str, tmp_path: Path) -> None:
+    for score in (0.5, 0.6, 0.7, 0.8):
+        await import_bytes(stub, yolov8_file(tmp_path / f"{score}.onnx", score=score).read_bytes(), model_name)
+    request = pb.ListModelVersionsRequest(name=model_name)
+    versions = await assert_pages_cover(stub.ListModelVersions, request, "versions", lambda v: v.version, at_least=4)
+    assert [v.version for v in versions] == ["4", "3", "2", "1"]  # newest first
+    models = await assert_pages_cover(stub.ListModels, pb.ListModelsRequest(), "models", lambda m: m.name)
+    assert model_name in [m.name for m in models]
+    other = pb.ListModelVersionsRequest(name=model_name + "-other")
+    await assert_bad_pages_refused(stub.ListModelVersions, request, other)
+    await assert_bad_pages_refused(stub.ListModels, pb.ListModelsRequest())
