@@ -57,12 +57,15 @@ class PreconditionViolation:
 class DomainError(Exception):
     """An error a client can act on; the message is shown to the client as is.
 
-    ``reason`` (a class default, or per raise) names the error for programs. ``field`` is the
-    shorthand for one ``BadRequest`` violation whose description is the message.
+    ``reason`` (a class default, or per raise) names the error for programs. ``field`` (or the
+    class's ``default_field``) is the shorthand for one ``BadRequest`` violation whose
+    description is the message.
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
+    # The request field an error of this class is always about (e.g. ``image``), if any.
+    default_field: str | None = None
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class DomainError(Exception):
         # ErrorInfo metadata is map<string, string>.
         self.metadata = {key: str(value) for key, value in (metadata or {}).items()}
         self.violations = list(violations)
+        field = self.default_field if field is None else field
         if field is not None:
             self.violations.insert(0, FieldViolation(field, message))
         self.retry_after_s = retry_after_s
@@ -94,9 +98,7 @@ class DomainError(Exception):
 
     def status(self) -> status_pb2.Status:
         """This error as a ``google.rpc.Status``: code, message, and its details (ErrorInfo first)."""
-        details: list[object] = [
-            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
-        ]
+        details: list[object] = [error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)]
         if self.violations:
             details.append(
                 error_details_pb2.BadRequest(

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
@@ -27,6 +27,7 @@ from kit.errors import (
 )
 from kit.metrics import Metrics
 from kit.server import Server
+from tests.status_details import details_of
 
 
 class Servicer(detector_pb2_grpc.DetectorServiceServicer):
@@ -74,23 +75,6 @@ async def address() -> AsyncIterator[str]:
     await server.stop(1.0)
 
 
-def _unpack(status: status_pb2.Status) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for cls in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.ResourceInfo,
-            error_details_pb2.PreconditionFailure,
-        ):
-            if detail.Is(cls.DESCRIPTOR):
-                message = cls()
-                detail.Unpack(message)
-                found[cls.__name__] = message
-    return found
-
-
 async def _failed_status(address: str, request_id: str) -> tuple[grpc.aio.AioRpcError, status_pb2.Status]:
     async with insecure_channel(address) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
@@ -106,7 +90,7 @@ async def test_bad_request_carries_reason_and_field(address: str) -> None:
     error, status = await _failed_status(address, "bad")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and status.message == error.details()
-    details = _unpack(status)
+    details = details_of(status)
     assert details["ErrorInfo"].reason == "INVALID_THRESHOLD" and details["ErrorInfo"].domain == DOMAIN
     [violation] = details["BadRequest"].field_violations
     assert (violation.field, violation.description) == ("score_threshold", "score_threshold 2 is outside [0, 1]")
@@ -114,18 +98,18 @@ async def test_bad_request_carries_reason_and_field(address: str) -> None:
 
 async def test_retry_info_and_metadata(address: str) -> None:
     _, status = await _failed_status(address, "full")
-    details = _unpack(status)
+    details = details_of(status)
     assert details["ErrorInfo"].reason == "QUEUE_FULL" and dict(details["ErrorInfo"].metadata) == {"max_queue": "8"}
     assert details["RetryInfo"].retry_delay.ToMilliseconds() == 250
 
 
 async def test_resource_and_precondition_details(address: str) -> None:
     _, status = await _failed_status(address, "missing")
-    details = _unpack(status)
+    details = details_of(status)
     assert details["ErrorInfo"].reason == "MODEL_NOT_FOUND"
     assert (details["ResourceInfo"].resource_type, details["ResourceInfo"].resource_name) == ("model", "car/9")
     _, status = await _failed_status(address, "precondition")
-    details = _unpack(status)
+    details = details_of(status)
     assert details["ErrorInfo"].reason == "FAILED_PRECONDITION"  # the class default
     assert details["PreconditionFailure"].violations[0].subject == "car-detector"
     assert details["BadRequest"].field_violations[0].field == "classes"
@@ -134,13 +118,13 @@ async def test_resource_and_precondition_details(address: str) -> None:
 async def test_unexpected_fault_is_internal_with_reason(address: str) -> None:
     error, status = await _failed_status(address, "crash")
     assert error.code() == grpc.StatusCode.INTERNAL
-    assert _unpack(status)["ErrorInfo"].reason == "INTERNAL"
+    assert details_of(status)["ErrorInfo"].reason == "INTERNAL"
 
 
 async def test_trailers_set_before_the_error_are_kept(address: str) -> None:
     error, status = await _failed_status(address, "trailer")
     assert ("x-kept", "yes") in tuple(error.trailing_metadata() or ())
-    assert _unpack(status)["ErrorInfo"].reason == "INVALID_ARGUMENT"
+    assert details_of(status)["ErrorInfo"].reason == "INVALID_ARGUMENT"
 
 
 async def test_stream_error_carries_details(address: str) -> None:
@@ -153,7 +137,7 @@ async def test_stream_error_carries_details(address: str) -> None:
             await call.read()
         status = await rpc_status.aio.from_call(call)
         assert status is not None
-        details = _unpack(status)
+        details = details_of(status)
         assert details["ErrorInfo"].reason == "INVALID_IMAGE"
         assert details["BadRequest"].field_violations[0].field == "detect.image"
 
