@@ -45,6 +45,18 @@ class DatasetError(Exception):
     """One item of a data set cannot be used (bad label line, missing image); it is skipped with this reason."""
 
 
+class InvalidFrame(InvalidArgument):
+    """A client-streamed frame that is not published; its status is one of IngestFrames' rejections."""
+
+    reason = "INVALID_FRAME"
+
+
+class BrokerRefused(FailedPrecondition):
+    """The broker refused a client-streamed frame for good; its status is one of IngestFrames' rejections."""
+
+    reason = "BROKER_REFUSED"
+
+
 class PublishFailed(Exception):
     """The broker refused a frame for good (too large, not authorised): retrying cannot help."""
 
