@@ -107,7 +107,8 @@ class Forwarder:
             # The transport failed, not the daemon: say which hop, and re-check that replica now.
             self._pool.suspect(replica)
             return UpstreamUnreachable(
-                f"{self._pool.label} ({self._pool.service}) at {replica.address} is unreachable: {error.details()}"
+                f"{self._pool.label} ({self._pool.service}) at {replica.address} is unreachable: {error.details()}",
+                metadata={"service": self._pool.service, "upstream": replica.address},
             )
         context.set_trailing_metadata(_relayed(error.trailing_metadata()))
         return UpstreamError(error.code(), error.details() or "", _status_details(error))

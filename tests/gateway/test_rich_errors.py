@@ -11,7 +11,7 @@ from google.protobuf import wrappers_pb2
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from carmesh.v1 import detector_pb2, detector_pb2_grpc, registry_pb2, registry_pb2_grpc
 from kit.errors import DOMAIN
 from tests.gateway.probe import RICH_ERROR_NAME, ProbeServer, rich_status
 from tests.gateway.support import ADMIN_KEY, DETECT_KEY, READER_KEY, bearer, run_gateway
@@ -118,3 +118,14 @@ def test_rate_limited_call_carries_retry_info(keys_file):
     # About 1000 s until the next token (less the moments since the bucket was filled).
     delay_s = details["RetryInfo"].retry_delay.ToTimedelta().total_seconds()
     assert 990 < delay_s <= 1000
+
+
+def test_no_healthy_upstream_says_which_service(channel):
+    # No detector replica runs behind this module's gateway.
+    stub = detector_pb2_grpc.DetectorServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModelInfo(detector_pb2.GetModelInfoRequest(), metadata=bearer(DETECT_KEY), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = details_of(status_of(err.value))["ErrorInfo"]
+    assert info.reason == "NO_HEALTHY_UPSTREAM"
+    assert dict(info.metadata) == {"service": "carmesh.v1.DetectorService", "replicas": "1"}
