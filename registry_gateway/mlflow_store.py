@@ -255,7 +255,9 @@ class MlflowStore:
         rm = self._registered(name)
         current = (rm.aliases or {}).get(alias)
         if current is None:
-            raise FailedPrecondition(f"alias {alias!r} of model {name!r} is not set; nothing to roll back")
+            raise FailedPrecondition(
+                f"alias {alias!r} of model {name!r} is not set; nothing to roll back", reason="NO_ROLLBACK_TARGET"
+            )
         current = str(current)
         history = self._history(rm, alias)
         if not history or history[-1] != current:
@@ -270,7 +272,8 @@ class MlflowStore:
         if not history:
             raise FailedPrecondition(
                 f"alias {alias!r} of model {name!r} has no earlier version to roll back to "
-                f"(it points at {current} and its history holds nothing before that)"
+                f"(it points at {current} and its history holds nothing before that)",
+                reason="NO_ROLLBACK_TARGET",
             )
         target = history[-1]
         self._client.set_registered_model_alias(name, alias, target)
