@@ -7,6 +7,8 @@ from types import TracebackType
 
 import grpc
 
+from carmesh_cli.rpc_errors import RpcDetails, rpc_details
+
 # Exit codes, also listed in ``carmesh --help``.
 EXIT_OK = 0
 EXIT_RPC_FAILED = 1
@@ -20,21 +22,26 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 
 
 class CliError(Exception):
-    """Ends the command with ``message`` on stderr and ``exit_code``."""
+    """Ends the command with ``message`` on stderr and ``exit_code``; ``details`` are those of the failed call."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, details: RpcDetails | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.details = details
 
 
 def rpc_failure(error: grpc.RpcError, context: str = "") -> CliError:
-    """``error: STATUS: details`` with the exit code the status calls for."""
+    """``error: STATUS: details`` with the exit code the status calls for, then the status's rich
+    details (reason, field violations, "retry after N s"), one indented line each."""
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     message = f"{code.name}: {details}" + (f" ({context})" if context else "")
+    rich = rpc_details(error)
+    if rich is not None:
+        message += "".join(f"\n  {line}" for line in rich.lines(details or ""))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         message += "\nhint: pass an API key with --api-key or the CARMESH_API_KEY environment variable"
-    return CliError(message, EXIT_AUTH if code in _AUTH_CODES else EXIT_RPC_FAILED)
+    return CliError(message, EXIT_AUTH if code in _AUTH_CODES else EXIT_RPC_FAILED, rich)
 
 
 @dataclass

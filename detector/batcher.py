@@ -80,7 +80,10 @@ class Batcher:
 
     def _full(self) -> QueueFull:
         self._metrics.rejected.labels("queue_full").inc()
-        return QueueFull(f"detector queue full ({self._pending} waiting); retry with backoff or add replicas")
+        return QueueFull(
+            f"detector queue full ({self._pending} waiting); retry with backoff or add replicas",
+            metadata={"max_queue": self._options.max_queue},
+        )
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:

@@ -63,7 +63,7 @@ def _threshold(name: str, value: float | None, default: float) -> float:
     if value is None:
         return default
     if math.isnan(value) or value < 0 or value > 1:
-        raise BadParameter(f"{name} must be a number in [0, 1], got {value}")
+        raise BadParameter(f"{name} must be a number in [0, 1], got {value}", field=name)
     return float(value)
 
 
@@ -74,7 +74,13 @@ def resolve_classes(requested: Sequence[str], class_names: Sequence[str], what: 
     index = {name: i for i, name in enumerate(class_names)}
     unknown = [name for name in requested if name not in index]
     if unknown:
-        raise BadParameter(f"{what} {unknown} not among the model's classes: {', '.join(class_names)}")
+        # Only the request's own filter is a field the client can fix; the server default is configuration.
+        raise BadParameter(
+            f"{what} {unknown} not among the model's classes: {', '.join(class_names)}",
+            reason="UNKNOWN_CLASS",
+            field="classes" if what == "classes" else None,
+            metadata={"unknown": ",".join(unknown)},
+        )
     return frozenset(index[name] for name in requested)
 
 
@@ -96,7 +102,10 @@ class Detector:
 
     def _params(self, options: DetectOptions, engine: Engine) -> PostprocessParams:
         if options.max_detections < 0:
-            raise BadParameter(f"max_detections must be >= 0 (0: server default), got {options.max_detections}")
+            raise BadParameter(
+                f"max_detections must be >= 0 (0: server default), got {options.max_detections}",
+                field="max_detections",
+            )
         if options.classes:
             class_ids = resolve_classes(options.classes, engine.class_names, "classes")
         else:

@@ -8,25 +8,38 @@ from kit.errors import DomainError, FailedPrecondition, InvalidArgument, Resourc
 class BadImage(InvalidArgument):
     """The image bytes are empty, not an image, corrupt, truncated or too large."""
 
+    reason = "INVALID_IMAGE"
+    default_field = "image"
+
 
 class BadParameter(InvalidArgument):
     """A threshold, class filter or limit in the request is out of range."""
+
+    reason = "INVALID_PARAMETER"
 
 
 class QueueFull(ResourceExhausted):
     """More requests are waiting than the detector admits."""
 
+    reason = "QUEUE_FULL"
+
 
 class NoModel(Unavailable):
     """No model is loaded yet (registry unreachable, alias unset, or the model failed to load)."""
+
+    reason = "MODEL_NOT_LOADED"
 
 
 class ModelClosed(Unavailable):
     """The model a request was admitted to was closed before it ran (drain timed out or shutdown)."""
 
+    reason = "MODEL_CLOSED"
+
 
 class ModelLoadError(FailedPrecondition):
     """An ONNX file cannot be served: unreadable, wrong layout, or the class names do not fit it."""
+
+    reason = "INVALID_MODEL"
 
 
 class DownloadError(Exception):
@@ -35,3 +48,5 @@ class DownloadError(Exception):
 
 class InferenceFailed(DomainError):
     """ONNX Runtime failed on a batch (INTERNAL): a model or runtime fault, not the request's."""
+
+    reason = "INFERENCE_FAILED"

@@ -15,7 +15,7 @@ from detector.detector import DetectOptions, Detector, DetectResult
 from detector.engine import ModelRef
 from detector.models import ModelManager
 from detector.registry_source import FAMILY_TO_PROTO
-from kit.errors import DomainError
+from kit.errors import DomainError, internal_status
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,11 @@ class DetectorServicer(detector_pb2_grpc.DetectorServiceServicer):
         try:
             result = await self._detector.detect(request.image, _options(request))
         except DomainError as exc:
-            return detector_pb2.DetectStreamResponse(
-                error_code=exc.code.value[0], error_message=str(exc), request_id=request.request_id
-            )
+            return detector_pb2.DetectStreamResponse(error=exc.status(), request_id=request.request_id)
         except Exception as exc:
             log.exception("DetectStream item %r failed", request.request_id)
             return detector_pb2.DetectStreamResponse(
-                error_code=grpc.StatusCode.INTERNAL.value[0],
-                error_message=f"internal error: {type(exc).__name__}",
-                request_id=request.request_id,
+                error=internal_status(f"internal error: {type(exc).__name__}"), request_id=request.request_id
             )
         return detector_pb2.DetectStreamResponse(
             result=_response(result, request.request_id), request_id=request.request_id

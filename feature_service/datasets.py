@@ -165,7 +165,7 @@ def assign_split(seed: int, frame_id: str, val_fraction: float, source_split: st
 def _clean_list(name: str, values: Sequence[str]) -> tuple[str, ...]:
     cleaned = tuple(v.strip() for v in values)
     if any(not v for v in cleaned):
-        raise BadRequest(f"filter.{name} has a blank entry")
+        raise BadRequest(f"filter.{name} has a blank entry", field=f"filter.{name}")
     return tuple(dict.fromkeys(cleaned))
 
 
@@ -173,14 +173,18 @@ def check_spec(spec: SnapshotSpec) -> SnapshotSpec:
     if not _NAME.match(spec.name):
         raise BadRequest(
             f"snapshot name {spec.name!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            field="name",
         )
     if not math.isfinite(spec.val_fraction) or not 0.0 <= spec.val_fraction <= 1.0:
-        raise BadRequest(f"val_fraction must be in [0, 1], got {spec.val_fraction}")
+        raise BadRequest(f"val_fraction must be in [0, 1], got {spec.val_fraction}", field="val_fraction")
     flt = spec.filter
     after, before = flt.captured_after, flt.captured_before
     if after is not None and before is not None and after >= before:
-        raise BadRequest(f"filter.captured_after ({after.isoformat()}) must be before captured_before")
+        raise BadRequest(
+            f"filter.captured_after ({after.isoformat()}) must be before captured_before",
+            field="filter.captured_after",
+        )
     cleaned = SnapshotFilter(
         camera_ids=_clean_list("camera_ids", flt.camera_ids),
         datasets=_clean_list("datasets", flt.datasets),
@@ -295,9 +299,9 @@ class Datasets:
 
     async def get(self, name: str, version: int = 0) -> Snapshot:
         if not name:
-            raise BadRequest("name is required")
+            raise BadRequest("name is required", field="name")
         if version < 0:
-            raise BadRequest(f"version must be >= 1 (or 0 for the latest), got {version}")
+            raise BadRequest(f"version must be >= 1 (or 0 for the latest), got {version}", field="version")
         async with unavailable_as("PostgreSQL"):
             row = await self._pool.fetchrow(
                 f"""SELECT {_SNAPSHOT_COLUMNS} FROM dataset_snapshots

@@ -1,11 +1,19 @@
-"""Gateway errors; kit's interceptor turns each into its status code with the message as details."""
+"""Gateway errors; kit's interceptor turns each into its status code with the message as details
+and its ErrorInfo reason (and RetryInfo for rate limits) in the status details trailer."""
 
 from __future__ import annotations
 
 import grpc
 
 from kit.config import ConfigError
-from kit.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
+from kit.errors import (
+    STATUS_DETAILS_KEY,
+    DomainError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 
 
 class ApiKeysError(ConfigError):
@@ -13,34 +21,48 @@ class ApiKeysError(ConfigError):
 
 
 class MissingCredentials(Unauthenticated):
-    pass
+    reason = "MISSING_CREDENTIALS"
 
 
 class UnknownApiKey(Unauthenticated):
-    pass
+    reason = "UNKNOWN_API_KEY"
 
 
 class ScopeDenied(PermissionDenied):
-    pass
+    reason = "SCOPE_DENIED"
 
 
 class RateLimited(ResourceExhausted):
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    """The caller's token bucket is empty; ``retry_after_s`` says when the next token comes (RetryInfo)."""
+
+    reason = "RATE_LIMITED"
+    retry_after_s: float
+
+    def __init__(self, message: str, retry_after_s: float, *, caller: str, rate_per_s: float, burst: int) -> None:
+        super().__init__(
+            message,
+            retry_after_s=retry_after_s,
+            metadata={"api_key": caller, "rate_per_s": f"{rate_per_s:g}", "burst": burst},
+        )
 
 
 class NoHealthyUpstream(Unavailable):
-    pass
+    reason = "NO_HEALTHY_UPSTREAM"
 
 
 class UpstreamUnreachable(Unavailable):
-    pass
+    reason = "UPSTREAM_UNREACHABLE"
 
 
 class UpstreamError(DomainError):
-    """An upstream daemon's own status, passed to the client with the same code and details."""
+    """An upstream daemon's own status, passed to the client with the same code, details and status
+    details trailer (``status_details``: the upstream's ``grpc-status-details-bin`` bytes, unchanged)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, status_details: bytes | None = None) -> None:
         super().__init__(details)
         self.code = code
+        self.status_details = status_details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        # The upstream's details as they came: re-encoding could drop what this gateway does not know.
+        return () if self.status_details is None else ((STATUS_DETAILS_KEY, self.status_details),)

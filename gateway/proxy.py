@@ -2,7 +2,8 @@
 
 Deadlines travel on (the client's remaining time, or the gateway's default, capped);
 request metadata travels on except hop-by-hop and credential entries; the upstream's
-status code, details and metadata come back unchanged. When the client cancels, the
+status code, details, rich status details (``grpc-status-details-bin``) and metadata come
+back unchanged. When the client cancels, the
 upstream call is cancelled too.
 """
 
@@ -18,7 +19,7 @@ from gateway.auth import Caller
 from gateway.errors import UpstreamError, UpstreamUnreachable
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Replica, UpstreamPool
-from kit.errors import DomainError
+from kit.errors import STATUS_DETAILS_KEY, DomainError
 
 # Metadata upstream daemons receive naming the API key (by name) the gateway admitted.
 CALLER_HEADER = "x-carmesh-caller"
@@ -40,8 +41,22 @@ def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> M
 
 
 def _relayed(metadata: Iterable[Any] | None) -> Metadata:
-    """Upstream response metadata the client may see (gRPC's own entries are its business)."""
-    return tuple((k, v) for k, v in metadata or () if not k.startswith((":", "grpc-")) and k != "content-type")
+    """Upstream response metadata the client may see. gRPC's own entries (``grpc-status``,
+    ``grpc-message``, ...) describe the upstream hop and are set by this one, except the status
+    details (ErrorInfo, BadRequest, RetryInfo...), which belong to the status the client gets."""
+    return tuple(
+        (k, v)
+        for k, v in metadata or ()
+        if k == STATUS_DETAILS_KEY or (not k.startswith((":", "grpc-")) and k != "content-type")
+    )
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
+    trailers: Iterable[Any] = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,10 +107,11 @@ class Forwarder:
             # The transport failed, not the daemon: say which hop, and re-check that replica now.
             self._pool.suspect(replica)
             return UpstreamUnreachable(
-                f"{self._pool.label} ({self._pool.service}) at {replica.address} is unreachable: {error.details()}"
+                f"{self._pool.label} ({self._pool.service}) at {replica.address} is unreachable: {error.details()}",
+                metadata={"service": self._pool.service, "upstream": replica.address},
             )
         context.set_trailing_metadata(_relayed(error.trailing_metadata()))
-        return UpstreamError(error.code(), error.details() or "")
+        return UpstreamError(error.code(), error.details() or "", _status_details(error))
 
     async def _relay_initial(self, context: grpc.aio.ServicerContext, call: Any) -> None:
         initial = _relayed(await call.initial_metadata())

@@ -40,7 +40,7 @@ class RateLimiter:
         return self.rate > 0
 
     def check(self, caller: str) -> None:
-        """Raises :class:`RateLimited` (with a retry hint) when ``caller`` has no token left."""
+        """Raises :class:`RateLimited` (with a RetryInfo delay) when ``caller`` has no token left."""
         if not self.enabled:
             return
         now = self._clock()
@@ -53,4 +53,7 @@ class RateLimiter:
                 f"rate limit exceeded for API key {caller!r} ({self.rate:g} calls/s, burst {self.burst}); "
                 f"retry in {wait_s:.2f}s",
                 retry_after_s=wait_s,
+                caller=caller,
+                rate_per_s=self.rate,
+                burst=self.burst,
             )

@@ -57,6 +57,8 @@ class Admission:
             self._limiter.check(caller.name)
         except RateLimited as exc:
             self._metrics.rejected.labels("rate_limited").inc()
+            # Deprecated, for clients of the previous release: the delay is in the status's RetryInfo
+            # (grpc-status-details-bin). To be removed in the next release.
             context.set_trailing_metadata((("retry-after-ms", str(max(1, round(exc.retry_after_s * 1000)))),))
             raise
         except DomainError as exc:

@@ -104,7 +104,8 @@ class UpstreamPool:
         if not healthy:
             addresses = ", ".join(replica.address for replica in self.replicas)
             raise NoHealthyUpstream(
-                f"no healthy {self.label} replica (of {len(self.replicas)}) for {self.service} at {addresses}"
+                f"no healthy {self.label} replica (of {len(self.replicas)}) for {self.service} at {addresses}",
+                metadata={"service": self.service, "replicas": len(self.replicas)},
             )
         start = self._next % len(healthy)
         self._next += 1

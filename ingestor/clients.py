@@ -7,17 +7,16 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from google.rpc import status_pb2
+
 from carmesh.v1 import common_pb2
-from ingestor.errors import BrokerUnavailable
+from ingestor.errors import BrokerRefused, BrokerUnavailable, InvalidFrame
 from ingestor.frames import BadImage, probe_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
+from kit.errors import FieldViolation
 
 MAX_REASONS = 20
-
-
-class InvalidFrame(ValueError):
-    """A client frame that is not published; the message is the reason the client sees."""
 
 
 @dataclass
@@ -26,12 +25,12 @@ class IngestResult:
     rejected: int = 0
     acknowledged: int = 0
     buffered: int = 0
-    rejection_reasons: list[str] = field(default_factory=list)
+    rejections: list[status_pb2.Status] = field(default_factory=list)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, why: InvalidFrame | BrokerRefused) -> None:
         self.rejected += 1
-        if len(self.rejection_reasons) < MAX_REASONS:
-            self.rejection_reasons.append(reason)
+        if len(self.rejections) < MAX_REASONS:
+            self.rejections.append(why.status())
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,32 @@ class ClientLimits:
 def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int) -> common_pb2.Frame:
     """Checks a client frame and fills what the client left out (ids, time, size, encoding)."""
     if not frame.camera_id.strip():
-        raise InvalidFrame("camera_id is required")
+        raise InvalidFrame("camera_id is required", field="frame.camera_id")
     if not frame.image:
-        raise InvalidFrame("image is empty")
+        raise InvalidFrame("image is empty", field="frame.image")
     if len(frame.image) > max_image_bytes:
-        raise InvalidFrame(f"image is {len(frame.image)} bytes, more than max_image_bytes ({max_image_bytes})")
+        raise InvalidFrame(
+            f"image is {len(frame.image)} bytes, more than max_image_bytes ({max_image_bytes})", field="frame.image"
+        )
     try:
         info = probe_image(frame.image)
     except BadImage as exc:
-        raise InvalidFrame(str(exc)) from None
+        raise InvalidFrame(str(exc), field="frame.image") from None
     if frame.encoding not in (common_pb2.IMAGE_ENCODING_UNSPECIFIED, info.encoding):
         said = common_pb2.ImageEncoding.Name(frame.encoding)
-        raise InvalidFrame(f"encoding says {said} but the bytes are {common_pb2.ImageEncoding.Name(info.encoding)}")
+        raise InvalidFrame(
+            f"encoding says {said} but the bytes are {common_pb2.ImageEncoding.Name(info.encoding)}",
+            field="frame.encoding",
+        )
     if (frame.width or frame.height) and (frame.width, frame.height) != (info.width, info.height):
-        raise InvalidFrame(f"width x height {frame.width}x{frame.height} but the image is {info.width}x{info.height}")
+        raise InvalidFrame(
+            f"width x height {frame.width}x{frame.height} but the image is {info.width}x{info.height}",
+            violations=[
+                FieldViolation(f"frame.{name}", f"{name} {said} but the image's is {real}")
+                for name, said, real in (("width", frame.width, info.width), ("height", frame.height, info.height))
+                if said != real
+            ],
+        )
     out = common_pb2.Frame()
     out.CopyFrom(frame)
     out.encoding, out.width, out.height = info.encoding, info.width, info.height
@@ -89,7 +100,8 @@ class ClientIngest:
             try:
                 ready = complete(frame, position, peer, self._limits.max_image_bytes)
             except InvalidFrame as exc:
-                result.reject(f"frame {position}: {exc}")
+                where = {"frame_index": position}
+                result.reject(InvalidFrame(f"frame {position}: {exc}", violations=exc.violations, metadata=where))
                 self._metrics.frames_rejected.labels("client").inc()
                 position += 1
                 continue
@@ -120,5 +132,5 @@ class ClientIngest:
         failed = [f for f in pending if f.done() and not f.cancelled() and f.exception() is not None]
         for future in failed:
             result.accepted -= 1
-            result.reject(f"broker refused a frame: {future.exception()}")
+            result.reject(BrokerRefused(f"broker refused a frame: {future.exception()}"))
         pending[:] = [f for f in pending if f not in failed]

@@ -8,29 +8,53 @@ from kit.errors import FailedPrecondition, InvalidArgument, NotFound, Permission
 class BadRequest(InvalidArgument):
     """A source spec or import request that cannot be used (unknown kind/format, bad fps, ...)."""
 
+    reason = "INVALID_REQUEST"
+
 
 class PathNotFound(NotFound):
     """A folder, file or data set path that does not exist."""
+
+    reason = "PATH_NOT_FOUND"
 
 
 class SourceNotFound(NotFound):
     """No source with that id."""
 
+    reason = "SOURCE_NOT_FOUND"
+
 
 class PathNotAllowed(PermissionDenied):
     """A path outside the configured allowed_roots."""
+
+    reason = "PATH_NOT_ALLOWED"
 
 
 class TooManySources(ResourceExhausted):
     """max_sources sources are already running."""
 
+    reason = "TOO_MANY_SOURCES"
+
 
 class BrokerUnavailable(Unavailable):
     """The in-flight buffer is full because the broker does not acknowledge; retry later."""
 
+    reason = "BROKER_UNAVAILABLE"
+
 
 class DatasetError(Exception):
     """One item of a data set cannot be used (bad label line, missing image); it is skipped with this reason."""
+
+
+class InvalidFrame(InvalidArgument):
+    """A client-streamed frame that is not published; its status is one of IngestFrames' rejections."""
+
+    reason = "INVALID_FRAME"
+
+
+class BrokerRefused(FailedPrecondition):
+    """The broker refused a client-streamed frame for good; its status is one of IngestFrames' rejections."""
+
+    reason = "BROKER_REFUSED"
 
 
 class PublishFailed(Exception):
@@ -39,6 +63,8 @@ class PublishFailed(Exception):
 
 class SourceUnreachable(FailedPrecondition):
     """A live stream that cannot be opened (wrong URL, camera down or not answering in time)."""
+
+    reason = "SOURCE_UNREACHABLE"
 
 
 class SourceError(Exception):

@@ -119,7 +119,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             rejected=result.rejected,
             acknowledged=result.acknowledged,
             buffered=result.buffered,
-            rejection_reasons=result.rejection_reasons,
+            rejections=result.rejections,
         )
 
     async def StartSource(

@@ -14,10 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kit.errors import DomainError
+from kit.errors import STATUS_DETAILS_KEY, DomainError, internal_status
 from kit.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -34,9 +36,18 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
 
 
+def _with_details(context: grpc.aio.ServicerContext, details: Metadata) -> Metadata:
+    """The trailers a handler set before failing, with the error's status details in place of any earlier
+    ones (``abort`` replaces the trailers it is given, and one status has one details entry)."""
+    earlier = tuple(context.trailing_metadata() or ()) if hasattr(context, "trailing_metadata") else ()
+    return (*((k, v) for k, v in earlier if k != STATUS_DETAILS_KEY), *details)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns :class:`DomainError` into its status, anything else into INTERNAL (logged),
-    so no request can take a daemon down; records count and latency per method and code."""
+    so no request can take a daemon down; records count and latency per method and code.
+    The error's ``google.rpc.Status`` (ErrorInfo reason, field violations, retry delay)
+    goes in the ``grpc-status-details-bin`` trailer."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -65,9 +76,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
         if isinstance(exc, DomainError):
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc), _with_details(context, exc.trailing_metadata()))
         log.exception("unhandled error in %s", method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+        message = f"internal error in {method}: {type(exc).__name__}"
+        details = ((STATUS_DETAILS_KEY, internal_status(message).SerializeToString()),)
+        await context.abort(grpc.StatusCode.INTERNAL, message, _with_details(context, details))
 
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)

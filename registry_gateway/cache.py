@@ -63,7 +63,8 @@ class ArtifactCache:
         if not _SHA256_RE.match(sha):
             raise FailedPrecondition(
                 f"model {info.name!r} version {info.version} has no valid {TAG_SHA256} tag ({info.sha256!r}); "
-                "it cannot be verified, so it is not served (see docs/registry.md for the tag schema)"
+                "it cannot be verified, so it is not served (see docs/registry.md for the tag schema)",
+                reason="UNVERIFIABLE_MODEL",
             )
         path = self.path_of(sha)
         if path.exists():
@@ -94,7 +95,8 @@ class ArtifactCache:
             if digest != sha:
                 raise DataLoss(
                     f"the artifact of model {info.name!r} version {info.version} has sha256 {digest} "
-                    f"({size} bytes) but the registry records {sha}; the stored file is not the registered one"
+                    f"({size} bytes) but the registry records {sha}; the stored file is not the registered one",
+                    reason="CHECKSUM_MISMATCH",
                 )
             await asyncio.to_thread(os.replace, fetched, path)
             return path

@@ -36,13 +36,19 @@ __all__ = [
 class BadModel(InvalidArgument):
     """The uploaded file is not an ONNX detector of the declared family."""
 
+    reason = "INVALID_MODEL"
+
 
 class MlflowUnavailable(Unavailable):
     """MLflow cannot be reached (connection refused, timeout, 5xx after retries)."""
 
+    reason = "MLFLOW_UNAVAILABLE"
+
 
 class MlflowFailure(DomainError):
     """An MLflow error with no better status; reported as INTERNAL with MLflow's message."""
+
+    reason = "MLFLOW_FAILED"
 
 
 _BY_CODE: dict[str, type[DomainError]] = {
@@ -94,7 +100,8 @@ def from_mlflow(exc: Exception, tracking_uri: str) -> DomainError:
         cls = _BY_CODE.get(code)
         if cls is None:
             return MlflowFailure(f"MLflow at {tracking_uri} failed: {code}: {message}")
-        return cls(message)
+        # The class's reason (NOT_FOUND...) is what clients switch on; MLflow's own code is kept for people.
+        return cls(message, metadata={"mlflow_error_code": code})
     return MlflowFailure(f"MLflow client error: {type(exc).__name__}: {_short(exc)}")
 
 

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from kit.errors import Resource
 from kit.registry_tags import MODEL_ARTIFACT_DIR
 from registry_gateway.errors import FailedPrecondition, NotFound, from_mlflow
 from registry_gateway.schema import (
@@ -130,7 +131,9 @@ class MlflowStore:
         except MlflowException as exc:
             if _is(exc, "RESOURCE_DOES_NOT_EXIST"):
                 raise NotFound(
-                    f"registered model {name!r} not found; registered models: {_listing(self._model_names())}"
+                    f"registered model {name!r} not found; registered models: {_listing(self._model_names())}",
+                    reason="MODEL_NOT_FOUND",
+                    resource=Resource("registered model", name),
                 ) from exc
             raise
 
@@ -195,7 +198,9 @@ class MlflowStore:
                 raise
             self._registered(name)
             raise NotFound(
-                f"model {name!r} has no version {version!r}; versions: {_listing(self._version_numbers(name))}"
+                f"model {name!r} has no version {version!r}; versions: {_listing(self._version_numbers(name))}",
+                reason="VERSION_NOT_FOUND",
+                resource=Resource("model version", f"{name}/{version}"),
             ) from exc
 
     def _get_by_alias(self, name: str, alias: str) -> ModelVersionInfo:
@@ -203,7 +208,11 @@ class MlflowStore:
         aliases = dict(rm.aliases or {})
         if alias not in aliases:
             held = [f"{a} -> {v}" for a, v in sorted(aliases.items())]
-            raise NotFound(f"model {name!r} has no alias {alias!r}; aliases: {_listing(held)}")
+            raise NotFound(
+                f"model {name!r} has no alias {alias!r}; aliases: {_listing(held)}",
+                reason="UNKNOWN_ALIAS",
+                resource=Resource("model alias", f"{name}@{alias}"),
+            )
         return self._get_version(name, aliases[alias])
 
     def _history(self, rm: Any, alias: str) -> list[str]:
@@ -232,7 +241,11 @@ class MlflowStore:
         aliases = dict(rm.aliases or {})
         if alias not in aliases:
             held = [f"{a} -> {v}" for a, v in sorted(aliases.items())]
-            raise NotFound(f"model {name!r} has no alias {alias!r}; aliases: {_listing(held)}")
+            raise NotFound(
+                f"model {name!r} has no alias {alias!r}; aliases: {_listing(held)}",
+                reason="UNKNOWN_ALIAS",
+                resource=Resource("model alias", f"{name}@{alias}"),
+            )
         self._client.delete_registered_model_alias(name, alias)
         # A deleted alias starts a new history when it is set again.
         if alias_history_key(alias) in (rm.tags or {}):
@@ -242,7 +255,9 @@ class MlflowStore:
         rm = self._registered(name)
         current = (rm.aliases or {}).get(alias)
         if current is None:
-            raise FailedPrecondition(f"alias {alias!r} of model {name!r} is not set; nothing to roll back")
+            raise FailedPrecondition(
+                f"alias {alias!r} of model {name!r} is not set; nothing to roll back", reason="NO_ROLLBACK_TARGET"
+            )
         current = str(current)
         history = self._history(rm, alias)
         if not history or history[-1] != current:
@@ -257,7 +272,8 @@ class MlflowStore:
         if not history:
             raise FailedPrecondition(
                 f"alias {alias!r} of model {name!r} has no earlier version to roll back to "
-                f"(it points at {current} and its history holds nothing before that)"
+                f"(it points at {current} and its history holds nothing before that)",
+                reason="NO_ROLLBACK_TARGET",
             )
         target = history[-1]
         self._client.set_registered_model_alias(name, alias, target)

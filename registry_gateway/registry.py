@@ -190,7 +190,8 @@ class Registry:
             if request.sha256 and request.sha256.lower() != sha256:
                 raise DataLoss(
                     f"received {size} bytes with sha256 {sha256}, but the metadata says {request.sha256.lower()}: "
-                    "the upload was truncated or altered; send the file again"
+                    "the upload was truncated or altered; send the file again",
+                    reason="CHECKSUM_MISMATCH",
                 )
             spec = await asyncio.to_thread(inspect_detector, onnx_path, request.family, request.class_names)
             await asyncio.to_thread(self._write_companions, work, request, spec, sha256, size)
@@ -211,7 +212,9 @@ class Registry:
                 size += len(chunk)
                 if size > self._max_import_bytes:
                     raise ResourceExhausted(
-                        f"the upload exceeds the import limit of {self._max_import_bytes} bytes (max_import_bytes)"
+                        f"the upload exceeds the import limit of {self._max_import_bytes} bytes (max_import_bytes)",
+                        reason="MODEL_TOO_LARGE",
+                        metadata={"max_import_bytes": self._max_import_bytes},
                     )
                 digest.update(chunk)
                 await asyncio.to_thread(out.write, chunk)

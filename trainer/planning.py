@@ -68,16 +68,20 @@ class Planner:
         """Everything a local job needs: the request's shape, the folder or snapshot name, the checkpoint."""
         self.validate_shape(req)
         if req.init_checkpoint and not Path(req.init_checkpoint).expanduser().is_file():
-            raise BadRequest(f"init checkpoint {req.init_checkpoint!r} is not a file on the trainer")
+            raise BadRequest(
+                f"init checkpoint {req.init_checkpoint!r} is not a file on the trainer", field="config.init_checkpoint"
+            )
         if looks_like_folder(req.dataset):
             self.folder(req.dataset)
 
     def validate_shape(self, req: TrainRequest) -> None:
         """What holds wherever the job runs (here or as a TFJob on a cluster)."""
         if not req.dataset.strip():
-            raise BadRequest("dataset is required: a snapshot name ('apollo', 'apollo:2') or a local folder")
+            raise BadRequest(
+                "dataset is required: a snapshot name ('apollo', 'apollo:2') or a local folder", field="dataset"
+            )
         if req.preset not in PRESETS:
-            raise BadRequest(f"unknown preset {req.preset!r}; use one of {', '.join(PRESETS)}")
+            raise BadRequest(f"unknown preset {req.preset!r}; use one of {', '.join(PRESETS)}", field="config.preset")
         for label, value in (
             ("input_width", req.input_width),
             ("input_height", req.input_height),
@@ -85,21 +89,36 @@ class Planner:
             ("crop_height", req.crop_height),
         ):
             if value and (value < SIZE_MULTIPLE or value % SIZE_MULTIPLE or value > MAX_INPUT_SIDE_PX):
-                raise BadRequest(f"{label} {value} must be a multiple of {SIZE_MULTIPLE} in 32..{MAX_INPUT_SIDE_PX}")
+                raise BadRequest(
+                    f"{label} {value} must be a multiple of {SIZE_MULTIPLE} in 32..{MAX_INPUT_SIDE_PX}",
+                    field=f"config.{label}",
+                )
         if not 0 <= req.epochs <= MAX_EPOCHS:
-            raise BadRequest(f"epochs {req.epochs} must be in 0..{MAX_EPOCHS} (0: the recipe's default)")
+            raise BadRequest(
+                f"epochs {req.epochs} must be in 0..{MAX_EPOCHS} (0: the recipe's default)", field="config.epochs"
+            )
         if req.batch_size < 0 or req.batch_size > 1024:
-            raise BadRequest(f"batch_size {req.batch_size} must be in 1..1024 (0: the recipe's default)")
+            raise BadRequest(
+                f"batch_size {req.batch_size} must be in 1..1024 (0: the recipe's default)", field="config.batch_size"
+            )
         if not 0 <= req.learning_rate < 1:
-            raise BadRequest(f"learning_rate {req.learning_rate} must be in [0, 1) (0: the recipe's default)")
+            raise BadRequest(
+                f"learning_rate {req.learning_rate} must be in [0, 1) (0: the recipe's default)",
+                field="config.learning_rate",
+            )
         if not 1 <= req.workers <= self.max_workers:
-            raise BadRequest(f"workers {req.workers} must be in 1..{self.max_workers} (setting max_workers)")
+            raise BadRequest(
+                f"workers {req.workers} must be in 1..{self.max_workers} (setting max_workers)", field="workers"
+            )
         if req.max_duration_s < 0:
-            raise BadRequest("max_duration_s must be >= 0 (0: no limit)")
+            raise BadRequest("max_duration_s must be >= 0 (0: no limit)", field="config.max_duration_s")
         if len(set(req.classes)) != len(req.classes) or any(not c.strip() for c in req.classes):
-            raise BadRequest(f"classes must be unique and non-empty, got {list(req.classes)}")
+            raise BadRequest(f"classes must be unique and non-empty, got {list(req.classes)}", field="config.classes")
         if set(req.classes) & set(req.ignore_classes):
-            raise BadRequest(f"classes {sorted(set(req.classes) & set(req.ignore_classes))} are also ignore_classes")
+            raise BadRequest(
+                f"classes {sorted(set(req.classes) & set(req.ignore_classes))} are also ignore_classes",
+                field="config.ignore_classes",
+            )
         if not looks_like_folder(req.dataset):
             parse_ref(req.dataset)
 

@@ -25,29 +25,30 @@ _sym_db = _symbol_database.Default()
 from carmesh.v1 import common_pb2 as carmesh_dot_v1_dot_common__pb2
 from carmesh.v1 import registry_pb2 as carmesh_dot_v1_dot_registry__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rmesh/v1/detector.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x19\x63\x61rmesh/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\rDetectRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x16\n\x0emax_detections\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x12\n\x10_score_thresholdB\x10\n\x0e_iou_threshold\"\x9f\x01\n\rDetectTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\xcb\x01\n\x0e\x44\x65tectResponse\x12)\n\ndetections\x18\x01 \x03(\x0b\x32\x15.carmesh.v1.Detection\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12*\n\x07timings\x18\x03 \x01(\x0b\x32\x19.carmesh.v1.DetectTimings\x12\x13\n\x0bimage_width\x18\x04 \x01(\x05\x12\x14\n\x0cimage_height\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"@\n\x13\x44\x65tectStreamRequest\x12)\n\x06\x64\x65tect\x18\x01 \x01(\x0b\x32\x19.carmesh.v1.DetectRequest\"\x81\x01\n\x14\x44\x65tectStreamResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.carmesh.v1.DetectResponse\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xb3\x02\n\x14GetModelInfoResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\'\n\x06\x66\x61mily\x18\x0b \x01(\x0e\x32\x17.carmesh.v1.ModelFamily\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x1b\n\x13\x65xecution_providers\x18\x06 \x03(\t\x12-\n\tloaded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\n \x01(\x01J\x04\x08\x02\x10\x03\x32\xfc\x01\n\x0f\x44\x65tectorService\x12?\n\x06\x44\x65tect\x12\x19.carmesh.v1.DetectRequest\x1a\x1a.carmesh.v1.DetectResponse\x12U\n\x0c\x44\x65tectStream\x12\x1f.carmesh.v1.DetectStreamRequest\x1a .carmesh.v1.DetectStreamResponse(\x01\x30\x01\x12Q\n\x0cGetModelInfo\x12\x1f.carmesh.v1.GetModelInfoRequest\x1a .carmesh.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rmesh/v1/detector.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x19\x63\x61rmesh/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xbb\x01\n\rDetectRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x16\n\x0emax_detections\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x12\n\x10_score_thresholdB\x10\n\x0e_iou_threshold\"\x9f\x01\n\rDetectTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\xcb\x01\n\x0e\x44\x65tectResponse\x12)\n\ndetections\x18\x01 \x03(\x0b\x32\x15.carmesh.v1.Detection\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12*\n\x07timings\x18\x03 \x01(\x0b\x32\x19.carmesh.v1.DetectTimings\x12\x13\n\x0bimage_width\x18\x04 \x01(\x05\x12\x14\n\x0cimage_height\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"@\n\x13\x44\x65tectStreamRequest\x12)\n\x06\x64\x65tect\x18\x01 \x01(\x0b\x32\x19.carmesh.v1.DetectRequest\"\xa0\x01\n\x14\x44\x65tectStreamResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.carmesh.v1.DetectResponse\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\nerror_codeR\rerror_message\"\x15\n\x13GetModelInfoRequest\"\xb3\x02\n\x14GetModelInfoResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\'\n\x06\x66\x61mily\x18\x0b \x01(\x0e\x32\x17.carmesh.v1.ModelFamily\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x1b\n\x13\x65xecution_providers\x18\x06 \x03(\t\x12-\n\tloaded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\n \x01(\x01J\x04\x08\x02\x10\x03\x32\xfc\x01\n\x0f\x44\x65tectorService\x12?\n\x06\x44\x65tect\x12\x19.carmesh.v1.DetectRequest\x1a\x1a.carmesh.v1.DetectResponse\x12U\n\x0c\x44\x65tectStream\x12\x1f.carmesh.v1.DetectStreamRequest\x1a .carmesh.v1.DetectStreamResponse(\x01\x30\x01\x12Q\n\x0cGetModelInfo\x12\x1f.carmesh.v1.GetModelInfoRequest\x1a .carmesh.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'carmesh.v1.detector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DETECTREQUEST']._serialized_start=127
-  _globals['_DETECTREQUEST']._serialized_end=314
-  _globals['_DETECTTIMINGS']._serialized_start=317
-  _globals['_DETECTTIMINGS']._serialized_end=476
-  _globals['_DETECTRESPONSE']._serialized_start=479
-  _globals['_DETECTRESPONSE']._serialized_end=682
-  _globals['_DETECTSTREAMREQUEST']._serialized_start=684
-  _globals['_DETECTSTREAMREQUEST']._serialized_end=748
-  _globals['_DETECTSTREAMRESPONSE']._serialized_start=751
-  _globals['_DETECTSTREAMRESPONSE']._serialized_end=880
-  _globals['_GETMODELINFOREQUEST']._serialized_start=882
-  _globals['_GETMODELINFOREQUEST']._serialized_end=903
-  _globals['_GETMODELINFORESPONSE']._serialized_start=906
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1213
-  _globals['_DETECTORSERVICE']._serialized_start=1216
-  _globals['_DETECTORSERVICE']._serialized_end=1468
+  _globals['_DETECTREQUEST']._serialized_start=152
+  _globals['_DETECTREQUEST']._serialized_end=339
+  _globals['_DETECTTIMINGS']._serialized_start=342
+  _globals['_DETECTTIMINGS']._serialized_end=501
+  _globals['_DETECTRESPONSE']._serialized_start=504
+  _globals['_DETECTRESPONSE']._serialized_end=707
+  _globals['_DETECTSTREAMREQUEST']._serialized_start=709
+  _globals['_DETECTSTREAMREQUEST']._serialized_end=773
+  _globals['_DETECTSTREAMRESPONSE']._serialized_start=776
+  _globals['_DETECTSTREAMRESPONSE']._serialized_end=936
+  _globals['_GETMODELINFOREQUEST']._serialized_start=938
+  _globals['_GETMODELINFOREQUEST']._serialized_end=959
+  _globals['_GETMODELINFORESPONSE']._serialized_start=962
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1269
+  _globals['_DETECTORSERVICE']._serialized_start=1272
+  _globals['_DETECTORSERVICE']._serialized_end=1524
 # @@protoc_insertion_point(module_scope)

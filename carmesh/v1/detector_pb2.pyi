@@ -3,6 +3,7 @@ import datetime
 from carmesh.v1 import common_pb2 as _common_pb2
 from carmesh.v1 import registry_pb2 as _registry_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -68,16 +69,14 @@ class DetectStreamRequest(_message.Message):
     def __init__(self, detect: _Optional[_Union[DetectRequest, _Mapping]] = ...) -> None: ...
 
 class DetectStreamResponse(_message.Message):
-    __slots__ = ("result", "error_code", "error_message", "request_id")
+    __slots__ = ("result", "request_id", "error")
     RESULT_FIELD_NUMBER: _ClassVar[int]
-    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     result: DetectResponse
-    error_code: int
-    error_message: str
     request_id: str
-    def __init__(self, result: _Optional[_Union[DetectResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, result: _Optional[_Union[DetectResponse, _Mapping]] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -1,4 +1,5 @@
 from carmesh.v1 import common_pb2 as _common_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -54,18 +55,18 @@ class IngestFramesRequest(_message.Message):
     def __init__(self, frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
 
 class IngestFramesResponse(_message.Message):
-    __slots__ = ("accepted", "rejected", "acknowledged", "buffered", "rejection_reasons")
+    __slots__ = ("accepted", "rejected", "acknowledged", "buffered", "rejections")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
-    REJECTION_REASONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
     acknowledged: int
     buffered: int
-    rejection_reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., acknowledged: _Optional[int] = ..., buffered: _Optional[int] = ..., rejection_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    rejections: _containers.RepeatedCompositeFieldContainer[_status_pb2.Status]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., acknowledged: _Optional[int] = ..., buffered: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_status_pb2.Status, _Mapping]]] = ...) -> None: ...
 
 class SourceSpec(_message.Message):
     __slots__ = ("kind", "uri", "camera_id", "max_fps", "loop")

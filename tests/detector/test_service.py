@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from PIL import Image
 from prometheus_client import generate_latest
 
@@ -21,6 +22,7 @@ from carmesh.v1 import detector_pb2, registry_pb2
 from tests.detector.support import jpeg_bytes, running, settings
 from tests.helpers import free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
+from tests.status_details import details_of, fields_of
 
 # Model input 64x64; the test image is 128 wide, 64 high: scale 0.5, 16 rows of padding above.
 # Car anchor (32,32,20,10) -> input [22,27,42,37] -> source [44,22,84,42].
@@ -139,10 +141,14 @@ BAD_INPUTS = {
 async def test_bad_inputs_get_invalid_argument_and_the_daemon_keeps_serving(model_a: Path) -> None:
     async with running(settings(model_path=model_a)) as (app, stub):
         for name, (image, fields, message) in BAD_INPUTS.items():
+            call = stub.Detect(detector_pb2.DetectRequest(image=image, **fields))
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Detect(detector_pb2.DetectRequest(image=image, **fields))
+                await call
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
             assert message in (err.value.details() or ""), (name, err.value.details())
+            # The status details name the request field at fault (BadRequest) for programs.
+            status = await rpc_status.aio.from_call(call)
+            assert status is not None and fields_of(status) == [next(iter(fields), "image")], name
             reply = await stub.Detect(detector_pb2.DetectRequest(image=IMAGE))
             assert boxes(reply) == [CAR_SRC, TRUCK_SRC], name
         assert app.manager.current is not None and app.manager.current.batcher.pending == 0
@@ -160,10 +166,14 @@ async def test_detect_stream_answers_in_order_and_survives_bad_items(model_a: Pa
         replies = [r async for r in stub.DetectStream(detector_pb2.DetectStreamRequest(detect=i) for i in items)]
         assert [r.request_id for r in replies] == [str(i) for i in range(20)]
         invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert [r.error_code for r in replies[:4]] == [0, invalid, invalid, invalid]
-        assert "car, truck" in replies[2].error_message and "empty" in replies[1].error_message
-        assert boxes(replies[0].result) == [CAR_SRC, TRUCK_SRC]
-        assert all(boxes(r.result) == [TRUCK_SRC] and r.error_code == 0 for r in replies[4:])
+        assert [r.error.code for r in replies[:4]] == [0, invalid, invalid, invalid]
+        assert "car, truck" in replies[2].error.message and "empty" in replies[1].error.message
+        # Each failed item carries the same details a failed Detect call has.
+        reasons = [details_of(r.error)["ErrorInfo"].reason for r in replies[1:4]]
+        assert reasons == ["INVALID_IMAGE", "UNKNOWN_CLASS", "INVALID_IMAGE"]
+        assert [fields_of(r.error) for r in replies[1:4]] == [["image"], ["classes"], ["image"]]
+        assert boxes(replies[0].result) == [CAR_SRC, TRUCK_SRC] and not replies[0].HasField("error")
+        assert all(boxes(r.result) == [TRUCK_SRC] and not r.HasField("error") for r in replies[4:])
 
         # Lock-step: the client waits for each answer before it sends the next item.
         call = stub.DetectStream()
@@ -174,7 +184,7 @@ async def test_detect_stream_answers_in_order_and_survives_bad_items(model_a: Pa
                 )
             )
             reply = await call.read()
-            assert reply.request_id == f"s{i}" and (reply.error_code != 0) == (i == 1)
+            assert reply.request_id == f"s{i}" and reply.HasField("error") == (i == 1)
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
 

@@ -44,7 +44,7 @@ async def test_yolox_nano_finds_the_labelled_cars(shared_dir: Path, frames: list
     assert [r.request_id for r in replies] == [p.stem for p in frames]
     matched = total = confident = confident_right = 0
     for reply in replies:
-        assert reply.error_code == 0, reply.error_message
+        assert not reply.HasField("error"), reply.error.message
         assert (reply.result.image_width, reply.result.image_height) == (1920, 1080)
         assert all(d.class_name == "car" and d.class_id == 2 for d in reply.result.detections)
         found = [box_of(d) for d in reply.result.detections]

@@ -15,11 +15,45 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import any_pb2, wrappers_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 
 SERVICE = "carmesh.v1.RegistryService"
+# Requests naming this model fail with :func:`rich_status` (its details in the grpc-status-details-bin trailer).
+RICH_ERROR_NAME = "rich-error"
+
+
+def _packed(message) -> any_pb2.Any:
+    item = any_pb2.Any()
+    item.Pack(message)
+    return item
+
+
+def rich_status(method: str) -> status_pb2.Status:
+    """A failure with an ErrorInfo, a BadRequest and a detail type no carmesh code knows (it must pass too)."""
+    return status_pb2.Status(
+        code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        message=f"{method}: version 'x' is not a number",
+        details=[
+            _packed(
+                error_details_pb2.ErrorInfo(
+                    reason="INVALID_VERSION", domain="carmesh.io", metadata={"method": method, "upstream": "probe"}
+                )
+            ),
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field="version", description="not a number")
+                    ]
+                )
+            ),
+            _packed(wrappers_pb2.StringValue(value="an extension detail")),
+        ],
+    )
 
 
 @dataclass
@@ -48,6 +82,8 @@ class ProbeRegistry(registry_pb2_grpc.RegistryServiceServicer):
 
     def GetModelVersion(self, request, context):
         self._see("GetModelVersion", context)
+        if request.name == RICH_ERROR_NAME:
+            context.abort_with_status(rpc_status.to_status(rich_status("GetModelVersion")))
         if request.name == "missing":
             context.set_trailing_metadata((("x-probe-reason", "no-such-model"),))
             context.abort(grpc.StatusCode.NOT_FOUND, f"registered model {request.name!r} not found")
@@ -70,6 +106,8 @@ class ProbeRegistry(registry_pb2_grpc.RegistryServiceServicer):
                 size += len(item.chunk)
         if meta is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry metadata")
+        if meta.name == RICH_ERROR_NAME:
+            context.abort_with_status(rpc_status.to_status(rich_status("ImportModel")))
         return registry_pb2.ImportModelResponse(
             version=registry_pb2.ModelVersion(
                 name=meta.name, version="1", sha256=digest.hexdigest(), size_bytes=size, class_names=meta.class_names
@@ -80,6 +118,8 @@ class ProbeRegistry(registry_pb2_grpc.RegistryServiceServicer):
         self._see("DownloadModel", context)
         chunks = max(1, request.chunk_size_bytes)
         yield registry_pb2.DownloadModelResponse(version=registry_pb2.ModelVersion(name=request.name))
+        if request.name == RICH_ERROR_NAME:  # fails after the stream has begun
+            context.abort_with_status(rpc_status.to_status(rich_status("DownloadModel")))
         for index in range(chunks):
             yield registry_pb2.DownloadModelResponse(chunk=bytes([index % 256]) * 1000)
 

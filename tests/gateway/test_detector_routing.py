@@ -16,12 +16,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from PIL import Image
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from tests.gateway.support import DETECT_KEY, READER_KEY, bearer, metrics_port, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
+from tests.status_details import details_of, fields_of
 
 pytest.importorskip("detector.app", reason="the detector daemon is not in this tree")
 
@@ -128,7 +130,10 @@ def test_bidirectional_stream_through_the_gateway(stub):
     by_id = {reply.request_id: reply for reply in replies}
     assert set(by_id) == {"frame-0", "frame-1", "frame-2", "bad"}
     assert all(len(by_id[f"frame-{i}"].result.detections) == 2 for i in range(3))
-    assert by_id["bad"].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not any(by_id[f"frame-{i}"].HasField("error") for i in range(3))
+    bad = by_id["bad"].error
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert details_of(bad)["ErrorInfo"].reason == "INVALID_IMAGE" and fields_of(bad) == ["image"]
 
 
 def test_model_info_and_detector_errors_pass_through(stub):
@@ -138,6 +143,16 @@ def test_model_info_and_detector_errors_pass_through(stub):
         stub.Detect(detector_pb2.DetectRequest(image=b"garbage"), metadata=bearer(DETECT_KEY), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details()  # the detector's own explanation, unchanged
+    # and its details (ErrorInfo, BadRequest), read as any gRPC client reads them
+    status = rpc_status.from_call(err.value)
+    assert status is not None and details_of(status)["ErrorInfo"].reason == "INVALID_IMAGE"
+    assert fields_of(status) == ["image"]
+    request = detector_pb2.DetectRequest(image=jpeg(), score_threshold=2.0)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Detect(request, metadata=bearer(DETECT_KEY), timeout=10)
+    status = rpc_status.from_call(err.value)
+    assert status is not None and details_of(status)["ErrorInfo"].reason == "INVALID_PARAMETER"
+    assert fields_of(status) == ["score_threshold"]
 
 
 def test_detect_needs_the_detect_scope(stub):

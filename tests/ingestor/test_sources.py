@@ -28,6 +28,7 @@ from tests.ingestor.support import (
     small_apollo_frames,
     unique_topic,
 )
+from tests.status_details import details_of, fields_of
 
 pytestmark = pytest.mark.e2e
 
@@ -227,7 +228,7 @@ async def test_ingest_frames_client_stream(
 
     reply = await stub.IngestFrames(requests(), timeout=30)
     assert (reply.accepted, reply.rejected, reply.acknowledged, reply.buffered) == (3, 5, 3, 0)
-    reasons = " | ".join(reply.rejection_reasons)
+    reasons = " | ".join(status.message for status in reply.rejections)
     for expected in (
         "frame 1: camera_id is required",
         "frame 2: image is empty",
@@ -236,6 +237,17 @@ async def test_ingest_frames_client_stream(
         "frame 6: encoding says IMAGE_ENCODING_PNG",
     ):
         assert expected in reasons
+    # Each rejection says which frame, why (ErrorInfo) and which field (BadRequest), as a status.
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [(s.code, details_of(s)["ErrorInfo"].reason) for s in reply.rejections] == [(invalid, "INVALID_FRAME")] * 5
+    assert [details_of(s)["ErrorInfo"].metadata["frame_index"] for s in reply.rejections] == ["1", "2", "3", "5", "6"]
+    assert [fields_of(s) for s in reply.rejections] == [
+        ["frame.camera_id"],
+        ["frame.image"],
+        ["frame.image"],
+        ["frame.width", "frame.height"],
+        ["frame.encoding"],
+    ]
     frames = await read_topic(kafka_bootstrap, topic, lambda f: f.camera_id == "cam-client", lambda got: len(got) >= 3)
     # seq as given, else the frame's position in the stream.
     assert sorted(f.seq for f in frames) == [4, 7, 8]
