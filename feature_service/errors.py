@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kit.daemon import StartupError
 from kit.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 
@@ -29,5 +30,5 @@ class BlobMissing(DataLoss):
     """A stored frame's image is missing from the blob store, or its bytes no longer match their sha256."""
 
 
-class MigrationError(Exception):
-    """The database schema cannot be brought up to date (edited or unknown migration)."""
+class MigrationError(StartupError):
+    """The database schema cannot be brought up to date (edited or unknown migration); the daemon exits with 2."""

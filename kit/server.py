@@ -153,6 +153,11 @@ class Server:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop_serving(self) -> None:
+        """NOT_SERVING for every service from now on; later :meth:`set_serving` calls change nothing."""
         await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        """Waits up to ``grace_s`` for in-flight RPCs, then cancels them; safe to call again, or unstarted."""
+        await self.stop_serving()
         await self.server.stop(grace_s)
