@@ -95,19 +95,25 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         # Before the model goes away, should the drain hook not have run.
         ctx.on_close(lambda: frames.stop(cfg.shutdown_grace_s))
         stream = frames
-    return DetectorDaemon(cfg, manager, watcher, stream)
+    return DetectorDaemon(cfg, manager, watcher, stream, inference_executor)
 
 
 class DetectorDaemon(Daemon):
     """Serves at once, NOT_SERVING until a model is loaded (the manager's on_loaded says SERVING)."""
 
     def __init__(
-        self, cfg: Settings, manager: ModelManager, watcher: RegistryWatcher | None, stream: FrameStream | None
+        self,
+        cfg: Settings,
+        manager: ModelManager,
+        watcher: RegistryWatcher | None,
+        stream: FrameStream | None,
+        inference_executor: ThreadPoolExecutor,
     ) -> None:
         self.cfg = cfg
         self.manager = manager
         self.watcher = watcher
         self.stream = stream
+        self.inference_executor = inference_executor  # for tests that hold its threads
 
     async def start(self) -> None:
         log.info("model: %s", self.cfg.model_source)

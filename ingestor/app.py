@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 
@@ -78,33 +76,25 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
     server = ctx.grpc_server([SERVICE_NAME])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(sources, importer, clients), server.server)
     log.info("publishing to %s at %s", cfg.frames_topic, cfg.kafka_bootstrap)
-    daemon = IngestorDaemon(server, publisher, sources)
-    ctx.on_close(daemon.stop_waiting)
-    return daemon
+    return IngestorDaemon(ctx, server, publisher, sources)
 
 
 class IngestorDaemon(Daemon):
     """Serves at once; SERVING once the broker answered (requests before that are buffered)."""
 
-    def __init__(self, server: Server, publisher: Publisher, sources: SourceManager) -> None:
+    def __init__(self, ctx: Context, server: Server, publisher: Publisher, sources: SourceManager) -> None:
+        self.ctx = ctx
         self.server = server
         self.publisher = publisher
         self.sources = sources
-        self._serving_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.publisher.start()
-        self._serving_task = asyncio.create_task(self._serve_when_connected(), name="ingestor-serving")
+        self.ctx.background(self._serve_when_connected(), name="ingestor-serving")
 
     async def before_drain(self) -> None:
         # The sources stop reading; frames they handed over are flushed when the publisher closes.
         await self.sources.close()
-
-    async def stop_waiting(self) -> None:
-        if self._serving_task is not None:
-            self._serving_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._serving_task
 
     async def _serve_when_connected(self) -> None:
         await self.publisher.wait_connected()

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -77,6 +77,18 @@ class Context:
     def on_close(self, close: Callable[[], Awaitable[Any] | Any]) -> None:
         """Registers a close action (plain or async); they run last-registered-first."""
         self._lifecycle.on_close(close)
+
+    def background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Runs ``work`` as a task that is cancelled, and waited for, on close."""
+        task = asyncio.create_task(work, name=name)
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.on_close(stop)
+        return task
 
     def grpc_server(
         self,

@@ -61,8 +61,7 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     ctx.on_close(watcher.close)
     metrics.watch_count(lambda: len(watcher.watched_keys))
     # Serving does not wait for MLflow: each RPC answers UNAVAILABLE while MLflow is down.
-    check = asyncio.create_task(_report_mlflow(store))
-    ctx.on_close(check.cancel)
+    ctx.background(_report_mlflow(store), name="mlflow-check")
 
     server = ctx.grpc_server([SERVICE_NAME])
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
