@@ -25,9 +25,13 @@ log = logging.getLogger(__name__)
 
 async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     metrics = DetectorMetrics(ctx.metrics)
+    try:
+        providers = choose_providers(cfg.providers)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from exc
     cores = os.cpu_count() or 1
     engine_options = EngineOptions(
-        providers=choose_providers(cfg.providers),
+        providers=providers,
         intra_op_threads=cfg.intra_op_threads or max(1, cores // cfg.inference_threads),
         warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
         solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,

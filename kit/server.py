@@ -139,7 +139,10 @@ class Server:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # how grpcio says it could not bind; older versions returned 0
+            raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)") from exc
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)")
         self.address = f"{host}:{self.port}"

@@ -50,9 +50,17 @@ def listening_ports() -> set[int]:
     return ports
 
 
-def new_threads(before: set[threading.Thread]) -> list[str]:
-    """Threads started since ``before`` that are still alive, but for gRPC's one poller per process."""
-    return [t.name for t in threading.enumerate() if t not in before and "_poll_wrapper" not in t.name]
+def new_threads(before: set[threading.Thread], wait_s: float = 0.0) -> list[str]:
+    """Threads started since ``before`` still alive after up to ``wait_s`` each, leaving out the ones
+    the process owns: gRPC's poller and the event loop's default executor (``asyncio.to_thread``)."""
+    started = [
+        t
+        for t in threading.enumerate()
+        if t not in before and "_poll_wrapper" not in t.name and not t.name.startswith("asyncio_")
+    ]
+    for thread in started:
+        thread.join(timeout=wait_s)
+    return [t.name for t in started if t.is_alive()]
 
 
 class DaemonProcess:
