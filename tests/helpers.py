@@ -68,7 +68,8 @@ class DaemonProcess:
 
     The daemon binds port 0 for gRPC and metrics (``args`` may name other ports) and reports what
     it got in its ready file; ``address`` and ``metrics_port`` are known once :meth:`start` returns.
-    ``port`` fixes the gRPC port instead, for a test that restarts a daemon on the same address.
+    ``port`` fixes the gRPC port instead. A restart (:meth:`start` again) binds the port the first
+    start got, so addresses handed to other daemons stay valid.
     ``wait_for`` is "serving" (grpc.health.v1 reports SERVING) or "port" (the gRPC server started,
     for daemons that start NOT_SERVING on purpose).
     """
