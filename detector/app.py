@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
@@ -102,22 +103,15 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     return DetectorDaemon(cfg, manager, watcher, stream, inference_executor)
 
 
+@dataclass
 class DetectorDaemon(Daemon):
     """Serves at once, NOT_SERVING until a model is loaded (the manager's on_loaded says SERVING)."""
 
-    def __init__(
-        self,
-        cfg: Settings,
-        manager: ModelManager,
-        watcher: RegistryWatcher | None,
-        stream: FrameStream | None,
-        inference_executor: ThreadPoolExecutor,
-    ) -> None:
-        self.cfg = cfg
-        self.manager = manager
-        self.watcher = watcher
-        self.stream = stream
-        self.inference_executor = inference_executor  # for tests that hold its threads
+    cfg: Settings
+    manager: ModelManager
+    watcher: RegistryWatcher | None
+    stream: FrameStream | None
+    inference_executor: ThreadPoolExecutor  # for tests that hold its threads
 
     async def start(self) -> None:
         log.info("model: %s", self.cfg.model_source)

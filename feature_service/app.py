@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -164,10 +165,10 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
     return FeatureDaemon(server, consumers)
 
 
+@dataclass
 class FeatureDaemon(Daemon):
-    def __init__(self, server: Server, consumers: Consumers) -> None:
-        self.server = server
-        self.consumers = consumers
+    server: Server
+    consumers: Consumers
 
     async def start(self) -> None:
         await self.server.set_serving(True)

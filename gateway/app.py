@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
@@ -84,19 +85,17 @@ async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
     return GatewayDaemon(server, pools, publish_health)
 
 
+@dataclass
 class GatewayDaemon(Daemon):
-    def __init__(
-        self, server: Server, pools: list[UpstreamPool], publish_health: Callable[[UpstreamPool], Awaitable[None]]
-    ) -> None:
-        self.server = server
-        self.pools = pools
-        self._publish_health = publish_health
+    server: Server
+    pools: list[UpstreamPool]
+    publish_health: Callable[[UpstreamPool], Awaitable[None]]
 
     async def start(self) -> None:
         # The gateway itself serves at once; each routed service follows its upstreams.
         await self.server.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for pool in self.pools:
-            await self._publish_health(pool)
+            await self.publish_health(pool)
 
 
 DAEMON = DaemonSpec("gateway", Settings, "CARMESH_GATEWAY_", build)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from carmesh.v1 import ingest_pb2_grpc
 from ingestor.capture import StreamOptions
@@ -79,14 +80,14 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
     return IngestorDaemon(ctx, server, publisher, sources)
 
 
+@dataclass
 class IngestorDaemon(Daemon):
     """Serves at once; SERVING once the broker answered (requests before that are buffered)."""
 
-    def __init__(self, ctx: Context, server: Server, publisher: Publisher, sources: SourceManager) -> None:
-        self.ctx = ctx
-        self.server = server
-        self.publisher = publisher
-        self.sources = sources
+    ctx: Context
+    server: Server
+    publisher: Publisher
+    sources: SourceManager
 
     async def start(self) -> None:
         self.publisher.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from kit.daemon import Context, Daemon, DaemonSpec
@@ -71,10 +72,10 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     return RegistryDaemon(server, watcher)
 
 
+@dataclass
 class RegistryDaemon(Daemon):
-    def __init__(self, server: Server, watcher: AliasWatcher) -> None:
-        self.server = server
-        self.watcher = watcher
+    server: Server
+    watcher: AliasWatcher
 
     async def start(self) -> None:
         await self.server.set_serving(True)

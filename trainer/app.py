@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from carmesh.v1 import training_pb2_grpc
@@ -80,11 +81,11 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
     return TrainerDaemon(server, jobs, metrics)
 
 
+@dataclass
 class TrainerDaemon(Daemon):
-    def __init__(self, server: Server, jobs: JobManager, metrics: TrainerMetrics) -> None:
-        self.server = server
-        self.jobs = jobs
-        self.metrics = metrics
+    server: Server
+    jobs: JobManager
+    metrics: TrainerMetrics
 
     async def start(self) -> None:
         await self.server.set_serving(True)

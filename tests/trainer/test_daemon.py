@@ -33,9 +33,11 @@ def test_metrics_count_jobs_by_state_and_time_finished_ones(tmp_path: Path) -> N
     # Running when an earlier trainer stopped, before its data set was ready: it failed with that trainer.
     write_job(jobs_dir, "orphan", State.RUNNING, now - 20)
     args = ["--work-dir", str(tmp_path / "work"), "--feature-addr", NOWHERE, "--registry-addr", NOWHERE]
-    with DaemonProcess("trainer", args, timeout_s=60) as daemon:
-        with urllib.request.urlopen(daemon.metrics_url, timeout=10) as reply:
-            text = reply.read().decode()
+    with (
+        DaemonProcess("trainer", args, timeout_s=60) as daemon,
+        urllib.request.urlopen(daemon.metrics_url, timeout=10) as reply,
+    ):
+        text = reply.read().decode()
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
