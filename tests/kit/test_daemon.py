@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kit.clients import insecure_channel
-from kit.config import BaseSettings
+from kit.config import BaseSettings, load_settings
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError, running, write_ready_file
 from kit.server import Server
 from tests.helpers import listening_ports, new_threads
@@ -116,3 +116,11 @@ def test_ready_file_is_replaced_whole(tmp_path: Path) -> None:
     write_ready_file(path, "127.0.0.1:5", None)
     assert json.loads(path.read_text()) == {"grpc": "127.0.0.1:5", "metrics": None, "pid": os.getpid()}
     assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]  # no temporary file left
+
+
+def test_ready_file_and_metrics_come_from_flags_or_the_environment(tmp_path: Path) -> None:
+    environ = {"CARMESH_TOY_READY_FILE": str(tmp_path / "env.json"), "CARMESH_TOY_METRICS": "false"}
+    from_env = load_settings(BaseSettings, "CARMESH_TOY_", [], environ=environ)
+    assert (from_env.ready_file, from_env.metrics) == (tmp_path / "env.json", False)
+    from_flags = load_settings(BaseSettings, "CARMESH_TOY_", ["--ready-file", "r.json", "--metrics"], environ=environ)
+    assert (from_flags.ready_file, from_flags.metrics) == (Path("r.json"), True)
