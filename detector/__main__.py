@@ -1,5 +1,4 @@
-from detector.app import serve
-from detector.config import Settings
+from detector.app import DAEMON
 from kit.main import run_daemon
 
-raise SystemExit(run_daemon("detector", Settings, "CARMESH_DETECTOR_", serve))
+raise SystemExit(run_daemon(DAEMON))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
@@ -18,93 +19,114 @@ from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
 from detector.stream import FrameStream, StreamOptions
-from kit.lifecycle import Lifecycle
-from kit.metrics import Metrics, MetricsHttpServer
-from kit.server import Server
+from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 
 log = logging.getLogger(__name__)
 
 
-class DetectorApp:
-    """Every part of the daemon, built explicitly from settings; :func:`serve` runs it, tests start it in-process."""
+async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
+    metrics = DetectorMetrics(ctx.metrics)
+    try:
+        providers = choose_providers(cfg.providers)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from exc
+    cores = os.cpu_count() or 1
+    engine_options = EngineOptions(
+        providers=providers,
+        intra_op_threads=cfg.intra_op_threads or max(1, cores // cfg.inference_threads),
+        warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
+        solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
+    )
+    preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
+    ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
+    inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
+    ctx.on_close(lambda: inference_executor.shutdown(wait=False, cancel_futures=True))
+    server = ctx.grpc_server([SERVICE_NAME])
 
-    def __init__(self, cfg: Settings, metrics: Metrics) -> None:
-        self.cfg = cfg
-        self.registry = metrics.registry
-        self.metrics = DetectorMetrics(metrics)
-        cores = os.cpu_count() or 1
-        engine_options = EngineOptions(
-            providers=choose_providers(cfg.providers),
-            intra_op_threads=cfg.intra_op_threads or max(1, cores // cfg.inference_threads),
-            warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
-            solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
-        )
-        self.preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
-        self.inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
-        self.server = Server(
-            host=cfg.host,
-            port=cfg.grpc_port,
-            service_names=[SERVICE_NAME],
-            metrics=metrics,
-            max_message_bytes=cfg.max_message_bytes,
-        )
-        self.manager = ModelManager(
-            engine_options=engine_options,
-            batching=BatchingOptions(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue, cfg.inference_threads),
-            inference_executor=self.inference_executor,
-            metrics=self.metrics,
-            drain_timeout_s=cfg.drain_timeout_s,
-            on_loaded=self._on_loaded,
-        )
-        self.watcher: RegistryWatcher | None = None
-        if cfg.model_path is None:
-            self.watcher = RegistryWatcher(
-                WatchOptions(
-                    addr=cfg.registry_addr,
-                    name=cfg.model_name,
-                    alias=cfg.model_alias,
-                    retry_initial_s=cfg.registry_retry_initial_s,
-                    retry_max_s=cfg.registry_retry_max_s,
-                    chunk_bytes=cfg.download_chunk_bytes,
-                    max_message_bytes=cfg.max_message_bytes,
-                    default_input_hw=(cfg.input_height, cfg.input_width),
-                ),
-                ModelCache(cfg.model_cache_dir.expanduser()),
-                self.manager,
-            )
-        self.detector = Detector(
-            self.manager,
-            self.preprocess_executor,
-            DetectDefaults(
-                cfg.score_threshold, cfg.iou_threshold, tuple(cfg.classes), cfg.max_detections, cfg.max_image_pixels
+    async def serve_once_loaded(model: LoadedModel) -> None:
+        await server.set_serving(True)
+
+    manager = ModelManager(
+        engine_options=engine_options,
+        batching=BatchingOptions(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue, cfg.inference_threads),
+        inference_executor=inference_executor,
+        metrics=metrics,
+        drain_timeout_s=cfg.drain_timeout_s,
+        on_loaded=serve_once_loaded,
+    )
+    ctx.on_close(manager.close)
+    watcher: RegistryWatcher | None = None
+    if cfg.model_path is None:
+        watcher = RegistryWatcher(
+            WatchOptions(
+                addr=cfg.registry_addr,
+                name=cfg.model_name,
+                alias=cfg.model_alias,
+                retry_initial_s=cfg.registry_retry_initial_s,
+                retry_max_s=cfg.registry_retry_max_s,
+                chunk_bytes=cfg.download_chunk_bytes,
+                max_message_bytes=cfg.max_message_bytes,
+                default_input_hw=(cfg.input_height, cfg.input_width),
             ),
-            waiting_for=self._waiting_for,
+            ModelCache(cfg.model_cache_dir.expanduser()),
+            manager,
         )
-        detector_pb2_grpc.add_DetectorServiceServicer_to_server(
-            DetectorServicer(self.detector, self.manager, cfg.stream_window), self.server.server
+        ctx.on_close(watcher.close)
+    detector = Detector(
+        manager,
+        preprocess_executor,
+        DetectDefaults(
+            cfg.score_threshold, cfg.iou_threshold, tuple(cfg.classes), cfg.max_detections, cfg.max_image_pixels
+        ),
+        waiting_for=watcher.waiting_for if watcher is not None else lambda: f"{cfg.model_source} is still loading",
+    )
+    detector_pb2_grpc.add_DetectorServiceServicer_to_server(
+        DetectorServicer(detector, manager, cfg.stream_window), server.server
+    )
+    stream: FrameStream | None = None
+    if cfg.stream_consumer:
+        frames = FrameStream(
+            detector,
+            manager,
+            StreamOptions(
+                bootstrap=cfg.kafka_bootstrap,
+                group_id=cfg.stream_group_id,
+                idempotence=cfg.kafka_idempotence,
+                max_inflight=cfg.stream_inflight_frames,
+                retry_max_s=cfg.stream_retry_max_s,
+            ),
+            StreamMetrics(ctx.metrics),
         )
-        self.stream: FrameStream | None = None
-        if cfg.stream_consumer:
-            self.stream = FrameStream(
-                self.detector,
-                self.manager,
-                StreamOptions(
-                    bootstrap=cfg.kafka_bootstrap,
-                    group_id=cfg.stream_group_id,
-                    idempotence=cfg.kafka_idempotence,
-                    max_inflight=cfg.stream_inflight_frames,
-                    retry_max_s=cfg.stream_retry_max_s,
-                ),
-                StreamMetrics(metrics),
-            )
+        # Before the model goes away, should the drain hook not have run.
+        ctx.on_close(lambda: frames.stop(cfg.shutdown_grace_s))
+        stream = frames
+    return DetectorDaemon(cfg, manager, watcher, stream, inference_executor)
 
-    def _waiting_for(self) -> str:
+
+@dataclass
+class DetectorDaemon(Daemon):
+    """Serves at once, NOT_SERVING until a model is loaded (the manager's on_loaded says SERVING)."""
+
+    cfg: Settings
+    manager: ModelManager
+    watcher: RegistryWatcher | None
+    stream: FrameStream | None
+    inference_executor: ThreadPoolExecutor  # for tests that hold its threads
+
+    async def start(self) -> None:
+        log.info("model: %s", self.cfg.model_source)
         if self.watcher is not None:
-            return self.watcher.waiting_for()
-        return f"{self.cfg.model_source} is still loading"
+            self.watcher.start()
+        else:
+            await self._load_file()
+        # Pauses by itself while no model is loaded, so it can start before the registry answers.
+        if self.stream is not None:
+            self.stream.start()
 
-    async def _on_loaded(self, model: LoadedModel) -> None:
-        await self.server.set_serving(True)
+    async def before_drain(self) -> None:
+        """Stops taking frames, finishes those in flight and commits them (before the model goes away)."""
+        if self.stream is not None:
+            await self.stream.stop(self.cfg.shutdown_grace_s)
 
     async def _load_file(self) -> None:
         path = self.cfg.model_path
@@ -117,50 +139,10 @@ class DetectorApp:
             input_hw=(self.cfg.input_height, self.cfg.input_width),
             sha256=sha256,
         )
-        await self.manager.activate(path, spec)
-
-    async def start(self) -> None:
-        """Serves at once, NOT_SERVING until a model is loaded; raises :class:`ModelLoadError` for a bad model_path."""
-        await self.server.start()
-        await self.server.set_serving(False)
-        log.info("detector on %s, model: %s", self.server.address, self.cfg.model_source)
-        if self.watcher is not None:
-            self.watcher.start()
-        else:
-            await self._load_file()
-        # Pauses by itself while no model is loaded, so it can start before the registry answers.
-        if self.stream is not None:
-            self.stream.start()
-
-    async def stop_stream(self) -> None:
-        """Stops taking frames, finishes those in flight and commits them (before the model goes away)."""
-        if self.stream is not None:
-            await self.stream.stop(self.cfg.shutdown_grace_s)
-
-    async def close(self) -> None:
-        await self.stop_stream()
-        if self.watcher is not None:
-            await self.watcher.close()
-        await self.manager.close()
-        self.preprocess_executor.shutdown(wait=False, cancel_futures=True)
-        self.inference_executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            await self.manager.activate(path, spec)
+        except ModelLoadError as exc:
+            raise StartupError(f"cannot serve the model: {exc}") from exc
 
 
-async def serve(cfg: Settings) -> None:
-    lifecycle = Lifecycle(cfg.shutdown_grace_s)
-    metrics = Metrics("detector")
-    if cfg.metrics_port:
-        http = MetricsHttpServer(metrics, cfg.host, cfg.metrics_port)
-        lifecycle.on_close(http.close)
-    app: DetectorApp | None = None
-    try:
-        app = DetectorApp(cfg, metrics)
-        lifecycle.on_close(app.close)
-        await app.start()
-    except ModelLoadError as exc:
-        log.error("cannot serve: %s", exc)
-        if app is not None:
-            await app.server.stop(0)
-        await lifecycle.stack.aclose()
-        raise SystemExit(2) from exc
-    await lifecycle.run(app.server, before_drain=app.stop_stream)
+DAEMON = DaemonSpec("detector", Settings, "CARMESH_DETECTOR_", build)

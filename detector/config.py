@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     """Serves the registered ONNX car detector over gRPC with dynamic micro-batching and hot reload."""
 
     grpc_port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9461, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9461, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
 
     # Where the model comes from: the registry (default) or a local file.
     model_name: str = Field("car-detector", min_length=1, description="registered model name")

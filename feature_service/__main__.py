@@ -1,5 +1,4 @@
-from feature_service.app import serve
-from feature_service.config import Settings
+from feature_service.app import DAEMON
 from kit.main import run_daemon
 
-raise SystemExit(run_daemon("feature_service", Settings, "CARMESH_FEATURE_", serve))
+raise SystemExit(run_daemon(DAEMON))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -19,16 +20,14 @@ from feature_service.config import Settings
 from feature_service.consumer import Backoff, ConsumerLoop
 from feature_service.datasets import Datasets
 from feature_service.detections import DetectionHandler
-from feature_service.errors import MigrationError
 from feature_service.frames import FrameHandler
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import OfflineStore
 from feature_service.online import OnlineStore
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
+from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
-from kit.lifecycle import Lifecycle
-from kit.metrics import Metrics, MetricsHttpServer
 from kit.server import Server
 
 log = logging.getLogger("feature_service")
@@ -134,69 +133,50 @@ def build_consumers(
     return Consumers(loops)
 
 
-async def serve(cfg: Settings) -> None:
-    lifecycle = Lifecycle(cfg.shutdown_grace_s)
-    try:
-        server, consumers = await _wire(cfg, lifecycle)
-    except MigrationError as exc:
-        log.error("cannot start: %s", exc)
-        await lifecycle.stack.aclose()
-        raise SystemExit(2) from exc
-    except BaseException:
-        await lifecycle.stack.aclose()
-        raise
-
-    async def before_drain() -> None:
-        await server.set_serving(False)
-        await consumers.stop()
-
-    await lifecycle.run(server, before_drain=before_drain)
-
-
-async def _wire(cfg: Settings, lifecycle: Lifecycle) -> tuple[Server, Consumers]:
-    metrics = Metrics("feature_service")
-    feature_metrics = FeatureMetrics(metrics)
-    if cfg.metrics_port:
-        metrics_http = MetricsHttpServer(metrics, cfg.host, cfg.metrics_port)
-        lifecycle.on_close(metrics_http.close)
-
+async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
+    metrics = FeatureMetrics(ctx.metrics)
     executor = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="feature-work")
-    lifecycle.on_close(lambda: executor.shutdown(wait=True, cancel_futures=True))
+    ctx.on_close(lambda: executor.shutdown(wait=True, cancel_futures=True))
     blobs = await asyncio.to_thread(open_blob_store, cfg)
-    lifecycle.on_close(blobs.close)
+    ctx.on_close(blobs.close)
 
     pool = await db.create_pool(cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s)
-    lifecycle.on_close(lambda: close_pool(pool))
+    ctx.on_close(lambda: close_pool(pool))
     async with pool.acquire() as conn:
         applied = await db.migrate(conn, db.load_migrations())
     log.info("PostgreSQL at %s ready (migrations applied now: %s)", db.redact(cfg.postgres_dsn), applied or "none")
 
     online = OnlineStore.from_url(cfg.redis_url, cfg.features_ttl_s)
-    lifecycle.on_close(online.close)
+    ctx.on_close(online.close)
     offline = OfflineStore(pool)
     datasets = Datasets(pool, blobs, executor, cfg.stream_page_frames)
 
-    server = Server(
-        host=cfg.host,
-        port=cfg.grpc_port,
-        service_names=[SERVICE_NAME],
-        metrics=metrics,
-        max_message_bytes=cfg.max_message_bytes,
-    )
+    server = ctx.grpc_server([SERVICE_NAME])
     feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(online, datasets), server.server)
-    consumers = build_consumers(
-        cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=feature_metrics
-    )
+    consumers = build_consumers(cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics)
     # Registered last so it runs first on close, should the drain hook not have run.
-    lifecycle.on_close(consumers.stop)
-    await server.start()
-    await server.set_serving(True)
-    consumers.start()
+    ctx.on_close(consumers.stop)
     log.info(
-        "serving on %s; blobs in %s; consuming %s from %s",
-        server.address,
+        "blobs in %s; consuming %s from %s",
         blobs.describe(),
         ", ".join(loop.name for loop in consumers.loops) or "nothing",
         cfg.kafka_bootstrap,
     )
-    return server, consumers
+    return FeatureDaemon(server, consumers)
+
+
+@dataclass
+class FeatureDaemon(Daemon):
+    server: Server
+    consumers: Consumers
+
+    async def start(self) -> None:
+        await self.server.set_serving(True)
+        self.consumers.start()
+
+    async def before_drain(self) -> None:
+        # Consumers finish and commit their batch before the pools they write to close.
+        await self.consumers.stop()
+
+
+DAEMON = DaemonSpec("feature_service", Settings, "CARMESH_FEATURE_", build)

@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     online features and versioned dataset snapshots over gRPC."""
 
     grpc_port: int = Field(50063, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9463, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9463, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
 
     # Kafka.
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, HOST:PORT,...")

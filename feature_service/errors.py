@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kit.daemon import StartupError
 from kit.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 
@@ -41,5 +42,5 @@ class BlobMissing(DataLoss):
     reason = "BLOB_MISSING"
 
 
-class MigrationError(Exception):
-    """The database schema cannot be brought up to date (edited or unknown migration)."""
+class MigrationError(StartupError):
+    """The database schema cannot be brought up to date (edited or unknown migration); the daemon exits with 2."""

@@ -1,5 +1,4 @@
-from gateway.app import serve
-from gateway.config import Settings
+from gateway.app import DAEMON
 from kit.main import run_daemon
 
-raise SystemExit(run_daemon("gateway", Settings, "CARMESH_GATEWAY_", serve))
+raise SystemExit(run_daemon(DAEMON))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
@@ -14,8 +16,7 @@ from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
 from gateway.server import DETECTOR, FEATURES, INGEST, REGISTRY, TRAINING, Admission, build_handlers
 from gateway.upstream import UpstreamPool
-from kit.lifecycle import Lifecycle
-from kit.metrics import Metrics, MetricsHttpServer
+from kit.daemon import Context, Daemon, DaemonSpec
 from kit.server import Server
 
 log = logging.getLogger(__name__)
@@ -34,41 +35,24 @@ def upstream_addresses(cfg: Settings) -> dict[str, tuple[str, list[str]]]:
     return routes
 
 
-async def serve(cfg: Settings) -> None:
-    try:
-        keys = load_key_store(cfg.api_keys_file, [key.get_secret_value() for key in cfg.api_keys])
-        if cfg.auth_required and len(keys) == 0:
-            raise ApiKeysError(
-                "auth_required is on but no API keys are configured: set --api-keys-file or "
-                "CARMESH_GATEWAY_API_KEYS (format in gateway/auth.py), or --no-auth-required for local development"
-            )
-    except ApiKeysError as exc:
-        log.error("cannot start: %s", exc)
-        raise SystemExit(2) from None
-
-    metrics = Metrics("gateway")
-    gateway_metrics = GatewayMetrics(metrics)
-    lifecycle = Lifecycle(cfg.shutdown_grace_s)
-    if cfg.metrics_port:
-        metrics_http = MetricsHttpServer(metrics, cfg.host, cfg.metrics_port)
-        lifecycle.on_close(metrics_http.close)
-
+async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
+    keys = load_key_store(cfg.api_keys_file, [key.get_secret_value() for key in cfg.api_keys])
+    if cfg.auth_required and len(keys) == 0:
+        raise ApiKeysError(
+            "auth_required is on but no API keys are configured: set --api-keys-file or "
+            "CARMESH_GATEWAY_API_KEYS (format in gateway/auth.py), or --no-auth-required for local development"
+        )
+    gateway_metrics = GatewayMetrics(ctx.metrics)
     routes = upstream_addresses(cfg)
-    server = Server(
-        host=cfg.host,
-        port=cfg.grpc_port,
-        service_names=list(routes),
-        metrics=metrics,
-        max_message_bytes=cfg.max_message_bytes,
-    )
+    server = ctx.grpc_server(list(routes))
 
     async def publish_health(pool: UpstreamPool) -> None:
         # A routed service is SERVING through the gateway only while one of its upstreams is.
         statuses = health_pb2.HealthCheckResponse
         await server.health.set(pool.service, statuses.SERVING if pool.healthy_count else statuses.NOT_SERVING)
 
-    pools = {
-        service: UpstreamPool(
+    pools = [
+        UpstreamPool(
             service,
             label,
             addresses,
@@ -78,27 +62,40 @@ async def serve(cfg: Settings) -> None:
             on_change=publish_health,
         )
         for service, (label, addresses) in routes.items()
-    }
-    for pool in pools.values():
-        lifecycle.on_close(pool.close)
+    ]
+    for pool in pools:
+        ctx.on_close(pool.close)
         await pool.start()
 
     admission = Admission(
         Authenticator(keys, cfg.auth_required), RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst), gateway_metrics
     )
     deadlines = DeadlinePolicy(cfg.default_deadline_s, cfg.max_deadline_s)
-    server.server.add_generic_rpc_handlers(build_handlers(pools, admission, deadlines, gateway_metrics))
-    await server.start()
-    await server.health.set("", health_pb2.HealthCheckResponse.SERVING)
-    for pool in pools.values():
-        await publish_health(pool)
+    server.server.add_generic_rpc_handlers(
+        build_handlers({pool.service: pool for pool in pools}, admission, deadlines, gateway_metrics)
+    )
     log.info(
-        "gateway serving on %s: %s; %d API key(s), auth %s, %g calls/s per key (burst %d)",
-        server.address,
+        "gateway routes %s; %d API key(s), auth %s, %g calls/s per key (burst %d)",
         ", ".join(f"{service} -> {','.join(addresses)}" for service, (_, addresses) in routes.items()),
         len(keys),
         "required" if cfg.auth_required else "optional",
         cfg.rate_limit_rps,
         cfg.rate_limit_burst,
     )
-    await lifecycle.run(server)
+    return GatewayDaemon(server, pools, publish_health)
+
+
+@dataclass
+class GatewayDaemon(Daemon):
+    server: Server
+    pools: list[UpstreamPool]
+    publish_health: Callable[[UpstreamPool], Awaitable[None]]
+
+    async def start(self) -> None:
+        # The gateway itself serves at once; each routed service follows its upstreams.
+        await self.server.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for pool in self.pools:
+            await self.publish_health(pool)
+
+
+DAEMON = DaemonSpec("gateway", Settings, "CARMESH_GATEWAY_", build)

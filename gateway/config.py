@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     """The public gRPC door of carmesh: API keys, per-key rate limits, routing to healthy upstream daemons."""
 
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9451, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9451, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
 
     # Upstreams. The detector is a pool (round-robin over healthy replicas); the others are one address each.
     detector_addrs: list[str] = Field(

@@ -1,5 +1,4 @@
-from ingestor.app import serve
-from ingestor.config import Settings
+from ingestor.app import DAEMON
 from kit.main import run_daemon
 
-raise SystemExit(run_daemon("ingestor", Settings, "CARMESH_INGESTOR_", serve))
+raise SystemExit(run_daemon(DAEMON))

@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     """Publishes frames from folders, videos, live streams, gRPC clients and labelled data sets to Kafka."""
 
     grpc_port: int = Field(50062, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9462, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9462, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
 
     # Kafka.
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers (host:port,...)")

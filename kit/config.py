@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 SettingsT = TypeVar("SettingsT", bound="BaseSettings")
 
@@ -32,6 +32,12 @@ class BaseSettings(BaseModel):
     host: str = "127.0.0.1"
     grpc_port: int = 0
     metrics_port: int = 0
+    metrics: bool = Field(True, description="serve Prometheus /metrics on metrics_port (--no-metrics: off)")
+    ready_file: Path | None = Field(
+        None,
+        description='once started, write {"grpc": HOST:PORT, "metrics": HOST:PORT or null, "pid": N} here '
+        "(atomically), e.g. to learn the ports picked for port 0",
+    )
     log_level: str = "INFO"
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_s: float = 10.0

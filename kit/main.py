@@ -1,43 +1,42 @@
-"""The shape of every daemon's ``__main__``: settings, logging, serve, exit code."""
+"""Every daemon's ``__main__``: settings, logging, the skeleton, and the exit code.
+
+Exit codes: 0 after a clean stop; 2 for settings or start-up failures the operator must fix
+(:class:`ConfigError`, :class:`StartupError`); 1 for the system refusing (a port in use, ...).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import (
-    Any,
-    TypeVar,
-)
+from collections.abc import Sequence
+from typing import Any
 
-from kit.config import BaseSettings, ConfigError, load_settings
+from kit.config import ConfigError, load_settings
+from kit.daemon import DaemonSpec, StartupError, serve
 from kit.logs import setup_logging
 
-SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+EXIT_USAGE = 2
+EXIT_OS = 1
 
 
-def run_daemon(
-    service: str,
-    settings_cls: type[SettingsT],
-    env_prefix: str,
-    serve: Callable[[SettingsT], Coroutine[Any, Any, None]],
-    argv: Sequence[str] | None = None,
-) -> int:
+def run_daemon(spec: DaemonSpec[Any, Any], argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_settings(
-            settings_cls, env_prefix, sys.argv[1:] if argv is None else argv, prog=f"python -m {service}"
+            spec.settings, spec.env_prefix, sys.argv[1:] if argv is None else argv, prog=f"python -m {spec.name}"
         )
     except ConfigError as exc:
-        print(f"{service}: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(service, cfg.log_level)
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(spec.name, cfg.log_level)
+    log = logging.getLogger(spec.name)
     try:
-        asyncio.run(serve(cfg))
-    except ConfigError as exc:  # settings that only fail once used (an unreadable keys file, ...)
-        logging.getLogger(service).error("cannot start: %s", exc)
-        return 2
+        asyncio.run(serve(spec, cfg))
+    # ConfigError: settings that only fail once used (an unreadable keys file, ...).
+    except (ConfigError, StartupError) as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_USAGE
     except OSError as exc:
-        logging.getLogger(service).error("cannot start: %s", exc)
-        return 1
+        log.error("cannot start: %s", exc)
+        return EXIT_OS
     return 0

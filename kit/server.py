@@ -152,7 +152,10 @@ class Server:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # how grpcio says it could not bind; older versions returned 0
+            raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)") from exc
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)")
         self.address = f"{host}:{self.port}"
@@ -166,6 +169,11 @@ class Server:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop_serving(self) -> None:
+        """NOT_SERVING for every service from now on; later :meth:`set_serving` calls change nothing."""
         await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        """Waits up to ``grace_s`` for in-flight RPCs, then cancels them; safe to call again, or unstarted."""
+        await self.stop_serving()
         await self.server.stop(grace_s)

@@ -1,5 +1,4 @@
 from kit.main import run_daemon
-from registry_gateway.app import serve
-from registry_gateway.config import Settings
+from registry_gateway.app import DAEMON
 
-raise SystemExit(run_daemon("registry_gateway", Settings, "CARMESH_REGISTRY_", serve))
+raise SystemExit(run_daemon(DAEMON))

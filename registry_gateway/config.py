@@ -13,7 +13,7 @@ class Settings(BaseSettings):
     """The gRPC face of the MLflow model registry."""
 
     grpc_port: int = Field(50064, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking and registry URI")
     # MLflow's own defaults retry for minutes; a gateway must answer UNAVAILABLE promptly instead.
     mlflow_max_retries: int = Field(2, ge=0, le=10, description="HTTP retries per MLflow request")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from kit.errors import Resource
 from kit.registry_tags import MODEL_ARTIFACT_DIR
 from registry_gateway.errors import FailedPrecondition, NotFound, from_mlflow
+from registry_gateway.metrics import RegistryMetrics
 from registry_gateway.schema import (
     ModelVersionInfo,
     RegisteredModelInfo,
@@ -61,21 +63,32 @@ def _is(exc: MlflowException, *codes: str) -> bool:
 class MlflowStore:
     """The registry as the gateway sees it; every public method is a coroutine."""
 
-    def __init__(self, tracking_uri: str, imports_experiment: str) -> None:
+    def __init__(self, tracking_uri: str, imports_experiment: str, metrics: RegistryMetrics) -> None:
         self.tracking_uri = tracking_uri
         self._imports_experiment = imports_experiment
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._gateway_metrics = metrics
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        operation = fn.__name__.lstrip("_")  # the blocking implementation's name: list_versions, download, ...
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             return await asyncio.to_thread(fn, *args)
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"  # the caller went away; the thread finishes unobserved
+            raise
         except Exception as exc:
-            raise from_mlflow(exc, self.tracking_uri) from exc
+            error = from_mlflow(exc, self.tracking_uri)
+            outcome = error.code.name
+            raise error from exc
+        finally:
+            self._gateway_metrics.observe_mlflow(operation, outcome, time.perf_counter() - started)
 
     # -- reads --------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        await self._run(lambda: self._client.search_registered_models(max_results=1))
+        await self._run(self._ping)
 
     async def list_models(self) -> list[RegisteredModelInfo]:
         return await self._run(self._list_models)
@@ -91,7 +104,7 @@ class MlflowStore:
 
     async def alias_target(self, name: str, alias: str) -> str | None:
         """The version ``alias`` points at, or None when unset; NotFound when the model is unknown."""
-        return await self._run(lambda: self._registered(name).aliases.get(alias))
+        return await self._run(self._alias_target, name, alias)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -111,6 +124,13 @@ class MlflowStore:
         return await self._run(self._download, info, dst_dir)
 
     # -- blocking implementations (worker threads) --------------------------------------------
+
+    def _ping(self) -> None:
+        self._client.search_registered_models(max_results=1)
+
+    def _alias_target(self, name: str, alias: str) -> str | None:
+        aliases: dict[str, str] = self._registered(name).aliases
+        return aliases.get(alias)
 
     def _model_names(self) -> list[str]:
         return sorted(m.name for m in self._all_models())

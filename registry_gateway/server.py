@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from kit.pagination import page_request, paginate
 from registry_gateway.errors import InvalidArgument
+from registry_gateway.metrics import RegistryMetrics
 from registry_gateway.registry import ImportRequest, Registry
 from registry_gateway.schema import Family, ModelVersionInfo, RegisteredModelInfo
 from registry_gateway.watch import AliasWatcher
@@ -91,10 +92,16 @@ async def _chunks(requests: AsyncIterator[registry_pb2.ImportModelRequest]) -> A
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(
-        self, registry: Registry, watcher: AliasWatcher, default_chunk_bytes: int, max_message_bytes: int
+        self,
+        registry: Registry,
+        watcher: AliasWatcher,
+        default_chunk_bytes: int,
+        max_message_bytes: int,
+        metrics: RegistryMetrics,
     ) -> None:
         self._registry = registry
         self._watcher = watcher
+        self._metrics = metrics
         self._default_chunk_bytes = default_chunk_bytes
         self._max_chunk_bytes = max(MIN_CHUNK_BYTES, max_message_bytes - _FRAMING_BYTES)
 
@@ -105,6 +112,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidArgument("the first ImportModel message must carry metadata (name, family, ...)")
         info = await self._registry.import_model(import_request(first.metadata), _chunks(request_iterator))
+        self._metrics.imported_versions.labels(info.name).inc()
         return registry_pb2.ImportModelResponse(version=version_to_proto(info))
 
     async def ListModels(
@@ -134,18 +142,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.SetAliasResponse:
         info, previous = await self._registry.set_alias(request.name, request.alias, request.version)
+        self._metrics.alias_changes.labels(info.name, request.alias, "set").inc()
         return registry_pb2.SetAliasResponse(version=version_to_proto(info), previous_version=previous)
 
     async def DeleteAlias(
         self, request: registry_pb2.DeleteAliasRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.DeleteAliasResponse:
         await self._registry.delete_alias(request.name, request.alias)
+        self._metrics.alias_changes.labels(request.name, request.alias, "delete").inc()
         return registry_pb2.DeleteAliasResponse()
 
     async def RollbackAlias(
         self, request: registry_pb2.RollbackAliasRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.RollbackAliasResponse:
         info, previous = await self._registry.rollback_alias(request.name, request.alias)
+        self._metrics.alias_changes.labels(info.name, request.alias, "rollback").inc()
         return registry_pb2.RollbackAliasResponse(version=version_to_proto(info), previous_version=previous)
 
     async def DownloadModel(
@@ -160,9 +171,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         info, path = await self._registry.open_download(request.name, request.version, request.alias)
         yield registry_pb2.DownloadModelResponse(version=version_to_proto(info))
         file: IO[bytes] = await asyncio.to_thread(path.open, "rb")
+        sent_bytes = self._metrics.download_bytes.labels(info.name)
         try:
             while chunk := await asyncio.to_thread(file.read, chunk_bytes):
                 yield registry_pb2.DownloadModelResponse(chunk=chunk)
+                sent_bytes.inc(len(chunk))
         finally:
             await asyncio.to_thread(file.close)
 

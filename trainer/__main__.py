@@ -1,5 +1,4 @@
 from kit.main import run_daemon
-from trainer.app import serve
-from trainer.config import Settings
+from trainer.app import DAEMON
 
-raise SystemExit(run_daemon("trainer", Settings, "CARMESH_TRAINER_", serve))
+raise SystemExit(run_daemon(DAEMON))

@@ -13,7 +13,7 @@ class Settings(BaseSettings):
     """Runs training jobs as local tf.distribute worker processes and registers the results in MLflow."""
 
     grpc_port: int = Field(50065, ge=0, le=65535, description="gRPC port (0: any free port)")
-    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
 
     work_dir: Path = Field(Path(".run/trainer"), description="jobs (checkpoints, logs, exports) and data set caches")
     feature_addr: str = Field("127.0.0.1:50063", min_length=1, description="feature_service (dataset snapshots)")

@@ -49,9 +49,7 @@ def constant_model(path: Path, score: float = 0.9, anchors: int | None = None) -
 def detect_gateway(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = constant_model(tmp_path_factory.mktemp("cli-models") / "cli_model.onnx")
     with ExitStack() as stack:
-        detector = stack.enter_context(
-            DaemonProcess("detector", ["--model-path", str(model), "--metrics-port", "0"], free_port())
-        )
+        detector = stack.enter_context(DaemonProcess("detector", ["--model-path", str(model), "--metrics-port", "0"]))
         gateway = stack.enter_context(run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address))
         yield gateway.address
 
@@ -197,7 +195,7 @@ def test_detect_cars_in_a_real_frame_with_yolox_nano(keys_file, tmp_path):
         "0",
     ]
     with (
-        DaemonProcess("detector", args, free_port()) as detector,
+        DaemonProcess("detector", args) as detector,
         run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address) as gateway,
     ):
         result = carmesh(
@@ -228,7 +226,7 @@ def registry_gateway(keys_file: Path, mlflow_uri: str, tmp_path_factory: pytest.
     cache = tmp_path_factory.mktemp("registry-cache")
     args = ["--mlflow-tracking-uri", mlflow_uri, "--cache-dir", str(cache), "--metrics-port", "0"]
     with (
-        DaemonProcess("registry_gateway", args, free_port(), timeout_s=90) as registry,
+        DaemonProcess("registry_gateway", args, timeout_s=90) as registry,
         run_gateway(keys_file, registry.address) as gateway,
     ):
         yield gateway.address

@@ -69,7 +69,7 @@ def pipeline(
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(postgres_dsn, "cli"))
-        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"], free_port()))
+        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"]))
         features = stack.enter_context(
             DaemonProcess(
                 "feature_service",
@@ -90,7 +90,6 @@ def pipeline(
                     "--poll-timeout-ms",
                     "200",
                 ],
-                free_port(),
             )
         )
         stack.enter_context(
@@ -110,7 +109,6 @@ def pipeline(
                     "--stream-group-id",
                     f"cli-detector-{tag}",
                 ],
-                free_port(),
             )
         )
         gateway = stack.enter_context(

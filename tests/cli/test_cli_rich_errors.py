@@ -38,9 +38,7 @@ def limited_gateway(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -
     raw = yolov8_raw([(32, 32, 20, 20)], [[0.9, 0.05]])
     model = write_yolov8_model(tmp_path_factory.mktemp("models") / "limited.onnx", raw, (64, 64), ["car", "truck"])
     with ExitStack() as stack:
-        detector = stack.enter_context(
-            DaemonProcess("detector", ["--model-path", str(model), "--metrics-port", "0"], free_port())
-        )
+        detector = stack.enter_context(DaemonProcess("detector", ["--model-path", str(model)]))
         limits = ("--rate-limit-rps", str(RATE_PER_S), "--rate-limit-burst", str(BURST))
         gateway = stack.enter_context(run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address, *limits))
         yield gateway.address

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from carmesh.v1 import detector_pb2_grpc
 from carmesh_cli.names import PRESETS
-from detector.app import DetectorApp
+from detector.app import DAEMON
 from detector.config import Settings
-from kit.metrics import Metrics
+from detector.models import ModelManager
+from kit.daemon import running as daemon_running
+from kit.server import Server
 
 # The CLI's preset is the one users get; tests use the same list.
 COCO80 = list(PRESETS["coco"])
@@ -44,22 +49,30 @@ def box_of(detection: Any) -> tuple[float, float, float, float]:
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"grpc_port": 0, "metrics_port": 0, "max_wait_ms": 2.0}
+    values: dict[str, Any] = {"grpc_port": 0, "metrics": False, "max_wait_ms": 2.0}
     values.update(overrides)
     return Settings.model_validate(values)
 
 
+@dataclass(frozen=True)
+class InProcess:
+    """The parts of an in-process detector that tests reach into."""
+
+    server: Server
+    manager: ModelManager
+    inference_executor: Executor
+    registry: CollectorRegistry
+
+
 @contextlib.asynccontextmanager
-async def running(cfg: Settings) -> AsyncIterator[tuple[DetectorApp, detector_pb2_grpc.DetectorServiceStub]]:
-    """The whole daemon in this process on a free port, and a stub talking to it over gRPC."""
-    app = DetectorApp(cfg, Metrics("detector"))
-    try:
-        await app.start()
-        async with grpc.aio.insecure_channel(app.server.address) as channel:
+async def running(cfg: Settings) -> AsyncIterator[tuple[InProcess, detector_pb2_grpc.DetectorServiceStub]]:
+    """The whole daemon in this process on a free port (the kit skeleton, as ``python -m detector``
+    runs it), and a stub talking to it over gRPC; leaving the block drains and closes it."""
+    async with daemon_running(DAEMON, cfg) as started:
+        daemon = started.daemon
+        app = InProcess(started.server, daemon.manager, daemon.inference_executor, started.metrics.registry)
+        async with grpc.aio.insecure_channel(started.grpc_address) as channel:
             yield app, detector_pb2_grpc.DetectorServiceStub(channel)
-    finally:
-        await app.server.stop(0)
-        await app.close()
 
 
 def jpeg_bytes(image: np.ndarray) -> bytes:

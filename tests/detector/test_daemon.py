@@ -28,10 +28,7 @@ def model(tmp_path: Path) -> Path:
 
 
 def test_daemon_serves_a_local_model_and_stops_on_sigterm(model: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    daemon = DaemonProcess(
-        "detector", ["--model-path", str(model), "--metrics-port", str(metrics_port), "--max-batch-size", "2"], port
-    )
+    daemon = DaemonProcess("detector", ["--model-path", str(model), "--max-batch-size", "2"])
     with daemon, grpc.insecure_channel(daemon.address) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
         image = jpeg_bytes(np.zeros((64, 64, 3), np.uint8))
@@ -43,7 +40,7 @@ def test_daemon_serves_a_local_model_and_stops_on_sigterm(model: Path) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         info = stub.GetModelInfo(detector_pb2.GetModelInfoRequest(), timeout=10)
         assert info.max_batch_size == 2 and list(info.class_names) == ["car", "truck"]
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(daemon.metrics_url, timeout=10).read().decode()
         assert "carmesh_detector_inference_seconds_bucket" in text and "carmesh_detector_queue_depth" in text
         assert daemon.proc is not None
         daemon.terminate()
@@ -52,7 +49,7 @@ def test_daemon_serves_a_local_model_and_stops_on_sigterm(model: Path) -> None:
 
 
 def test_daemon_without_registry_waits_not_serving_with_a_clear_log() -> None:
-    port, registry = free_port(), f"127.0.0.1:{free_port()}"
+    registry = f"127.0.0.1:{free_port()}"  # nothing listens there
     daemon = DaemonProcess(
         "detector",
         [
@@ -65,7 +62,6 @@ def test_daemon_without_registry_waits_not_serving_with_a_clear_log() -> None:
             "--registry-retry-max-s",
             "0.5",
         ],
-        port,
         wait_for="port",
     )
     with daemon, grpc.insecure_channel(daemon.address) as channel:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.detector.support import jpeg_bytes
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -49,6 +49,25 @@ def first_box(reply: detector_pb2.DetectResponse) -> tuple[int, ...]:
     return tuple(round(v) for v in (box.x1, box.y1, box.x2, box.y2))
 
 
+def registry_daemon(mlflow_uri: str, tmp_path: Path) -> DaemonProcess:
+    args = ["--mlflow-tracking-uri", mlflow_uri, "--cache-dir", str(tmp_path / "registry-cache")]
+    return DaemonProcess("registry_gateway", [*args, "--poll-interval-s", "0.2"], timeout_s=90)
+
+
+def detector_daemon(registry_address: str, name: str, tmp_path: Path) -> DaemonProcess:
+    """A detector of ``name``@champion that starts NOT_SERVING, waiting for the registry to have it."""
+    args = [
+        "--registry-addr",
+        registry_address,
+        "--model-name",
+        name,
+        "--model-cache-dir",
+        str(tmp_path / "detector-cache"),
+    ]
+    args += ["--registry-retry-initial-s", "0.1", "--registry-retry-max-s", "1"]
+    return DaemonProcess("detector", args, wait_for="port")
+
+
 async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -60,42 +79,9 @@ async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: i
 
 async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path: Path) -> None:
     name = f"det-{uuid.uuid4().hex[:8]}"
-    registry_port = free_port()
-    registry = DaemonProcess(
-        "registry_gateway",
-        [
-            "--mlflow-tracking-uri",
-            mlflow_uri,
-            "--cache-dir",
-            str(tmp_path / "registry-cache"),
-            "--metrics-port",
-            "0",
-            "--poll-interval-s",
-            "0.2",
-        ],
-        registry_port,
-        timeout_s=90,
-    )
-    detector = DaemonProcess(
-        "detector",
-        [
-            "--registry-addr",
-            registry.address,
-            "--model-name",
-            name,
-            "--metrics-port",
-            "0",
-            "--model-cache-dir",
-            str(tmp_path / "detector-cache"),
-            "--registry-retry-initial-s",
-            "0.1",
-            "--registry-retry-max-s",
-            "1",
-        ],
-        free_port(),
-        wait_for="port",
-    )
-    with registry, detector:
+    registry = registry_daemon(mlflow_uri, tmp_path)
+    # The detector's arguments name the registry's address, known once it started.
+    with registry, detector_daemon(registry.address, name, tmp_path) as detector:
         async with (
             grpc.aio.insecure_channel(registry.address) as reg_channel,
             grpc.aio.insecure_channel(detector.address) as det_channel,
@@ -172,41 +158,9 @@ async def test_the_gateway_serves_a_call_made_the_moment_the_detector_loads_its_
     name = f"det-{uuid.uuid4().hex[:8]}"
     key = f"demo-{uuid.uuid4().hex}"
     (tmp_path / "keys").write_text(f"{key} demo detect\n")
-    registry = DaemonProcess(
-        "registry_gateway",
-        [
-            "--mlflow-tracking-uri",
-            mlflow_uri,
-            "--cache-dir",
-            str(tmp_path / "registry-cache"),
-            "--metrics-port",
-            "0",
-            "--poll-interval-s",
-            "0.2",
-        ],
-        free_port(),
-        timeout_s=90,
-    )
-    detector = DaemonProcess(
-        "detector",
-        [
-            "--registry-addr",
-            registry.address,
-            "--model-name",
-            name,
-            "--metrics-port",
-            "0",
-            "--model-cache-dir",
-            str(tmp_path / "detector-cache"),
-            "--registry-retry-initial-s",
-            "0.1",
-            "--registry-retry-max-s",
-            "1",
-        ],
-        free_port(),
-        wait_for="port",
-    )
-    with registry, detector:
+    registry = registry_daemon(mlflow_uri, tmp_path)
+    # The detector's arguments name the registry's address, known once it started.
+    with registry, detector_daemon(registry.address, name, tmp_path) as detector:
         gateway_args = (tmp_path / "keys", registry.address, detector.address, "--health-check-interval-s", "60")
         with run_gateway(*gateway_args) as gateway:
             async with (

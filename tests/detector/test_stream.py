@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.app import DetectorApp
 from detector.engine import ModelRef, ModelSpec
-from kit.metrics import Metrics
 from tests.detector.kafka_support import (
     NOT_A_FRAME,
     DetectionsReader,
@@ -26,7 +24,7 @@ from tests.detector.kafka_support import (
     jpeg_frames,
     produce,
 )
-from tests.detector.support import COCO80, jpeg_bytes, settings
+from tests.detector.support import COCO80, jpeg_bytes, running, settings
 from tests.helpers import DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
 
@@ -41,8 +39,8 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
         return reply.read().decode()
 
 
@@ -62,7 +60,6 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
     # The corrupt frame and the non-Frame bytes sit between good frames of the same partition.
     values = [f.SerializeToString() for f in good[:3]] + [corrupt.SerializeToString(), NOT_A_FRAME]
     values += [f.SerializeToString() for f in good[3:]]
-    metrics_port = free_port()
     args = [
         "--model-path",
         str(model),
@@ -72,8 +69,6 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
         ",".join(COCO80),
         "--max-batch-size",
         "4",
-        "--metrics-port",
-        str(metrics_port),
         "--stream-consumer",
         "--kafka-bootstrap",
         kafka_bootstrap,
@@ -84,11 +79,11 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
     version = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
 
     async with DetectionsReader(kafka_bootstrap, camera) as reader:
-        daemon = DaemonProcess("detector", args, free_port())
+        daemon = DaemonProcess("detector", args)
         with daemon:
             landed = await produce(kafka_bootstrap, camera, values)
             received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in good]))
-            metrics = await asyncio.to_thread(_scrape, metrics_port)
+            metrics = await asyncio.to_thread(_scrape, daemon.metrics_url)
             assert daemon.stop() == 0, daemon.log()[-3000:]
 
         # Every good frame once, in the order produced (one camera: one partition, sent in offset order).
@@ -114,7 +109,7 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
 
         # Restarted in the same group: only the new frames are detected, nothing is answered twice.
         more = jpeg_frames(camera, images[:2], first_seq=100)
-        with DaemonProcess("detector", args, free_port()):
+        with DaemonProcess("detector", args):
             await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in more])
             received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in more]))
         counts = Counter(m.frame_id for m in received)
@@ -136,33 +131,27 @@ async def test_paused_without_a_model_then_hot_reload_versions(kafka_bootstrap: 
         registry_retry_initial_s=5.0,
         registry_retry_max_s=5.0,
     )
-    app = DetectorApp(cfg, Metrics("detector"))
-    sample = app.registry.get_sample_value
     image = jpeg_bytes(np.full((90, 160, 3), 80, np.uint8))
     first = [frame(camera, i, image) for i in range(6)]
     second = [frame(camera, 100 + i, image) for i in range(4)]
-    async with DetectionsReader(kafka_bootstrap, camera) as reader:
-        try:
-            await app.start()
-            await eventually(lambda: sample("carmesh_detector_stream_paused") == 1, what="stream paused")
-            await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in first])
-            # Several poll rounds pass while paused: nothing is taken from the topic.
-            await asyncio.sleep(1.5)
-            assert sample("carmesh_detector_stream_frames_total", {"outcome": "published"}) is None
-            assert sample("carmesh_detector_stream_inflight") == 0
+    async with DetectionsReader(kafka_bootstrap, camera) as reader, running(cfg) as (app, _):
+        sample = app.registry.get_sample_value
+        await eventually(lambda: sample("carmesh_detector_stream_paused") == 1, what="stream paused")
+        await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in first])
+        # Several poll rounds pass while paused: nothing is taken from the topic.
+        await asyncio.sleep(1.5)
+        assert sample("carmesh_detector_stream_frames_total", {"outcome": "published"}) is None
+        assert sample("carmesh_detector_stream_inflight") == 0
 
-            spec = ModelSpec(ref=ModelRef("constant", "1", "champion"), family="yolov8", input_hw=(64, 64))
-            await app.manager.activate(model, spec)
-            received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in first]))
-            assert sample("carmesh_detector_stream_paused") == 0
+        spec = ModelSpec(ref=ModelRef("constant", "1", "champion"), family="yolov8", input_hw=(64, 64))
+        await app.manager.activate(model, spec)
+        received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in first]))
+        assert sample("carmesh_detector_stream_paused") == 0
 
-            # A hot reload: frames after it are answered by the new version, and say so.
-            await app.manager.activate(model, ModelSpec(ref=ModelRef("constant", "2", "champion"), family="yolov8"))
-            await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in second])
-            received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in second]))
-        finally:
-            await app.server.stop(0)
-            await app.close()
+        # A hot reload: frames after it are answered by the new version, and say so.
+        await app.manager.activate(model, ModelSpec(ref=ModelRef("constant", "2", "champion"), family="yolov8"))
+        await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in second])
+        received = await reader.until(lambda got: _once_each(got, [f.frame_id for f in second]))
 
     versions = {m.frame_id: m.model.version for m in received}
     assert [versions[f.frame_id] for f in first] == ["1"] * len(first)

@@ -13,7 +13,7 @@ import grpc
 
 from carmesh.v1 import common_pb2, feature_pb2, feature_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests.feature_service.support import daemon_args, fetchval, fresh_database
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 
 
 def _kitti_boxes(label: Path) -> Counter[tuple[str, int, int, int, int]]:
@@ -82,9 +82,8 @@ def test_apollo_import_store_snapshot_round_trip(
         DaemonProcess(
             "feature_service",
             daemon_args(dsn=db.dsn, redis_url=redis_url, kafka_bootstrap=kafka_bootstrap, blob_dir=tmp_path / "blobs"),
-            free_port(),
         ) as features,
-        DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"], free_port()) as ingestor,
+        DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"]) as ingestor,
     ):
         asyncio.run(
             _snapshot_round_trip(

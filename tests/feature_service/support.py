@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carmesh.v1 import common_pb2
 from kit.kafka import FRAMES_DLQ_TOPIC, FRAMES_TOPIC, create_consumer, create_producer
-from tests.helpers import free_port
 
 FRAMES_GROUP = "carmesh-feature-service"
 IGNORE_CLASS = "ignore"  # apollo-cars marks don't-care regions with this class
@@ -245,7 +244,6 @@ def daemon_args(
     redis_url: str,
     kafka_bootstrap: str,
     blob_dir: Path,
-    metrics_port: int | None = None,
     extra: Iterable[str] = (),
 ) -> list[str]:
     return [
@@ -261,8 +259,6 @@ def daemon_args(
         "3000",
         "--blob-dir",
         str(blob_dir),
-        "--metrics-port",
-        str(metrics_port if metrics_port is not None else free_port()),
         "--retry-initial-s",
         "0.2",
         "--retry-max-s",

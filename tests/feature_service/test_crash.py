@@ -26,7 +26,7 @@ from tests.feature_service.support import (
     produce_frames,
     wait_until,
 )
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ async def test_sigkill_while_consuming_then_restart_stores_every_frame_once(
     async def at_least(n: int) -> bool:
         return await stored() >= n
 
-    with DaemonProcess("feature_service", args, free_port()) as first:
+    with DaemonProcess("feature_service", args) as first:
         sending = asyncio.create_task(produce_frames(kafka_bootstrap, messages, pause_s=0.03))
         await wait_until(lambda: at_least(24), 120, "24 frames stored before the kill")
         assert first.proc is not None
@@ -64,7 +64,7 @@ async def test_sigkill_while_consuming_then_restart_stores_every_frame_once(
     await sending
     assert at_kill < len(apollo), "the kill should land while frames are still being consumed"
 
-    with DaemonProcess("feature_service", args, free_port()) as second:
+    with DaemonProcess("feature_service", args) as second:
         await wait_until(lambda: at_least(len(apollo)), 180, "every frame stored after the restart")
         assert await asyncio.to_thread(second.stop) == 0  # SIGTERM: a clean exit
 

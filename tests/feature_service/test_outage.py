@@ -31,7 +31,7 @@ from tests.feature_service.support import (
     produce_frames,
     wait_until,
 )
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,13 @@ class TcpRelay:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = 0  # the first start picks one; a restart listens on it again
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -91,13 +92,11 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
     run = Run.new("outage")
     ids = class_ids(apollo)
     messages = [apollo_message(run, f, i, ids) for i, f in enumerate(apollo[:10])]
-    metrics_port = free_port()
     args = daemon_args(
         dsn=_via(feature_db.dsn, relay.port),
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
         blob_dir=tmp_path / "blobs",
-        metrics_port=metrics_port,
     )
 
     async def stored(n: int) -> bool:
@@ -108,8 +107,10 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
 
     try:
         # The daemon blocks the loop while it starts; the relay must keep serving it meanwhile.
-        proc = DaemonProcess("feature_service", args, free_port())
+        proc = DaemonProcess("feature_service", args)
         await asyncio.to_thread(proc.start)
+        assert proc.metrics_port is not None
+        metrics_port = proc.metrics_port
         try:
             await produce_frames(kafka_bootstrap, messages[:5])
             await wait_until(lambda: stored(5), 60, "5 frames stored before the outage")

@@ -39,7 +39,7 @@ from tests.feature_service.support import (
     timestamp,
     wait_until,
 )
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 from tests.paging import assert_bad_pages_refused, assert_pages_cover
 
 pytestmark = pytest.mark.integration
@@ -71,17 +71,16 @@ def daemon(
 ) -> Iterator[Daemon]:
     asyncio.run(ensure_topics(kafka_bootstrap))
     blob_dir = tmp_path_factory.mktemp("blobs")
-    metrics_port = free_port()
     args = daemon_args(
         dsn=feature_db.dsn,
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
         blob_dir=blob_dir,
-        metrics_port=metrics_port,
         extra=["--frames-batch-size", "16"],
     )
-    with DaemonProcess("feature_service", args, free_port()) as proc:
-        yield Daemon(proc, blob_dir, metrics_port, feature_db.dsn, kafka_bootstrap, redis_url)
+    with DaemonProcess("feature_service", args) as proc:
+        assert proc.metrics_port is not None
+        yield Daemon(proc, blob_dir, proc.metrics_port, feature_db.dsn, kafka_bootstrap, redis_url)
 
 
 def _corrupt_frames(run: Run, good: ApolloFrame) -> dict[str, bytes]:

@@ -37,8 +37,6 @@ def run_gateway(
 ) -> Iterator[DaemonProcess]:
     """The gateway as users run it (``python -m gateway``), with fast health checks for tests."""
     args = [
-        "--metrics-port",
-        str(free_port()),
         "--api-keys-file",
         str(keys_file),
         "--registry-addr",
@@ -50,9 +48,10 @@ def run_gateway(
         "0.2",
         *extra,
     ]
-    with DaemonProcess("gateway", args, free_port(), timeout_s=30) as gateway:
+    with DaemonProcess("gateway", args, timeout_s=30) as gateway:
         yield gateway
 
 
 def metrics_port(gateway: DaemonProcess) -> int:
-    return int(gateway.args[gateway.args.index("--metrics-port") + 1])
+    assert gateway.metrics_port is not None
+    return gateway.metrics_port

@@ -47,8 +47,7 @@ def detector_replicas(directory: Path, stems: list[str]) -> Iterator[list[Daemon
             stack.enter_context(
                 DaemonProcess(
                     "detector",
-                    ["--model-path", str(model_file(directory, stem)), "--metrics-port", "0", "--max-wait-ms", "1"],
-                    free_port(),
+                    ["--model-path", str(model_file(directory, stem)), "--max-wait-ms", "1"],
                 )
             )
             for stem in stems

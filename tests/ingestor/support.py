@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from carmesh.v1 import common_pb2
 from kit.kafka import MAX_MESSAGE_BYTES
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 
 APOLLO_SUBDIR = Path("data") / "apollo-cars"
 
@@ -26,7 +26,7 @@ def unique_topic(name: str) -> str:
 def ingestor(bootstrap: str, topic: str, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
     """`python -m ingestor` as a user runs it, against the local Tansu (no idempotent producer there)."""
     args = ["--kafka-bootstrap", bootstrap, "--no-kafka-idempotence", "--frames-topic", topic, "--metrics-port", "0"]
-    return DaemonProcess("ingestor", [*args, *extra], free_port(), env=env)
+    return DaemonProcess("ingestor", [*args, *extra], env=env)
 
 
 async def read_topic(

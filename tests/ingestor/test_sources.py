@@ -42,10 +42,11 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(kafka_bootstrap: str, data_root: Path) -> Iterator[Daemon]:
-    topic, metrics_port = unique_topic("sources"), free_port()
-    args = ["--allowed-roots", str(data_root), "--metrics-port", str(metrics_port), "--jpeg-quality", "92"]
+    topic = unique_topic("sources")
+    args = ["--allowed-roots", str(data_root), "--jpeg-quality", "92"]
     with ingestor(kafka_bootstrap, topic, *args) as proc:
-        yield proc, topic, metrics_port
+        assert proc.metrics_port is not None
+        yield proc, topic, proc.metrics_port
 
 
 @pytest.fixture

@@ -9,18 +9,16 @@ import pytest
 
 from carmesh.v1 import registry_pb2_grpc
 from kit.clients import insecure_channel
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess
 from tests.registry.support import Gateway, gateway_args
 
 
 @pytest.fixture(scope="module")
 def gateway(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     cache_dir = tmp_path_factory.mktemp("registry-cache")
-    metrics_port = free_port()
-    with DaemonProcess(
-        "registry_gateway", gateway_args(mlflow_uri, cache_dir, metrics_port), free_port(), timeout_s=90
-    ) as daemon:
-        yield Gateway(daemon, metrics_port, cache_dir, mlflow_uri)
+    with DaemonProcess("registry_gateway", gateway_args(mlflow_uri, cache_dir), timeout_s=90) as daemon:
+        assert daemon.metrics_port is not None
+        yield Gateway(daemon, daemon.metrics_port, cache_dir, mlflow_uri)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 
 from carmesh.v1 import registry_pb2
 from carmesh_cli.names import PRESETS
-from tests.helpers import SHARED, DaemonProcess, free_port
+from tests.helpers import SHARED, DaemonProcess
 from tests.onnx_factory import write_yolov8_model, write_yolox_model, yolov8_raw
 
 # Small enough that the too-large-upload test stays cheap, big enough for YOLOX-nano (3.7 MB).
@@ -43,14 +43,12 @@ class Gateway:
         raise KeyError(name)
 
 
-def gateway_args(mlflow_uri: str, cache_dir: Path, metrics_port: int, *extra: str) -> list[str]:
+def gateway_args(mlflow_uri: str, cache_dir: Path, *extra: str) -> list[str]:
     return [
         "--mlflow-tracking-uri",
         mlflow_uri,
         "--cache-dir",
         str(cache_dir),
-        "--metrics-port",
-        str(metrics_port),
         "--poll-interval-s",
         "0.2",
         "--max-import-bytes",
@@ -105,7 +103,7 @@ class TcpProxy:
     refuses new connections and drops live ones (a network outage), :meth:`restore` ends it."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.port = free_port()
+        self.port = 0  # the first listen picks one; restore() listens on it again
         self._target = (target_host, target_port)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
@@ -131,6 +129,7 @@ class TcpProxy:
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _drop(self) -> None:
         if self._server is not None:

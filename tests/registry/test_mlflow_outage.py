@@ -37,7 +37,7 @@ async def test_watch_survives_an_mlflow_outage(
     gateway: Gateway, proxy: TcpProxy, model_name: str, tmp_path: Path
 ) -> None:
     # `gateway` talks to MLflow directly; `behind` reaches it only through the proxy.
-    args = gateway_args(f"http://127.0.0.1:{proxy.port}", tmp_path / "cache", free_port(), "--mlflow-max-retries", "0")
+    args = gateway_args(f"http://127.0.0.1:{proxy.port}", tmp_path / "cache", "--mlflow-max-retries", "0")
     async with insecure_channel(gateway.address) as direct_channel:
         direct = registry_pb2_grpc.RegistryServiceStub(direct_channel)
         for score in (0.5, 0.6):
@@ -45,7 +45,7 @@ async def test_watch_survives_an_mlflow_outage(
             await direct.ImportModel(import_messages(data, model_name))
         await direct.SetAlias(pb.SetAliasRequest(name=model_name, alias="live", version="1"))
 
-        with DaemonProcess("registry_gateway", args, free_port(), timeout_s=90) as behind:
+        with DaemonProcess("registry_gateway", args, timeout_s=90) as behind:
             async with insecure_channel(behind.address) as channel:
                 stub = registry_pb2_grpc.RegistryServiceStub(channel)
                 watcher = stub.WatchAlias(pb.WatchAliasRequest(name=model_name, alias="live"))
@@ -73,8 +73,8 @@ async def test_watch_survives_an_mlflow_outage(
 
 async def test_serves_while_mlflow_is_down(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    args = gateway_args(dead, tmp_path / "cache", free_port(), "--mlflow-max-retries", "0")
-    with DaemonProcess("registry_gateway", args, free_port(), timeout_s=90) as daemon:
+    args = gateway_args(dead, tmp_path / "cache", "--mlflow-max-retries", "0")
+    with DaemonProcess("registry_gateway", args, timeout_s=90) as daemon:
         async with insecure_channel(daemon.address) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             for call in (

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from carmesh.v1 import registry_pb2 as pb
 from carmesh.v1 import registry_pb2_grpc
@@ -184,6 +186,57 @@ async def test_set_delete_and_rollback_alias(stub: Stub, model_name: str, tmp_pa
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
     assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def scrape(gateway: Gateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of the daemon's /metrics: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_imports_downloads_alias_moves_and_mlflow_calls(
+    stub: Stub, gateway: Gateway, model_name: str, tmp_path: Path
+) -> None:
+    before = scrape(gateway)
+    files = [yolov8_file(tmp_path / f"{score}.onnx", score=score).read_bytes() for score in (0.5, 0.6)]
+    for data in files:
+        await import_bytes(stub, data, model_name)
+    for version in ("1", "2"):
+        await stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="prod", version=version))
+    await stub.RollbackAlias(pb.RollbackAliasRequest(name=model_name, alias="prod"))
+    _, chunks = await download(stub, name=model_name, alias="prod")
+    await stub.DeleteAlias(pb.DeleteAliasRequest(name=model_name, alias="prod"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.GetModelVersion(pb.GetModelVersionRequest(name=model_name, version="9"))
+
+    after = scrape(gateway)
+
+    def value(name: str, **labels: str) -> float:
+        return after.get((name, frozenset(labels.items())), 0.0)
+
+    def added(name: str, **labels: str) -> float:
+        return value(name, **labels) - before.get((name, frozenset(labels.items())), 0.0)
+
+    assert value("carmesh_registry_imported_versions_total", model=model_name) == 2
+    assert value("carmesh_registry_download_bytes_total", model=model_name) == len(files[0]) == len(b"".join(chunks))
+    moves = {
+        a: value("carmesh_registry_alias_changes_total", model=model_name, alias="prod", action=a)
+        for a in (
+            "set",
+            "rollback",
+            "delete",
+        )
+    }
+    assert moves == {"set": 2, "rollback": 1, "delete": 1}
+    # Other tests share the daemon: count at least this test's MLflow calls.
+    assert added("carmesh_registry_mlflow_calls_total", operation="set_alias", outcome="ok") >= 2
+    assert added("carmesh_registry_mlflow_calls_total", operation="get_version", outcome="NOT_FOUND") >= 1
+    assert added("carmesh_registry_mlflow_seconds_count", operation="register_files") >= 2
 
 
 async def wait_for_metric(gateway: Gateway, name: str, value: float) -> None:

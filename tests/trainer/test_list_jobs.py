@@ -30,7 +30,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         (work / "jobs" / job.job_id / STATE_FILE).write_text(json.dumps(job.to_json()))
     unreachable = f"127.0.0.1:{free_port()}"
     args = ["--work-dir", str(work), "--registry-addr", unreachable, "--feature-addr", unreachable]
-    with DaemonProcess("trainer", [*args, "--metrics-port", "0"], free_port(), timeout_s=90) as proc:
+    with DaemonProcess("trainer", [*args, "--metrics-port", "0"], timeout_s=90) as proc:
         yield proc
 
 

@@ -63,8 +63,8 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root = tmp_path_factory.mktemp("trainer")
     data = write_dataset(root / "synthetic", train_images=8, val_images=4, width=320, height=180, seed=1)
     model_name = f"test-detector-{os.getpid()}"
-    registry_args = gateway_args(mlflow_uri, root / "registry-cache", free_port())
-    with DaemonProcess("registry_gateway", registry_args, free_port(), timeout_s=90) as registry:
+    registry_args = gateway_args(mlflow_uri, root / "registry-cache")
+    with DaemonProcess("registry_gateway", registry_args, timeout_s=90) as registry:
         args = [
             "--work-dir",
             str(root / "work"),
@@ -76,8 +76,6 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             mlflow_uri,
             "--model-name",
             model_name,
-            "--metrics-port",
-            "0",
             "--max-running-jobs",
             "2",
             "--stop-grace-s",
@@ -86,7 +84,7 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         keys = root / "api-keys"
         keys.write_text(keys_file_text())
         with (
-            DaemonProcess("trainer", args, free_port(), timeout_s=60) as daemon,
+            DaemonProcess("trainer", args, timeout_s=60) as daemon,
             run_gateway(keys, registry.address, None, "--trainer-addr", daemon.address) as gateway,
         ):
             yield Trainer(daemon, registry, gateway, root / "work", data, mlflow_uri, model_name)
