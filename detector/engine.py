@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from detector.errors import ModelLoadError
-from detector.imaging import Letterbox, letterbox
 from detector.postprocess import expected_anchors_yolox
+from kit.letterbox import Letterbox, letterbox
 
 log = logging.getLogger(__name__)
 

@@ -63,8 +63,8 @@ def publish(
     tracker: Tracker,
     phase: Callable[[str], None],
 ) -> dict[str, Any]:
+    from kit.letterbox import letterbox
     from trainer import plots
-    from trainer.augment import letterbox
     from trainer.export import check_parity, export_onnx, triton_config
     from trainer.predict import evaluate_detections, ground_truth, predict
 
