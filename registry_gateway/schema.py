@@ -62,7 +62,6 @@ def version_info(mv: Any, metrics: dict[str, float] | None = None) -> ModelVersi
         name=mv.name,
         version=str(mv.version),
         aliases=tuple(mv.aliases or ()),
-        family=_family(carmesh.family),
         class_names=carmesh.class_names,
         input_width=carmesh.input_width,
         input_height=carmesh.input_height,
@@ -73,6 +72,7 @@ def version_info(mv: Any, metrics: dict[str, float] | None = None) -> ModelVersi
         run_id=mv.run_id or "",
         source=mv.source or "",
         onnx_path=carmesh.onnx_path,
+        family=_family(carmesh.family),
         metrics=dict(metrics or {}),
         tags=tags,
     )
