@@ -80,11 +80,11 @@ class ArtifactCache:
             log.info("downloading %s version %s from %s", info.name, info.version, info.source)
             fetched = await self._store.download(info, work)
             digest = await asyncio.to_thread(sha256_file, fetched)
+            size = fetched.stat().st_size
             if digest != sha:
                 raise DataLoss(
                     f"the artifact of model {info.name!r} version {info.version} has sha256 {digest} "
-                    f"({fetched.stat().st_size} bytes) but the registry records {sha}; "
-                    "the stored file is not the registered one"
+                    f"({size} bytes) but the registry records {sha}; the stored file is not the registered one"
                 )
             await asyncio.to_thread(os.replace, fetched, path)
             return path
