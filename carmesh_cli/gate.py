@@ -7,7 +7,6 @@ and by EvaluateModel); a champion without numbers for that data is evaluated fir
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TextIO
 
@@ -15,18 +14,14 @@ import grpc
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 from carmesh_cli.connection import EXIT_RPC_FAILED, CliError, Connection, rpc_failure
-from kit.registry_tags import TAG_EVAL, TAG_TRAIN_DATASET, EvalKey
+from kit.registry_tags import TAG_EVAL, TAG_TRAIN_DATASET, EvalKey, parse_evaluations
 
 GATED_ALIAS = "champion"
 EVALUATE_TIMEOUT_S = 900.0
 
 
 def evaluations(version: registry_pb2.ModelVersion) -> dict[str, dict[str, float]]:
-    try:
-        found = json.loads(version.tags.get(TAG_EVAL, "") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return {k: v for k, v in found.items() if isinstance(v, dict) and "map50" in v} if isinstance(found, dict) else {}
+    return parse_evaluations(version.tags.get(TAG_EVAL))
 
 
 def choose_key(candidate: registry_pb2.ModelVersion, dataset: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from carmesh_cli.output import table as _table
 from carmesh_cli.output import when as _when
 from carmesh_cli.paging import EVERY_PAGE, Paging, fetch
 from carmesh_cli.progress import ProgressBar, human_bytes
+from kit.hashing import sha256_file
 
 # "auto": the registry tells the family from the model's tensor layout.
 FAMILIES = {
@@ -36,11 +36,6 @@ def _family_name(family: int) -> str:
 def _stub(conn: Connection) -> registry_pb2_grpc.RegistryServiceStub:
     conn.ensure_reachable()
     return registry_pb2_grpc.RegistryServiceStub(conn.channel)
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def import_requests(
@@ -71,7 +66,7 @@ def run_import(
         raise CliError(f"no such model file: {path}", EXIT_USAGE)
     try:
         size = path.stat().st_size
-        digest = file_sha256(path)
+        digest = sha256_file(path)
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
     metadata = registry_pb2.ImportModelMetadata(

@@ -12,7 +12,7 @@ from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
 from detector.config import Settings
 from detector.detector import DetectDefaults, Detector
-from detector.engine import EngineOptions, ModelRef, ModelSpec, choose_providers, sha256_file
+from detector.engine import EngineOptions, ModelRef, ModelSpec, choose_providers
 from detector.errors import ModelLoadError
 from detector.metrics import DetectorMetrics, StreamMetrics
 from detector.models import LoadedModel, ModelManager
@@ -20,6 +20,7 @@ from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
 from detector.stream import FrameStream, StreamOptions
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
+from kit.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

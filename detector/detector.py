@@ -14,9 +14,10 @@ import numpy as np
 
 from detector.engine import Engine, ModelRef
 from detector.errors import BadImage, BadParameter, NoModel
-from detector.imaging import Letterbox, decode_for_input
+from detector.imaging import decode_for_input
 from detector.models import LoadedModel, ModelManager
 from detector.postprocess import Detections, PostprocessParams, postprocess
+from kit.letterbox import Letterbox
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -15,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from detector.errors import ModelLoadError
-from detector.imaging import Letterbox, letterbox
 from detector.postprocess import expected_anchors_yolox
+from kit.letterbox import Letterbox, letterbox
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +154,6 @@ def parse_names(raw: str) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(str(v) for v in value)
     return ()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dim(value: object) -> int | None:

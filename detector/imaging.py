@@ -1,9 +1,8 @@
-"""Image decoding with a cheap size check first, and letterboxing to the model's input."""
+"""Image decoding with a cheap size check first (the letterbox to the model's input is kit/letterbox.py)."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -11,21 +10,9 @@ from PIL import Image, UnidentifiedImageError
 
 from detector.errors import BadImage
 
-PAD_VALUE = 114
 _FORMATS = "JPEG, PNG, BMP, WebP or TIFF"
 # Pillow's names of the formats OpenCV decodes; a failure on another format is "unsupported", not "corrupt".
 _DECODABLE = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "PPM", "GIF", "JPEG2000"})
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How a source image was placed on the model input: input = source * scale + pad."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-    source_width: int
-    source_height: int
 
 
 def image_size(data: bytes, max_pixels: int) -> tuple[str, int, int]:
@@ -112,29 +99,3 @@ def decode_for_input(data: bytes, max_pixels: int, input_hw: tuple[int, int] | N
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise BadImage(f"unsupported pixel layout {image.shape} {image.dtype}: send an 8-bit colour or grey image")
     return image, width, height
-
-
-def letterbox(
-    image: np.ndarray, input_hw: tuple[int, int], centered: bool, source_wh: tuple[int, int] | None = None
-) -> tuple[np.ndarray, Letterbox]:
-    """Resizes keeping the aspect ratio and pads with 114 to ``input_hw``.
-
-    ``centered``: YOLOv8 splits the padding on both sides; YOLOX puts the image at the top-left.
-    ``source_wh``: the full size of a source that ``image`` is an exact reduction of (DCT-scaled
-    decode), so the returned mapping goes to the source's pixels.
-    """
-    in_h, in_w = input_hw
-    src_h, src_w = image.shape[:2]
-    scale = min(in_h / src_h, in_w / src_w)
-    new_w = min(in_w, max(1, round(src_w * scale)))
-    new_h = min(in_h, max(1, round(src_h * scale)))
-    if (new_w, new_h) != (src_w, src_h):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if centered:
-        left, top = (in_w - new_w) // 2, (in_h - new_h) // 2
-    else:
-        left, top = 0, 0
-    canvas = np.full((in_h, in_w, 3), PAD_VALUE, np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = image
-    full_w, full_h = source_wh or (src_w, src_h)
-    return canvas, Letterbox(scale * src_w / full_w, float(left), float(top), full_w, full_h)

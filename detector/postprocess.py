@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.imaging import Letterbox
+from kit.letterbox import Letterbox
 
 YOLOX_STRIDES = (8, 16, 32)
 # Candidates kept for NMS after the score threshold; bounds its cost on degenerate outputs.
@@ -102,16 +102,6 @@ def nms(
     return np.asarray(keep, np.int64)
 
 
-def to_source(boxes: np.ndarray, box: Letterbox) -> np.ndarray:
-    """Input-pixel boxes -> source-image pixels, clipped to the image."""
-    out = np.empty_like(boxes, dtype=np.float32)
-    out[:, [0, 2]] = (boxes[:, [0, 2]] - box.pad_x) / box.scale
-    out[:, [1, 3]] = (boxes[:, [1, 3]] - box.pad_y) / box.scale
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, box.source_width)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, box.source_height)
-    return out
-
-
 def postprocess(
     raw: np.ndarray, family: str, input_hw: tuple[int, int], box: Letterbox, params: PostprocessParams
 ) -> Detections:
@@ -133,7 +123,7 @@ def postprocess(
     boxes, scores, class_ids = boxes[idx], scores[idx], class_ids[idx]
     keep = nms(boxes, scores, class_ids, params.iou_threshold, params.max_detections)
     return Detections(
-        boxes=to_source(boxes[keep], box),
+        boxes=box.to_source(boxes[keep]),
         scores=scores[keep].astype(np.float32),
         class_ids=class_ids[keep].astype(np.int64),
     )

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,9 +16,11 @@ from pathlib import Path
 import grpc
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
-from detector.engine import ModelRef, ModelSpec, sha256_file
+from detector.engine import ModelRef, ModelSpec
 from detector.errors import DownloadError, ModelLoadError
 from detector.models import ModelManager
+from kit.backoff import Backoff, wait_event
+from kit.hashing import sha256_file
 from kit.server import channel_options
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class RegistryWatcher:
         self._failed: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._channel: grpc.aio.Channel | None = None
+        # Jitter keeps a fleet of detectors from reconnecting in lockstep after a registry restart.
+        self._backoff = Backoff(options.retry_initial_s, options.retry_max_s, jitter=0.2)
         self.status = f"connecting to the registry at {options.addr}"
 
     def waiting_for(self) -> str:
@@ -170,23 +173,18 @@ class RegistryWatcher:
         if self._channel is not None:
             await self._channel.close(None)
 
-    def _delay(self, attempt: int) -> float:
-        base = min(self._opt.retry_max_s, self._opt.retry_initial_s * 2 ** min(attempt, 30))
-        # Jitter keeps a fleet of detectors from reconnecting in lockstep after a registry restart.
-        return base * random.uniform(0.8, 1.2)
-
     async def _watch(self, stub: registry_pb2_grpc.RegistryServiceStub) -> None:
         target = f"{self._opt.name}@{self._opt.alias}"
-        attempt = 0
+        delays = self._backoff.delays()
         while True:
             try:
                 call = stub.WatchAlias(registry_pb2.WatchAliasRequest(name=self._opt.name, alias=self._opt.alias))
                 async for update in call:
-                    attempt = 0
+                    delays.reset()
                     self._on_update(update)
                 self.status = "the registry ended the watch; reconnecting"
             except grpc.aio.AioRpcError as exc:
-                delay = self._delay(attempt)
+                delay = next(delays)
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     self.status = f"{target} does not exist in the registry ({exc.details()})"
                     log.error(
@@ -207,16 +205,14 @@ class RegistryWatcher:
                         exc.details(),
                         delay,
                     )
-                attempt += 1
                 await asyncio.sleep(delay)
                 continue
             except Exception:
                 # A bug here must not end hot reload for the life of the process.
                 log.exception("unexpected error watching %s; retrying", target)
-                attempt += 1
-                await asyncio.sleep(self._delay(attempt))
+                await asyncio.sleep(next(delays))
                 continue
-            await asyncio.sleep(self._delay(0))
+            await asyncio.sleep(delays.first())
 
     def _on_update(self, update: registry_pb2.WatchAliasResponse) -> None:
         target = f"{self._opt.name}@{self._opt.alias}"
@@ -268,7 +264,7 @@ class RegistryWatcher:
         return version, path
 
     async def _load(self, stub: registry_pb2_grpc.RegistryServiceStub) -> None:
-        attempt = 0
+        delays = self._backoff.delays()
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -282,7 +278,7 @@ class RegistryWatcher:
             try:
                 version, path = await self._fetch(stub, wanted)
                 await self._manager.activate(path, spec_of(version, self._opt.alias, self._opt.default_input_hw))
-                attempt = 0
+                delays.reset()
                 self.status = f"serving version {version.version}"
             except ModelLoadError as exc:
                 # The bytes matched the registry's sha256, so retrying would fail the same way.
@@ -296,8 +292,7 @@ class RegistryWatcher:
                     "; keeping the current model" if self._manager.current else "",
                 )
             except Exception as exc:  # registry errors, bad downloads, disk errors, and bugs: retry all
-                delay = self._delay(attempt)
-                attempt += 1
+                delay = next(delays)
                 if isinstance(exc, grpc.aio.AioRpcError):
                     detail = f"{exc.code().name}: {exc.details()}"
                 elif isinstance(exc, (DownloadError, OSError)):
@@ -309,7 +304,5 @@ class RegistryWatcher:
                 log.warning(
                     "download of %s v%s failed (%s); retrying in %.1fs", wanted.name, wanted.version, detail, delay
                 )
-                with contextlib.suppress(TimeoutError):
-                    # A newer update cuts the wait short.
-                    await asyncio.wait_for(self._changed.wait(), delay)
+                await wait_event(self._changed, delay)  # a newer update cuts the wait short
                 self._changed.set()

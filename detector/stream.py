@@ -27,6 +27,7 @@ from detector.metrics import StreamMetrics
 from detector.models import ModelManager
 from detector.offsets import OffsetTracker, Pending
 from detector.server import frame_detections
+from kit.backoff import Backoff, wait_event
 from kit.kafka import (
     DEFAULT_PARTITIONS,
     DETECTIONS_TOPIC,
@@ -57,16 +58,6 @@ class StreamOptions:
     detections_topic: str = DETECTIONS_TOPIC
 
 
-class _Backoff:
-    def __init__(self, max_s: float, initial_s: float = 0.05) -> None:
-        self._max_s = max_s
-        self._next_s = min(initial_s, max_s)
-
-    def next(self) -> float:
-        delay, self._next_s = self._next_s, min(self._next_s * 2, self._max_s)
-        return delay
-
-
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, on_revoked: Callable[[set[TopicPartition]], Awaitable[None]]) -> None:
         self._on_revoked = on_revoked
@@ -88,6 +79,10 @@ class FrameStream:
         self._manager = manager
         self._options = options
         self._metrics = metrics
+        # One frame's retries (detecting, publishing) start short; a broker that is down for a
+        # reconnect usually stays down longer than one frame's hiccup.
+        self._retry = Backoff(0.05, options.retry_max_s)
+        self._reconnect = Backoff(0.5, options.retry_max_s * 4)
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._to_commit: dict[TopicPartition, int] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
@@ -120,7 +115,7 @@ class FrameStream:
     # -- connection ---------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = _Backoff(self._options.retry_max_s * 4, initial_s=0.5)
+        delays = self._reconnect.delays()
         while not self._stopping.is_set():
             opts = self._options
             consumer = create_consumer(opts.bootstrap, group_id=opts.group_id, client_id=opts.client_id)
@@ -131,11 +126,10 @@ class FrameStream:
                 consumer.subscribe([opts.frames_topic], listener=_Rebalance(self._release))
                 await consumer.start()
             except (KafkaError, OSError) as exc:
-                delay = backoff.next()
+                delay = next(delays)
                 log.warning("cannot reach Kafka at %s (%s); retrying in %.1fs", opts.bootstrap, exc, delay)
                 await self._close(consumer, producer)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await wait_event(self._stopping, delay)
                 continue
             log.info(
                 "consuming %s as group %s, publishing to %s", opts.frames_topic, opts.group_id, opts.detections_topic
@@ -153,8 +147,7 @@ class FrameStream:
                 await self._close(consumer, producer)
                 self._forget()
             if not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff.next())
+                await wait_event(self._stopping, next(delays))
 
     def _forget(self) -> None:
         """Drops what belonged to the closed consumer: the next one resumes from the committed offsets."""
@@ -315,7 +308,7 @@ class FrameStream:
                 return
             key = message.camera_id.encode()
             value = message.SerializeToString()
-            backoff = _Backoff(self._options.retry_max_s)
+            delays = self._retry.delays()
             while True:
                 try:
                     delivery = await producer.send(self._options.detections_topic, value=value, key=key)
@@ -325,7 +318,7 @@ class FrameStream:
                     break
                 except KafkaError as exc:
                     self._metrics.retries.labels("publish").inc()
-                    delay = backoff.next()
+                    delay = next(delays)
                     log.warning(
                         "publishing detections of frame %s failed (%s); retrying in %.2fs", message.frame_id, exc, delay
                     )
@@ -350,7 +343,7 @@ class FrameStream:
         return None if result is None else frame_detections(frame, result)
 
     async def _detect(self, record: Any, frame: common_pb2.Frame) -> DetectResult | None:
-        backoff = _Backoff(self._options.retry_max_s)
+        delays = self._retry.delays()
         failures = 0
         while True:
             try:
@@ -369,6 +362,6 @@ class FrameStream:
                     self._skip(record, "skipped_failed", f"frame {frame.frame_id!r}: {type(exc).__name__}: {exc}")
                     return None
                 reason = f"{type(exc).__name__}: {exc}"
-            delay = backoff.next()
+            delay = next(delays)
             log.debug("frame %r: %s; retrying in %.2fs", frame.frame_id, reason, delay)
             await asyncio.sleep(delay)

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -16,6 +15,7 @@ from aiokafka.errors import KafkaError
 
 from feature_service.db import is_transient
 from feature_service.metrics import FeatureMetrics
+from kit.backoff import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,6 @@ class BatchHandler(Protocol[PreparedT]):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float
-    max_s: float
 
 
 class ConsumerLoop(Generic[PreparedT]):
@@ -85,11 +79,7 @@ class ConsumerLoop(Generic[PreparedT]):
 
     async def _pause(self, delay_s: float) -> bool:
         """Sleeps ``delay_s`` unless asked to stop first; False when stopping."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
-        except TimeoutError:
-            return True
-        return False
+        return not await wait_event(self._stopping, delay_s)
 
     async def _run(self) -> None:
         consumer = await self._connect()
@@ -148,7 +138,7 @@ class ConsumerLoop(Generic[PreparedT]):
         return False
 
     async def _connect(self) -> AIOKafkaConsumer | None:
-        delay = self._backoff.initial_s
+        delays = self._backoff.delays()
         while not self._stopping.is_set():
             consumer = self._make_consumer()
             try:
@@ -158,12 +148,12 @@ class ConsumerLoop(Generic[PreparedT]):
                 await consumer.start()
                 return consumer
             except (KafkaError, OSError) as exc:
+                delay = next(delays)
                 log.warning("consumer %s: Kafka not reachable, retrying in %.1fs: %s", self.name, delay, exc)
                 await consumer.stop()
                 await self._handler.close()
                 if not await self._pause(delay):
                     break
-                delay = min(delay * 2, self._backoff.max_s)
         return None
 
     async def _store_and_commit(
@@ -189,13 +179,14 @@ class ConsumerLoop(Generic[PreparedT]):
         records: list[ConsumerRecord],
         started: float,
     ) -> bool:
-        delay = self._backoff.initial_s
+        delays = self._backoff.delays()
         while True:
             try:
                 await self._handler.store(prepared)
                 break
             except Exception as exc:
                 self._metrics.store_retries.labels(self.name).inc()
+                delay = next(delays)
                 if is_transient(exc) or isinstance(exc, KafkaError):
                     log.warning("consumer %s: a store is down, retrying the batch in %.1fs: %s", self.name, delay, exc)
                 else:
@@ -204,7 +195,6 @@ class ConsumerLoop(Generic[PreparedT]):
                 if not await self._pause(delay):
                     log.info("consumer %s: stopping with a batch not stored; it will be read again", self.name)
                     return False
-                delay = min(delay * 2, self._backoff.max_s)
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items() if recs}
         try:
             await consumer.commit(offsets)

@@ -18,6 +18,7 @@ import asyncpg
 import redis.exceptions
 
 from feature_service.errors import MigrationError, StoreUnavailable
+from kit.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +79,20 @@ def redact(dsn: str) -> str:
 async def create_pool(dsn: str, max_size: int, start_timeout_s: float) -> asyncpg.Pool:
     """Waits up to ``start_timeout_s`` for PostgreSQL, then raises ConnectionError with the cause."""
     deadline = time.monotonic() + start_timeout_s
-    delay = 0.25
+    delays = Backoff(0.25, 5.0).delays()
     while True:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10.0, command_timeout=60.0)
         except Exception as exc:
             if not is_transient(exc) and not isinstance(exc, asyncpg.exceptions.InvalidCatalogNameError):
                 raise
+            delay = next(delays)
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(
                     f"PostgreSQL at {redact(dsn)} not usable after {start_timeout_s:.0f}s: {type(exc).__name__}: {exc}"
                 ) from exc
             log.warning("waiting for PostgreSQL at %s: %s", redact(dsn), exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
             continue
         assert pool is not None
         return pool

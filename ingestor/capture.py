@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ingestor.errors import SourceError
+from kit.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class LatestFrameReader:
             self._signal(opened_error=f"cannot open stream {self.url} within {self.options.open_timeout_ms} ms")
             return
         self._signal(opened_error="")
-        delay = 0.5
+        delays = Backoff(0.5, self.options.reconnect_max_s).delays()
         try:
             while not self._stop.is_set():
                 ok, image = cap.read()
@@ -163,15 +164,15 @@ class LatestFrameReader:
                 cap.release()
                 cap = None
                 while not self._stop.is_set() and cap is None:
+                    delay = next(delays)
                     self.error = f"stream lost; reconnecting in {delay:.1f}s"
                     log.warning("stream %s lost; reconnecting in %.1fs", self.url, delay)
                     self._stop.wait(delay)
-                    delay = min(delay * 2, self.options.reconnect_max_s)
                     if not self._stop.is_set():
                         cap = self._open()
                 if cap is not None:
                     self.error = ""
-                    delay = 0.5
+                    delays.reset()
                     log.info("stream %s reconnected", self.url)
         finally:
             if cap is not None:

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from carmesh.v1 import common_pb2
 from ingestor.errors import BrokerUnavailable, PublishFailed
 from ingestor.metrics import IngestorMetrics
+from kit.backoff import Backoff
 from kit.kafka import create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Publisher:
     def __init__(self, options: PublisherOptions, metrics: IngestorMetrics) -> None:
         self.options = options
         self._metrics = metrics
+        self._backoff = Backoff(options.retry_initial_s, options.retry_max_s)
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._buffered = 0
         self._producer: AIOKafkaProducer | None = None
@@ -88,7 +90,7 @@ class Publisher:
 
     async def _connect(self) -> None:
         opts = self.options
-        delay = opts.retry_initial_s
+        delays = self._backoff.delays()
         while True:
             producer: AIOKafkaProducer | None = None
             try:
@@ -100,9 +102,9 @@ class Publisher:
                     with contextlib.suppress(Exception):
                         await producer.stop()
                 self._note_error(exc)
+                delay = next(delays)
                 log.warning("kafka at %s not usable yet (%s); retrying in %.1fs", opts.bootstrap, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, opts.retry_max_s)
                 continue
             self._producer = producer
             self._last_error = None
@@ -154,7 +156,7 @@ class Publisher:
     async def _deliver(self, value: bytes, key: bytes, origin: str, done: asyncio.Future[None]) -> None:
         opts = self.options
         started = time.perf_counter()
-        delay = opts.retry_initial_s
+        delays = self._backoff.delays()
         try:
             while True:
                 await self._connected.wait()
@@ -171,9 +173,9 @@ class Publisher:
                         return
                     self._note_error(exc)
                     self._metrics.produce_retries.inc()
+                    delay = next(delays)
                     log.debug("produce failed (%s); re-sending in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, opts.retry_max_s)
                     continue
                 break
             if self._last_error is not None:

@@ -4,7 +4,6 @@ verified, and then served from disk."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
@@ -12,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kit.hashing import sha256_file
 from kit.registry_tags import TAG_SHA256
 from registry_gateway.errors import DataLoss, FailedPrecondition
 from registry_gateway.mlflow_store import MlflowStore
@@ -20,17 +20,6 @@ from registry_gateway.schema import ModelVersionInfo
 log = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_HASH_BLOCK_BYTES = 1024 * 1024
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(_HASH_BLOCK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 class ArtifactCache:
@@ -91,7 +80,8 @@ class ArtifactCache:
         try:
             log.info("downloading %s version %s from %s", info.name, info.version, info.source)
             fetched = await self._store.download(info, work)
-            digest, size = await asyncio.to_thread(sha256_file, fetched)
+            digest = await asyncio.to_thread(sha256_file, fetched)
+            size = fetched.stat().st_size
             if digest != sha:
                 raise DataLoss(
                     f"the artifact of model {info.name!r} version {info.version} has sha256 {digest} "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,14 +17,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from kit.errors import Resource
-from kit.registry_tags import MODEL_ARTIFACT_DIR
+from kit.registry_tags import MODEL_ARTIFACT_DIR, alias_history_key, alias_history_tag, parse_alias_history
 from registry_gateway.errors import FailedPrecondition, NotFound, from_mlflow
 from registry_gateway.metrics import RegistryMetrics
 from registry_gateway.schema import (
     ModelVersionInfo,
     RegisteredModelInfo,
-    alias_history_key,
-    parse_alias_history,
     registered_model_info,
     version_info,
 )
@@ -239,7 +236,7 @@ class MlflowStore:
         return parse_alias_history((rm.tags or {}).get(alias_history_key(alias)))
 
     def _save_history(self, name: str, alias: str, history: list[str]) -> None:
-        value = json.dumps(history[-MAX_ALIAS_HISTORY:])
+        value = alias_history_tag(history[-MAX_ALIAS_HISTORY:])
         self._client.set_registered_model_tag(name, alias_history_key(alias), value)
 
     def _set_alias(self, name: str, alias: str, version: str) -> tuple[ModelVersionInfo, str]:

@@ -16,17 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from kit.registry_tags import MANIFEST_FILE, ONNX_FILE, TRITON_CONFIG_FILE
+from kit.registry_tags import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    RUN_KIND_IMPORT,
+    RUN_TAG_KIND,
+    RUN_TAG_MODEL_NAME,
+    TAG_FILE_NAME,
+    TAG_PREFIX,
+    TAG_SHA256,
+    TRITON_CONFIG_FILE,
+    VersionTags,
+)
 from registry_gateway.cache import ArtifactCache
 from registry_gateway.errors import DataLoss, InvalidArgument, ResourceExhausted
 from registry_gateway.mlflow_store import MlflowStore, NewVersion
 from registry_gateway.onnx_check import DetectorSpec, check_class_names, inspect_detector
-from registry_gateway.schema import (
-    Family,
-    ModelVersionInfo,
-    RegisteredModelInfo,
-    version_tags,
-)
+from registry_gateway.schema import Family, ModelVersionInfo, RegisteredModelInfo
 from registry_gateway.triton import triton_config
 
 log = logging.getLogger(__name__)
@@ -177,7 +183,7 @@ class Registry:
         if request.sha256 and not _SHA256_RE.match(request.sha256.lower()):
             raise InvalidArgument(f"sha256 {request.sha256!r} is not 64 hex digits")
         for key in request.tags:
-            if not _TAG_KEY_RE.match(key) or key.startswith("carmesh."):
+            if not _TAG_KEY_RE.match(key) or key.startswith(TAG_PREFIX):
                 raise InvalidArgument(f"tag key {key!r} is not allowed (carmesh.* keys are set by the registry)")
         return request
 
@@ -244,10 +250,11 @@ class Registry:
         self, request: ImportRequest, spec: DetectorSpec, work: Path, sha256: str, size: int
     ) -> NewVersion:
         tags = dict(request.tags)
-        tags.update(version_tags(spec.family, spec.class_names, spec.input_width, spec.input_height, sha256, size))
+        carmesh = VersionTags(spec.family.value, spec.class_names, spec.input_width, spec.input_height, sha256, size)
+        tags.update(carmesh.tags())
         if request.file_name:
-            tags["carmesh.file_name"] = request.file_name
-        run_tags = {"carmesh.kind": "import", "carmesh.model_name": request.name, "carmesh.sha256": sha256}
+            tags[TAG_FILE_NAME] = request.file_name
+        run_tags = {RUN_TAG_KIND: RUN_KIND_IMPORT, RUN_TAG_MODEL_NAME: request.name, TAG_SHA256: sha256}
         return NewVersion(
             name=request.name, files_dir=work, tags=tags, run_tags=run_tags, description=request.description
         )

@@ -10,7 +10,6 @@ plus ``carmesh.*`` props describing how it was made.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import shape_inference
 
+from kit.hashing import sha256_file
 from trainer.model import REG_MAX, STRIDES, ModelSpec, build_inference_model
 
 INPUT_NAME = "images"
@@ -117,14 +117,6 @@ class ParityReport:
             f"diffs explain up to {self.box_allowance_px:.2e} px); "
             f"{verdict} within {self.tolerance:g} (scores absolute; head maps and boxes relative)"
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ultralytics_names(class_names: tuple[str, ...]) -> str:

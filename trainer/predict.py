@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from trainer.augment import letterbox
+from kit.letterbox import letterbox
 from trainer.data import LabelledImage
 from trainer.evaluation import Detections, GroundTruth, Report, evaluate
 from trainer.model import ModelSpec, decode_head
@@ -97,13 +97,10 @@ def predict_with(
         if bgr is None:
             raise ValueError(f"cannot decode image {path}")
         rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
-        canvas, scale, left, top = letterbox(rgb, spec.input_hw)
+        canvas, box = letterbox(rgb, spec.input_hw)
         output = forward(canvas[None].astype(np.float32) / 255.0)[0]
         boxes, scores, classes = nms(output, score_threshold, iou_threshold, max_detections)
-        src_h, src_w = rgb.shape[:2]
-        boxes = (boxes - np.array([left, top, left, top], np.float32)) / np.float32(scale)
-        boxes = np.clip(boxes, 0, np.array([src_w, src_h, src_w, src_h], np.float32))
-        results.append(ImageDetections(Path(path), boxes, scores, classes))
+        results.append(ImageDetections(Path(path), box.to_source(boxes), scores, classes))
     return results
 
 

@@ -23,16 +23,14 @@ from kit.registry_tags import (
     TAG_TRAIN_DATASET,
     TRITON_CONFIG_FILE,
     EvalKey,
+    VersionTags,
+    merged_eval_tag,
 )
 from trainer.data import TrainingData
 from trainer.evaluate import TALL_MIN_HEIGHT_PX
 from trainer.jobspec import JobSpec
 from trainer.model import ModelSpec
-from trainer.tracking import (
-    Tracker,
-    merged_eval_tag,
-    version_tags,
-)
+from trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,8 @@ def publish(
     tracker: Tracker,
     phase: Callable[[str], None],
 ) -> dict[str, Any]:
+    from kit.letterbox import letterbox
     from trainer import plots
-    from trainer.augment import letterbox
     from trainer.export import check_parity, export_onnx, triton_config
     from trainer.predict import evaluate_detections, ground_truth, predict
 
@@ -173,9 +171,9 @@ def publish(
         "map50_tall": metrics["val_map50_tall"],
         "images": float(len(data.val)),
     }
-    tags = version_tags(
-        list(model_spec.class_names), model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
-    )
+    tags = VersionTags(
+        "yolov8", model_spec.class_names, model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
+    ).tags()
     key = EvalKey.of(spec.dataset, model_spec.class_names, spec.ignore_classes).key
     tags.update({TAG_TRAIN_DATASET: spec.dataset, TAG_JOB_ID: spec.job_id})
     tags[TAG_EVAL] = merged_eval_tag(None, key, scored)

@@ -8,53 +8,15 @@ process-global state.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kit.registry_tags import (
-    MODEL_ARTIFACT_DIR,
-    ONNX_FILE,
-    TAG_CLASS_NAMES,
-    TAG_EVAL,
-    TAG_FAMILY,
-    TAG_INPUT_HEIGHT,
-    TAG_INPUT_WIDTH,
-    TAG_JOB_ID,
-    TAG_ONNX_PATH,
-    TAG_SHA256,
-    TAG_SIZE_BYTES,
-)
+from kit.registry_tags import MODEL_ARTIFACT_DIR, TAG_EVAL, TAG_JOB_ID, merged_eval_tag
 
 log = logging.getLogger(__name__)
-
-
-def version_tags(
-    class_names: list[str], input_width: int, input_height: int, sha256: str, size_bytes: int
-) -> dict[str, str]:
-    return {
-        TAG_FAMILY: "yolov8",
-        TAG_CLASS_NAMES: json.dumps(list(class_names)),
-        TAG_INPUT_WIDTH: str(input_width),
-        TAG_INPUT_HEIGHT: str(input_height),
-        TAG_SHA256: sha256,
-        TAG_SIZE_BYTES: str(size_bytes),
-        TAG_ONNX_PATH: ONNX_FILE,
-    }
-
-
-def merged_eval_tag(existing: str | None, key: str, result: Mapping[str, float]) -> str:
-    try:
-        evals = json.loads(existing) if existing else {}
-        if not isinstance(evals, dict):
-            evals = {}
-    except json.JSONDecodeError:
-        evals = {}
-    evals[key] = {k: round(float(v), 6) for k, v in result.items()}
-    return json.dumps(evals, sort_keys=True)
 
 
 class Tracker:

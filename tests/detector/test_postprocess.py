@@ -1,4 +1,4 @@
-"""Decoders, NMS, letterbox geometry and rescaling, against numbers worked out by hand."""
+"""Decoders, NMS and rescaling, against numbers worked out by hand (the letterbox: tests/kit/test_letterbox.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from detector.engine import EngineOptions, ModelRef, ModelSpec, load_engine, parse_names
 from detector.errors import ModelLoadError
-from detector.imaging import Letterbox, letterbox
 from detector.postprocess import (
     PostprocessParams,
     decode_yolov8,
@@ -19,9 +18,9 @@ from detector.postprocess import (
     expected_anchors_yolox,
     nms,
     postprocess,
-    to_source,
     yolox_grid,
 )
+from kit.letterbox import Letterbox
 from tests.onnx_factory import write_yolov8_model, write_yolox_model, yolov8_raw
 
 CPU = EngineOptions(providers=["CPUExecutionProvider"])
@@ -30,37 +29,6 @@ ALL = PostprocessParams(score_threshold=0.25, iou_threshold=0.45, max_detections
 
 def spec(family: str, names: tuple[str, ...] = (), hw: tuple[int, int] = (64, 64)) -> ModelSpec:
     return ModelSpec(ref=ModelRef("test", "1"), family=family, class_names=names, input_hw=hw)
-
-
-# --- letterbox ---------------------------------------------------------------------------------------
-
-
-def test_letterbox_centred_wide_image() -> None:
-    # 128x64 into 64x64: scale 0.5 -> 64x32, 32 rows of padding split 16 above, 16 below.
-    image = np.full((64, 128, 3), 200, np.uint8)
-    canvas, box = letterbox(image, (64, 64), centered=True)
-    assert box == Letterbox(scale=0.5, pad_x=0.0, pad_y=16.0, source_width=128, source_height=64)
-    assert canvas.shape == (64, 64, 3)
-    assert (canvas[:16] == 114).all() and (canvas[48:] == 114).all()
-    assert (canvas[16:48] == 200).all()
-
-
-def test_letterbox_top_left_tall_image() -> None:
-    # 30x60 (w x h) into 64x64: scale min(64/60, 64/30) = 1.0667 -> 32x64, padding all on the right.
-    image = np.full((60, 30, 3), 7, np.uint8)
-    canvas, box = letterbox(image, (64, 64), centered=False)
-    assert box.scale == pytest.approx(64 / 60)
-    assert (box.pad_x, box.pad_y) == (0.0, 0.0)
-    assert (canvas[:, :32] == 7).all() and (canvas[:, 32:] == 114).all()
-
-
-def test_to_source_undoes_the_letterbox_and_clips() -> None:
-    box = Letterbox(scale=0.5, pad_x=0.0, pad_y=16.0, source_width=128, source_height=64)
-    boxes = np.array([[22, 27, 42, 37], [-5, 10, 70, 50]], np.float32)
-    out = to_source(boxes, box)
-    np.testing.assert_allclose(out[0], [44, 22, 84, 42])
-    # x: -10 -> 0, 140 -> 128; y: (10-16)*2 = -12 -> 0, (50-16)*2 = 68 -> 64.
-    np.testing.assert_allclose(out[1], [0, 0, 128, 64])
 
 
 # --- decoders ----------------------------------------------------------------------------------------

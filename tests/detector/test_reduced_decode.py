@@ -6,7 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from detector.imaging import decode_for_input, jpeg_reduction, letterbox
+from detector.imaging import decode_for_input, jpeg_reduction
+from kit.letterbox import letterbox
 
 
 def test_reduction_picks_the_largest_exact_factor() -> None:

@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.imaging import letterbox as detector_letterbox
 from tests.helpers import SHARED
 from tests.trainer.synthetic import make_kitti
 from trainer.augment import (
@@ -17,7 +16,6 @@ from trainer.augment import (
     BatchIterator,
     ImageCache,
     frame_scale,
-    letterbox,
     make_mosaic,
     make_sample,
     pick_target,
@@ -291,13 +289,3 @@ def test_batches_are_deterministic_and_sharded(tmp_path: Path) -> None:
     np.testing.assert_array_equal(s0[0].images[0], a[0].images[0])
     np.testing.assert_array_equal(s1[0].images[0], a[0].images[1])
     assert next(iter(whole.epoch(1, start_step=3))).images.tobytes() == a[3].images.tobytes()
-
-
-def test_letterbox_matches_the_detector() -> None:
-    rng = np.random.default_rng(0)
-    for src_hw, input_hw in (((1080, 1920), (736, 1280)), ((300, 200), (64, 96)), ((50, 70), (64, 64))):
-        image = rng.integers(0, 255, (*src_hw, 3), dtype=np.uint8)
-        ours, scale, left, top = letterbox(image, input_hw)
-        theirs, box = detector_letterbox(image, input_hw, centered=True)
-        np.testing.assert_array_equal(ours, theirs)
-        assert (scale, left, top) == (box.scale, box.pad_x, box.pad_y)
