@@ -1,9 +1,10 @@
-"""Detections of a trained Keras body on full images, exactly as the served detector sees them.
+"""Detections of a model on full images, exactly as the served detector sees them.
 
 Each image is letterboxed to the spec's export size (aspect kept, 114 padding split on both sides,
-RGB / 255), run through the body, decoded with :func:`trainer.model.decode_head`, class-aware
-NMS'd, and mapped back to source pixels; :func:`evaluate_on` scores them with the COCO-style
-evaluator, ignore regions counting as "don't care".
+RGB / 255), run through a forward pass (ONNX Runtime here in the daemon, the Keras body in
+``trainer_worker.predict``), class-aware NMS'd, and mapped back to source pixels;
+:func:`evaluate_detections` scores them with the COCO-style evaluator, ignore regions counting as
+"don't care". Free of TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from trainer.augment import letterbox
 from trainer.data import LabelledImage
 from trainer.evaluation import Detections, GroundTruth, Report, evaluate
-from trainer.model import ModelSpec, decode_head
+from trainer.modelspec import ModelSpec
 
 # Low enough that AP sees the whole precision/recall curve; the same as bench/accuracy.py.
 SCORE_THRESHOLD = 0.01
 NMS_IOU = 0.6  # the detector's default (detector/config.py)
 MAX_DETECTIONS = 100
+PAD_VALUE = 114  # the detector's letterbox pad
+UInt8Image = npt.NDArray[np.uint8]
+# A forward pass: NHWC [1, H, W, 3] RGB 0..1 -> the decoded head [1, 4 + nc, A].
+Forward = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,6 @@ class ImageDetections:
     boxes: npt.NDArray[np.float32]  # [N, 4] xyxy source pixels
     scores: npt.NDArray[np.float32]  # [N]
     classes: npt.NDArray[np.int32]  # [N]
-
-
-def _forward(body: Any, spec: ModelSpec) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def run(x: Any) -> Any:
-        return decode_head(body(x, training=False), spec.num_classes)
-
-    return lambda x: np.asarray(run(tf.convert_to_tensor(x)))
 
 
 def nms(
@@ -70,8 +63,8 @@ def nms(
     return boxes, scores[idx].astype(np.float32), classes[idx]
 
 
-def predict(
-    body: Any,
+def predict_with(
+    forward: Forward,
     spec: ModelSpec,
     paths: Sequence[Path],
     score_threshold: float = SCORE_THRESHOLD,
@@ -79,18 +72,6 @@ def predict(
     max_detections: int = MAX_DETECTIONS,
 ) -> list[ImageDetections]:
     """Detections per image in source pixels, via the detector's letterbox at the spec's export size."""
-    return predict_with(_forward(body, spec), spec, paths, score_threshold, iou_threshold, max_detections)
-
-
-def predict_with(
-    forward: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
-    spec: ModelSpec,
-    paths: Sequence[Path],
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = NMS_IOU,
-    max_detections: int = MAX_DETECTIONS,
-) -> list[ImageDetections]:
-    """:func:`predict` with any forward pass NHWC [1, H, W, 3] RGB 0..1 -> [1, 4 + nc, A] (e.g. ONNX Runtime)."""
     results = []
     for path in paths:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -127,7 +108,17 @@ def evaluate_detections(
     return evaluate(gts, dets, num_classes=num_classes, min_height_px=min_height_px)
 
 
-def evaluate_on(body: Any, spec: ModelSpec, images: list[LabelledImage], min_height_px: float | None = None) -> Report:
-    """COCO-style AP of ``body`` on ``images`` at the spec's export size (ignore regions are don't-care)."""
-    detections = predict(body, spec, [im.path for im in images])
-    return evaluate_detections(detections, images, spec.num_classes, min_height_px)
+def letterbox(rgb: UInt8Image, input_hw: tuple[int, int]) -> tuple[UInt8Image, float, float, float]:
+    """The detector's YOLOv8 letterbox (detector/imaging.py): resize keeping the aspect ratio, pad 114 split
+    on both sides. Returns (canvas, scale, left, top); source = (input - (left, top)) / scale."""
+    in_h, in_w = input_hw
+    src_h, src_w = rgb.shape[:2]
+    scale = min(in_h / src_h, in_w / src_w)
+    new_w = min(in_w, max(1, round(src_w * scale)))
+    new_h = min(in_h, max(1, round(src_h * scale)))
+    if (new_w, new_h) != (src_w, src_h):
+        rgb = np.asarray(cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
+    left, top = (in_w - new_w) // 2, (in_h - new_h) // 2
+    canvas = np.full((in_h, in_w, 3), PAD_VALUE, np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = rgb
+    return canvas, scale, float(left), float(top)

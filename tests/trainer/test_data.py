@@ -12,18 +12,18 @@ import pytest
 from detector.imaging import letterbox as detector_letterbox
 from tests.helpers import SHARED
 from tests.trainer.synthetic import make_kitti
-from trainer.augment import (
+from trainer.data import LabelledImage, detect_format, load_folder
+from trainer.predict import letterbox
+from trainer_worker.augment import (
     AugmentConfig,
     BatchIterator,
     ImageCache,
     frame_scale,
-    letterbox,
     make_mosaic,
     make_sample,
     pick_target,
 )
-from trainer.data import LabelledImage, detect_format, load_folder
-from trainer.loop import Recipe
+from trainer_worker.loop import Recipe
 
 APOLLO = SHARED / "data" / "apollo-cars"
 

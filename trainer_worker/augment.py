@@ -351,19 +351,3 @@ def frame_scale(images: Sequence[LabelledImage], input_wh: tuple[int, int]) -> f
             sizes.append(image.size)
     width, height = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
     return min(input_wh[0] / width, input_wh[1] / height)
-
-
-def letterbox(rgb: UInt8Image, input_hw: tuple[int, int]) -> tuple[UInt8Image, float, float, float]:
-    """The detector's YOLOv8 letterbox (detector/imaging.py): resize keeping the aspect ratio, pad 114 split
-    on both sides. Returns (canvas, scale, left, top); source = (input - (left, top)) / scale."""
-    in_h, in_w = input_hw
-    src_h, src_w = rgb.shape[:2]
-    scale = min(in_h / src_h, in_w / src_w)
-    new_w = min(in_w, max(1, round(src_w * scale)))
-    new_h = min(in_h, max(1, round(src_h * scale)))
-    if (new_w, new_h) != (src_w, src_h):
-        rgb = np.asarray(cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
-    left, top = (in_w - new_w) // 2, (in_h - new_h) // 2
-    canvas = np.full((in_h, in_w, 3), PAD_VALUE, np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = rgb
-    return canvas, scale, float(left), float(top)
