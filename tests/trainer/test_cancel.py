@@ -95,11 +95,12 @@ def request(dataset: str, phase: JobPhase) -> training_pb2.StartTrainingRequest:
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
+    """Waits until ``check()`` holds (i15-tests' ``tests.support.eventually`` does the same once merged)."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s: {what()}")
-        time.sleep(0.1)
+        time.sleep(0.1)  # the poll interval of a condition wait, not a wait in itself
 
 
 def _frame(dataset: str, index: int, split: int) -> common_pb2.Frame:
