@@ -32,8 +32,9 @@ def _size(text: str) -> tuple[int, int]:
 def export_all(
     keras_file: Path, preset: str, classes: tuple[str, ...], sizes: list[tuple[int, int]], out_dir: Path
 ) -> list[Path]:
-    from trainer.export import export_onnx
-    from trainer.model import ModelSpec, build_body
+    from trainer.modelspec import ModelSpec
+    from trainer_worker.export import export_onnx
+    from trainer_worker.model import build_body
 
     paths = []
     for width, height in sizes:

@@ -2,7 +2,7 @@
 by the issue's protocol (car AP50 on val, van/truck/bus/ignore as don't-care, all cars and cars
 >= 40 px tall, at the export size, 960x544 unless ``--size``).
 
-For comparing recipes, not for a model to ship: it calls ``trainer.loop.train`` in this process
+For comparing recipes, not for a model to ship: it calls ``trainer_worker.loop.train`` in this process
 (no daemon, no MLflow). Variants are only comparable when they ran under the same conditions; run
 them side by side (``--threads 1`` each), so that every one gets the same share of the machine:
 
@@ -20,7 +20,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from trainer.runtime import prefer_onednn
+from trainer_worker.runtime import prefer_onednn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DONT_CARE = ["van", "truck", "bus"]
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="a trainer.loop.Recipe field, e.g. mosaic_p=0.5 (repeatable)",
+        help="a trainer_worker.loop.Recipe field, e.g. mosaic_p=0.5 (repeatable)",
     )
     parser.add_argument("--classes", default="car", help="target classes, comma-separated (scored: car)")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from trainer.data import load_folder
-    from trainer.loop import Progress, Recipe, train
-    from trainer.model import ModelSpec
-    from trainer.predict import ImageDetections, evaluate_detections, predict
+    from trainer.modelspec import ModelSpec
+    from trainer.predict import ImageDetections, evaluate_detections
+    from trainer_worker.loop import Progress, Recipe, train
+    from trainer_worker.predict import predict
 
     known = {f.name for f in fields(Recipe)}
     overrides = {}

@@ -2,7 +2,7 @@
 
 - raw: the same model, loss, optimizer and step function on one batch held in memory (no
   decoding, augmentation or batching): the ceiling the input pipeline can reach;
-- 1 worker: ``trainer.loop.train`` with the real pipeline (JPEG decode, scale, crop, flip, HSV,
+- 1 worker: ``trainer_worker.loop.train`` with the real pipeline (JPEG decode, scale, crop, flip, HSV,
   padding) on apollo-cars train, single process;
 - 2 workers: the same, as two processes on 127.0.0.1 under MultiWorkerMirroredStrategy
   (TF_CONFIG), each with half the cores; a step there processes twice the images.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import free_port, write_section
-from trainer.runtime import prefer_onednn
+from trainer_worker.runtime import prefer_onednn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WARMUP_STEPS = 5
@@ -38,19 +38,19 @@ def _setup_threads(threads: int) -> None:
 
 
 def _recipe(steps: int, batch: int, workers: int) -> Any:
-    from trainer.loop import Recipe
+    from trainer_worker.loop import Recipe
 
     return Recipe(epochs=1, batch_size=batch, samples_per_epoch=steps * batch * workers, warmup_steps=10)
 
 
 def run_pipeline(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, float]:
-    """steps/s of trainer.loop.train (this process is one worker; TF_CONFIG decides the cluster)."""
+    """steps/s of trainer_worker.loop.train (this process is one worker; TF_CONFIG decides the cluster)."""
     _setup_threads(threads)
     import tensorflow as tf
 
     from trainer.data import load_folder
-    from trainer.loop import Progress, train
-    from trainer.model import ModelSpec
+    from trainer.modelspec import ModelSpec
+    from trainer_worker.loop import Progress, train
 
     data = load_folder(data_dir, classes=["car"], ignore_classes=["van", "truck", "bus"])
     workers = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])) or 1
@@ -85,10 +85,11 @@ def run_raw(data_dir: Path, steps: int, batch: int, threads: int) -> dict[str, f
     import numpy as np
     import tensorflow as tf
 
-    from trainer.augment import BatchIterator, frame_scale
     from trainer.data import load_folder
-    from trainer.loop import Recipe
-    from trainer.model import ModelSpec, build_body, build_loss
+    from trainer.modelspec import ModelSpec
+    from trainer_worker.augment import BatchIterator, frame_scale
+    from trainer_worker.loop import Recipe
+    from trainer_worker.model import build_body, build_loss
 
     data = load_folder(data_dir, classes=["car"], ignore_classes=["van", "truck", "bus"])
     recipe = Recipe(batch_size=batch)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(rows[-1][0], rows[-1][1], flush=True)
     raw = rows[0][1]["steps_per_s"]
     overhead = 1.0 - rows[1][1]["steps_per_s"] / raw
-    from trainer.loop import Recipe
+    from trainer_worker.loop import Recipe
 
     recipe = Recipe()
     table = "\n".join(

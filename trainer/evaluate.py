@@ -112,7 +112,7 @@ def evaluate_onnx(
     import onnxruntime as ort
 
     from trainer.data import load_folder
-    from trainer.model import ModelSpec
+    from trainer.modelspec import ModelSpec
     from trainer.predict import evaluate_detections, predict_with
 
     if model.family != "yolov8":

@@ -1,5 +1,5 @@
-"""Training jobs on this machine: each job runs N ``trainer.worker`` processes on 127.0.0.1
-with ``TF_CONFIG`` and is followed through the chief's ``events.jsonl``.
+"""Training jobs on this machine: each job runs N ``trainer_worker`` processes on 127.0.0.1
+with ``TF_CONFIG`` and is followed through the chief's ``events.jsonl`` (``trainer.events``).
 
 A worker that dies takes the job's other workers down with it (a collective op would wait
 forever otherwise); the job then restarts all of them, up to ``max_restarts`` times, and they
@@ -7,6 +7,10 @@ resume from the last epoch checkpoint. State survives a daemon restart as ``stat
 job: a job whose workers were running when the daemon stopped (SIGTERM stops them after their
 current step, with a checkpoint) resumes from that checkpoint when the daemon starts again; a job
 that had not got its data yet failed with the daemon.
+
+A cancel stops the job in whatever phase it is: the job's task is cancelled (which stops a download
+or the workers, SIGTERM then SIGKILL after ``stop_grace_s``), and the cancel is recorded in the job's
+folder under its commit lock, so the chief can no longer register a model (``trainer.jobspec``).
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import JobFinished, JobNotFound, TooManyJobs
-from trainer.jobspec import EVENTS_FILE, JOB_FILE, RESULT_FILE, EventReader, JobSpec
+from trainer.events import EpochEvent, ErrorEvent, EventReader, PhaseEvent, ProgressEvent, ResultEvent, RunEvent
+from trainer.jobspec import EVENTS_FILE, JOB_FILE, RESULT_FILE, JobSpec, cancel_requested, request_cancel
+from trainer.phases import JobPhase, PhaseHold, WorkerExit
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-# trainer.worker's exit code for failures a restart cannot fix (bad data, export, registration).
-FINAL_EXIT = 4
 _POLL_S = 0.5
-INTERRUPTED = "interrupted: the trainer stopped; the job resumes from its last checkpoint when it starts again"
+_HOLD_POLL_S = 0.1
+# How much longer than stop_grace_s a cancel waits for the job to record itself cancelled.
+_CANCEL_SLACK_S = 10.0
 
 
 class State(IntEnum):
@@ -57,8 +63,10 @@ class JobRecord:
     job_id: str
     request: dict[str, Any]  # the StartTrainingRequest as JSON (for GetTrainingJob)
     state: State = State.PENDING
-    phase: str = "pending"
+    phase: JobPhase = JobPhase.PENDING
     dataset: str = ""
+    fetched_frames: int = 0  # of the data set snapshot being downloaded
+    total_frames: int = 0
     epoch: int = 0
     step: int = 0
     total_steps: int = 0
@@ -85,8 +93,17 @@ class JobRecord:
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
         data = dict(data)
         data["state"] = State(int(data["state"]))
+        data["phase"] = _phase_of(str(data.get("phase", "")))
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _phase_of(text: str) -> JobPhase:
+    """The phase a state file names; earlier releases wrote details after it ("fetching data set (3/9 frames)")."""
+    for phase in sorted(JobPhase, key=lambda p: len(p.value), reverse=True):
+        if text.startswith(phase.value):
+            return phase
+    return JobPhase.PENDING
 
 
 @dataclass(frozen=True)
@@ -131,14 +148,17 @@ def _live_workers(pids: list[int], job_dir: Path) -> list[int]:
     return live
 
 
+# Reports a download's progress: (frames written, frames in the snapshot).
+FetchProgress = Callable[[int, int], Awaitable[None]]
 # Prepares a job's data (fetching a snapshot) and returns the spec the workers run.
-Preparer = Callable[[JobRecord, Callable[[str], None]], Awaitable[JobSpec]]
+Preparer = Callable[[JobRecord, FetchProgress], Awaitable[JobSpec]]
 
 
 class JobManager:
-    def __init__(self, jobs_dir: Path, limits: JobLimits) -> None:
+    def __init__(self, jobs_dir: Path, limits: JobLimits, hold: PhaseHold | None = None) -> None:
         self._dir = jobs_dir
         self._limits = limits
+        self._hold = hold if hold is not None else PhaseHold.from_env()
         self._jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, list[asyncio.subprocess.Process]] = {}
@@ -235,14 +255,24 @@ class JobManager:
         return replace(job)
 
     async def cancel(self, job_id: str) -> JobRecord:
+        """Stops the job in any phase and returns it, CANCELLED once its workers are gone."""
         job = self.get(job_id)
         if job.state.done:
             raise JobFinished(f"job {job_id} already ended ({job.state.name}); nothing to cancel")
-        self._cancelled.add(job_id)
-        await self._terminate(job_id)
+        if job_id not in self._cancelled:
+            # Waits while the chief registers; after this no model is registered, or one already was.
+            if not await asyncio.to_thread(request_cancel, self.job_dir(job_id)):
+                raise JobFinished(f"job {job_id} already registered its model; nothing to cancel")
+            self._cancelled.add(job_id)
+            task = self._tasks.get(job_id)
+            if task is not None:
+                task.cancel()
+            elif not self._jobs[job_id].state.done:  # interrupted, not resumed yet
+                self._interrupted = [j for j in self._interrupted if j != job_id]
+                await self._finish_cancelled(self._jobs[job_id])
         task = self._tasks.get(job_id)
-        if task is not None and job.phase in ("pending", "fetching data set"):
-            task.cancel()
+        if task is not None:
+            await asyncio.wait({task}, timeout=self._limits.stop_grace_s + _CANCEL_SLACK_S)
         return self.get(job_id)
 
     # -- internals ---------------------------------------------------------------------------
@@ -262,15 +292,26 @@ class JobManager:
         tmp.write_text(json.dumps(job.to_json()))
         os.replace(tmp, path)
 
+    async def _held(self, job: JobRecord, phase: JobPhase) -> None:
+        """The test hook (``trainer.phases.PhaseHold``): waits here while it names this job's phase."""
+        while self._hold.holds(str(job.request.get("modelName", "")), phase):
+            await asyncio.sleep(_HOLD_POLL_S)
+
+    async def _finish_cancelled(self, job: JobRecord) -> None:
+        await self._update(job, state=State.CANCELLED, phase=JobPhase.CANCELLED, finished_at=time.time())
+
     async def _run(self, job: JobRecord, prepare: Preparer) -> None:
-        await self._update(job, state=State.RUNNING, phase="fetching data set")
+        await self._held(job, JobPhase.PENDING)
+        await self._update(job, state=State.RUNNING, phase=JobPhase.FETCHING_DATASET)
 
-        def set_phase(text: str) -> None:
-            job.phase = text
+        async def on_fetch(done: int, total: int) -> None:
+            await self._update(job, fetched_frames=done, total_frames=total)
+            await self._held(job, JobPhase.FETCHING_DATASET)
 
-        spec = await prepare(job, set_phase)
+        spec = await prepare(job, on_fetch)
         spec.write(self.job_dir(job.job_id))
-        await self._update(job, dataset=spec.dataset, phase="starting workers")
+        await self._update(job, dataset=spec.dataset, phase=JobPhase.STARTING_WORKERS)
+        await self._held(job, JobPhase.STARTING_WORKERS)
         await self._train(job, spec)
 
     async def _resume(self, job: JobRecord) -> None:
@@ -280,9 +321,12 @@ class JobManager:
         if (job_dir / RESULT_FILE).exists():
             # Orphaned workers finished the job while no daemon watched: record it, do not train again.
             await self._consume(job, EventReader(job_dir / EVENTS_FILE))
-            await self._update(job, state=State.SUCCEEDED, phase="done", finished_at=time.time())
+            await self._update(job, state=State.SUCCEEDED, phase=JobPhase.DONE, finished_at=time.time())
             return
-        await self._update(job, state=State.RUNNING, phase="resuming from checkpoint", error="")
+        if cancel_requested(job_dir):  # the daemon stopped right after accepting a cancel
+            await self._finish_cancelled(job)
+            return
+        await self._update(job, state=State.RUNNING, phase=JobPhase.RESUMING, error="")
         await self._train(job, spec)
 
     async def _guard(self, job: JobRecord, work: Awaitable[None]) -> None:
@@ -290,8 +334,8 @@ class JobManager:
         try:
             await work
         except asyncio.CancelledError:
-            if not self._closing:
-                await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
+            if job.job_id in self._cancelled or not self._closing:
+                await self._finish_cancelled(job)
         except Exception as exc:
             log.exception("job %s failed", job.job_id)
             message = getattr(exc, "args", [str(exc)])[0] if exc.args else type(exc).__name__
@@ -308,14 +352,14 @@ class JobManager:
             codes = await self._run_workers(job, spec, reader, attempt)
             await self._consume(job, reader)
             if self._closing and job.job_id not in self._cancelled:
-                await self._update(job, phase=INTERRUPTED)
+                await self._update(job, phase=JobPhase.INTERRUPTED)
                 return
             if job.job_id in self._cancelled:
-                await self._update(job, state=State.CANCELLED, phase="cancelled", finished_at=time.time())
+                await self._finish_cancelled(job)
                 return
-            if all(code == 0 for code in codes):
+            if all(code == WorkerExit.OK for code in codes):
                 if job.registered_version:
-                    await self._update(job, state=State.SUCCEEDED, phase="done", finished_at=time.time())
+                    await self._update(job, state=State.SUCCEEDED, phase=JobPhase.DONE, finished_at=time.time())
                 else:
                     await self._update(
                         job,
@@ -324,46 +368,45 @@ class JobManager:
                         finished_at=time.time(),
                     )
                 return
-            if FINAL_EXIT in codes or attempt >= self._limits.max_restarts:
+            if WorkerExit.FINAL in codes or attempt >= self._limits.max_restarts:
                 error = job.error or f"worker exit codes {codes}; see {job_dir}/worker-*.log"
                 await self._update(job, state=State.FAILED, error=error, finished_at=time.time())
                 return
             attempt += 1
             log.warning("job %s: workers exited %s; restart %d from the last checkpoint", job.job_id, codes, attempt)
-            await self._update(job, restarts=attempt, phase="restarting from checkpoint", error="")
+            await self._update(job, restarts=attempt, phase=JobPhase.RESTARTING, error="")
 
     async def _run_workers(self, job: JobRecord, spec: JobSpec, reader: EventReader, attempt: int) -> list[int]:
         job_dir = self.job_dir(job.job_id)
         ports = free_ports(spec.workers)
         procs: list[asyncio.subprocess.Process] = []
-        for index in range(spec.workers):
-            env = dict(os.environ)
-            if spec.workers > 1:
-                env["TF_CONFIG"] = tf_config(ports, index)
-            else:
-                env.pop("TF_CONFIG", None)
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            log_file = (job_dir / f"worker-{index}.log").open("ab")
-            log_file.write(f"--- attempt {attempt} ---\n".encode())
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "trainer.worker",
-                    "--job-dir",
-                    str(job_dir),
-                    env=env,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            log_file.close()
-        self._procs[job.job_id] = procs
-        await self._update(job, worker_pids=[p.pid for p in procs])
-        waits = {asyncio.ensure_future(p.wait()): p for p in procs}
+        self._procs[job.job_id] = procs  # filled as they start, so a cancel meanwhile stops them too
         try:
-            pending = set(waits)
+            for index in range(spec.workers):
+                env = dict(os.environ)
+                if spec.workers > 1:
+                    env["TF_CONFIG"] = tf_config(ports, index)
+                else:
+                    env.pop("TF_CONFIG", None)
+                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+                with (job_dir / f"worker-{index}.log").open("ab") as log_file:
+                    log_file.write(f"--- attempt {attempt} ---\n".encode())
+                    log_file.flush()
+                    procs.append(
+                        await asyncio.create_subprocess_exec(
+                            sys.executable,
+                            "-m",
+                            "trainer_worker",
+                            "--job-dir",
+                            str(job_dir),
+                            env=env,
+                            stdout=log_file,
+                            stderr=asyncio.subprocess.STDOUT,
+                            start_new_session=True,
+                        )
+                    )
+            await self._update(job, worker_pids=[p.pid for p in procs])
+            pending = {asyncio.ensure_future(p.wait()) for p in procs}
             while pending:
                 done, pending = await asyncio.wait(pending, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
                 await self._consume(job, reader)
@@ -371,6 +414,9 @@ class JobManager:
                     # One worker died: the rest would block in a collective op forever.
                     await self._terminate(job.job_id)
             return [p.returncode if p.returncode is not None else -1 for p in procs]
+        except asyncio.CancelledError:
+            await self._terminate(job.job_id)  # cancelled: the workers go with the job
+            raise
         finally:
             self._procs.pop(job.job_id, None)
 
@@ -407,33 +453,28 @@ class JobManager:
     async def _consume(self, job: JobRecord, reader: EventReader) -> None:
         changes: dict[str, Any] = {}
         for event in reader.read_new():
-            kind = event.get("type")
-            if kind == "phase":
-                changes["phase"] = str(event.get("phase", ""))
-            elif kind == "run":
-                changes["mlflow_run_id"] = str(event.get("mlflow_run_id", ""))
-            elif kind in ("progress", "epoch"):
+            if isinstance(event, PhaseEvent):
+                changes["phase"] = event.phase
+            elif isinstance(event, RunEvent):
+                changes["mlflow_run_id"] = event.mlflow_run_id
+            elif isinstance(event, ProgressEvent):  # and EpochEvent
                 changes.update(
-                    epoch=int(event.get("epoch", 0)),
-                    step=int(event.get("step", 0)),
-                    total_steps=int(event.get("total_steps", 0)),
-                    progress=min(1.0, max(0.0, float(event.get("progress", 0.0)))),
+                    epoch=event.epoch, step=event.step, total_steps=event.total_steps, progress=event.progress
                 )
-                metrics = event.get("metrics") or {}
-                if kind == "epoch":
-                    history = [h for h in job.history if h["epoch"] != changes["epoch"]]
-                    history.append({"epoch": changes["epoch"], "metrics": metrics})
+                if isinstance(event, EpochEvent):
+                    history = [h for h in changes.get("history", job.history) if h["epoch"] != event.epoch]
+                    history.append({"epoch": event.epoch, "metrics": dict(event.metrics)})
                     changes["history"] = history
-                    if "steps_per_s" in metrics:
-                        changes["steps_per_s"] = float(metrics["steps_per_s"])
-            elif kind == "result":
+                    if "steps_per_s" in event.metrics:
+                        changes["steps_per_s"] = event.metrics["steps_per_s"]
+            elif isinstance(event, ResultEvent):
                 changes.update(
-                    final_metrics={k: float(v) for k, v in (event.get("metrics") or {}).items()},
-                    registered_name=str(event.get("model_name", "")),
-                    registered_version=str(event.get("version", "")),
-                    registered_alias=str(event.get("alias", "")),
+                    final_metrics=dict(event.metrics),
+                    registered_name=event.model_name,
+                    registered_version=event.version,
+                    registered_alias=event.alias,
                 )
-            elif kind == "error":
-                changes["error"] = str(event.get("message", ""))
+            elif isinstance(event, ErrorEvent):
+                changes["error"] = event.message
         if changes:
             await self._update(job, **changes)

@@ -1,12 +1,19 @@
 """What a training job is, as the daemon hands it to its worker processes (``job.json``), and
-the events the chief worker reports back (``events.jsonl``, one JSON object per line).
+the other files of a job's folder the two sides share (the chief's events are ``trainer.events``).
 
-Both sides are plain JSON so the daemon never imports TensorFlow and a TFJob on a cluster
-can run the same worker from the same file.
+Plain JSON so the daemon never imports TensorFlow and a TFJob on a cluster can run the same
+worker from the same file.
+
+Cancel and registration exclude each other through ``commit.lock``: the daemon accepts a cancel
+only by writing ``cancel`` under the lock while no ``result.json`` exists, and the chief registers
+its model only under the lock while no ``cancel`` exists, so a job never registers a model after
+a cancel was accepted, and a cancel is refused once the model is registered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -19,6 +26,8 @@ EVENTS_FILE = "events.jsonl"
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"
 ARTIFACT_DIR = "artifacts"
+CANCEL_FILE = "cancel"
+COMMIT_LOCK_FILE = "commit.lock"
 
 
 @dataclass(frozen=True)
@@ -27,9 +36,9 @@ class JobSpec:
     dataset: str  # what the user asked for, resolved: "name:version" or the folder
     data_path: str  # local folder the workers read
     data_format: str  # a kit.datasets format, "" to detect
-    model: dict[str, Any]  # trainer.model.ModelSpec.to_dict(); class_names may be empty: from the data
+    model: dict[str, Any]  # trainer.modelspec.ModelSpec.to_dict(); class_names may be empty: from the data
     ignore_classes: list[str] = field(default_factory=list)
-    recipe: dict[str, Any] = field(default_factory=dict)  # overrides of trainer.loop.Recipe defaults
+    recipe: dict[str, Any] = field(default_factory=dict)  # overrides of trainer_worker.loop.Recipe defaults
     init_checkpoint: str = ""
     max_duration_s: float = 0.0
     deadline_unix: float = 0.0  # training stops at the next step after this and the job finishes normally
@@ -52,40 +61,26 @@ class JobSpec:
         return cls(**data)
 
 
-class EventLog:
-    """Append-only JSON lines; the writer flushes each line so the daemon sees it at once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"type": kind, **fields}, default=float)
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
-            out.flush()
-
-
-class EventReader:
-    """Reads the events appended since the last call; a torn last line waits for the next call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-
-    def read_new(self) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def commit_lock(job_dir: Path) -> Iterator[None]:
+    """Holds the job's commit lock (blocking; an flock, released if the holder dies)."""
+    with (job_dir / COMMIT_LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with self.path.open("rb") as src:
-                src.seek(self._offset)
-                data = src.read()
-        except FileNotFoundError:
-            return
-        end = data.rfind(b"\n")
-        if end < 0:
-            return
-        self._offset += end + 1
-        for raw in data[: end + 1].splitlines():
-            if raw.strip():
-                try:
-                    yield json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def cancel_requested(job_dir: Path) -> bool:
+    return (job_dir / CANCEL_FILE).exists()
+
+
+def request_cancel(job_dir: Path) -> bool:
+    """Records a cancel unless the job already registered its model (then False). Blocks while the chief
+    registers."""
+    with commit_lock(job_dir):
+        if (job_dir / RESULT_FILE).exists():
+            return False
+        (job_dir / CANCEL_FILE).touch()
+        return True

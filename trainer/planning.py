@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import BadRequest, DatasetNotFound, PathNotAllowed
 from trainer.jobspec import JobSpec
-from trainer.model import PRESETS, SIZE_MULTIPLE
+from trainer.modelspec import PRESETS, SIZE_MULTIPLE
 from trainer.snapshots import SnapshotRef, looks_like_folder, materialize, parse_ref, resolve
 
 DEFAULT_INPUT_WIDTH = 960
@@ -136,17 +136,16 @@ class Planner:
         if not looks_like_folder(req.dataset):
             await resolve(self.feature_addr, parse_ref(req.dataset))
 
-    async def prepare(self, job_id: str, req: TrainRequest, set_phase: Callable[[str], None]) -> JobSpec:
+    async def prepare(
+        self, job_id: str, req: TrainRequest, on_fetch: Callable[[int, int], Awaitable[None]] | None = None
+    ) -> JobSpec:
+        """The job's spec, after downloading its snapshot (``on_fetch`` gets frames written, frames in all)."""
         if looks_like_folder(req.dataset):
             folder = self.folder(req.dataset)
             dataset, data_path, fmt = str(folder), folder, ""
         else:
             ref: SnapshotRef = parse_ref(req.dataset)
-
-            def progress(done: int, total: int) -> None:
-                set_phase(f"fetching data set ({done}/{total} frames)")
-
-            cached = await materialize(self.feature_addr, ref, self.cache_dir, progress)
+            cached = await materialize(self.feature_addr, ref, self.cache_dir, on_fetch)
             dataset, data_path, fmt = f"{cached.ref.name}:{cached.ref.version}", cached.path, "coco"
         recipe = recipe_overrides(req)
         cores = self.cpu_threads or os.cpu_count() or 1

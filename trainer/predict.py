@@ -1,9 +1,10 @@
-"""Detections of a trained Keras body on full images, exactly as the served detector sees them.
+"""Detections of a model on full images, exactly as the served detector sees them.
 
 Each image is letterboxed to the spec's export size (aspect kept, 114 padding split on both sides,
-RGB / 255), run through the body, decoded with :func:`trainer.model.decode_head`, class-aware
-NMS'd, and mapped back to source pixels; :func:`evaluate_on` scores them with the COCO-style
-evaluator, ignore regions counting as "don't care".
+RGB / 255), run through a forward pass (ONNX Runtime here in the daemon, the Keras body in
+``trainer_worker.predict``), class-aware NMS'd, and mapped back to source pixels;
+:func:`evaluate_detections` scores them with the COCO-style evaluator, ignore regions counting as
+"don't care". Free of TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -20,12 +20,14 @@ import numpy.typing as npt
 from kit.letterbox import letterbox
 from trainer.data import LabelledImage
 from trainer.evaluation import Detections, GroundTruth, Report, evaluate
-from trainer.model import ModelSpec, decode_head
+from trainer.modelspec import ModelSpec
 
 # Low enough that AP sees the whole precision/recall curve; the same as bench/accuracy.py.
 SCORE_THRESHOLD = 0.01
 NMS_IOU = 0.6  # the detector's default (detector/config.py)
 MAX_DETECTIONS = 100
+# A forward pass: NHWC [1, H, W, 3] RGB 0..1 -> the decoded head [1, 4 + nc, A].
+Forward = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,6 @@ class ImageDetections:
     boxes: npt.NDArray[np.float32]  # [N, 4] xyxy source pixels
     scores: npt.NDArray[np.float32]  # [N]
     classes: npt.NDArray[np.int32]  # [N]
-
-
-def _forward(body: Any, spec: ModelSpec) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def run(x: Any) -> Any:
-        return decode_head(body(x, training=False), spec.num_classes)
-
-    return lambda x: np.asarray(run(tf.convert_to_tensor(x)))
 
 
 def nms(
@@ -70,8 +62,8 @@ def nms(
     return boxes, scores[idx].astype(np.float32), classes[idx]
 
 
-def predict(
-    body: Any,
+def predict_with(
+    forward: Forward,
     spec: ModelSpec,
     paths: Sequence[Path],
     score_threshold: float = SCORE_THRESHOLD,
@@ -79,18 +71,6 @@ def predict(
     max_detections: int = MAX_DETECTIONS,
 ) -> list[ImageDetections]:
     """Detections per image in source pixels, via the detector's letterbox at the spec's export size."""
-    return predict_with(_forward(body, spec), spec, paths, score_threshold, iou_threshold, max_detections)
-
-
-def predict_with(
-    forward: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
-    spec: ModelSpec,
-    paths: Sequence[Path],
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = NMS_IOU,
-    max_detections: int = MAX_DETECTIONS,
-) -> list[ImageDetections]:
-    """:func:`predict` with any forward pass NHWC [1, H, W, 3] RGB 0..1 -> [1, 4 + nc, A] (e.g. ONNX Runtime)."""
     results = []
     for path in paths:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -122,9 +102,3 @@ def evaluate_detections(
     gts = [ground_truth(im, num_classes) for im in images]
     dets = [Detections.of(d.boxes, d.scores, d.classes) for d in detections]
     return evaluate(gts, dets, num_classes=num_classes, min_height_px=min_height_px)
-
-
-def evaluate_on(body: Any, spec: ModelSpec, images: list[LabelledImage], min_height_px: float | None = None) -> Report:
-    """COCO-style AP of ``body`` on ``images`` at the spec's export size (ignore regions are don't-care)."""
-    detections = predict(body, spec, [im.path for im in images])
-    return evaluate_detections(detections, images, spec.num_classes, min_height_px)

@@ -12,7 +12,7 @@ from carmesh.v1 import common_pb2, training_pb2, training_pb2_grpc
 from kit.pagination import page_request, paginate
 from trainer.errors import BadRequest
 from trainer.evaluate import EvaluateRequest, EvaluateResult
-from trainer.jobs import JobManager, JobRecord
+from trainer.jobs import FetchProgress, JobManager, JobRecord
 from trainer.planning import Planner, TrainRequest
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
@@ -50,7 +50,7 @@ def job_message(job: JobRecord) -> training_pb2.TrainingJob:
         mlflow_run_id=job.mlflow_run_id,
         error=job.error,
         dataset=job.dataset,
-        phase=job.phase,
+        phase=job.phase.value,
         steps_per_s=job.steps_per_s,
         progress=job.progress,
     )
@@ -88,8 +88,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self._planner.validate(req)
         await self._planner.check_snapshot(req)
 
-        async def prepare(job: JobRecord, set_phase: Callable[[str], None]) -> Any:
-            return await self._planner.prepare(job.job_id, req, set_phase)
+        async def prepare(job: JobRecord, on_fetch: FetchProgress) -> Any:
+            return await self._planner.prepare(job.job_id, req, on_fetch)
 
         as_json = json_format.MessageToDict(request, preserving_proto_field_name=False)
         job = self._jobs.start(as_json, prepare)

@@ -13,7 +13,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ async def materialize(
     feature_addr: str,
     ref: SnapshotRef,
     cache_root: Path,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> CachedSnapshot:
     """Returns the local COCO folder of the snapshot, streaming it from feature_service if not cached."""
     resolved = await resolve(feature_addr, ref)
@@ -169,7 +169,7 @@ class CocoWriter:
 
 
 async def _download(
-    feature_addr: str, ref: SnapshotRef, folder: Path, on_progress: Callable[[int, int], None] | None
+    feature_addr: str, ref: SnapshotRef, folder: Path, on_progress: Callable[[int, int], Awaitable[None]] | None
 ) -> int:
     writer = CocoWriter(folder)
     async with insecure_channel(feature_addr) as channel:
@@ -179,7 +179,7 @@ async def _download(
             async for reply in stub.StreamDataset(request):
                 await asyncio.to_thread(writer.add, reply.frame)
                 if on_progress is not None:
-                    on_progress(writer.count, int(reply.total))
+                    await on_progress(writer.count, int(reply.total))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise DatasetNotFound(exc.details() or f"snapshot {ref} not found") from exc

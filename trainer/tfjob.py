@@ -1,7 +1,7 @@
 """Kubeflow ``TFJob`` manifests that run a training job on a cluster with the same worker as here.
 
 The Training Operator starts one Chief and ``workers - 1`` Workers, injects ``TF_CONFIG`` into
-each (so it is never set here) and restarts failed pods; ``trainer.worker`` trains under
+each (so it is never set here) and restarts failed pods; ``trainer_worker`` trains under
 ``MultiWorkerMirroredStrategy`` and resumes from the checkpoints in the job directory, which
 lives on a PersistentVolumeClaim every replica mounts (ReadWriteMany when pods may land on
 different nodes).
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 API_VERSION = "kubeflow.org/v1"
 # The operator finds the TensorFlow container of each replica by this exact name.
 CONTAINER_NAME = "tensorflow"
-WORKER_COMMAND = ("python", "-m", "trainer.worker")
+WORKER_COMMAND = ("python", "-m", "trainer_worker")
 DEFAULT_MOUNT_DIR = "/var/lib/carmesh"
 JOB_SPEC_DIR = "/etc/carmesh/job"
 JOB_TEMPLATE_FILE = "job-template.json"
@@ -131,7 +131,7 @@ def render_tfjob(
     image_pull_policy: str = "IfNotPresent",
     backoff_limit: int = 3,
 ) -> dict[str, Any]:
-    """The TFJob object: Chief (1) + Worker (``workers - 1``) running ``python -m trainer.worker *args``,
+    """The TFJob object: Chief (1) + Worker (``workers - 1``) running ``python -m trainer_worker *args``,
     with the claim ``checkpoint_claim`` mounted at ``mount_dir`` in every replica.
 
     ``job_config_map`` mounts that ConfigMap read-only at ``JOB_SPEC_DIR``; ``init_args`` adds an init

@@ -22,8 +22,8 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from trainer.data import load_folder
-    from trainer.loop import Progress, Recipe, is_chief, train
-    from trainer.model import ModelSpec
+    from trainer.modelspec import ModelSpec
+    from trainer_worker.loop import Progress, Recipe, is_chief, train
 
     data_dir, ck_dir, out, epochs, delay_s = Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3]), float(argv[4])
     data = load_folder(data_dir, ["car"], ["van"])

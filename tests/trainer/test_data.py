@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers import SHARED
 from tests.trainer.synthetic import make_kitti
-from trainer.augment import (
+from trainer.data import LabelledImage, detect_format, load_folder
+from trainer_worker.augment import (
     AugmentConfig,
     BatchIterator,
     ImageCache,
@@ -20,8 +21,7 @@ from trainer.augment import (
     make_sample,
     pick_target,
 )
-from trainer.data import LabelledImage, detect_format, load_folder
-from trainer.loop import Recipe
+from trainer_worker.loop import Recipe
 
 APOLLO = SHARED / "data" / "apollo-cars"
 

@@ -21,8 +21,9 @@ from registry_gateway import onnx_check
 from registry_gateway import triton as gw_triton
 from registry_gateway.schema import Family
 from tests.helpers import SHARED
-from trainer.export import ExportInfo, check_parity, export_onnx, triton_config
-from trainer.model import ModelSpec, build_body, build_inference_model
+from trainer.modelspec import ModelSpec
+from trainer_worker.export import ExportInfo, check_parity, export_onnx, triton_config
+from trainer_worker.model import build_body, build_inference_model
 
 VAL_IMAGES = SHARED / "data" / "apollo-cars" / "val" / "images"
 # Non-square on purpose, so a swapped height/width shows.
@@ -116,7 +117,7 @@ def test_keras_and_onnx_runtime_agree_on_real_frames_and_random_inputs(exported:
 
 
 def test_box_parity_allows_what_the_head_maps_explain() -> None:
-    from trainer.export import ParityReport
+    from trainer_worker.export import ParityReport
 
     # An almost untrained model: DFL logits in the thousands agree to 1e-5 relative (0.025 absolute), which
     # can move a P5 box edge by 2 * 15 * 32 * 0.025 = 24 px; 0.16 px (1.7e-4 of 960) is then no disagreement.

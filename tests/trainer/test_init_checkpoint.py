@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.model import CheckpointError, ModelSpec, build_body, load_ultralytics_checkpoint
+from trainer.modelspec import ModelSpec
+from trainer_worker.model import CheckpointError, build_body, load_ultralytics_checkpoint
 
 torch = pytest.importorskip("torch")
 

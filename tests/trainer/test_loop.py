@@ -9,9 +9,10 @@ import pytest
 
 from tests.trainer.synthetic import make_kitti
 from trainer.data import load_folder
-from trainer.loop import Progress, Recipe, is_chief, train
-from trainer.model import ModelSpec
-from trainer.predict import evaluate_on, nms
+from trainer.modelspec import ModelSpec
+from trainer.predict import nms
+from trainer_worker.loop import Progress, Recipe, is_chief, train
+from trainer_worker.predict import evaluate_on
 
 TINY = Recipe(
     epochs=3,
@@ -81,7 +82,7 @@ def test_nms_is_class_aware_and_thresholded() -> None:
 def test_schedule_warms_up_then_follows_progress() -> None:
     import tensorflow as tf
 
-    from trainer.loop import WarmupCosine
+    from trainer_worker.loop import WarmupCosine
 
     progress = tf.Variable(0.0)
     schedule = WarmupCosine(1e-2, warmup_steps=10, final_fraction=0.1, progress=progress)

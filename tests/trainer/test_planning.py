@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.loop import Recipe
 from trainer.planning import MAX_EPOCHS, SHORT_BUDGET_S, SHORT_SCHEDULE, STARTUP_ALLOWANCE_S, Planner, TrainRequest
+from trainer_worker.loop import Recipe
 
 
 def _planner(root: Path) -> Planner:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.helpers import SHARED
 from trainer.evaluation import Detections, GroundTruth, evaluate
-from trainer.plots import pr_curve_png, sample_predictions_jpg, training_curves_png
+from trainer_worker.plots import pr_curve_png, sample_predictions_jpg, training_curves_png
 
 VAL = SHARED / "data" / "apollo-cars" / "val"
 CLASSES = ("car", "van")

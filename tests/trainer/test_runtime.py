@@ -1,4 +1,4 @@
-"""trainer.runtime: the oneDNN switch reaches TensorFlow, and a user's own setting wins."""
+"""trainer_worker.runtime: the oneDNN switch reaches TensorFlow, and a user's own setting wins."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 _PROBE = (
-    "from trainer.runtime import prefer_onednn; prefer_onednn(); "
+    "from trainer_worker.runtime import prefer_onednn; prefer_onednn(); "
     "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
 )
 

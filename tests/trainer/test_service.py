@@ -28,9 +28,9 @@ from tests.cli.test_cli_e2e import carmesh, constant_model
 from tests.gateway.support import ADMIN_KEY, keys_file_text, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import gateway_args
-from trainer.augment import frame_scale
 from trainer.data import load_folder
 from trainer.synthetic import write_dataset
+from trainer_worker.augment import frame_scale
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -451,7 +451,7 @@ def test_cancel_stops_the_workers_and_registers_nothing(trainer: Trainer) -> Non
 
 
 def _worker_pids(job_id: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"trainer.worker --job-dir .*{job_id}"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-f", f"trainer_worker --job-dir .*{job_id}"], capture_output=True, text=True)
     return [int(p) for p in found.stdout.split()]
 
 

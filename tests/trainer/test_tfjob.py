@@ -50,7 +50,7 @@ def test_tfjob_has_a_chief_and_workers_sharing_the_claim() -> None:
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
         assert container["name"] == "tensorflow"
-        assert container["command"] == ["python", "-m", "trainer.worker"]
+        assert container["command"] == ["python", "-m", "trainer_worker"]
         assert container["args"] == ["--job-dir", "/var/lib/carmesh/jobs/train-car-1"]
         assert container["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}]
         assert container["resources"] == {

@@ -24,9 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.augment import AugmentConfig, Batch, BatchIterator, frame_scale
 from trainer.data import TrainingData
-from trainer.model import ModelSpec, build_body, build_loss, load_ultralytics_checkpoint
+from trainer.modelspec import ModelSpec
+from trainer_worker.augment import AugmentConfig, Batch, BatchIterator, frame_scale
+from trainer_worker.model import build_body, build_loss, load_ultralytics_checkpoint
+from trainer_worker.predict import evaluate_on
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Recipe:
 
     def augment_config(self, frame_scale: float) -> AugmentConfig:
         """The sample pipeline's settings; ``frame_scale`` is the export's scale of the training frames
-        (:func:`trainer.augment.frame_scale`)."""
+        (:func:`trainer_worker.augment.frame_scale`)."""
         return AugmentConfig(
             crop_w=self.crop_width,
             crop_h=self.crop_height,
@@ -202,8 +204,6 @@ def train(
 ) -> TrainResult:
     """Trains ``spec`` on ``data.train`` (validating on ``data.val`` every ``evaluate_every_epochs`` epochs and
     at the end, on the chief; 0 = only at the end); resumes from the last checkpoint in ``checkpoint_dir``."""
-    from trainer.predict import evaluate_on
-
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
     worker_index, num_workers = worker_shard(strategy)

@@ -1,7 +1,10 @@
 """What the chief does after training: evaluate on the validation split, export ONNX (checked
 against Keras), draw the results, log it all to the job's MLflow run, register a version of the
 model in the carmesh tag schema, and point the ``challenger`` alias at it through
-registry_gateway (which keeps the alias history that rollback uses)."""
+registry_gateway (which keeps the alias history that rollback uses).
+
+:func:`prepare_release` does everything that can be undone or repeated; :func:`register` is the
+step that cannot, run by the worker under the job's commit lock (``trainer.jobspec``)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,16 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import grpc
 import numpy as np
 
+from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from kit.letterbox import letterbox
 from kit.registry_tags import (
     MANIFEST_FILE,
     MODEL_ARTIFACT_DIR,
@@ -28,9 +36,15 @@ from kit.registry_tags import (
 )
 from trainer.data import TrainingData
 from trainer.evaluate import TALL_MIN_HEIGHT_PX
+from trainer.events import ResultEvent
 from trainer.jobspec import JobSpec
-from trainer.model import ModelSpec
+from trainer.modelspec import ModelSpec
+from trainer.phases import JobPhase
+from trainer.predict import evaluate_detections, ground_truth
 from trainer.tracking import Tracker
+from trainer_worker import plots
+from trainer_worker.export import check_parity, export_onnx, triton_config
+from trainer_worker.predict import predict
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +68,35 @@ def final_metrics(report: Any, tall: Any, class_names: tuple[str, ...]) -> dict[
     return metrics
 
 
-def publish(
+@dataclass(frozen=True)
+class Release:
+    """An exported, evaluated model logged to the job's run: what registering it needs."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    description: str
+    onnx_sha256: str
+    parity: str
+
+
+def prepare_release(
     spec: JobSpec,
     out_dir: Path,
     model_spec: ModelSpec,
     data: TrainingData,
     result: Any,
     tracker: Tracker,
-    phase: Callable[[str], None],
-) -> dict[str, Any]:
-    from kit.letterbox import letterbox
-    from trainer import plots
-    from trainer.export import check_parity, export_onnx, triton_config
-    from trainer.predict import evaluate_detections, ground_truth, predict
-
+    phase: Callable[[JobPhase], None],
+) -> Release:
+    """Evaluates, exports and draws the trained model and logs it all to the run. ``phase`` is told each
+    phase as it starts (and may raise to stop there)."""
     body = result.body
     model_dir = out_dir / MODEL_ARTIFACT_DIR
     plots_dir = out_dir / "plots"
     model_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
-    phase("evaluating")
+    phase(JobPhase.EVALUATING)
     detections = predict(body, model_spec, [im.path for im in data.val])
     report = evaluate_detections(detections, data.val, model_spec.num_classes)
     tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
@@ -82,12 +104,10 @@ def publish(
     tracker.log_metrics(metrics, step=result.epochs_completed)
     log.info("validation: %s", json.dumps(metrics))
 
-    phase("exporting")
+    phase(JobPhase.EXPORTING)
     info = export_onnx(body, model_spec, model_dir / ONNX_FILE)
     frames = []
     for im in data.val[:2]:
-        import cv2
-
         bgr: Any = cv2.imread(str(im.path), cv2.IMREAD_COLOR)
         canvas = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), model_spec.input_hw)[0]
         frames.append(canvas.transpose(2, 0, 1).astype(np.float32) / 255.0)
@@ -160,7 +180,7 @@ def publish(
     if samples:
         plots.sample_predictions_jpg(samples, model_spec.class_names, plots_dir / "sample_predictions.jpg")
 
-    phase("registering")
+    phase(JobPhase.REGISTERING)
     tracker.log_artifacts(model_dir, MODEL_ARTIFACT_DIR)
     tracker.log_artifacts(keras_dir, "keras")
     tracker.log_artifacts(plots_dir, "plots")
@@ -181,25 +201,26 @@ def publish(
         f"trained by {spec.job_id} on {spec.dataset}: val mAP50 {metrics['val_map50']:.3f} "
         f"({metrics['val_map50_tall']:.3f} for objects >= {TALL_MIN_HEIGHT_PX:.0f} px tall)"
     )
-    version = tracker.register(spec.model_name, tags, description)
+    return Release(metrics, tags, description, info.sha256, parity.describe())
+
+
+def register(spec: JobSpec, release: Release, tracker: Tracker) -> ResultEvent:
+    """Registers the released model as a new version and points the challenger alias at it."""
+    version = tracker.register(spec.model_name, release.tags, release.description)
     alias = set_alias(spec.registry_addr, spec.model_name, spec.challenger_alias, version) if spec.registry_addr else ""
-    return {
-        "model_name": spec.model_name,
-        "version": version,
-        "alias": alias,
-        "metrics": metrics,
-        "mlflow_run_id": tracker.run_id,
-        "onnx_sha256": info.sha256,
-        "parity": parity.describe(),
-    }
+    return ResultEvent(
+        model_name=spec.model_name,
+        version=version,
+        alias=alias,
+        metrics=release.metrics,
+        mlflow_run_id=tracker.run_id,
+        onnx_sha256=release.onnx_sha256,
+        parity=release.parity,
+    )
 
 
 def set_alias(registry_addr: str, model_name: str, alias: str, version: str) -> str:
     """Through registry_gateway so the alias history (rollback) records the move."""
-    import grpc
-
-    from carmesh.v1 import registry_pb2, registry_pb2_grpc
-
     with grpc.insecure_channel(registry_addr) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         stub.SetAlias(registry_pb2.SetAliasRequest(name=model_name, alias=alias, version=version), timeout=30)

@@ -22,10 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+import tensorflow as tf
+from keras import ops
 from onnx import shape_inference
 
 from kit.hashing import sha256_file
-from trainer.model import REG_MAX, STRIDES, ModelSpec, build_inference_model
+from trainer.modelspec import REG_MAX, STRIDES, ModelSpec
+from trainer_worker.model import build_inference_model
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
@@ -187,8 +190,6 @@ def export_onnx(
     body: Any, spec: ModelSpec, path: Path, producer: str = "carmesh-trainer", opset: int = DEFAULT_OPSET
 ) -> ExportInfo:
     """Writes the served graph of ``body`` to ``path`` (atomically) and returns what was written."""
-    import tensorflow as tf
-
     model = build_inference_model(body, spec)
     signature = [tf.TensorSpec((None, 3, spec.input_height, spec.input_width), tf.float32, name=INPUT_NAME)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,8 +267,6 @@ def check_parity(
 ) -> ParityReport:
     """Runs ``images`` ([N, 3, H, W] RGB 0..1, e.g. letterboxed frames; default: 2 seeded random
     images) through Keras and through ONNX Runtime on the file at ``onnx_path``."""
-    from keras import ops
-
     if images is None:
         images = np.random.default_rng(seed).random((2, 3, spec.input_height, spec.input_width), dtype=np.float32)
     batch = np.ascontiguousarray(images, dtype=np.float32)

@@ -1,6 +1,6 @@
 """The trainer's model interface: a YOLOv8-family detector in Keras 3, built by ``kyolo``.
 
-Everything outside this module sees :class:`ModelSpec`, a body that maps NHWC RGB images in
+Everything outside this module sees :class:`trainer.modelspec.ModelSpec`, a body that maps NHWC RGB images in
 0..1 to raw ``[P3, P4, P5]`` head maps, the loss, and the inference graph that the detector
 serves (the Ultralytics YOLOv8 interchange layout: input ``images`` [N, 3, H, W] RGB 0..1,
 output ``output0`` [N, 4 + nc, A] with cx, cy, w, h in input pixels and per-class scores).
@@ -10,79 +10,20 @@ kyolo stays behind this interface so a later library swap touches one file.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Keras and kyolo are imported inside functions: importing TensorFlow costs seconds and
-# must not happen when the daemon merely imports this module for ModelSpec.
+import keras
+import numpy as np
+from keras import ops
+from kyolo.conversion import load_torch_state_dict, transfer_torch_to_keras
+from kyolo.losses import YOLODetectionLoss
+from kyolo.models import yolov8n, yolov8s
 
-STRIDES = (8, 16, 32)
-REG_MAX = 16
-# The input size must divide by the coarsest stride so every pyramid level tiles exactly.
-SIZE_MULTIPLE = 32
-PRESETS = ("n", "s")
-
-
-class ModelSpecError(ValueError):
-    """A model spec that cannot be built (unknown preset, bad size, no classes)."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a trained model is: architecture preset, classes and the exported input size."""
-
-    preset: str
-    class_names: tuple[str, ...]
-    input_width: int
-    input_height: int
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ModelSpecError(f"unknown model preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        if not self.class_names or any(not n.strip() for n in self.class_names):
-            raise ModelSpecError("a model needs at least one non-empty class name")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ModelSpecError(f"class names must be unique, got {list(self.class_names)}")
-        for label, value in (("input_width", self.input_width), ("input_height", self.input_height)):
-            if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
-                raise ModelSpecError(f"{label} {value} must be a positive multiple of {SIZE_MULTIPLE}")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return self.input_height, self.input_width
-
-    def anchors(self, height: int | None = None, width: int | None = None) -> int:
-        """Anchor points of the head for an input of ``height`` x ``width`` (default: the export size)."""
-        h = height or self.input_height
-        w = width or self.input_width
-        return sum((h // s) * (w // s) for s in STRIDES)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset,
-            "class_names": list(self.class_names),
-            "input_width": self.input_width,
-            "input_height": self.input_height,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(
-            preset=str(data["preset"]),
-            class_names=tuple(str(n) for n in data["class_names"]),
-            input_width=int(data["input_width"]),
-            input_height=int(data["input_height"]),
-        )
+from trainer.modelspec import REG_MAX, STRIDES, ModelSpec
 
 
 def _factory(preset: str) -> Callable[..., Any]:
-    from kyolo.models import yolov8n, yolov8s
-
     return {"n": yolov8n, "s": yolov8s}[preset]
 
 
@@ -93,8 +34,6 @@ def build_body(spec: ModelSpec) -> Any:
 
 def build_loss(spec: ModelSpec, box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5) -> Any:
     """Task-aligned assignment with CIoU + DFL + BCE; targets are xyxy boxes in input pixels."""
-    from kyolo.losses import YOLODetectionLoss
-
     return YOLODetectionLoss(
         nc=spec.num_classes,
         reg_max=REG_MAX,
@@ -112,9 +51,6 @@ def decode_head(feats: Sequence[Any], num_classes: int) -> Any:
     Plain keras.ops (softmax, sums, grids from static shapes) so the graph exports to ONNX
     operators that ONNX Runtime runs on every provider; no NMS in the graph (the detector does it).
     """
-    import numpy as np
-    from keras import ops
-
     no = 4 * REG_MAX + num_classes
     flat, anchor_xy, anchor_stride = [], [], []
     for f, stride in zip(feats, STRIDES, strict=True):
@@ -138,7 +74,6 @@ def decode_head(feats: Sequence[Any], num_classes: int) -> Any:
 
 def build_inference_model(body: Any, spec: ModelSpec) -> Any:
     """The served graph: ``images`` [N, 3, H, W] RGB 0..1 -> ``output0`` [N, 4 + nc, A] (YOLOv8 layout)."""
-    import keras
 
     class ServedDetector(keras.Model):
         # A subclassed model so the decode's constants live inside call(): a functional graph
@@ -167,8 +102,6 @@ def load_ultralytics_checkpoint(body: Any, checkpoint: Path) -> int:
     the class branch keeps its fresh initialisation (as Ultralytics does), so a COCO checkpoint
     fine-tunes to our classes; anything else that does not match is an error. Needs torch (CPU) to read the file.
     """
-    from kyolo.conversion import load_torch_state_dict, transfer_torch_to_keras
-
     state = load_torch_state_dict(str(checkpoint))
     report = transfer_torch_to_keras(body, state, verbose=False)
     # Only the class branch (cv3) may differ: its width and outputs follow the class count.

@@ -12,8 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from trainer.evaluation import Report
 
@@ -47,9 +50,6 @@ Sample = (
 
 
 def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -123,8 +123,6 @@ def training_curves_png(history: Sequence[Mapping[str, float]], path: Path) -> P
 
 
 def _load_bgr(image: Image) -> npt.NDArray[np.uint8]:
-    import cv2
-
     if isinstance(image, str | Path):
         loaded = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if loaded is None:
@@ -169,8 +167,6 @@ def _unpack(sample: Sample) -> tuple[Image, npt.NDArray[Any], npt.NDArray[Any], 
 def _draw_tile(
     sample: Sample, class_names: Sequence[str], tile_width_px: int, min_score: float, max_boxes: int
 ) -> npt.NDArray[np.uint8]:
-    import cv2
-
     image, boxes, scores, classes, gt = _unpack(sample)
     frame = _load_bgr(image)
     scale = tile_width_px / frame.shape[1]
@@ -211,8 +207,6 @@ def sample_predictions_jpg(
 ) -> Path:
     """A grid of frames with predictions (coloured per class, with scores) over ground truth (white;
     ignore regions grey). Detections below ``min_score`` are left out, at most ``max_boxes`` per frame."""
-    import cv2
-
     if not samples:
         raise ValueError("no samples to draw")
     if columns < 1 or tile_width_px < 32:
