@@ -101,7 +101,7 @@ async def test_async_cuts_a_hanging_try_short_at_the_deadline() -> None:
         return True
 
     started = time.monotonic()
-    with pytest.raises(AssertionError, match="waited 0.2 s for a hanging call .*the last try was still running"):
+    with pytest.raises(AssertionError, match=r"waited 0\.2 s for a hanging call .*the last try was still running"):
         await eventually_async(hangs, what="a hanging call", timeout_s=0.2)
     assert time.monotonic() - started < 5
 
