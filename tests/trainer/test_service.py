@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
-from tests.cli.test_cli_e2e import carmesh, constant_model
+from tests.cli.support import carmesh, constant_model
 from tests.gateway.support import ADMIN_KEY, keys_file_text, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import gateway_args
