@@ -27,7 +27,6 @@ class Countdown:
         return False
 
     async def later(self) -> str | bool:
-        await asyncio.sleep(0)
         return self()
 
 
