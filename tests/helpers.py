@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from devstack.services import grpc_serving, tcp_open
+from tests.support import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -54,17 +54,21 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         argv = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--grpc-port", str(self.port), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log()}")
-            ready = grpc_serving(self.address) if self.wait_for == "serving" else tcp_open(self.port)
-            if ready:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"{self.module} not ready after {self.timeout_s:.0f}s:\n{self.log()}")
+        self.proc = proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {proc.returncode}:\n{self.log()}")
+            return grpc_serving(self.address) if self.wait_for == "serving" else tcp_open(self.port)
+
+        try:
+            eventually(
+                ready, what=f"{self.module} to be ready", timeout_s=self.timeout_s, interval_s=0.1, detail=self.log
+            )
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def log(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
