@@ -12,12 +12,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from devstack.services import grpc_serving
+from tests.support import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -103,17 +103,21 @@ class DaemonProcess:
             *("--metrics-port", "0", "--ready-file", str(self._ready_file), *self.args),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log()}")
-            ready = self._read_ready_file() and (self.wait_for != "serving" or grpc_serving(self.address))
-            if ready:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"{self.module} not ready after {self.timeout_s:.0f}s:\n{self.log()}")
+        self.proc = proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {proc.returncode}:\n{self.log()}")
+            return self._read_ready_file() and (self.wait_for != "serving" or grpc_serving(self.address))
+
+        try:
+            eventually(
+                ready, what=f"{self.module} to be ready", timeout_s=self.timeout_s, interval_s=0.1, detail=self.log
+            )
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def _read_ready_file(self) -> bool:
         """Takes the ports the daemon reported, once it has (the file is written atomically)."""

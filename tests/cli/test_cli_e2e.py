@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -15,34 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli.support import carmesh, constant_model
 from tests.gateway.support import ADMIN_KEY, DETECT_KEY, READER_KEY, WRITER_KEY, run_gateway
-from tests.helpers import REPO_ROOT, SHARED, DaemonProcess, free_port
-from tests.onnx_factory import write_yolov8_model, write_yolox_model, yolov8_raw
+from tests.helpers import SHARED, DaemonProcess, free_port
+from tests.onnx_factory import write_yolox_model
 
 pytest.importorskip("detector.app", reason="the detector daemon is not in this tree")
-
-
-def carmesh(*args: str, gateway: str, api_key: str | None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CARMESH_GATEWAY", "CARMESH_API_KEY")}
-    env["CARMESH_GATEWAY"] = gateway
-    if api_key is not None:
-        env["CARMESH_API_KEY"] = api_key
-    return subprocess.run(
-        [sys.executable, "-m", "carmesh_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=timeout_s,
-        check=False,
-    )
-
-
-def constant_model(path: Path, score: float = 0.9, anchors: int | None = None) -> Path:
-    """Two boxes (car, truck) at 64x64; ``anchors`` > 6 pads zero-score anchors so that the registry
-    can tell the YOLOv8 layout ([N,4+nc,A] with 4+nc < A) without --family."""
-    raw = yolov8_raw([(32, 32, 20, 20), (16, 16, 8, 8)], [[score, 0.05], [0.1, 0.6]], anchors=anchors)
-    return write_yolov8_model(path, raw, (64, 64), ["car", "truck"])
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,10 @@ import cv2
 import pytest
 
 from carmesh_cli.names import PRESETS
-from tests.cli.test_cli_e2e import carmesh
+from tests.cli.support import carmesh
 from tests.gateway.support import ADMIN_KEY, DETECT_KEY, run_gateway
 from tests.helpers import SHARED, DaemonProcess, free_port
+from tests.support import eventually
 
 pytest.importorskip("ingestor.app", reason="the ingestor daemon is not in this tree")
 pytest.importorskip("feature_service.app", reason="the feature_service daemon is not in this tree")
@@ -43,17 +43,6 @@ class Pipeline:
         result = self.run(*args, "--json")
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def _until(check: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout_s:.0f}s: {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +153,7 @@ def test_ingest_dataset_then_snapshots(pipeline: Pipeline, tmp_path: Path) -> No
         found = json.loads(probe.stdout)
         return int(found.get("train_frames", 0)) + int(found.get("val_frames", 0)) == 9
 
-    _until(stored, 90, "the nine imported frames in the offline store")
+    eventually(stored, what="the nine imported frames in the offline store", timeout_s=90, interval_s=0.2)
 
     kept = pipeline.json_lines("datasets", "create", snap, "--dataset", dataset, "--keep-source-split")[0]
     assert (kept["name"], kept["version"], kept["train_frames"], kept["val_frames"]) == (snap, "1", "6", "3")
@@ -205,7 +194,7 @@ def test_folder_source_follow_then_camera_features(pipeline: Pipeline, tmp_path:
         record = json.loads(reply.stdout)
         return record if record.get("last_model", {}).get("name") == "yolox_nano" else None
 
-    record = _until(detected, 90, f"detections of {camera} in its online features")
+    record = eventually(detected, what=f"detections of {camera} in its online features", timeout_s=90, interval_s=0.2)
     assert isinstance(record, dict)
     assert (record["camera_id"], record["features"]["width"], record["features"]["height"]) == (camera, 1920, 1080)
     assert record["last_frame_id"]
@@ -231,7 +220,7 @@ def test_video_loop_is_listed_and_stopped(pipeline: Pipeline, tmp_path: Path, sh
         mine = [s for s in pipeline.json_lines("ingest", "list") if s["source_id"] == source_id]
         return mine[0] if mine and int(mine[0].get("frames_published", 0)) >= 3 else None
 
-    running = _until(published, 60, "three frames of the looping video")
+    running = eventually(published, what="three frames of the looping video", timeout_s=60, interval_s=0.2)
     assert isinstance(running, dict) and running["state"] == "SOURCE_STATE_RUNNING"
     stopped = pipeline.run("ingest", "stop", source_id)
     assert stopped.returncode == 0, stopped.stderr
@@ -254,7 +243,7 @@ def test_live_stream_source(pipeline: Pipeline, shared_dir: Path) -> None:
             mine = [s for s in pipeline.json_lines("ingest", "list") if s["source_id"] == source_id]
             return bool(mine) and int(mine[0].get("frames_published", 0)) >= 3
 
-        _until(published, 60, "three frames of the live stream")
+        eventually(published, what="three frames of the live stream", timeout_s=60, interval_s=0.2)
         stopped = pipeline.json_lines("ingest", "stop", source_id)[0]
         assert stopped["state"] == "SOURCE_STATE_STOPPED"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from carmesh.v1 import common_pb2
 from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
+from tests.support import eventually_async
 
 # Bytes that are no protobuf message at all (a truncated varint tag).
 NOT_A_FRAME = b"\xff\xff\xff\xff"
@@ -74,18 +73,25 @@ class DetectionsReader:
         self, done: Callable[[list[common_pb2.FrameDetections]], bool], timeout_s: float = 120.0
     ) -> list[common_pb2.FrameDetections]:
         """Reads until ``done(received)`` holds; fails after ``timeout_s`` showing what came."""
-        deadline = time.monotonic() + timeout_s
-        while not done(self.received):
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out; received {[m.frame_id for m in self.received]} for camera {self.camera_id}"
-                )
+
+        async def read_more() -> bool:
+            if done(self.received):
+                return True
             batches = await self._consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     message = common_pb2.FrameDetections.FromString(record.value)
                     if message.camera_id == self.camera_id:
                         self.received.append(message)
+            return done(self.received)
+
+        await eventually_async(
+            read_more,
+            what=f"the expected detections of camera {self.camera_id}",
+            timeout_s=timeout_s,
+            interval_s=0,  # getmany() itself waits for records
+            detail=lambda: f"received {[m.frame_id for m in self.received]}",
+        )
         return self.received
 
 
@@ -98,11 +104,3 @@ async def committed_and_end(bootstrap: str, group_id: str, partitions: set[Topic
         return {tp.partition: (await consumer.committed(tp), ends[tp]) for tp in partitions}
     finally:
         await consumer.stop()
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s:.0f}s")
-        await asyncio.sleep(0.1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from tests.detector.support import jpeg_bytes
 from tests.helpers import REPO_ROOT, DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +72,12 @@ def test_daemon_without_registry_waits_not_serving_with_a_clear_log() -> None:
             detector_pb2_grpc.DetectorServiceStub(channel).Detect(detector_pb2.DetectRequest(image=b"x"), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "car-detector@champion" in err.value.details() and registry in err.value.details()
-        deadline = time.monotonic() + 10
-        while registry not in daemon.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert f"watching car-detector@champion at {registry} failed" in daemon.log()
+        eventually(
+            lambda: f"watching car-detector@champion at {registry} failed" in daemon.log(),
+            what="the failed registry watch in the detector's log",
+            timeout_s=10,
+            detail=lambda: daemon.log()[-3000:],
+        )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ no failed request, and keeps serving while the registry is down."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from carmesh.v1 import detector_pb2, detector_pb2_grpc, registry_pb2, registry_p
 from tests.detector.support import jpeg_bytes
 from tests.helpers import DaemonProcess
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
+from tests.support import eventually_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -68,15 +68,6 @@ def detector_daemon(registry_address: str, name: str, tmp_path: Path) -> DaemonP
     return DaemonProcess("detector", args, wait_for="port")
 
 
-async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path: Path) -> None:
     name = f"det-{uuid.uuid4().hex[:8]}"
     registry = registry_daemon(mlflow_uri, tmp_path)
@@ -95,7 +86,11 @@ async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path:
                 return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
             # The model does not exist yet: NOT_SERVING, UNAVAILABLE naming the alias and registry.
-            await asyncio.sleep(1.0)
+            await eventually_async(
+                lambda: f"{name}@champion not found in the registry at {registry.address}" in detector.log(),
+                what="the detector to find the model missing in the registry",
+                detail=lambda: detector.log()[-3000:],
+            )
             assert not await serving()
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
@@ -104,7 +99,7 @@ async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path:
             assert f"{name}@champion" in detector.log()
 
             v1 = await reg.ImportModel(import_requests(model_file(tmp_path / "v1.onnx", BOX_V1), name))
-            await wait_until(serving, 60, "the detector to serve the first promotion")
+            await eventually_async(serving, what="the detector to serve the first promotion", timeout_s=60)
             reply = await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
             assert reply.model.version == v1.version.version and reply.model.alias == "champion"
             assert first_box(reply) == (22, 27, 42, 37)
@@ -129,8 +124,11 @@ async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path:
             async def on_v2() -> bool:
                 return bool(seen) and seen[-1] == v2.version.version
 
-            await wait_until(on_v2, 60, "the hot reload to v2")
-            await asyncio.sleep(0.5)
+            await eventually_async(on_v2, what="the hot reload to v2", timeout_s=60)
+            on_v2_from = len(seen)
+            await eventually_async(
+                lambda: len(seen) >= on_v2_from + 30, what="30 more replies after the reload", interval_s=0.01
+            )
             stop.set()
             await asyncio.gather(*clients)
             assert failures == []
@@ -138,7 +136,11 @@ async def test_registry_promotions_reach_the_detector(mlflow_uri: str, tmp_path:
 
             # Registry down: the detector keeps serving what it has.
             registry.stop()
-            await asyncio.sleep(1.0)
+            await eventually_async(
+                lambda: f"watching {name}@champion at {registry.address} failed" in detector.log(),
+                what="the detector to see the registry gone",
+                detail=lambda: detector.log()[-3000:],
+            )
             assert await serving()
             reply = await det.Detect(detector_pb2.DetectRequest(image=IMAGE))
             assert reply.model.version == v2.version.version and first_box(reply) == (12, 32, 20, 48)
@@ -181,7 +183,7 @@ async def test_the_gateway_serves_a_call_made_the_moment_the_detector_loads_its_
 
                 reg = registry_pb2_grpc.RegistryServiceStub(reg_channel)
                 v1 = await reg.ImportModel(import_requests(model_file(tmp_path / "v1.onnx", BOX_V1), name))
-                await wait_until(serving, 60, "the detector to serve the first promotion")
+                await eventually_async(serving, what="the detector to serve the first promotion", timeout_s=60)
                 reply = await front.Detect(detector_pb2.DetectRequest(image=IMAGE), metadata=bearer(key), timeout=30)
                 assert reply.model.version == v1.version.version
                 assert first_box(reply) == (22, 27, 42, 37)

@@ -23,6 +23,7 @@ from tests.detector.support import jpeg_bytes, running, settings
 from tests.helpers import free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
 from tests.status_details import details_of, fields_of
+from tests.support import eventually_async
 
 # Model input 64x64; the test image is 128 wide, 64 high: scale 0.5, 16 rows of padding above.
 # Car anchor (32,32,20,10) -> input [22,27,42,37] -> source [44,22,84,42].
@@ -214,11 +215,9 @@ async def test_queue_full_is_resource_exhausted(model_a: Path) -> None:
         try:
             first = [asyncio.ensure_future(stub.Detect(detector_pb2.DetectRequest(image=IMAGE))) for _ in range(2)]
             batcher = app.manager.current.batcher  # type: ignore[union-attr]
-            for _ in range(500):
-                if batcher.pending == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert batcher.pending == 2
+            await eventually_async(
+                lambda: batcher.pending == 2, what="both requests pending in the batcher", interval_s=0.01
+            )
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Detect(detector_pb2.DetectRequest(image=IMAGE))
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -254,14 +253,17 @@ async def test_hot_reload_under_concurrent_load_has_zero_failures(model_a: Path,
                     failures.append(AssertionError(f"v{reply.model.version} gave {boxes(reply)}"))
 
         clients = [asyncio.create_task(client()) for _ in range(12)]
-        for spec, path in [(spec_b, model_b), (spec_a, model_a), (spec_b, model_b)]:
+
+        async def thirty_more_replies() -> None:
             before = len(seen)
-            while len(seen) < before + 30:
-                await asyncio.sleep(0.01)
+            await eventually_async(
+                lambda: len(seen) >= before + 30, what=f"30 replies after the first {before}", interval_s=0.01
+            )
+
+        for spec, path in [(spec_b, model_b), (spec_a, model_a), (spec_b, model_b)]:
+            await thirty_more_replies()
             await app.manager.activate(path, spec)
-        before = len(seen)
-        while len(seen) < before + 30:
-            await asyncio.sleep(0.01)
+        await thirty_more_replies()
         stop.set()
         await asyncio.gather(*clients)
         assert failures == []
@@ -279,12 +281,17 @@ async def test_without_a_registry_it_is_not_serving_and_says_why() -> None:
             health = health_pb2_grpc.HealthStub(channel)
             status = await health.Check(health_pb2.HealthCheckRequest(service=""))
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        await asyncio.sleep(0.3)  # a few reconnect attempts
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Detect(detector_pb2.DetectRequest(image=IMAGE))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        details = err.value.details() or ""
-        assert "car-detector@champion" in details and registry in details and "unreachable" in details
+
+        async def says_the_registry_is_unreachable() -> bool:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Detect(detector_pb2.DetectRequest(image=IMAGE))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = err.value.details() or ""
+            assert "car-detector@champion" in details and registry in details and "unreachable" in details, details
+            return True
+
+        # The first connection attempt has to fail before the detector can say so.
+        await eventually_async(says_the_registry_is_unreachable, what="UNAVAILABLE naming the unreachable registry")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetModelInfo(detector_pb2.GetModelInfoRequest())
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE

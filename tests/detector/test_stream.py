@@ -19,7 +19,6 @@ from tests.detector.kafka_support import (
     NOT_A_FRAME,
     DetectionsReader,
     committed_and_end,
-    eventually,
     frame,
     jpeg_frames,
     produce,
@@ -27,6 +26,7 @@ from tests.detector.kafka_support import (
 from tests.detector.support import COCO80, jpeg_bytes, running, settings
 from tests.helpers import DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
+from tests.support import eventually_async
 
 pytestmark = [pytest.mark.integration]
 
@@ -136,10 +136,10 @@ async def test_paused_without_a_model_then_hot_reload_versions(kafka_bootstrap: 
     second = [frame(camera, 100 + i, image) for i in range(4)]
     async with DetectionsReader(kafka_bootstrap, camera) as reader, running(cfg) as (app, _):
         sample = app.registry.get_sample_value
-        await eventually(lambda: sample("carmesh_detector_stream_paused") == 1, what="stream paused")
+        await eventually_async(lambda: sample("carmesh_detector_stream_paused") == 1, what="stream paused")
         await produce(kafka_bootstrap, camera, [f.SerializeToString() for f in first])
         # Several poll rounds pass while paused: nothing is taken from the topic.
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # sleep is the test: nothing may be consumed within this window
         assert sample("carmesh_detector_stream_frames_total", {"outcome": "published"}) is None
         assert sample("carmesh_detector_stream_inflight") == 0
 

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from devstack.procs import Process
 from devstack.services import Ports, grpc_serving, tcp_open
 from tests.helpers import REPO_ROOT
+from tests.support import eventually, eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -120,15 +120,6 @@ def _iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...])
     return inter / union if union > 0 else 0.0
 
 
-def _wait_serving(address: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if grpc_serving(address):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{address} not SERVING after {timeout_s}s")
-
-
 def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Path, tmp_path: Path) -> None:
     model = shared_dir / "models" / "yolox_nano.onnx"
     # The second import lets the registry tell the family from the layout.
@@ -149,7 +140,12 @@ def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Pa
         assert imported.returncode == 0, imported.stderr
     promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion")
     assert promoted.returncode == 0, promoted.stderr
-    _wait_serving(f"127.0.0.1:{mesh.ports.detector}")
+    eventually(
+        lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}"),
+        what="the detector to serve the promoted champion",
+        timeout_s=120,
+        interval_s=0.2,
+    )
 
     listed = mesh.cli("models", "versions", "car-detector", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -204,14 +200,15 @@ async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
                     failures.append(f"{err.code().name}: {err.details()}")
 
         clients = [asyncio.create_task(client()) for _ in range(6)]
-        await asyncio.sleep(1.0)
+        await eventually_async(lambda: len(versions_seen) >= 12, what="12 replies before the promotion", timeout_s=60)
         # Imported YOLOX versions carry no evaluation for the gate to compare: --force.
         promoted = await asyncio.to_thread(mesh.cli, "models", "promote", "car-detector", "2", "--force")
         assert promoted.returncode == 0, promoted.stderr
-        async with asyncio.timeout(90):
-            while "2" not in versions_seen[-6:]:
-                await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0)
+        await eventually_async(lambda: "2" in versions_seen[-6:], what="replies from version 2", timeout_s=90)
+        reloaded_at = len(versions_seen)
+        await eventually_async(
+            lambda: len(versions_seen) >= reloaded_at + 30, what="30 more replies after the reload", timeout_s=60
+        )
         stop.set()
         await asyncio.gather(*clients)
     assert not failures, failures[:5]
@@ -221,9 +218,11 @@ async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
 async def _wait_for_version(mesh: Mesh, image: bytes, version: str) -> None:
     async with grpc.aio.insecure_channel(mesh.gateway) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
-        async with asyncio.timeout(90):
-            while (await _detect(stub, image, mesh.api_key)).model.version != version:
-                await asyncio.sleep(0.3)
+
+        async def on_version() -> bool:
+            return (await _detect(stub, image, mesh.api_key)).model.version == version
+
+        await eventually_async(on_version, what=f"the gateway to answer with version {version}", timeout_s=90)
 
 
 def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
@@ -244,20 +243,22 @@ def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
     assert imported.returncode == 0, imported.stderr
     assert "148 of 148 frames" in imported.stdout, imported.stdout
 
-    deadline = time.monotonic() + 180
-    while True:
+    def features_with_a_model() -> dict:
         shown = mesh.cli("features", camera, "--json")
-        record = json.loads(shown.stdout) if shown.returncode == 0 else {}
-        if record.get("last_model", {}).get("version") and record.get("features"):
-            break
-        assert time.monotonic() < deadline, f"no features with a model for {camera}: {shown.stdout} {shown.stderr}"
-        time.sleep(1.0)
+        assert shown.returncode == 0, shown.stderr
+        record = json.loads(shown.stdout)
+        assert record.get("last_model", {}).get("version") and record.get("features"), record
+        return record
+
+    record = eventually(features_with_a_model, what=f"features with a model for {camera}", timeout_s=180)
     assert record["last_model"]["name"] == "car-detector"
     dsn = f"postgresql://postgres@127.0.0.1:{mesh.ports.postgres}/carmesh"
     count_sql = "select count(*) from frames where camera_id = $1"
-    while asyncio.run(_fetchval(dsn, count_sql, camera)) != 148:
-        assert time.monotonic() < deadline, "feature_service did not store all 148 frames"
-        time.sleep(0.5)
+    eventually(
+        lambda: asyncio.run(_fetchval(dsn, count_sql, camera)) == 148,
+        what="feature_service to store all 148 frames",
+        timeout_s=180,
+    )
     created = mesh.cli("datasets", "create", camera, "--dataset", camera, "--keep-source-split", "--json")
     assert created.returncode == 0, created.stderr
     snapshot = json.loads(created.stdout)

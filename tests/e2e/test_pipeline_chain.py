@@ -14,6 +14,7 @@ import grpc
 from carmesh.v1 import common_pb2, feature_pb2, feature_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests.feature_service.support import daemon_args, fetchval, fresh_database
 from tests.helpers import DaemonProcess
+from tests.support import eventually_async
 
 
 def _kitti_boxes(label: Path) -> Counter[tuple[str, int, int, int, int]]:
@@ -42,9 +43,10 @@ async def _snapshot_round_trip(ingestor: str, features: str, root: Path, dataset
         ]
         assert progress[-1].done and progress[-1].frames_published == 148, progress[-1]
 
-        async with asyncio.timeout(180):
-            while await fetchval(dsn, "select count(*) from frames where dataset = $1", dataset) != 148:
-                await asyncio.sleep(0.5)
+        async def all_stored() -> bool:
+            return await fetchval(dsn, "select count(*) from frames where dataset = $1", dataset) == 148
+
+        await eventually_async(all_stored, what="feature_service to store all 148 frames", timeout_s=180)
 
         stub = feature_pb2_grpc.FeatureServiceStub(fch)
         snapshot = (

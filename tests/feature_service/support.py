@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carmesh.v1 import common_pb2
 from kit.kafka import FRAMES_DLQ_TOPIC, FRAMES_TOPIC, create_consumer, create_producer
+from tests.support import eventually_async
 
 FRAMES_GROUP = "carmesh-feature-service"
 IGNORE_CLASS = "ignore"  # apollo-cars marks don't-care regions with this class
@@ -140,7 +140,7 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, by
         for key, value in messages:
             await producer.send_and_wait(topic, value, key=key)
             if pause_s:
-                await asyncio.sleep(pause_s)
+                await asyncio.sleep(pause_s)  # sleep is the test: a producer paced on purpose (a slow camera)
     finally:
         await producer.stop()
 
@@ -156,11 +156,17 @@ async def read_dlq(bootstrap: str, key: bytes, count: int, timeout_s: float = 60
     )
     await consumer.start()
     found: list[ConsumerRecord] = []
+
+    async def read_more() -> bool:
+        batches = await consumer.getmany(timeout_ms=500)
+        found.extend(r for recs in batches.values() for r in recs if r.key == key)
+        return len(found) >= count
+
     try:
-        async with asyncio.timeout(timeout_s):
-            while len(found) < count:
-                batches = await consumer.getmany(timeout_ms=500)
-                found += [r for recs in batches.values() for r in recs if r.key == key]
+        # getmany() itself waits for records: no pause between tries.
+        await eventually_async(
+            read_more, what=f"{count} dead-lettered records keyed {key!r}", timeout_s=timeout_s, interval_s=0
+        )
     finally:
         await consumer.stop()
     return found
@@ -174,14 +180,6 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not true after {timeout_s:.0f}s: {what}")
-        await asyncio.sleep(0.2)
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -24,9 +24,9 @@ from tests.feature_service.support import (
     fetch,
     fetchval,
     produce_frames,
-    wait_until,
 )
 from tests.helpers import DaemonProcess
+from tests.support import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ async def test_sigkill_while_consuming_then_restart_stores_every_frame_once(
 
     with DaemonProcess("feature_service", args) as first:
         sending = asyncio.create_task(produce_frames(kafka_bootstrap, messages, pause_s=0.03))
-        await wait_until(lambda: at_least(24), 120, "24 frames stored before the kill")
+        await eventually_async(lambda: at_least(24), what="24 frames stored before the kill", timeout_s=120)
         assert first.proc is not None
         first.proc.kill()  # SIGKILL: no drain, no commit of the batch in hand
         first.proc.wait()
@@ -65,7 +65,9 @@ async def test_sigkill_while_consuming_then_restart_stores_every_frame_once(
     assert at_kill < len(apollo), "the kill should land while frames are still being consumed"
 
     with DaemonProcess("feature_service", args) as second:
-        await wait_until(lambda: at_least(len(apollo)), 180, "every frame stored after the restart")
+        await eventually_async(
+            lambda: at_least(len(apollo)), what="every frame stored after the restart", timeout_s=180
+        )
         assert await asyncio.to_thread(second.stop) == 0  # SIGTERM: a clean exit
 
     rows = await fetch(

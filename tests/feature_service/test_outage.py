@@ -29,9 +29,9 @@ from tests.feature_service.support import (
     metric,
     metric_sum,
     produce_frames,
-    wait_until,
 )
 from tests.helpers import DaemonProcess
+from tests.support import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -113,12 +113,12 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
         metrics_port = proc.metrics_port
         try:
             await produce_frames(kafka_bootstrap, messages[:5])
-            await wait_until(lambda: stored(5), 60, "5 frames stored before the outage")
+            await eventually_async(lambda: stored(5), what="5 frames stored before the outage", timeout_s=60)
             before = await committed_offsets(kafka_bootstrap, FRAMES_GROUP, FRAMES_TOPIC)
 
             await relay.cut()
             await produce_frames(kafka_bootstrap, messages[5:])
-            await wait_until(retrying, 60, "the batch retried while PostgreSQL is unreachable")
+            await eventually_async(retrying, what="the batch retried while PostgreSQL is unreachable", timeout_s=60)
             assert await stored(5)
             assert await committed_offsets(kafka_bootstrap, FRAMES_GROUP, FRAMES_TOPIC) == before
             async with insecure_channel(proc.address) as channel:
@@ -130,7 +130,7 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
                 assert "PostgreSQL" in (info.value.details() or "")
 
             await relay.start()
-            await wait_until(lambda: stored(10), 60, "all 10 frames stored after the outage")
+            await eventually_async(lambda: stored(10), what="all 10 frames stored after the outage", timeout_s=60)
             after = await committed_offsets(kafka_bootstrap, FRAMES_GROUP, FRAMES_TOPIC)
             assert after != before
             assert metric(metrics_port, "carmesh_feature_frames_stored_total") == 10

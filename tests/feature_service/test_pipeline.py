@@ -37,10 +37,10 @@ from tests.feature_service.support import (
     read_dlq,
     samples,
     timestamp,
-    wait_until,
 )
 from tests.helpers import DaemonProcess
 from tests.paging import assert_bad_pages_refused, assert_pages_cover
+from tests.support import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -123,10 +123,10 @@ def stored(daemon: Daemon, apollo: list[ApolloFrame]) -> Stored:
 
     async def send_and_wait() -> None:
         await produce(daemon.bootstrap, FRAMES_TOPIC, messages)
-        await wait_until(
+        await eventually_async(
             lambda: _count(daemon.dsn, "SELECT count(*) FROM frames WHERE dataset = $1", run.dataset, want=len(apollo)),
-            180,
-            f"{len(apollo)} apollo frames stored",
+            what=f"{len(apollo)} apollo frames stored",
+            timeout_s=180,
         )
 
     asyncio.run(send_and_wait())
@@ -223,10 +223,10 @@ async def test_replayed_frames_are_not_stored_again(daemon: Daemon, stored: Stor
     marker.frame_id, marker.dataset = f"{run.tag}-marker", ""
     marker.captured_at.CopyFrom(timestamp(BASE_TIME - timedelta(days=1)))
     await produce_frames(daemon.bootstrap, [*replay, marker])
-    await wait_until(
+    await eventually_async(
         lambda: _count(daemon.dsn, "SELECT count(*) FROM frames WHERE frame_id = $1", marker.frame_id, want=1),
-        60,
-        "the marker frame stored",
+        what="the marker frame stored",
+        timeout_s=60,
     )
     assert await fetchval(daemon.dsn, "SELECT count(*) FROM frames WHERE dataset = $1", run.dataset) == 148
     annotations_after = await fetchval(
@@ -445,10 +445,10 @@ async def test_predictions_stored_with_model_version_and_car_counts(daemon: Daem
     await produce(daemon.bootstrap, DETECTIONS_TOPIC, payloads)
 
     model = f"detector-{run.tag}"
-    await wait_until(
+    await eventually_async(
         lambda: _count(daemon.dsn, "SELECT count(*) FROM detection_runs WHERE model_name = $1", model, want=12),
-        60,
-        "12 detection runs stored",
+        what="12 detection runs stored",
+        timeout_s=60,
     )
     rows = await fetch(
         daemon.dsn,
@@ -491,10 +491,10 @@ async def test_rows_postgresql_refuses_do_not_block_the_rest(daemon: Daemon, sto
             frames.append(message)
         await produce_frames(daemon.bootstrap, frames)
         good_ids = [f"{run.tag}-good-a", f"{run.tag}-good-b"]
-        await wait_until(
+        await eventually_async(
             lambda: _count(daemon.dsn, "SELECT count(*) FROM frames WHERE frame_id = ANY($1)", good_ids, want=2),
-            60,
-            "the poison frame's batch-mates stored",
+            what="the poison frame's batch-mates stored",
+            timeout_s=60,
         )
         (record,) = await read_dlq(daemon.bootstrap, camera.encode(), 1)
         assert dict(record.headers)["carmesh-reason"].decode().startswith("store_rejected: ")
@@ -508,10 +508,10 @@ async def test_rows_postgresql_refuses_do_not_block_the_rest(daemon: Daemon, sto
             for frame_id in [f"{run.tag}-poison", *good_ids]
         ]
         await produce(daemon.bootstrap, DETECTIONS_TOPIC, [(camera.encode(), r.SerializeToString()) for r in runs])
-        await wait_until(
+        await eventually_async(
             lambda: _count(daemon.dsn, "SELECT count(*) FROM detection_runs WHERE model_name = $1", model, want=2),
-            60,
-            "the poison detections' batch-mates stored",
+            what="the poison detections' batch-mates stored",
+            timeout_s=60,
         )
         assert metric(daemon.metrics_port, "carmesh_feature_detections_rejected_total", reason="store_rejected") >= 1
     finally:

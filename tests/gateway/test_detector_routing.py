@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import itertools
 import re
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.gateway.support import DETECT_KEY, READER_KEY, bearer, metrics_port, 
 from tests.helpers import DaemonProcess, free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
 from tests.status_details import details_of, fields_of
+from tests.support import eventually
 
 pytest.importorskip("detector.app", reason="the detector daemon is not in this tree")
 
@@ -62,15 +62,6 @@ def detect(stub: detector_pb2_grpc.DetectorServiceStub, key: str = DETECT_KEY) -
 def health_status(channel: grpc.Channel, service: str) -> int:
     request = health_pb2.HealthCheckRequest(service=service)
     return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
-
-
-def wait_until(predicate, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +167,12 @@ def test_traffic_continues_when_a_replica_dies(keys_file, tmp_path):
             assert health_status(channel, "carmesh.v1.DetectorService") == health_pb2.HealthCheckResponse.SERVING
 
             right.stop()
-            assert wait_until(
+            eventually(
                 lambda: (
                     health_status(channel, "carmesh.v1.DetectorService") == health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+                ),
+                what="the gateway to report DetectorService NOT_SERVING with both replicas gone",
+                timeout_s=20,
             )
             assert health_status(channel, "") == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.RpcError) as err:

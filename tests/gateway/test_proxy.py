@@ -4,7 +4,6 @@ kinds, metadata, deadlines, errors, cancellation, auth, health and reflection.""
 from __future__ import annotations
 
 import hashlib
-import time
 import urllib.request
 
 import grpc
@@ -16,6 +15,7 @@ from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from tests.gateway.probe import ProbeServer
 from tests.gateway.support import ADMIN_KEY, DETECT_KEY, READER_KEY, WRITER_KEY, bearer, metrics_port, run_gateway
 from tests.helpers import free_port
+from tests.support import eventually
 
 # gRPC encodes a deadline on the wire as a rounded-up timeout: the upstream may see a bit more.
 WIRE_SLACK_S = 0.5
@@ -23,15 +23,6 @@ WIRE_SLACK_S = 0.5
 
 def registry(channel: grpc.Channel) -> registry_pb2_grpc.RegistryServiceStub:
     return registry_pb2_grpc.RegistryServiceStub(channel)
-
-
-def wait_until(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_unary_call_reaches_upstream_with_metadata_but_without_credentials(channel, probe):
@@ -172,14 +163,22 @@ def test_health_is_open_and_per_service(channel, probe):
     assert status("carmesh.v1.DetectorService") == health_pb2.HealthCheckResponse.NOT_SERVING
     probe.set_serving(False)
     try:
-        assert wait_until(lambda: status("carmesh.v1.RegistryService") == health_pb2.HealthCheckResponse.NOT_SERVING)
+        eventually(
+            lambda: status("carmesh.v1.RegistryService") == health_pb2.HealthCheckResponse.NOT_SERVING,
+            what="RegistryService NOT_SERVING once its only replica is",
+            timeout_s=15,
+        )
         with pytest.raises(grpc.RpcError) as err:
             registry(channel).ListModels(registry_pb2.ListModelsRequest(), metadata=bearer(ADMIN_KEY), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "no healthy registry replica (of 1)" in err.value.details()
     finally:
         probe.set_serving(True)
-    assert wait_until(lambda: status("carmesh.v1.RegistryService") == health_pb2.HealthCheckResponse.SERVING)
+    eventually(
+        lambda: status("carmesh.v1.RegistryService") == health_pb2.HealthCheckResponse.SERVING,
+        what="RegistryService SERVING again",
+        timeout_s=15,
+    )
 
 
 def test_reflection_lists_and_describes_the_proxied_services(channel):

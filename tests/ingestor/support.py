@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from carmesh.v1 import common_pb2
 from kit.kafka import MAX_MESSAGE_BYTES
 from tests.helpers import DaemonProcess
+from tests.support import eventually_async
 
 APOLLO_SUBDIR = Path("data") / "apollo-cars"
 
@@ -35,13 +34,12 @@ async def read_topic(
     keep: Callable[[common_pb2.Frame], bool],
     done: Callable[[list[common_pb2.Frame]], bool] | None = None,
     timeout_s: float = 60.0,
-    quiet_s: float | None = None,
     sent_ms: dict[str, int] | None = None,
 ) -> list[common_pb2.Frame]:
     """Reads ``topic`` from the start (all partitions, no consumer group), keeping frames that
-    pass ``keep``, until ``done(kept)`` holds (fails after ``timeout_s`` saying how many came)
-    or, with ``quiet_s``, until nothing new arrived for that long. ``sent_ms`` collects each
-    kept frame's record timestamp (when the producer sent it), by frame_id."""
+    pass ``keep``, until ``done(kept)`` holds or, without ``done``, up to the end offsets the
+    topic has when the read starts (fails after ``timeout_s`` saying how many came). ``sent_ms``
+    collects each kept frame's record timestamp (when the producer sent it), by frame_id."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -51,35 +49,45 @@ async def read_topic(
     )
     await consumer.start()
     kept: list[common_pb2.Frame] = []
+
+    async def partitions() -> set[int] | None:
+        await consumer.topics()  # refreshes metadata
+        return consumer.partitions_for_topic(topic)
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            await consumer.topics()  # refreshes metadata
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic} never appeared")
-            await asyncio.sleep(0.2)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        found = await eventually_async(partitions, what=f"topic {topic}", timeout_s=timeout_s, interval_s=0.1)
+        assigned = [TopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(assigned)
         await consumer.seek_to_beginning()
-        last_new = time.monotonic()
-        while done is None or not done(kept):
-            now = time.monotonic()
-            if quiet_s is not None and now - last_new > quiet_s:
-                break
-            if now > deadline:
-                raise AssertionError(f"after {timeout_s:.0f}s only {len(kept)} matching frames on {topic}")
+        ends = await consumer.end_offsets(assigned)
+
+        async def finished() -> bool:
+            if done is not None:
+                return done(kept)
+            positions = {tp: await consumer.position(tp) for tp in ends}
+            return all(positions[tp] >= end for tp, end in ends.items())
+
+        async def read_more() -> bool:
+            if await finished():
+                return True
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    last_new = time.monotonic()
                     frame = common_pb2.Frame.FromString(record.value)
                     assert record.key == frame.camera_id.encode(), "frames are keyed by camera_id"
                     if keep(frame):
                         kept.append(frame)
                         if sent_ms is not None:
                             sent_ms[frame.frame_id] = record.timestamp
+            return await finished()
+
+        await eventually_async(
+            read_more,
+            what=f"the matching frames on {topic}",
+            timeout_s=timeout_s,
+            interval_s=0,  # getmany() itself waits for records
+            detail=lambda: f"{len(kept)} matching frames came",
+        )
     finally:
         await consumer.stop()
     return kept
@@ -140,11 +148,3 @@ def read_stamp(encoded: bytes) -> int:
         if float(block.mean()) > 127:
             number |= 1 << bit
     return number
-
-
-async def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)

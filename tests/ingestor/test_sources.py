@@ -29,6 +29,7 @@ from tests.ingestor.support import (
     unique_topic,
 )
 from tests.status_details import details_of, fields_of
+from tests.support import eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +61,10 @@ async def source_status(stub: ingest_pb2_grpc.IngestServiceStub, source_id: str)
     return next(s for s in listed.sources if s.source_id == source_id)
 
 
+async def published_at_least(stub: ingest_pb2_grpc.IngestServiceStub, source_id: str, count: int) -> bool:
+    return (await source_status(stub, source_id)).frames_published >= count
+
+
 async def run_to_end(stub: ingest_pb2_grpc.IngestServiceStub, spec: ingest_pb2.SourceSpec) -> ingest_pb2.SourceStatus:
     started = await stub.StartSource(ingest_pb2.StartSourceRequest(spec=spec), timeout=10)
     assert started.source.state == ingest_pb2.SOURCE_STATE_RUNNING
@@ -70,11 +75,8 @@ async def run_to_end(stub: ingest_pb2_grpc.IngestServiceStub, spec: ingest_pb2.S
         last[:] = [await source_status(stub, source_id)]
         return last[0].state != ingest_pb2.SOURCE_STATE_RUNNING and last[0].frames_published == last[0].frames_read
 
-    for _ in range(600):
-        if await finished():
-            return last[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"source did not finish: {last}")
+    await eventually_async(finished, what=f"source {source_id} to finish", timeout_s=60, detail=lambda: last)
+    return last[0]
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> None:
@@ -135,7 +137,14 @@ async def test_mjpeg_stream_keeps_the_latest_frame_and_counts_drops(
         )
         started = await stub.StartSource(ingest_pb2.StartSourceRequest(spec=spec), timeout=10)
         source_id = started.source.source_id
-        await asyncio.sleep(4.5)
+
+        async def published_some_and_dropped_stale_frames() -> bool:
+            status = await source_status(stub, source_id)
+            return status.frames_published >= 3 and status.frames_dropped > 0
+
+        await eventually_async(
+            published_some_and_dropped_stale_frames, what="3 frames published and stale ones dropped", timeout_s=30
+        )
         stopped = await stub.StopSource(ingest_pb2.StopSourceRequest(source_id=source_id), timeout=15)
         sent_log = list(camera.sent)
     status = stopped.source
@@ -196,10 +205,9 @@ async def test_image_folder_passes_files_through_and_loops(
     )
     started = await stub.StartSource(ingest_pb2.StartSourceRequest(spec=spec), timeout=10)
     source_id = started.source.source_id
-    for _ in range(100):
-        if (await source_status(stub, source_id)).frames_published >= 3:
-            break
-        await asyncio.sleep(0.1)
+    await eventually_async(
+        lambda: published_at_least(stub, source_id, 3), what="3 frames of the looping folder", timeout_s=10
+    )
     stopped = await stub.StopSource(ingest_pb2.StopSourceRequest(source_id=source_id), timeout=10)
     assert stopped.source.state == ingest_pb2.SOURCE_STATE_STOPPED and stopped.source.frames_published >= 3
     looped = await read_topic(kafka_bootstrap, topic, lambda f: f.camera_id == "cam-loop", lambda got: len(got) >= 3)
@@ -321,10 +329,11 @@ async def test_sigterm_stops_sources_then_flushes(kafka_bootstrap: str, shared_d
                 kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri=str(folder), camera_id="c", loop=True
             )
             started = await stub.StartSource(ingest_pb2.StartSourceRequest(spec=spec), timeout=10)
-            for _ in range(100):
-                if (await source_status(stub, started.source.source_id)).frames_published >= 10:
-                    break
-                await asyncio.sleep(0.1)
+            await eventually_async(
+                lambda: published_at_least(stub, started.source.source_id, 10),
+                what="10 frames of the looping folder",
+                timeout_s=10,
+            )
         daemon.terminate()
         assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 0
     log = daemon.log()
@@ -335,5 +344,5 @@ async def test_sigterm_stops_sources_then_flushes(kafka_bootstrap: str, shared_d
     assert "not acknowledged before shutdown" not in log
     # What the source read before it stopped was flushed to the broker.
     read = int(log.split(f"source {started.source.source_id} stopped after ")[1].split(" ")[0])
-    frames = await read_topic(kafka_bootstrap, topic, lambda f: f.camera_id == "c", quiet_s=2.0)
+    frames = await read_topic(kafka_bootstrap, topic, lambda f: f.camera_id == "c")
     assert len(frames) == read

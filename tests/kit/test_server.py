@@ -17,11 +17,13 @@ from kit.clients import insecure_channel
 from kit.errors import InvalidArgument, ResourceExhausted
 from kit.metrics import Metrics
 from kit.server import Server
+from tests.support import eventually_async
 
 
 class Servicer(detector_pb2_grpc.DetectorServiceServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.slow_started = asyncio.Event()
 
     async def Detect(self, request: detector_pb2.DetectRequest, context: Any) -> detector_pb2.DetectResponse:
         if request.request_id == "bad":
@@ -31,6 +33,7 @@ class Servicer(detector_pb2_grpc.DetectorServiceServicer):
         if request.request_id == "crash":
             raise ZeroDivisionError("boom")
         if request.request_id == "slow":
+            self.slow_started.set()
             await self.release.wait()
         return detector_pb2.DetectResponse(request_id=request.request_id)
 
@@ -115,9 +118,22 @@ async def test_stop_reports_not_serving_and_drains_in_flight(running: tuple[Serv
     async with insecure_channel(server.address) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
         in_flight = asyncio.ensure_future(stub.Detect(detector_pb2.DetectRequest(request_id="slow")))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(servicer.slow_started.wait(), timeout=10)
+        health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await health.read()).status == health_pb2.HealthCheckResponse.SERVING
         stopping = asyncio.ensure_future(server.stop(5.0))
-        await asyncio.sleep(0.2)
+        assert (await health.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health.cancel()
+
+        async def refuses_new_calls() -> bool:
+            try:
+                await stub.Detect(detector_pb2.DetectRequest(request_id="late"), timeout=1)
+            except grpc.aio.AioRpcError as refused:
+                return refused.code() == grpc.StatusCode.UNAVAILABLE
+            return False
+
+        await eventually_async(refuses_new_calls, what="the stopping server to refuse new calls", timeout_s=10)
+        assert not in_flight.done()
         servicer.release.set()
         reply = await in_flight
         assert reply.request_id == "slow"

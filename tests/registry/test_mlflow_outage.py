@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,6 +14,7 @@ from carmesh.v1 import registry_pb2_grpc
 from kit.clients import insecure_channel
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import Gateway, TcpProxy, gateway_args, import_messages, next_version, yolov8_file
+from tests.support import eventually_async
 
 
 @pytest.fixture
@@ -23,14 +23,6 @@ def proxy(mlflow_uri: str) -> Iterator[TcpProxy]:
     forwarder = TcpProxy(target.hostname or "127.0.0.1", target.port or 80)
     yield forwarder
     forwarder.close()
-
-
-async def wait_for_log(daemon: DaemonProcess, fragment: str) -> None:
-    for _ in range(600):
-        if fragment in daemon.log():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{fragment!r} never appeared in the log:\n{daemon.log()[-3000:]}")
 
 
 async def test_watch_survives_an_mlflow_outage(
@@ -58,7 +50,12 @@ async def test_watch_survives_an_mlflow_outage(
                         await stub.ListModels(pb.ListModelsRequest())
                     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert f"MLflow at http://127.0.0.1:{proxy.port} is unreachable" in (failed.value.details() or "")
-                    await wait_for_log(behind, f"cannot poll alias {model_name}@live")
+                    await eventually_async(
+                        lambda: f"cannot poll alias {model_name}@live" in behind.log(),
+                        what="the failed MLflow poll in the watching gateway's log",
+                        timeout_s=60,
+                        detail=lambda: behind.log()[-3000:],
+                    )
 
                     # Promoted while the watching gateway cannot see MLflow.
                     await direct.SetAlias(pb.SetAliasRequest(name=model_name, alias="live", version="2"))

@@ -28,6 +28,7 @@ from tests.registry.support import (
     yolov8_file,
     yolox_file,
 )
+from tests.support import eventually_async
 
 Stub = registry_pb2_grpc.RegistryServiceStub
 
@@ -239,21 +240,17 @@ async def test_metrics_count_imports_downloads_alias_moves_and_mlflow_calls(
     assert added("carmesh_registry_mlflow_seconds_count", operation="register_files") >= 2
 
 
-async def wait_for_metric(gateway: Gateway, name: str, value: float) -> None:
-    for _ in range(300):
-        if gateway.metric(name) == value:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name} never became {value}; it is {gateway.metric(name)}")
-
-
 async def test_watch_alias_two_watchers_share_one_poller(
     stub: Stub, gateway: Gateway, model_name: str, tmp_path: Path
 ) -> None:
     for score in (0.5, 0.6):
         await import_bytes(stub, yolov8_file(tmp_path / f"{score}.onnx", score=score).read_bytes(), model_name)
     await stub.SetAlias(pb.SetAliasRequest(name=model_name, alias="live", version="1"))
-    await wait_for_metric(gateway, "carmesh_registry_watched_aliases", 0)
+    await eventually_async(
+        lambda: gateway.metric("carmesh_registry_watched_aliases") == 0,
+        what="no watched aliases",
+        detail=lambda: f"carmesh_registry_watched_aliases is {gateway.metric('carmesh_registry_watched_aliases')}",
+    )
 
     watchers = [stub.WatchAlias(pb.WatchAliasRequest(name=model_name, alias="live")) for _ in range(2)]
     try:
@@ -273,7 +270,11 @@ async def test_watch_alias_two_watchers_share_one_poller(
         for watcher in watchers:
             watcher.cancel()
     # Nobody watches any more: the key stops being polled.
-    await wait_for_metric(gateway, "carmesh_registry_watched_aliases", 0)
+    await eventually_async(
+        lambda: gateway.metric("carmesh_registry_watched_aliases") == 0,
+        what="no watched aliases",
+        detail=lambda: f"carmesh_registry_watched_aliases is {gateway.metric('carmesh_registry_watched_aliases')}",
+    )
 
 
 async def test_watch_unset_alias_then_set(stub: Stub, model_name: str, tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     def on_progress(p: Progress) -> None:
         if p.epoch_metrics is None:
             steps.append(p.step)
-            time.sleep(delay_s)  # slows the run so a test can kill it between checkpoints
+            time.sleep(delay_s)  # sleep is the test: slows the run so a test can kill it between checkpoints
         else:
             with progress_file.open("a") as f:
                 f.write(f"epoch {int(p.epoch_metrics['epoch'])}\n")

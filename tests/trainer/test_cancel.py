@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ from carmesh.v1 import common_pb2, feature_pb2, feature_pb2_grpc, training_pb2, 
 from kit.kafka import ensure_topics
 from tests.feature_service.support import daemon_args, fetchval, fresh_database, produce_frames
 from tests.helpers import DaemonProcess, free_port
+from tests.support import eventually
 from trainer.phases import HOLD_ENV, JobPhase
 from trainer.synthetic import write_dataset
 
@@ -95,12 +95,8 @@ def request(dataset: str, phase: JobPhase) -> training_pb2.StartTrainingRequest:
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
-    """Waits until ``check()`` holds (i15-tests' ``tests.support.eventually`` does the same once merged)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s: {what()}")
-        time.sleep(0.1)  # the poll interval of a condition wait, not a wait in itself
+    """Waits until ``check()`` holds; ``what()`` (the job's state) goes into a timeout's message."""
+    eventually(check, what="the job's condition", timeout_s=timeout_s, detail=what)
 
 
 def _frame(dataset: str, index: int, split: int) -> common_pb2.Frame:
@@ -141,7 +137,7 @@ def snapshot(
             kafka_bootstrap=kafka_bootstrap,
             blob_dir=tmp_path_factory.mktemp("blobs"),
         )
-        with DaemonProcess("feature_service", args, free_port()) as features:
+        with DaemonProcess("feature_service", args) as features:
             splits = [common_pb2.SPLIT_TRAIN] * (SNAPSHOT_FRAMES - 2) + [common_pb2.SPLIT_VAL] * 2
             frames = [_frame(dataset, i, split) for i, split in enumerate(splits)]
             asyncio.run(produce_frames(kafka_bootstrap, frames))
@@ -183,7 +179,7 @@ def stack(mlflow_uri: str, snapshot: tuple[str, str], tmp_path_factory: pytest.T
         "--stop-grace-s",
         "10",
     ]
-    with DaemonProcess("trainer", args, free_port(), env={HOLD_ENV: str(hold)}, timeout_s=60) as daemon:
+    with DaemonProcess("trainer", args, env={HOLD_ENV: str(hold)}, timeout_s=60) as daemon:
         stack = Stack(daemon, root / "work", data, snapshot_name, mlflow_uri, {})
         with grpc.insecure_channel(daemon.address) as channel:
             for phase in WORKER_PHASES:

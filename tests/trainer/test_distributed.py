@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.support import eventually
 from tests.trainer.synthetic import make_kitti
 
 
@@ -35,7 +36,7 @@ def _start(data: Path, ck: Path, outs: list[Path], epochs: int, delay_s: float) 
     return procs
 
 
-def _wait(procs: list[subprocess.Popen[bytes]], outs: list[Path], timeout_s: float) -> list[dict[str, object]]:
+def _results(procs: list[subprocess.Popen[bytes]], outs: list[Path], timeout_s: float) -> list[dict[str, object]]:
     deadline = time.monotonic() + timeout_s
     try:
         for proc, out in zip(procs, outs, strict=True):
@@ -53,7 +54,7 @@ def _wait(procs: list[subprocess.Popen[bytes]], outs: list[Path], timeout_s: flo
 def test_two_workers_train_to_identical_weights(tmp_path: Path) -> None:
     data = make_kitti(tmp_path / "ds", n_train=6, n_val=1)
     outs = [tmp_path / "w0.json", tmp_path / "w1.json"]
-    results = _wait(_start(data, tmp_path / "ck", outs, epochs=2, delay_s=0.0), outs, timeout_s=360)
+    results = _results(_start(data, tmp_path / "ck", outs, epochs=2, delay_s=0.0), outs, timeout_s=360)
     assert [r["chief"] for r in results] == [True, False]
     assert all(r["replicas"] == 2 and r["epochs_completed"] == 2 and r["last_step"] == 6 for r in results)
     assert results[0]["digest"] == results[1]["digest"]
@@ -68,12 +69,15 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     outs = [tmp_path / "w0.json", tmp_path / "w1.json"]
     procs = _start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.5)
     progress = outs[0].with_suffix(".progress")
-    deadline = time.monotonic() + 280
+
+    def chief_finished_epoch_1() -> bool:
+        # A worker that already exited will not get there: fail at once, with its log.
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(outs[0].with_suffix(".log").read_text()[-3000:])
+        return progress.exists() and "epoch 1" in progress.read_text()
+
     try:
-        while time.monotonic() < deadline and not (progress.exists() and "epoch 1" in progress.read_text()):
-            assert all(p.poll() is None for p in procs), outs[0].with_suffix(".log").read_text()[-3000:]
-            time.sleep(0.2)
-        assert "epoch 1" in progress.read_text()
+        eventually(chief_finished_epoch_1, what="the chief to finish epoch 1", timeout_s=280)
         procs[1].kill()  # the non-chief dies mid-run; the chief then blocks in its next all-reduce
         procs[1].wait()
     finally:
@@ -83,7 +87,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
                 proc.wait()
     done = sum(line.startswith("epoch") for line in progress.read_text().splitlines())
     assert 1 <= done < 4
-    results = _wait(_start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.0), outs, timeout_s=280)
+    results = _results(_start(data, tmp_path / "ck", outs, epochs=4, delay_s=0.0), outs, timeout_s=280)
     # 3 steps per epoch: training continues after the last finished epoch instead of from step 1.
     assert all(r["first_step"] == done * 3 + 1 and r["epochs_completed"] == 4 for r in results)
     assert results[0]["digest"] == results[1]["digest"]

@@ -24,10 +24,11 @@ import pytest
 import yaml
 
 from carmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
-from tests.cli.test_cli_e2e import carmesh, constant_model
+from tests.cli.support import carmesh, constant_model
 from tests.gateway.support import ADMIN_KEY, keys_file_text, run_gateway
 from tests.helpers import DaemonProcess, free_port
 from tests.registry.support import gateway_args
+from tests.support import eventually
 from trainer.data import load_folder
 from trainer.synthetic import write_dataset
 from trainer_worker.augment import frame_scale
@@ -131,16 +132,18 @@ def cli(trainer: Trainer, *args: str, timeout_s: float = 120) -> subprocess.Comp
     return carmesh(*args, gateway=trainer.gateway.address, api_key=ADMIN_KEY, timeout_s=timeout_s)
 
 
+def get_job(stub: training_pb2_grpc.TrainingServiceStub, job_id: str) -> training_pb2.TrainingJob:
+    return stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id), timeout=10).job
+
+
 def wait_done(
     stub: training_pb2_grpc.TrainingServiceStub, job_id: str, timeout_s: float = 600
 ) -> training_pb2.TrainingJob:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id), timeout=10).job
-        if job.state in DONE:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s:.0f}s")
+    def finished() -> training_pb2.TrainingJob | None:
+        job = get_job(stub, job_id)
+        return job if job.state in DONE else None
+
+    return eventually(finished, what=f"job {job_id} to finish", timeout_s=timeout_s, interval_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -435,10 +438,13 @@ def test_cancel_stops_the_workers_and_registers_nothing(trainer: Trainer) -> Non
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
         job = stub.StartTraining(tiny_request(trainer, epochs=50), timeout=30).job
-        deadline = time.monotonic() + 300
-        while stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.step == 0:
-            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
-            time.sleep(0.5)
+        eventually(
+            lambda: get_job(stub, job.job_id).step > 0,
+            what=f"job {job.job_id} to take a step",
+            timeout_s=300,
+            interval_s=0.2,
+            detail=lambda: _logs(trainer, job.job_id),
+        )
         cancelled = cli(trainer, "jobs", "cancel", job.job_id, "--timeout", "60")
         assert cancelled.returncode == 0, cancelled.stderr
         assert cancelled.stdout.startswith(f"{job.job_id}: "), cancelled.stdout
@@ -459,10 +465,13 @@ def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(trainer: Trai
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
         job = stub.StartTraining(tiny_request(trainer, epochs=3, workers=2), timeout=30).job
-        deadline = time.monotonic() + 400
-        while not stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.history:
-            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
-            time.sleep(0.5)
+        eventually(
+            lambda: get_job(stub, job.job_id).history,
+            what=f"job {job.job_id} to finish an epoch",
+            timeout_s=400,
+            interval_s=0.2,
+            detail=lambda: _logs(trainer, job.job_id),
+        )
         pids = _worker_pids(job.job_id)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
@@ -481,10 +490,13 @@ def test_a_job_resumes_when_the_trainer_restarts(trainer: Trainer, stop_signal: 
     with trainer.channel() as channel:
         stub = trainer.stub(channel)
         job = stub.StartTraining(tiny_request(trainer, epochs=3), timeout=30).job
-        deadline = time.monotonic() + 400
-        while not stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10).job.history:
-            assert time.monotonic() < deadline, _logs(trainer, job.job_id)
-            time.sleep(0.5)
+        eventually(
+            lambda: get_job(stub, job.job_id).history,
+            what=f"job {job.job_id} to finish an epoch",
+            timeout_s=400,
+            interval_s=0.2,
+            detail=lambda: _logs(trainer, job.job_id),
+        )
     state = json.loads((job_dir / job.job_id / "state.json").read_text())
     if stop_signal == signal.SIGTERM:
         # The daemon stops the workers after their current step (they checkpoint) and exits.
