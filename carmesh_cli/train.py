@@ -248,7 +248,7 @@ def _print_job(job: training_pb2.TrainingJob, as_json: bool, stdout: TextIO) -> 
     if as_json:
         print_json(job, stdout)
         return
-    print(f"job       {job.job_id}  {_state(job)}  ({job.phase})", file=stdout)
+    print(f"job       {job.job_id}  {_state(job)}  ({phase_line(job)})", file=stdout)
     print(f"dataset   {job.dataset or job.request.dataset}", file=stdout)
     print(f"progress  epoch {job.epoch}, step {job.step}/{job.total_steps}", file=stdout)
     if job.mlflow_run_id:
@@ -267,6 +267,13 @@ def _print_job(job: training_pb2.TrainingJob, as_json: bool, stdout: TextIO) -> 
 
 def _exit_of(job: training_pb2.TrainingJob) -> int:
     return EXIT_RPC_FAILED if job.state in (training_pb2.TRAINING_STATE_FAILED,) else EXIT_OK
+
+
+def phase_line(job: training_pb2.TrainingJob) -> str:
+    """The phase, with the download's progress while the job fetches its data set."""
+    if job.total_frames and job.fetched_frames < job.total_frames:
+        return f"{job.phase} ({job.fetched_frames}/{job.total_frames} frames)"
+    return job.phase
 
 
 def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr: TextIO) -> int:
@@ -297,10 +304,8 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
                     # the recipe's training-time budget, and total_steps is only a cap.
                     fraction = job.progress or (job.step / job.total_steps if job.total_steps else 0.0)
                     total = f"step {job.step}/{job.total_steps}" if job.request.config.epochs else f"step {job.step}"
-                line = (
-                    f"{job.job_id} {_state(job)} {job.phase}: epoch {job.epoch} {total} ({fraction:4.0%}) "
-                    f"{time.monotonic() - started:6.0f}s"
-                )
+                line = f"{job.job_id} {_state(job)} {phase_line(job)}: epoch {job.epoch} {total} ({fraction:4.0%}) "
+                line += f"{time.monotonic() - started:6.0f}s"
                 if live:
                     stderr.write("\r" + line[:160])
                     stderr.flush()

@@ -53,6 +53,8 @@ def job_message(job: JobRecord) -> training_pb2.TrainingJob:
         phase=job.phase.value,
         steps_per_s=job.steps_per_s,
         progress=job.progress,
+        fetched_frames=job.fetched_frames,
+        total_frames=job.total_frames,
     )
     json_format.ParseDict(job.request, msg.request, ignore_unknown_fields=True)
     for entry in job.history:

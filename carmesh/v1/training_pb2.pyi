@@ -84,7 +84,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("job_id", "state", "request", "epoch", "step", "total_steps", "history", "mlflow_run_id", "registered", "error", "started_at", "finished_at", "dataset", "final_metrics", "phase", "steps_per_s", "progress")
+    __slots__ = ("job_id", "state", "request", "epoch", "step", "total_steps", "history", "mlflow_run_id", "registered", "error", "started_at", "finished_at", "dataset", "final_metrics", "phase", "steps_per_s", "progress", "fetched_frames", "total_frames")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,8 @@ class TrainingJob(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FRAMES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: TrainingState
     request: StartTrainingRequest
@@ -126,7 +128,9 @@ class TrainingJob(_message.Message):
     phase: str
     steps_per_s: float
     progress: float
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[TrainingState, str]] = ..., request: _Optional[_Union[StartTrainingRequest, _Mapping]] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., mlflow_run_id: _Optional[str] = ..., registered: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., phase: _Optional[str] = ..., steps_per_s: _Optional[float] = ..., progress: _Optional[float] = ...) -> None: ...
+    fetched_frames: int
+    total_frames: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[TrainingState, str]] = ..., request: _Optional[_Union[StartTrainingRequest, _Mapping]] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., mlflow_run_id: _Optional[str] = ..., registered: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., phase: _Optional[str] = ..., steps_per_s: _Optional[float] = ..., progress: _Optional[float] = ..., fetched_frames: _Optional[int] = ..., total_frames: _Optional[int] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("job",)
