@@ -17,7 +17,7 @@ from registry_gateway.metrics import RegistryMetrics
 from registry_gateway.mlflow_store import MlflowStore
 from registry_gateway.registry import Registry
 from registry_gateway.server import RegistryServicer
-from registry_gateway.watch import AliasWatcher
+from registry_gateway.watch import AliasWatcher, WatchLimits
 
 log = logging.getLogger("registry_gateway")
 
@@ -57,10 +57,16 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     registry = Registry(
         store, cache, max_import_bytes=cfg.max_import_bytes, triton_max_batch_size=cfg.triton_max_batch_size
     )
-    watcher = AliasWatcher(store.alias_target, store.get_version, cfg.poll_interval_s)
+    watcher = AliasWatcher(
+        store.model_aliases,
+        store.get_version,
+        cfg.poll_interval_s,
+        WatchLimits(max_streams=cfg.watch_max_streams, max_aliases=cfg.watch_max_aliases),
+        on_poll=metrics.watch_polls.inc,
+    )
     watcher.start()
     ctx.on_close(watcher.close)
-    metrics.watch_count(lambda: len(watcher.watched_keys))
+    metrics.watch_count(lambda: len(watcher.watched_keys), lambda: watcher.stream_count)
     # Serving does not wait for MLflow: each RPC answers UNAVAILABLE while MLflow is down.
     ctx.background(_report_mlflow(store), name="mlflow-check")
 

@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     mlflow_backoff_factor: int = Field(1, ge=0, le=60, description="MLflow retry backoff factor in seconds")
     mlflow_request_timeout_s: int = Field(60, ge=1, le=3600, description="timeout of one MLflow HTTP request")
     poll_interval_s: float = Field(1.0, gt=0, le=3600, description="how often WatchAlias polls MLflow per alias")
+    # Limits of WatchAlias (docs/security.md, section 6): polls are per model, so these bound MLflow load too.
+    watch_max_streams: int = Field(
+        1000, ge=1, description="WatchAlias streams served at once (more: RESOURCE_EXHAUSTED)"
+    )
+    watch_max_aliases: int = Field(
+        256, ge=1, description="distinct (model, alias) pairs watched at once (more: RESOURCE_EXHAUSTED)"
+    )
     download_chunk_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024, description="default chunk size")
     cache_dir: Path = Field(Path(".run/registry-cache"), description="local ONNX cache, files named by sha256")
     max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest ONNX file ImportModel accepts")

@@ -52,10 +52,22 @@ class RegistryMetrics:
             registry=registry,
         )
 
+        self.watch_polls = Counter(
+            "carmesh_registry_watch_polls_total",
+            "Rounds of the shared alias poller (each reads every watched model from MLflow once)",
+            registry=registry,
+        )
+        self._watch_streams = Gauge(
+            "carmesh_registry_watch_streams",
+            "Open WatchAlias streams",
+            registry=registry,
+        )
+
     def observe_mlflow(self, operation: str, outcome: str, seconds: float) -> None:
         self.mlflow_calls.labels(operation, outcome).inc()
         self.mlflow_seconds.labels(operation).observe(seconds)
 
-    def watch_count(self, count: Callable[[], int]) -> None:
-        """Reads the number of watched aliases at each scrape."""
+    def watch_count(self, count: Callable[[], int], streams: Callable[[], int]) -> None:
+        """Reads the number of watched aliases and open watch streams at each scrape."""
         self._watched_aliases.set_function(lambda: float(count()))
+        self._watch_streams.set_function(lambda: float(streams()))

@@ -99,9 +99,10 @@ class MlflowStore:
     async def get_by_alias(self, name: str, alias: str) -> ModelVersionInfo:
         return await self._run(self._get_by_alias, name, alias)
 
-    async def alias_target(self, name: str, alias: str) -> str | None:
-        """The version ``alias`` points at, or None when unset; NotFound when the model is unknown."""
-        return await self._run(self._alias_target, name, alias)
+    async def model_aliases(self, name: str) -> dict[str, str]:
+        """Every alias of model ``name`` and the version it points at (one MLflow call); NotFound
+        when the model is unknown."""
+        return await self._run(self._model_aliases, name)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -125,9 +126,8 @@ class MlflowStore:
     def _ping(self) -> None:
         self._client.search_registered_models(max_results=1)
 
-    def _alias_target(self, name: str, alias: str) -> str | None:
-        aliases: dict[str, str] = self._registered(name).aliases
-        return aliases.get(alias)
+    def _model_aliases(self, name: str) -> dict[str, str]:
+        return dict(self._registered(name).aliases)
 
     def _model_names(self) -> list[str]:
         return sorted(m.name for m in self._all_models())

@@ -1,7 +1,15 @@
 """One shared poll loop that watches MLflow aliases for every WatchAlias stream.
 
-Streams subscribe to a (model, alias) key; the loop polls each key with subscribers once per
-interval and fans changes out to the subscribers' queues. A key nobody watches is dropped.
+Streams subscribe to a (model, alias) key. The loop reads each watched *model* once per interval
+(one MLflow call returns all of its aliases) and fans changes out to the subscribers' queues, so
+any number of streams on any number of aliases of one model cost one MLflow call per interval.
+A key nobody watches is dropped, and a model without watched keys is no longer polled.
+
+Limits (issue 16, hole 6): a watch on a model MLflow does not know is refused with NOT_FOUND
+before it subscribes (random names cost no polls); at most ``max_streams`` streams and
+``max_aliases`` distinct (model, alias) keys are watched at once, beyond which a watch is
+refused with RESOURCE_EXHAUSTED and a RetryInfo hint.
+
 While MLflow is unreachable the loop logs and keeps retrying; streams stay open.
 """
 
@@ -14,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from kit.errors import DomainError, NotFound
+from kit.errors import DomainError, NotFound, ResourceExhausted
 from registry_gateway.schema import ModelVersionInfo
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,20 @@ Update = ModelVersionInfo | None
 _CLOSED = object()
 # A slow stream keeps only the newest few updates: watchers need the current state, not every step.
 _QUEUE_SIZE = 8
+# When a full watcher is worth asking again: streams come and go on the scale of seconds.
+RETRY_AFTER_S = 5.0
+
+
+class WatchesExhausted(ResourceExhausted):
+    """The registry watches as many streams or aliases as it is configured to."""
+
+    reason = "TOO_MANY_WATCHES"
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    max_streams: int = 1000
+    max_aliases: int = 256
 
 
 @dataclass(eq=False)
@@ -41,25 +63,35 @@ class Subscription:
 
 
 @dataclass(eq=False)
-class _KeyState:
+class _AliasState:
     subscribers: set[Subscription] = field(default_factory=set)
     known: bool = False
     version: str | None = None
     info: Update = None
+
+
+@dataclass(eq=False)
+class _ModelState:
+    aliases: dict[str, _AliasState] = field(default_factory=dict)
     failing_since: float | None = None
 
 
 class AliasWatcher:
     def __init__(
         self,
-        alias_target: Callable[[str, str], Awaitable[str | None]],
+        model_aliases: Callable[[str], Awaitable[dict[str, str]]],
         get_version: Callable[[str, str], Awaitable[ModelVersionInfo]],
         poll_interval_s: float,
+        limits: WatchLimits | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
-        self._alias_target = alias_target
+        self._model_aliases = model_aliases
         self._get_version = get_version
         self._interval_s = poll_interval_s
-        self._keys: dict[Key, _KeyState] = {}
+        self._limits = limits or WatchLimits()
+        self._on_poll = on_poll
+        self._models: dict[str, _ModelState] = {}
+        self._streams = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -67,7 +99,11 @@ class AliasWatcher:
 
     @property
     def watched_keys(self) -> list[Key]:
-        return list(self._keys)
+        return [(name, alias) for name, model in self._models.items() for alias in model.aliases]
+
+    @property
+    def stream_count(self) -> int:
+        return self._streams
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="alias-watcher")
@@ -77,21 +113,60 @@ class AliasWatcher:
         if self._closed:
             return
         self._closed = True
-        for state in self._keys.values():
-            for sub in state.subscribers:
-                sub.put(_CLOSED)
+        for model in self._models.values():
+            for state in model.aliases.values():
+                for sub in state.subscribers:
+                    sub.put(_CLOSED)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _check_room(self, name: str, alias: str) -> None:
+        limits = self._limits
+        if self._streams >= limits.max_streams:
+            raise WatchesExhausted(
+                f"the registry already serves {self._streams} WatchAlias streams, its limit "
+                f"(watch_max_streams); retry in {RETRY_AFTER_S:g}s",
+                retry_after_s=RETRY_AFTER_S,
+                metadata={"limit": "watch_max_streams", "max": limits.max_streams},
+            )
+        model = self._models.get(name)
+        if model is None or alias not in model.aliases:
+            watched = sum(len(m.aliases) for m in self._models.values())
+            if watched >= limits.max_aliases:
+                raise WatchesExhausted(
+                    f"the registry already watches {watched} (model, alias) pairs, its limit "
+                    f"(watch_max_aliases); watch an alias someone watches already, or retry in {RETRY_AFTER_S:g}s",
+                    retry_after_s=RETRY_AFTER_S,
+                    metadata={"limit": "watch_max_aliases", "max": limits.max_aliases},
+                )
+
+    async def _check_model(self, name: str) -> None:
+        """Refuses a model MLflow does not know before anything is polled for it. When MLflow does
+        not answer, the watch goes on: the loop retries, and its first answer decides."""
+        try:
+            await self._model_aliases(name)
+        except NotFound:
+            raise
+        except DomainError as exc:
+            log.debug("cannot check model %s before watching it: %s", name, exc)
+
     async def watch(self, name: str, alias: str) -> AsyncIterator[Update]:
         """Yields the alias's current version at once, then each new one (None: unset)."""
         if self._closed:
             return
+        self._check_room(name, alias)
+        if name not in self._models:
+            await self._check_model(name)
+            if self._closed:
+                return
+            self._check_room(name, alias)  # others may have taken the room while MLflow answered
         sub = Subscription((name, alias))
-        state = self._keys.setdefault(sub.key, _KeyState())
+        model = self._models.setdefault(name, _ModelState())
+        state = model.aliases.setdefault(alias, _AliasState())
         state.subscribers.add(sub)
+        self._streams += 1
         self._wake.set()
         try:
             while True:
@@ -102,58 +177,82 @@ class AliasWatcher:
                     raise item
                 yield item  # type: ignore[misc]
         finally:
+            self._streams -= 1
             state.subscribers.discard(sub)
-            if not state.subscribers and self._keys.get(sub.key) is state:
-                del self._keys[sub.key]
+            if not state.subscribers and model.aliases.get(alias) is state:
+                del model.aliases[alias]
+            if not model.aliases and self._models.get(name) is model:
+                del self._models[name]
 
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            if self._keys:
+            if self._models:
                 self.polls += 1
-                keys = list(self._keys.items())
-                await asyncio.gather(*(self._poll(key, state) for key, state in keys))
-            if self._keys:
+                if self._on_poll is not None:
+                    self._on_poll()
+                models = list(self._models.items())
+                await asyncio.gather(*(self._poll(name, model) for name, model in models))
+            if self._models:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
             else:
                 await self._wake.wait()
 
-    async def _poll(self, key: Key, state: _KeyState) -> None:
-        name, alias = key
+    async def _poll(self, name: str, model: _ModelState) -> None:
+        gone: NotFound | None = None
+        aliases: dict[str, str] = {}
         try:
-            version = await self._alias_target(name, alias)
-            changed = not state.known or version != state.version
-            info = state.info
-            if changed:
-                info = await self._get_version(name, version) if version is not None else None
+            aliases = await self._model_aliases(name)
         except NotFound as exc:
-            # The model does not exist (yet or any more): to a watcher that is an unset alias,
-            # except for a first value, which fails the stream with the reason.
-            if not state.known:
-                for sub in list(state.subscribers):
-                    sub.put(exc)
-                    state.subscribers.discard(sub)
-                return
-            version, info, changed = None, None, state.version is not None
+            gone = exc
         except DomainError as exc:
-            self._failing(key, state, exc)
+            self._failing(name, model, exc)
             return
         except Exception:
-            log.exception("polling alias %s@%s failed", name, alias)
+            log.exception("polling the aliases of %s failed", name)
             return
-        if state.failing_since is not None:
-            log.info("alias %s@%s readable again after %.0fs", name, alias, time.monotonic() - state.failing_since)
-            state.failing_since = None
+        infos: dict[str, ModelVersionInfo] = {}  # this round's versions, shared by aliases on one
+        for alias, state in list(model.aliases.items()):
+            missing = gone
+            version = None if gone else aliases.get(alias)
+            info = state.info
+            try:
+                if (not state.known or version != state.version) and version is not None:
+                    if version not in infos:
+                        infos[version] = await self._get_version(name, version)
+                    info = infos[version]
+            except NotFound as exc:
+                missing, version, info = exc, None, None
+            except DomainError as exc:
+                self._failing(name, model, exc)
+                return
+            except Exception:
+                log.exception("reading %s version %s failed", name, version)
+                return
+            if missing is not None and not state.known:
+                # The model does not exist (any more): to a watcher that is an unset alias, except
+                # for a first value, which fails the stream with the reason.
+                for sub in list(state.subscribers):
+                    sub.put(missing)
+                    state.subscribers.discard(sub)
+                continue
+            self._publish(state, version, info, changed=not state.known or version != state.version)
+        if model.failing_since is not None:
+            log.info("model %s readable again after %.0fs", name, time.monotonic() - model.failing_since)
+            model.failing_since = None
+
+    @staticmethod
+    def _publish(state: _AliasState, version: str | None, info: Update, changed: bool) -> None:
         state.known, state.version, state.info = True, version, info
         for sub in list(state.subscribers):
             if changed or sub.needs_current:
                 sub.needs_current = False
                 sub.put(info)
 
-    def _failing(self, key: Key, state: _KeyState, exc: DomainError) -> None:
-        if state.failing_since is None:
-            state.failing_since = time.monotonic()
-            log.warning("cannot poll alias %s@%s; retrying every %.1fs: %s", *key, self._interval_s, exc)
+    def _failing(self, name: str, model: _ModelState, exc: DomainError) -> None:
+        if model.failing_since is None:
+            model.failing_since = time.monotonic()
+            log.warning("cannot poll the aliases of %s; retrying every %.1fs: %s", name, self._interval_s, exc)
         else:
-            log.debug("alias %s@%s still unreadable: %s", *key, exc)
+            log.debug("aliases of %s still unreadable: %s", name, exc)

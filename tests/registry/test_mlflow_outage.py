@@ -51,7 +51,7 @@ async def test_watch_survives_an_mlflow_outage(
                     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert f"MLflow at http://127.0.0.1:{proxy.port} is unreachable" in (failed.value.details() or "")
                     await eventually_async(
-                        lambda: f"cannot poll alias {model_name}@live" in behind.log(),
+                        lambda: f"cannot poll the aliases of {model_name}" in behind.log(),
                         what="the failed MLflow poll in the watching gateway's log",
                         timeout_s=60,
                         detail=lambda: behind.log()[-3000:],
