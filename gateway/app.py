@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from gateway.auth import Authenticator, load_key_store
 from gateway.config import Settings
 from gateway.errors import ApiKeysError
+from gateway.limits import AuthBackoff, Concurrency, MessagePacer
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
@@ -68,9 +69,16 @@ async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
         await pool.start()
 
     admission = Admission(
-        Authenticator(keys, cfg.auth_required), RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst), gateway_metrics
+        Authenticator(keys, cfg.auth_required),
+        RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst),
+        gateway_metrics,
+        Concurrency(cfg.max_concurrent_calls_per_key, cfg.max_streams_per_key),
+        AuthBackoff(
+            cfg.auth_failures_before_backoff, cfg.auth_failure_window_s, cfg.auth_backoff_s, cfg.auth_backoff_max_s
+        ),
+        MessagePacer(cfg.stream_messages_per_s, cfg.stream_messages_burst),
     )
-    deadlines = DeadlinePolicy(cfg.default_deadline_s, cfg.max_deadline_s)
+    deadlines = DeadlinePolicy(cfg.default_deadline_s, cfg.max_deadline_s, cfg.max_stream_lifetime_s)
     server.server.add_generic_rpc_handlers(
         build_handlers({pool.service: pool for pool in pools}, admission, deadlines, gateway_metrics)
     )

@@ -41,8 +41,31 @@ class Settings(BaseSettings):
     rate_limit_rps: float = Field(50.0, ge=0, description="sustained calls per second per API key (0: unlimited)")
     rate_limit_burst: int = Field(100, ge=1, description="calls an API key may make at once before the rate applies")
 
+    # Limits against exhaustion (docs/security.md, section 6); 0 disables each.
+    max_concurrent_calls_per_key: int = Field(
+        64, ge=0, description="calls (streams included) one API key may have in flight (0: unlimited)"
+    )
+    max_streams_per_key: int = Field(16, ge=0, description="streaming calls one API key may have open (0: unlimited)")
+    stream_messages_per_s: float = Field(
+        500.0, ge=0, description="client-stream messages per second per API key; faster streams are slowed (0: off)"
+    )
+    stream_messages_burst: int = Field(
+        1000, ge=1, description="client-stream messages an API key may send at once before the pace applies"
+    )
+    max_stream_lifetime_s: float = Field(
+        3600.0, ge=0, description="longest a streaming-response call lives; it then ends UNAVAILABLE (0: no limit)"
+    )
+    auth_failures_before_backoff: int = Field(
+        10, ge=0, description="failed authentications from one address before it is refused unchecked (0: off)"
+    )
+    auth_failure_window_s: float = Field(
+        60.0, gt=0, description="failed authentications further apart than this start counting again"
+    )
+    auth_backoff_s: float = Field(1.0, gt=0, description="first back-off of an address; doubles with each failure")
+    auth_backoff_max_s: float = Field(300.0, gt=0, description="longest back-off of an address")
+
     # Deadlines for upstream calls. Streaming-response RPCs (watches, downloads, progress) keep
-    # the client's deadline, or none, since they are long-lived by design.
+    # the client's deadline, since they are long-lived by design, up to max_stream_lifetime_s.
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of unary-response calls whose client set none (0: none)"
     )

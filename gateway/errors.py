@@ -66,3 +66,26 @@ class UpstreamError(DomainError):
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         # The upstream's details as they came: re-encoding could drop what this gateway does not know.
         return () if self.status_details is None else ((STATUS_DETAILS_KEY, self.status_details),)
+
+
+# Limits against exhaustion (docs/security.md, section 6). Each carries a RetryInfo delay.
+
+
+class TooManyConcurrentCalls(ResourceExhausted):
+    reason = "TOO_MANY_CONCURRENT_CALLS"
+
+
+class TooManyConcurrentStreams(ResourceExhausted):
+    reason = "TOO_MANY_CONCURRENT_STREAMS"
+
+
+class TooManyFailedAuthentications(ResourceExhausted):
+    """The calling peer sent too many unknown or malformed keys; its calls are refused unchecked for a while."""
+
+    reason = "TOO_MANY_FAILED_AUTHENTICATIONS"
+
+
+class StreamLifetimeExceeded(Unavailable):
+    """A streaming-response call reached the gateway's stream lifetime; the client reconnects."""
+
+    reason = "STREAM_LIFETIME_EXCEEDED"

@@ -1,6 +1,7 @@
 """Forwarding of one gRPC method to its upstream pool, as raw bytes (nothing is re-serialised).
 
-Deadlines travel on (the client's remaining time, or the gateway's default, capped);
+Deadlines travel on (the client's remaining time, or the gateway's default, capped; streaming
+responses live at most the gateway's stream lifetime);
 request metadata travels on except hop-by-hop and credential entries; the upstream's
 status code, details, rich status details (``grpc-status-details-bin``) and metadata come
 back unchanged. When the client cancels, the
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 
 from gateway.auth import Caller
-from gateway.errors import UpstreamError, UpstreamUnreachable
+from gateway.errors import StreamLifetimeExceeded, UpstreamError, UpstreamUnreachable
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Replica, UpstreamPool
 from kit.errors import STATUS_DETAILS_KEY, DomainError
@@ -61,21 +62,33 @@ def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
 
 @dataclass(frozen=True)
 class DeadlinePolicy:
-    """Upstream deadlines. Streaming-response calls are long-lived (watches, downloads), so they
-    keep the client's deadline or none; unary-response calls get ``default_s`` when the client
-    set none, and at most ``max_s`` (0 disables either)."""
+    """Upstream deadlines. Unary-response calls get ``default_s`` when the client set none, and at
+    most ``max_s``. Streaming-response calls (watches, downloads, progress) are long-lived, so they
+    keep the client's deadline, but live at most ``stream_lifetime_s``; a stream that reaches it ends
+    with UNAVAILABLE (STREAM_LIFETIME_EXCEEDED, RetryInfo) and the client reconnects. 0 disables each."""
 
     default_s: float
     max_s: float
+    stream_lifetime_s: float = 0.0
 
     def timeout(self, remaining_s: float | None, streaming_response: bool) -> float | None:
         if streaming_response:
+            if self.lifetime_binds(remaining_s):
+                return self.stream_lifetime_s
             return remaining_s
         if remaining_s is None:
             remaining_s = self.default_s or None
         if remaining_s is not None and self.max_s:
             remaining_s = min(remaining_s, self.max_s)
         return remaining_s
+
+    def lifetime_binds(self, remaining_s: float | None) -> bool:
+        """Whether a stream with the client's ``remaining_s`` ends by the lifetime, not the client's deadline."""
+        return bool(self.stream_lifetime_s) and (remaining_s is None or remaining_s > self.stream_lifetime_s)
+
+
+# When a stream ended by its lifetime may reconnect: at once, the limit is on one stream's length.
+LIFETIME_RETRY_AFTER_S = 0.001
 
 
 class Forwarder:
@@ -175,11 +188,21 @@ class Forwarder:
     async def _relay_stream(
         self, replica: Replica, call: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        by_lifetime = self._deadlines.lifetime_binds(context.time_remaining())
         try:
             await self._relay_initial(context, call)
             async for item in call:
                 yield item
         except grpc.aio.AioRpcError as error:
+            if by_lifetime and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._record(replica, error.code())
+                lifetime_s = self._deadlines.stream_lifetime_s
+                raise StreamLifetimeExceeded(
+                    f"{self.path} ran for the gateway's stream lifetime ({lifetime_s:g}s, max_stream_lifetime_s); "
+                    "open a new stream to go on",
+                    retry_after_s=LIFETIME_RETRY_AFTER_S,
+                    metadata={"max_stream_lifetime_s": f"{lifetime_s:g}"},
+                ) from None
             raise self._failure(replica, error, context) from None
         finally:
             call.cancel()
