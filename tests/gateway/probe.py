@@ -125,12 +125,18 @@ class ProbeRegistry(registry_pb2_grpc.RegistryServiceServicer):
 
     def WatchAlias(self, request, context) -> Iterator[registry_pb2.WatchAliasResponse]:
         self._see("WatchAlias", context)
-        context.add_callback(self.watch_cancelled.set)
+        ended = threading.Event()  # this call's own: the shared one stays set once any watch ended
+
+        def on_end() -> None:
+            ended.set()
+            self.watch_cancelled.set()
+
+        context.add_callback(on_end)
         yield registry_pb2.WatchAliasResponse(version=registry_pb2.ModelVersion(name=request.name))
         self.watch_started.set()
         # Keep the stream open until the caller goes away (the callback fires then).
         while context.is_active():
-            self.watch_cancelled.wait(0.1)
+            ended.wait(0.1)
 
 
 class ProbeServer:
