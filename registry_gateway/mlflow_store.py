@@ -127,7 +127,7 @@ class MlflowStore:
         self._client.search_registered_models(max_results=1)
 
     def _model_aliases(self, name: str) -> dict[str, str]:
-        return dict(self._registered(name).aliases)
+        return dict(self._registered(name, list_known=False).aliases)
 
     def _model_names(self) -> list[str]:
         return sorted(m.name for m in self._all_models())
@@ -142,13 +142,16 @@ class MlflowStore:
             if not token:
                 return models
 
-    def _registered(self, name: str) -> Any:
+    def _registered(self, name: str, list_known: bool = True) -> Any:
         try:
             return self._client.get_registered_model(name)
         except MlflowException as exc:
             if _is(exc, "RESOURCE_DOES_NOT_EXIST"):
+                # Listing the known models costs MLflow a search: not for watches, which anyone can
+                # start with any name (docs/security.md, section 6).
+                known = f"; registered models: {_listing(self._model_names())}" if list_known else ""
                 raise NotFound(
-                    f"registered model {name!r} not found; registered models: {_listing(self._model_names())}",
+                    f"registered model {name!r} not found{known}",
                     reason="MODEL_NOT_FOUND",
                     resource=Resource("registered model", name),
                 ) from exc

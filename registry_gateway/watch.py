@@ -216,9 +216,9 @@ class AliasWatcher:
         for alias, state in list(model.aliases.items()):
             missing = gone
             version = None if gone else aliases.get(alias)
-            info = state.info
+            info = state.info if state.known and version == state.version else None
             try:
-                if (not state.known or version != state.version) and version is not None:
+                if info is None and version is not None:
                     if version not in infos:
                         infos[version] = await self._get_version(name, version)
                     info = infos[version]
