@@ -1,8 +1,8 @@
 """gRPC handlers for every method of the routed services, built from the generated descriptors.
 
 Each handler admits the call (peer back-off, API key, scope, rate limit, concurrency caps),
-then forwards its raw bytes (identity serialisers) through a :class:`~gateway.proxy.Forwarder`, so a new RPC in a
-contract is routed without code here.
+then forwards its raw bytes (identity serialisers) through a :class:`~gateway.proxy.Forwarder`,
+so a new RPC in a contract is routed without code here.
 """
 
 from __future__ import annotations
