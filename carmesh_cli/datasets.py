@@ -66,6 +66,13 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     )
     create.add_argument("--labelled-only", action="store_true", help="only frames with at least one label")
     create.add_argument(
+        "--namespace",
+        default="",
+        metavar="KEY_NAME",
+        help="frames a client with this API key name sent through IngestFrames "
+        "(default: the operator's imported data sets and sources)",
+    )
+    create.add_argument(
         "--captured-after",
         type=argtypes.timestamp,
         metavar="TIME",
@@ -145,6 +152,7 @@ def snapshot_request(args: argparse.Namespace) -> feature_pb2.CreateDatasetSnaps
             datasets=list(dict.fromkeys(args.datasets)),
             labelled_only=args.labelled_only,
             classes=list(dict.fromkeys(args.classes)),
+            dataset_namespace=args.namespace,
         ),
         val_fraction=args.val_fraction,
         seed=args.seed,
@@ -160,6 +168,7 @@ def describe_filter(f: feature_pb2.DatasetFilter) -> str:
     parts += [f"datasets {','.join(f.datasets)}"] if f.datasets else []
     parts += [f"classes {','.join(f.classes)}"] if f.classes else []
     parts += ["labelled only"] if f.labelled_only else []
+    parts += [f"namespace {f.dataset_namespace}"] if f.dataset_namespace else []
     parts += [f"after {when(f.captured_after, seconds=True)}"] if is_set(f.captured_after) else []
     parts += [f"before {when(f.captured_before, seconds=True)}"] if is_set(f.captured_before) else []
     return "; ".join(parts) or "all frames"

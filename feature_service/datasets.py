@@ -34,6 +34,7 @@ WHERE ($1::text[] IS NULL OR f.camera_id = ANY($1))
   AND (NOT $5 OR EXISTS (SELECT 1 FROM annotations a WHERE a.frame_id = f.frame_id AND NOT a.ignore))
   AND ($6::text[] IS NULL OR EXISTS (
         SELECT 1 FROM annotations a WHERE a.frame_id = f.frame_id AND NOT a.ignore AND a.class_name = ANY($6)))
+  AND f.dataset_namespace = $7
 ORDER BY f.captured_at, f.frame_id
 """
 
@@ -49,7 +50,7 @@ _SNAPSHOT_COLUMNS = (
 
 _PAGE = """
 SELECT sf.position, f.frame_id, f.camera_id, f.seq, f.captured_at, f.encoding, f.width, f.height, f.image_sha256,
-       f.source, f.dataset, f.brightness, f.contrast, f.sharpness
+       f.source, f.dataset, f.dataset_namespace, f.brightness, f.contrast, f.sharpness
 FROM snapshot_frames sf JOIN frames f USING (frame_id)
 WHERE sf.snapshot_id = $1 AND sf.split = $2 AND sf.position >= $3
 ORDER BY sf.position
@@ -71,6 +72,8 @@ class SnapshotFilter:
     captured_before: datetime | None = None
     labelled_only: bool = False
     classes: tuple[str, ...] = ()
+    # Always applied: '' (the operator's imports and sources) unless a client key's name is given.
+    dataset_namespace: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -81,6 +84,7 @@ class SnapshotFilter:
                 "captured_before": self.captured_before.isoformat() if self.captured_before else None,
                 "labelled_only": self.labelled_only,
                 "classes": list(self.classes),
+                "dataset_namespace": self.dataset_namespace,
             }
         )
 
@@ -95,6 +99,7 @@ class SnapshotFilter:
             captured_before=datetime.fromisoformat(before) if before else None,
             labelled_only=bool(data.get("labelled_only", False)),
             classes=tuple(data.get("classes", ())),
+            dataset_namespace=str(data.get("dataset_namespace", "")),
         )
 
     def describe(self) -> str:
@@ -107,6 +112,7 @@ class SnapshotFilter:
                 ("captured_before", self.captured_before.isoformat() if self.captured_before else None),
                 ("labelled_only", self.labelled_only or None),
                 ("classes", list(self.classes)),
+                ("dataset_namespace", self.dataset_namespace),
             )
             if value
         ]
@@ -192,6 +198,7 @@ def check_spec(spec: SnapshotSpec) -> SnapshotSpec:
         captured_before=before,
         labelled_only=flt.labelled_only,
         classes=_clean_list("classes", flt.classes),
+        dataset_namespace=flt.dataset_namespace.strip(),
     )
     return SnapshotSpec(spec.name, cleaned, spec.val_fraction, spec.seed, spec.keep_source_split)
 
@@ -238,6 +245,7 @@ class Datasets:
                 flt.captured_before,
                 flt.labelled_only,
                 _or_none(flt.classes),
+                flt.dataset_namespace,
             )
             if not rows:
                 raise EmptySnapshot(f"no stored frame matches the filter of snapshot {spec.name!r} ({flt.describe()})")
@@ -360,6 +368,7 @@ class Datasets:
                 split=split,
                 features=Features(r["brightness"], r["contrast"], r["sharpness"], r["width"], r["height"]),
                 annotations=tuple(annotations.get(r["frame_id"], ())),
+                dataset_namespace=r["dataset_namespace"],
             )
             for r, image in zip(rows, images, strict=True)
         ]

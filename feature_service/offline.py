@@ -14,10 +14,11 @@ from feature_service.validation import StoredFrame
 
 _INSERT_FRAMES = """
 INSERT INTO frames (frame_id, camera_id, seq, captured_at, encoding, width, height, image_sha256, image_bytes,
-                    source, dataset, split, brightness, contrast, sharpness, kafka_partition, kafka_offset)
+                    source, dataset, split, brightness, contrast, sharpness, kafka_partition, kafka_offset,
+                    dataset_namespace)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[], $6::int[], $7::int[],
                      $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::float8[],
-                     $15::float8[], $16::int[], $17::bigint[])
+                     $15::float8[], $16::int[], $17::bigint[], $18::text[])
 ON CONFLICT (frame_id) DO NOTHING
 RETURNING frame_id
 """
@@ -116,10 +117,11 @@ class OfflineStore:
                     r.frame.features.sharpness,
                     r.partition,
                     r.offset,
+                    r.frame.dataset_namespace,
                 )
                 for r in rows
             ],
-            17,
+            18,
         )
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = {rec["frame_id"] for rec in await conn.fetch(_INSERT_FRAMES, *frame_cols)}

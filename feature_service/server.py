@@ -48,6 +48,7 @@ def filter_from_proto(message: feature_pb2.DatasetFilter) -> SnapshotFilter:
         captured_before=_datetime(message, "captured_before"),
         labelled_only=message.labelled_only,
         classes=tuple(message.classes),
+        dataset_namespace=message.dataset_namespace,
     )
 
 
@@ -59,6 +60,7 @@ def filter_to_proto(flt: SnapshotFilter) -> feature_pb2.DatasetFilter:
         captured_before=_timestamp(flt.captured_before),
         labelled_only=flt.labelled_only,
         classes=list(flt.classes),
+        dataset_namespace=flt.dataset_namespace,
     )
 
 
@@ -100,6 +102,7 @@ def frame_to_proto(frame: StoredFrame) -> common_pb2.Frame:
         source=frame.source,
         dataset=frame.dataset,
         split=_SPLIT_TO_PROTO.get(frame.split, common_pb2.SPLIT_UNSPECIFIED),
+        dataset_namespace=frame.dataset_namespace,
     )
 
 

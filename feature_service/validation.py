@@ -52,6 +52,8 @@ class StoredFrame:
     split: str  # "", "train", "val" or "test", as the source gave it
     features: imaging.Features
     annotations: tuple[AnnotationRow, ...]
+    # Whose labels: '' for the operator's, else the key name of the client that sent the frame.
+    dataset_namespace: str = ""
 
     @property
     def width(self) -> int:
@@ -156,6 +158,7 @@ def validate(frame: common_pb2.Frame, record_timestamp_ms: int, limits: Limits) 
         camera_id = _text("camera_id", frame.camera_id, MAX_ID_CHARS, required=True)
         source = _text("source", frame.source, MAX_TEXT_CHARS)
         dataset = _text("dataset", frame.dataset, MAX_ID_CHARS)
+        namespace = _text("dataset_namespace", frame.dataset_namespace, MAX_ID_CHARS)
         captured_at = _captured_at(frame, record_timestamp_ms)
         annotations = _annotations(frame)
         encoding, features = _check_image(frame, limits)
@@ -174,6 +177,7 @@ def validate(frame: common_pb2.Frame, record_timestamp_ms: int, limits: Limits) 
         split=SPLIT_NAMES.get(frame.split, ""),
         features=features,
         annotations=annotations,
+        dataset_namespace=namespace,
     )
 
 

@@ -11,7 +11,13 @@ scope               allows
                     DownloadModel, WatchAlias
 ``registry.write``  ``RegistryService``: ImportModel, SetAlias, DeleteAlias, RollbackAlias
                     (and any method not listed as a read)
-``ingest``          every ``carmesh.v1.IngestService`` method
+``ingest``          ``IngestService``: IngestFrames of unlabelled frames, StartSource,
+                    StopSource, ListSources
+``ingest.labels``   with ``ingest``: IngestFrames of frames with annotations, a data set or
+                    a split; they land in the key's namespace (the ingestor checks this,
+                    from the scopes the gateway passes on)
+``ingest.import``   ``IngestService``: ImportDataset (server paths into the operator's
+                    namespace, where training data comes from)
 ``features``        every ``carmesh.v1.FeatureService`` method
 ``train``           every ``carmesh.v1.TrainingService`` method
 ``*`` or ``admin``  everything
@@ -44,9 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ApiKeysError, MissingCredentials, ScopeDenied, UnknownApiKey
+from kit.callers import LABELS_SCOPE
 
 ALL = "*"
-SCOPES = frozenset({"detect", "registry.read", "registry.write", "ingest", "features", "train", ALL})
+SCOPES = frozenset(
+    {"detect", "registry.read", "registry.write", "ingest", LABELS_SCOPE, "ingest.import", "features", "train", ALL}
+)
 _SCOPE_ALIASES = {"admin": ALL}
 
 _SERVICE_SCOPES = {
@@ -68,6 +77,9 @@ def required_scope(full_method: str) -> str:
     service, _, method = full_method.lstrip("/").partition("/")
     if service == "carmesh.v1.RegistryService":
         return "registry.read" if method in _REGISTRY_READS else "registry.write"
+    if service == "carmesh.v1.IngestService" and method == "ImportDataset":
+        # An import writes the operator's namespace, the one training data comes from.
+        return "ingest.import"
     return _SERVICE_SCOPES.get(service, ALL)
 
 

@@ -20,13 +20,12 @@ from gateway.auth import Caller
 from gateway.errors import StreamLifetimeExceeded, UpstreamError, UpstreamUnreachable
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Replica, UpstreamPool
+from kit.callers import CALLER_HEADER, CALLER_SCOPES_HEADER, caller_metadata
 from kit.errors import STATUS_DETAILS_KEY, DomainError
 
-# Metadata upstream daemons receive naming the API key (by name) the gateway admitted.
-CALLER_HEADER = "x-carmesh-caller"
-
-# Entries the gateway must not pass on: credentials, and what gRPC sets per hop itself.
-_DROPPED = frozenset({"authorization", "user-agent", "te", "content-type", "host", CALLER_HEADER})
+# Entries the gateway must not pass on: credentials, what gRPC sets per hop itself, and the caller
+# entries only the gateway may set (a client sending them would claim another key's name or scopes).
+_DROPPED = frozenset({"authorization", "user-agent", "te", "content-type", "host", CALLER_HEADER, CALLER_SCOPES_HEADER})
 
 Metadata = tuple[tuple[str, Any], ...]
 
@@ -38,7 +37,7 @@ def forwarded_metadata(incoming: Iterable[tuple[str, Any]], caller: Caller) -> M
     kept = [
         (key, value) for key, value in incoming if key.lower() not in _DROPPED and not key.startswith((":", "grpc-"))
     ]
-    return (*kept, (CALLER_HEADER, caller.name))
+    return (*kept, *caller_metadata(caller.name, caller.scopes))
 
 
 def _relayed(metadata: Iterable[Any] | None) -> Metadata:

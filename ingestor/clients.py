@@ -1,4 +1,8 @@
-"""IngestFrames: frames a gRPC client streams in, validated, completed and published."""
+"""IngestFrames: frames a gRPC client streams in, validated, completed and published.
+
+A client's frames are its own: the frame id is derived from the caller's key name and the image
+bytes (the client's ``frame_id`` is kept as ``client_frame_id``), and their labels are filed in
+the caller's namespace (``dataset_namespace``), never in the operator's, where imports go."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from dataclasses import dataclass, field
 from google.rpc import status_pb2
 
 from carmesh.v1 import common_pb2
-from ingestor.errors import BrokerRefused, BrokerUnavailable, InvalidFrame
+from ingestor.errors import BrokerRefused, BrokerUnavailable, InvalidFrame, LabelsDenied
 from ingestor.frames import BadImage, probe_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
+from kit.callers import LABELS_SCOPE, CallerIdentity
 from kit.errors import FieldViolation
+from kit.hashing import derive_frame_id
 
 MAX_REASONS = 20
 
@@ -40,8 +46,22 @@ class ClientLimits:
     ack_wait_s: float
 
 
-def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int) -> common_pb2.Frame:
-    """Checks a client frame and fills what the client left out (ids, time, size, encoding)."""
+def check_labels(frame: common_pb2.Frame, position: int, caller: CallerIdentity) -> None:
+    """Labels are training data: a key sends them only with the ``ingest.labels`` scope."""
+    labelled = [name for name in ("annotations", "dataset", "split") if getattr(frame, name)]
+    if labelled and not caller.allows(LABELS_SCOPE):
+        raise LabelsDenied(
+            f"frame {position} has {', '.join(labelled)}: API key {caller.name!r} lacks scope {LABELS_SCOPE!r} "
+            "needed to send labels (plain 'ingest' sends unlabelled frames)",
+            metadata={"api_key": caller.name, "scope": LABELS_SCOPE, "frame_index": position},
+        )
+
+
+def complete(
+    frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int, caller: CallerIdentity
+) -> common_pb2.Frame:
+    """Checks a client frame and fills what the client left out (time, size, encoding); sets the
+    ids and namespace that only the server may set."""
     if not frame.camera_id.strip():
         raise InvalidFrame("camera_id is required", field="frame.camera_id")
     if not frame.image:
@@ -72,8 +92,13 @@ def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes:
     out = common_pb2.Frame()
     out.CopyFrom(frame)
     out.encoding, out.width, out.height = info.encoding, info.width, info.height
-    if not out.frame_id:
-        out.frame_id = unique_id()
+    # A client frame_id is a reference only: the id comes from the caller's namespace and the bytes,
+    # so no client can take an imported frame's id (or another key's). Without one, a nonce keeps
+    # each frame apart, as before.
+    out.client_frame_id = frame.frame_id
+    out.dataset_namespace = caller.name
+    reference = frame.frame_id or unique_id()
+    out.frame_id = derive_frame_id(("client", caller.name, frame.camera_id, reference), frame.image)
     if not out.seq:
         out.seq = position
     if not out.HasField("captured_at") or out.captured_at.ToNanoseconds() == 0:
@@ -89,7 +114,7 @@ class ClientIngest:
         self._limits = limits
         self._metrics = metrics
 
-    async def ingest(self, frames: AsyncIterator[common_pb2.Frame], peer: str) -> IngestResult:
+    async def ingest(self, frames: AsyncIterator[common_pb2.Frame], peer: str, caller: CallerIdentity) -> IngestResult:
         """Publishes the stream's valid frames and waits (at most ack_wait) for their
         acknowledgements; raises BrokerUnavailable, with this stream's counts, once the buffer
         stays full."""
@@ -97,8 +122,9 @@ class ClientIngest:
         pending: list[asyncio.Future[None]] = []
         position = 0
         async for frame in frames:
+            check_labels(frame, position, caller)
             try:
-                ready = complete(frame, position, peer, self._limits.max_image_bytes)
+                ready = complete(frame, position, peer, self._limits.max_image_bytes, caller)
             except InvalidFrame as exc:
                 where = {"frame_index": position}
                 result.reject(InvalidFrame(f"frame {position}: {exc}", violations=exc.violations, metadata=where))

@@ -45,6 +45,12 @@ class DatasetError(Exception):
     """One item of a data set cannot be used (bad label line, missing image); it is skipped with this reason."""
 
 
+class LabelsDenied(PermissionDenied):
+    """IngestFrames of a frame with labels (annotations, data set, split) by a key without ``ingest.labels``."""
+
+    reason = "SCOPE_DENIED"
+
+
 class InvalidFrame(InvalidArgument):
     """A client-streamed frame that is not published; its status is one of IngestFrames' rejections."""
 

@@ -1,8 +1,8 @@
-"""Frame building blocks: stable ids, image headers (read, never decoded), timestamps."""
+"""Frame building blocks: image headers (read, never decoded), unique ids, timestamps (frame ids:
+kit.hashing.derive_frame_id)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 from dataclasses import dataclass
@@ -48,12 +48,6 @@ def probe_image(data: bytes) -> ImageInfo:
     if width <= 0 or height <= 0:
         raise BadImage(f"image has no pixels ({width}x{height})")
     return ImageInfo(_ENCODINGS.get(fmt, common_pb2.IMAGE_ENCODING_OTHER), width, height)
-
-
-def stable_id(*parts: str) -> str:
-    """Same parts, same id: a re-import or a restarted file source republishes the same frame ids."""
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
-    return digest[:32]
 
 
 def unique_id() -> str:

@@ -1,6 +1,8 @@
 """ImportDataset: reads a labelled data set's labels, then publishes every image (bytes
-unchanged) with its boxes, reporting progress. Frame ids are derived from the data set name
-and each image's relative path, so a re-import publishes the same ids (consumers dedupe)."""
+unchanged) with its boxes, reporting progress. Frames land in the operator's namespace (empty
+``dataset_namespace``). Frame ids are derived from the data set name, each image's relative path
+and its bytes, so a re-import publishes the same ids (consumers dedupe), and a client, whose frame
+ids are derived in its own namespace, cannot publish one first with other boxes."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import PublishFailed
-from ingestor.frames import BadImage, ImageInfo, load_image, stable_id, timestamp
+from ingestor.frames import BadImage, ImageInfo, load_image, timestamp
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
 from kit.datasets import Item, ParseOptions, parse_dataset
+from kit.hashing import derive_frame_id
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class DatasetImporter:
                 self._metrics.frames_rejected.labels("dataset").inc()
                 continue
             frame = common_pb2.Frame(
-                frame_id=stable_id("dataset", dataset, item.rel),
+                frame_id=derive_frame_id(("dataset", dataset, item.rel), data),
                 camera_id=camera_id,
                 seq=seq,
                 # The file's mtime, not the import time: a re-import publishes identical frames.

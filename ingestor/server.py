@@ -11,6 +11,7 @@ from ingestor.clients import ClientIngest
 from ingestor.errors import BadRequest
 from ingestor.importer import DatasetImporter, ImportProgress, ImportRequest
 from ingestor.sources import FOLDER, STREAM, VIDEO, SourceManager, SourceSpec, SourceStatus
+from kit.callers import caller_of
 from kit.datasets import ParseOptions
 from kit.pagination import page_request, paginate
 
@@ -113,7 +114,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             async for message in request_iterator:
                 yield message.frame
 
-        result = await self._clients.ingest(frames(), context.peer())
+        result = await self._clients.ingest(frames(), context.peer(), caller_of(context.invocation_metadata()))
         return ingest_pb2.IngestFramesResponse(
             accepted=result.accepted,
             rejected=result.rejected,

@@ -21,10 +21,11 @@ from urllib.parse import urlsplit
 from carmesh.v1 import common_pb2
 from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
 from ingestor.errors import BadRequest, SourceError, SourceNotFound, SourceUnreachable, TooManySources
-from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, stable_id, timestamp, unique_id
+from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
+from kit.hashing import derive_frame_id
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class SourceManager:
                     self._metrics.frames_rejected.labels(FOLDER).inc()
                     continue
                 frame = common_pb2.Frame(
-                    frame_id=stable_id(FOLDER, spec.camera_id, str(path), str(rounds)),
+                    frame_id=derive_frame_id((FOLDER, spec.camera_id, str(path), str(rounds)), data),
                     camera_id=spec.camera_id,
                     seq=seq,
                     captured_at=timestamp(time.time()),
@@ -299,7 +300,9 @@ class SourceManager:
                     if encoded is None:
                         break
                     frame = common_pb2.Frame(
-                        frame_id=stable_id(VIDEO, spec.camera_id, str(video.path), str(rounds), str(index)),
+                        frame_id=derive_frame_id(
+                            (VIDEO, spec.camera_id, str(video.path), str(rounds), str(index)), encoded.data
+                        ),
                         camera_id=spec.camera_id,
                         seq=seq,
                         captured_at=timestamp(time.time()),
@@ -332,7 +335,8 @@ class SourceManager:
             self._count_drops(source)
             encoded = await asyncio.to_thread(encode_jpeg, image, quality)
             frame = common_pb2.Frame(
-                frame_id=unique_id(),
+                # Live frames are never replayed: a nonce keeps two identical pictures apart.
+                frame_id=derive_frame_id((STREAM, spec.camera_id, unique_id()), encoded.data),
                 camera_id=spec.camera_id,
                 seq=seq,
                 captured_at=timestamp(captured_at),

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rmesh/v1/common.proto\x12\ncarmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x0b\x42oundingBox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"h\n\nAnnotation\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.BoundingBox\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x0e\n\x06ignore\x18\x04 \x01(\x08\"\xb5\x02\n\x05\x46rame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12/\n\x0b\x63\x61ptured_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.carmesh.v1.ImageEncoding\x12\r\n\x05image\x18\x06 \x01(\x0c\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12+\n\x0b\x61nnotations\x18\t \x03(\x0b\x32\x16.carmesh.v1.Annotation\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\x12 \n\x05split\x18\x0c \x01(\x0e\x32\x11.carmesh.v1.Split\"f\n\tDetection\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.BoundingBox\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x05\x12\x12\n\nclass_name\x18\x04 \x01(\t\"8\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\xe2\x01\n\x0f\x46rameDetections\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12)\n\ndetections\x18\x04 \x03(\x0b\x32\x15.carmesh.v1.Detection\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_width\x18\x06 \x01(\x05\x12\x14\n\x0cimage_height\x18\x07 \x01(\x05*z\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x12\x18\n\x14IMAGE_ENCODING_OTHER\x10\x03*N\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\r\n\tSPLIT_VAL\x10\x02\x12\x0e\n\nSPLIT_TEST\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rmesh/v1/common.proto\x12\ncarmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x0b\x42oundingBox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"h\n\nAnnotation\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.BoundingBox\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x0e\n\x06ignore\x18\x04 \x01(\x08\"\xe9\x02\n\x05\x46rame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12/\n\x0b\x63\x61ptured_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.carmesh.v1.ImageEncoding\x12\r\n\x05image\x18\x06 \x01(\x0c\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12+\n\x0b\x61nnotations\x18\t \x03(\x0b\x32\x16.carmesh.v1.Annotation\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\x12 \n\x05split\x18\x0c \x01(\x0e\x32\x11.carmesh.v1.Split\x12\x17\n\x0f\x63lient_frame_id\x18\r \x01(\t\x12\x19\n\x11\x64\x61taset_namespace\x18\x0e \x01(\t\"f\n\tDetection\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.BoundingBox\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x05\x12\x12\n\nclass_name\x18\x04 \x01(\t\"8\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\xe2\x01\n\x0f\x46rameDetections\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12)\n\ndetections\x18\x04 \x03(\x0b\x32\x15.carmesh.v1.Detection\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_width\x18\x06 \x01(\x05\x12\x14\n\x0cimage_height\x18\x07 \x01(\x05*z\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x12\x18\n\x14IMAGE_ENCODING_OTHER\x10\x03*N\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\r\n\tSPLIT_VAL\x10\x02\x12\x0e\n\nSPLIT_TEST\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'carmesh.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEENCODING']._serialized_start=944
-  _globals['_IMAGEENCODING']._serialized_end=1066
-  _globals['_SPLIT']._serialized_start=1068
-  _globals['_SPLIT']._serialized_end=1146
+  _globals['_IMAGEENCODING']._serialized_start=996
+  _globals['_IMAGEENCODING']._serialized_end=1118
+  _globals['_SPLIT']._serialized_start=1120
+  _globals['_SPLIT']._serialized_end=1198
   _globals['_BOUNDINGBOX']._serialized_start=72
   _globals['_BOUNDINGBOX']._serialized_end=133
   _globals['_ANNOTATION']._serialized_start=135
   _globals['_ANNOTATION']._serialized_end=239
   _globals['_FRAME']._serialized_start=242
-  _globals['_FRAME']._serialized_end=551
-  _globals['_DETECTION']._serialized_start=553
-  _globals['_DETECTION']._serialized_end=655
-  _globals['_MODELREF']._serialized_start=657
-  _globals['_MODELREF']._serialized_end=713
-  _globals['_FRAMEDETECTIONS']._serialized_start=716
-  _globals['_FRAMEDETECTIONS']._serialized_end=942
+  _globals['_FRAME']._serialized_end=603
+  _globals['_DETECTION']._serialized_start=605
+  _globals['_DETECTION']._serialized_end=707
+  _globals['_MODELREF']._serialized_start=709
+  _globals['_MODELREF']._serialized_end=765
+  _globals['_FRAMEDETECTIONS']._serialized_start=768
+  _globals['_FRAMEDETECTIONS']._serialized_end=994
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,7 @@ class Annotation(_message.Message):
     def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., ignore: _Optional[bool] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("frame_id", "camera_id", "seq", "captured_at", "encoding", "image", "width", "height", "annotations", "source", "dataset", "split")
+    __slots__ = ("frame_id", "camera_id", "seq", "captured_at", "encoding", "image", "width", "height", "annotations", "source", "dataset", "split", "client_frame_id", "dataset_namespace")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class Frame(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     frame_id: str
     camera_id: str
     seq: int
@@ -82,7 +84,9 @@ class Frame(_message.Message):
     source: str
     dataset: str
     split: Split
-    def __init__(self, frame_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., annotations: _Optional[_Iterable[_Union[Annotation, _Mapping]]] = ..., source: _Optional[str] = ..., dataset: _Optional[str] = ..., split: _Optional[_Union[Split, str]] = ...) -> None: ...
+    client_frame_id: str
+    dataset_namespace: str
+    def __init__(self, frame_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., annotations: _Optional[_Iterable[_Union[Annotation, _Mapping]]] = ..., source: _Optional[str] = ..., dataset: _Optional[str] = ..., split: _Optional[_Union[Split, str]] = ..., client_frame_id: _Optional[str] = ..., dataset_namespace: _Optional[str] = ...) -> None: ...
 
 class Detection(_message.Message):
     __slots__ = ("box", "score", "class_id", "class_name")

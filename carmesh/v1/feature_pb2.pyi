@@ -55,20 +55,22 @@ class GetOnlineFeaturesResponse(_message.Message):
     def __init__(self, camera: _Optional[_Union[CameraFeatures, _Mapping]] = ...) -> None: ...
 
 class DatasetFilter(_message.Message):
-    __slots__ = ("camera_ids", "datasets", "captured_after", "captured_before", "labelled_only", "classes")
+    __slots__ = ("camera_ids", "datasets", "captured_after", "captured_before", "labelled_only", "classes", "dataset_namespace")
     CAMERA_IDS_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AFTER_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     LABELLED_ONLY_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     camera_ids: _containers.RepeatedScalarFieldContainer[str]
     datasets: _containers.RepeatedScalarFieldContainer[str]
     captured_after: _timestamp_pb2.Timestamp
     captured_before: _timestamp_pb2.Timestamp
     labelled_only: bool
     classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, camera_ids: _Optional[_Iterable[str]] = ..., datasets: _Optional[_Iterable[str]] = ..., captured_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled_only: _Optional[bool] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    dataset_namespace: str
+    def __init__(self, camera_ids: _Optional[_Iterable[str]] = ..., datasets: _Optional[_Iterable[str]] = ..., captured_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled_only: _Optional[bool] = ..., classes: _Optional[_Iterable[str]] = ..., dataset_namespace: _Optional[str] = ...) -> None: ...
 
 class DatasetSnapshot(_message.Message):
     __slots__ = ("name", "version", "filter", "val_fraction", "seed", "train_frames", "val_frames", "class_names", "created_at", "keep_source_split", "test_frames")

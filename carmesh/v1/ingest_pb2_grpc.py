@@ -95,7 +95,8 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportDataset(self, request, context):
-        """Imports a labelled data set, streaming progress.
+        """Imports a labelled data set from a server path into the operator namespace, streaming
+        progress (through the gateway: scope `ingest.import`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -155,6 +155,11 @@ def test_dataset_commands_parse():
     assert (plain.val_fraction, plain.seed, plain.keep_source_split) == (0.2, 0, False)
     assert not plain.filter.HasField("captured_after")
 
+    # A client's labelled frames are snapshotted only when their namespace is asked for by name.
+    theirs = snapshot_request(parse("datasets", "create", "alice-cars", "--dataset", "apollo", "--namespace", "alice"))
+    assert (theirs.filter.dataset_namespace, list(theirs.filter.datasets)) == ("alice", ["apollo"])
+    assert describe_filter(theirs.filter) == "datasets apollo; namespace alice"
+
     assert parse("datasets", "list").name == ""
     assert parse("datasets", "list", "cars", "--json").name == "cars"
     assert parse("datasets", "show", "cars:3").ref == "cars:3"

@@ -63,6 +63,8 @@ class Seen:
     method: str
     metadata: dict[str, str]
     time_remaining_s: float | None
+    # Every entry as it came, repeated keys included.
+    entries: tuple[tuple[str, str | bytes], ...] = ()
 
 
 @dataclass
@@ -74,7 +76,8 @@ class ProbeRegistry(registry_pb2_grpc.RegistryServiceServicer):
 
     def _see(self, method: str, context: grpc.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata()}
-        self.calls.append(Seen(method, metadata, context.time_remaining()))
+        entries = tuple(context.invocation_metadata())
+        self.calls.append(Seen(method, metadata, context.time_remaining(), entries))
 
     def ListModels(self, request, context):
         self._see("ListModels", context)

@@ -29,6 +29,8 @@ KEY = "k" * 20
         ("/carmesh.v1.RegistryService/SomeFutureMethod", "registry.write"),
         ("/carmesh.v1.TrainingService/StartTraining", "train"),
         ("/carmesh.v1.IngestService/IngestFrames", "ingest"),
+        ("/carmesh.v1.IngestService/StartSource", "ingest"),
+        ("/carmesh.v1.IngestService/ImportDataset", "ingest.import"),
         ("/carmesh.v1.FeatureService/StreamDataset", "features"),
         ("/other.Service/Method", "*"),
     ],

@@ -34,7 +34,16 @@ def test_unary_call_reaches_upstream_with_metadata_but_without_credentials(chann
     assert seen.metadata["x-request-id"] == "req-42"
     assert seen.metadata["x-trace-bin"] == b"\x00\x01\x02"
     assert seen.metadata["x-carmesh-caller"] == "admin"
+    assert seen.metadata["x-carmesh-caller-scopes"] == "*"
     assert "authorization" not in seen.metadata
+
+
+def test_clients_cannot_claim_another_callers_name_or_scopes(channel, probe):
+    # The ingestor files a client's labels under this name and checks `ingest.labels` in these scopes.
+    forged = (*bearer(READER_KEY), ("x-carmesh-caller", "admin"), ("x-carmesh-caller-scopes", "*"))
+    registry(channel).ListModels(registry_pb2.ListModelsRequest(), metadata=forged, timeout=10)
+    seen = [(k, v) for k, v in probe.registry.calls[-1].entries if k.startswith("x-carmesh-caller")]
+    assert sorted(seen) == [("x-carmesh-caller", "reader"), ("x-carmesh-caller-scopes", "registry.read")]
 
 
 def test_client_deadline_is_propagated_upstream(channel, probe):

@@ -90,10 +90,10 @@ async def test_outage_fills_the_buffer_then_unavailable_and_nothing_accepted_is_
                 bootstrap,
                 topic,
                 lambda f: f.camera_id == "cam-outage",
-                lambda kept: accepted <= {f.frame_id for f in kept},
+                lambda kept: accepted <= {f.client_frame_id for f in kept},
                 timeout_s=120,
             )
-            ids = {f.frame_id for f in got}
+            ids = {f.client_frame_id for f in got}
             assert accepted <= ids
             assert not ids & ({f"during-{i}" for i in range(4, 10)} | {"refused-0"}), "refused frames were published"
 

@@ -9,11 +9,12 @@ import pytest
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import PathNotAllowed, PathNotFound
-from ingestor.frames import BadImage, ImageInfo, probe_image, stable_id
+from ingestor.frames import BadImage, ImageInfo, probe_image
 from ingestor.importer import to_annotations
 from ingestor.paths import PathPolicy
 from kit.datasets import Parsed, ParseOptions, parse_dataset
 from kit.errors import InvalidArgument
+from kit.hashing import derive_frame_id
 from tests.ingestor import datasets
 from tests.ingestor.support import APOLLO_SUBDIR, jpeg, kitti_class_counts, png, small_apollo_frames
 
@@ -175,10 +176,16 @@ def test_probe_reads_headers_only(frames: list[np.ndarray]) -> None:
             probe_image(bad)
 
 
-def test_stable_ids() -> None:
-    assert stable_id("dataset", "d", "a.jpg") == stable_id("dataset", "d", "a.jpg")
-    assert stable_id("dataset", "d", "a.jpg") != stable_id("dataset", "d2", "a.jpg")
-    assert stable_id("a", "bc") != stable_id("ab", "c")
+def test_frame_ids_are_stable_and_bound_to_namespace_and_bytes() -> None:
+    image = b"\xff\xd8 same bytes"
+    one = derive_frame_id(("dataset", "d", "a.jpg"), image)
+    assert one == derive_frame_id(("dataset", "d", "a.jpg"), image) and len(one) == 32
+    assert one != derive_frame_id(("dataset", "d2", "a.jpg"), image)
+    assert one != derive_frame_id(("dataset", "d", "a.jpg"), image + b"!")
+    # No choice of parts or bytes makes one namespace hash like another.
+    assert derive_frame_id(("a", "bc"), b"") != derive_frame_id(("ab", "c"), b"")
+    assert derive_frame_id(("a",), b"b") != derive_frame_id(("a", "b"), b"")
+    assert derive_frame_id(("client", "alice", "cam", "x"), image) != derive_frame_id(("dataset", "cam", "x"), image)
 
 
 def test_path_policy(tmp_path: Path) -> None:

@@ -260,7 +260,10 @@ async def test_ingest_frames_client_stream(
     frames = await read_topic(kafka_bootstrap, topic, lambda f: f.camera_id == "cam-client", lambda got: len(got) >= 3)
     # seq as given, else the frame's position in the stream.
     assert sorted(f.seq for f in frames) == [4, 7, 8]
-    given = next(f for f in frames if f.frame_id == "client-given-id")
+    # The client's frame_id is only a reference: the server derives the id, in the caller's namespace.
+    given = next(f for f in frames if f.client_frame_id == "client-given-id")
+    assert len(given.frame_id) == 32 and given.frame_id != "client-given-id"
+    assert {f.dataset_namespace for f in frames} == {"anonymous"}
     assert given.image == good_jpeg and (given.width, given.height) == (640, 360)
     assert given.encoding == common_pb2.IMAGE_ENCODING_JPEG and given.captured_at.seconds > 0
     png_frame = next(f for f in frames if f.image == good_png)
