@@ -12,6 +12,7 @@ tensors are then read from the records as ``Module.state_dict()`` would order th
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def read_checkpoint(path: Path) -> OrderedDict[str, np.ndarray]:
             f"{path.name} is refused: it would run {', '.join(refused[:5])} when loaded "
             "(a checkpoint may hold only tensors and model classes)"
         )
-    aliases = [(ModuleRecord, name) for name in names]
+    aliases: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [(ModuleRecord, name) for name in names]
     try:
         with serialization.safe_globals(aliases):
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
