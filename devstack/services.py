@@ -57,9 +57,9 @@ class StackConfig:
     @property
     def data_roots(self) -> list[Path]:
         """The folders the ingestor and trainer may read request paths from: the run dir's data/ (never
-        the run dir itself, which holds the API keys), the shared data next to the repository when
-        present, and the extra roots. Without roots the daemons read no request paths at all."""
-        roots = [self.run_dir / "data"]
+        the run dir itself, which holds the API keys), the repository's data/, the shared data next to
+        the repository when present, and the extra roots. Without roots the daemons read no request paths."""
+        roots = [self.run_dir / "data", REPO_ROOT / "data"]
         shared = REPO_ROOT.parent / "shared" / "data"
         if shared.is_dir():
             roots.append(shared)
@@ -259,7 +259,8 @@ def _kafka_args(cfg: StackConfig) -> list[str]:
 
 
 def _roots_args(cfg: StackConfig) -> list[str]:
-    (cfg.run_dir / "data").mkdir(parents=True, exist_ok=True)
+    for root in (cfg.run_dir / "data", REPO_ROOT / "data"):
+        root.mkdir(parents=True, exist_ok=True)
     return ["--allowed-roots", ",".join(str(root.resolve()) for root in cfg.data_roots)]
 
 
