@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.procs import Process, StackError
 
 HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,19 @@ class StackConfig:
     # sqlite (default) or postgresql+psycopg2://... for MLflow's backend store.
     mlflow_backend_uri: str | None = None
     python: str = sys.executable
+    # Folders beyond the defaults that requests may name (CARMESH_STACK_DATA_ROOTS, os.pathsep-separated).
+    extra_data_roots: tuple[Path, ...] = ()
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """The folders the ingestor and trainer may read request paths from: the run dir's data/ (never
+        the run dir itself, which holds the API keys), the repository's data/, the shared data next to
+        the repository when present, and the extra roots. Without roots the daemons read no request paths."""
+        roots = [self.run_dir / "data", REPO_ROOT / "data"]
+        shared = REPO_ROOT.parent / "shared" / "data"
+        if shared.is_dir():
+            roots.append(shared)
+        return roots + [root for root in self.extra_data_roots if root.is_dir()]
 
     @property
     def redis_url(self) -> str:
@@ -244,8 +258,14 @@ def _kafka_args(cfg: StackConfig) -> list[str]:
     return ["--kafka-bootstrap", cfg.kafka_bootstrap, "--no-kafka-idempotence"]
 
 
+def _roots_args(cfg: StackConfig) -> list[str]:
+    for root in (cfg.run_dir / "data", REPO_ROOT / "data"):
+        root.mkdir(parents=True, exist_ok=True)
+    return ["--allowed-roots", ",".join(str(root.resolve()) for root in cfg.data_roots)]
+
+
 def ingestor(cfg: StackConfig) -> Process:
-    args = ["--metrics-port", str(cfg.ports.ingestor_metrics), *_kafka_args(cfg)]
+    args = ["--metrics-port", str(cfg.ports.ingestor_metrics), *_kafka_args(cfg), *_roots_args(cfg)]
     return _daemon(cfg, "ingestor", "ingestor", cfg.ports.ingestor, args)
 
 
@@ -267,7 +287,7 @@ def detector(cfg: StackConfig) -> Process:
 def trainer(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.trainer_metrics), "--work-dir", str(cfg.run_dir / "trainer")]
     args += ["--feature-addr", f"{HOST}:{cfg.ports.feature}", "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
-    args += ["--mlflow-tracking-uri", cfg.mlflow_uri]
+    args += ["--mlflow-tracking-uri", cfg.mlflow_uri, *_roots_args(cfg)]
     return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args)
 
 

@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         description="largest encoded image accepted (bigger frames are rejected or skipped)",
     )
     allowed_roots: list[Path] = Field(
-        [], description="directories sources and imports may read (empty: any path the daemon can read)"
+        [],
+        description="directories folder/video sources and imports may read (empty: requests may name no path)",
     )
     max_sources: int = Field(16, ge=1, le=1024, description="most sources running at once")
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of frames decoded from videos and streams")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from kit.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+
+# One class for every daemon's path refusals (re-exported).
+from kit.paths import PathNotAllowed as PathNotAllowed
 
 
 class BadRequest(InvalidArgument):
@@ -21,12 +24,6 @@ class SourceNotFound(NotFound):
     """No source with that id."""
 
     reason = "SOURCE_NOT_FOUND"
-
-
-class PathNotAllowed(PermissionDenied):
-    """A path outside the configured allowed_roots."""
-
-    reason = "PATH_NOT_ALLOWED"
 
 
 class TooManySources(ResourceExhausted):

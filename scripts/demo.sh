@@ -33,7 +33,7 @@ TXT
   version=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['registered']['version'])" "$RUN_DIR/demo-train.json")
   # The gate keeps a better champion from an earlier run; the demo then detects with that one.
   "$PY" -m carmesh_cli models promote car-detector "$version" || echo "demo: keeping the current champion"
-  [ -n "$IMAGE" ] || IMAGE=$(ls "$RUN_DIR"/synthetic-cars/val/images/*.jpg | head -1)
+  [ -n "$IMAGE" ] || IMAGE=$(ls "$RUN_DIR"/data/synthetic-cars/val/images/*.jpg | head -1)
 else
   echo "demo: importing $MODEL as car-detector@champion"
   # Class names come from the file's `names` metadata; YOLOX exports have none, so fall back to COCO's 80.

@@ -14,7 +14,8 @@ if [ -z "$DATA" ]; then
   if [ -d ../shared/data/apollo-cars/train ]; then
     DATA=../shared/data/apollo-cars
   else
-    DATA=$RUN_DIR/synthetic-cars
+    # Under the run dir's data/, which `make up` lets the ingestor read (never the run dir itself: keys).
+    DATA=$RUN_DIR/data/synthetic-cars
     [ -d "$DATA/train" ] || "$PY" -m trainer.synthetic "$DATA" >&2
     echo "train: no data set given; using synthetic scenes in $DATA (real data: DATA=/path/to/kitti-folder make train)" >&2
   fi
@@ -22,6 +23,10 @@ fi
 NAME=${NAME:-$(basename "$DATA" | tr -c 'A-Za-z0-9._\n-' '-')}
 ARGS=${ARGS:---classes car --ignore-classes van,truck,bus}
 
+# The daemons read only request paths under their allowed roots: let them read DATA wherever it is
+# (a stack already running keeps its roots; `make down` first if the import is refused).
+export CARMESH_STACK_DATA_ROOTS
+CARMESH_STACK_DATA_ROOTS=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")${CARMESH_STACK_DATA_ROOTS:+:$CARMESH_STACK_DATA_ROOTS}
 "$PY" -m devstack up  # status on stderr; nothing on stdout
 export CARMESH_API_KEY
 CARMESH_API_KEY=$(cat "$RUN_DIR/api-key")

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
         0, ge=0, le=1024, description="TensorFlow threads shared by a job's workers (0: all cores)"
     )
     allowed_roots: list[Path] = Field(
-        [], description="directories local data set folders may come from (empty: any folder the daemon can read)"
+        [],
+        description="directories data set folders and init checkpoints may come from (empty: requests may name none)",
     )
     stop_grace_s: float = Field(20.0, ge=0, le=600, description="how long workers get to stop before SIGKILL")
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import BadRequest, DatasetNotFound, PathNotAllowed
+from kit.paths import AllowedRoots
+from trainer.errors import BadRequest, DatasetNotFound
 from trainer.jobspec import JobSpec
 from trainer.modelspec import PRESETS, SIZE_MULTIPLE
 from trainer.snapshots import SnapshotRef, looks_like_folder, materialize, parse_ref, resolve
@@ -19,6 +20,7 @@ from trainer.snapshots import SnapshotRef, looks_like_folder, materialize, parse
 DEFAULT_INPUT_WIDTH = 960
 DEFAULT_INPUT_HEIGHT = 544
 MAX_INPUT_SIDE_PX = 4096
+ROOTS_SETTING = "--allowed-roots (CARMESH_TRAINER_ALLOWED_ROOTS)"
 MAX_EPOCHS = 10_000
 # Seconds of a time-limited job spent before the first step: worker processes, TensorFlow, data.
 STARTUP_ALLOWANCE_S = 30
@@ -67,10 +69,8 @@ class Planner:
     def validate(self, req: TrainRequest) -> None:
         """Everything a local job needs: the request's shape, the folder or snapshot name, the checkpoint."""
         self.validate_shape(req)
-        if req.init_checkpoint and not Path(req.init_checkpoint).expanduser().is_file():
-            raise BadRequest(
-                f"init checkpoint {req.init_checkpoint!r} is not a file on the trainer", field="config.init_checkpoint"
-            )
+        if req.init_checkpoint:
+            self.checkpoint(req.init_checkpoint)
         if looks_like_folder(req.dataset):
             self.folder(req.dataset)
 
@@ -122,14 +122,23 @@ class Planner:
         if not looks_like_folder(req.dataset):
             parse_ref(req.dataset)
 
+    @property
+    def roots(self) -> AllowedRoots:
+        return AllowedRoots.of(self.allowed_roots, "trainer", ROOTS_SETTING)
+
     def folder(self, text: str) -> Path:
-        folder = Path(text).expanduser().resolve()
+        """A local data set folder, resolved; refused outside the roots before its existence is checked."""
+        folder = self.roots.resolve(text, "data set folder", field="dataset")
         if not folder.is_dir():
             raise DatasetNotFound(f"data set folder {text!r} does not exist on the trainer")
-        if self.allowed_roots and not any(folder.is_relative_to(root) for root in self.allowed_roots):
-            roots = ", ".join(str(r) for r in self.allowed_roots)
-            raise PathNotAllowed(f"{folder} is outside the trainer's allowed_roots ({roots})")
         return folder
+
+    def checkpoint(self, text: str) -> Path:
+        """An init checkpoint file, resolved, under the same roots as data set folders."""
+        path = self.roots.resolve(text, "init checkpoint", field="config.init_checkpoint")
+        if not path.is_file():
+            raise BadRequest(f"init checkpoint {text!r} is not a file on the trainer", field="config.init_checkpoint")
+        return path
 
     async def check_snapshot(self, req: TrainRequest) -> None:
         """Fails fast (NOT_FOUND) on a snapshot that does not exist."""
@@ -162,7 +171,8 @@ class Planner:
             },
             ignore_classes=list(req.ignore_classes),
             recipe=recipe,
-            init_checkpoint=_absolute(req.init_checkpoint),
+            # The checked, resolved file: the worker must not follow a link swapped in later.
+            init_checkpoint=str(self.checkpoint(req.init_checkpoint)) if req.init_checkpoint else "",
             max_duration_s=float(req.max_duration_s),
             deadline_unix=time.time() + req.max_duration_s if req.max_duration_s else 0.0,
             workers=req.workers,
@@ -198,7 +208,3 @@ def recipe_overrides(req: TrainRequest) -> dict[str, Any]:
         # time budget belongs to its default job (no epochs, no limit).
         recipe["time_budget_s"] = None
     return recipe
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve()) if path else ""

@@ -16,11 +16,12 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from kyolo.conversion import load_torch_state_dict, transfer_torch_to_keras
+from kyolo.conversion import transfer_torch_to_keras
 from kyolo.losses import YOLODetectionLoss
 from kyolo.models import yolov8n, yolov8s
 
 from trainer.modelspec import REG_MAX, STRIDES, ModelSpec
+from trainer_worker.checkpoint import CheckpointError, read_checkpoint
 
 
 def _factory(preset: str) -> Callable[..., Any]:
@@ -91,18 +92,15 @@ def build_inference_model(body: Any, spec: ModelSpec) -> Any:
     return model
 
 
-class CheckpointError(ValueError):
-    """An Ultralytics checkpoint that does not fit the model (another architecture or preset)."""
-
-
 def load_ultralytics_checkpoint(body: Any, checkpoint: Path) -> int:
     """Loads an Ultralytics YOLOv8 ``.pt`` a user brings into ``body``; returns the variables transferred.
 
     Matched by layer name (kyolo mirrors the Ultralytics module names). When the class count differs,
     the class branch keeps its fresh initialisation (as Ultralytics does), so a COCO checkpoint
-    fine-tunes to our classes; anything else that does not match is an error. Needs torch (CPU) to read the file.
+    fine-tunes to our classes; anything else that does not match is an error. Needs torch (CPU) to read the
+    file, and never unpickles anything but tensors and inert module records (trainer_worker.checkpoint).
     """
-    state = load_torch_state_dict(str(checkpoint))
+    state = read_checkpoint(checkpoint)
     report = transfer_torch_to_keras(body, state, verbose=False)
     # Only the class branch (cv3) may differ: its width and outputs follow the class count.
     unexpected = [m for m in report["misses"] if ".cv3." not in str(m[1])]

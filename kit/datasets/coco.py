@@ -66,14 +66,24 @@ def _categories(doc: dict[str, Any], ann: Path) -> dict[int, str]:
         raise InvalidArgument(f"{ann}: every category needs an integer `id` and a `name`") from None
 
 
+def _id(raw: dict[str, Any]) -> str:
+    """An annotation's id when it is a number; never other text of the file (messages reach clients)."""
+    value = raw.get("id")
+    return str(value) if isinstance(value, int) else "without an integer id"
+
+
 def _box(raw: dict[str, Any], categories: dict[int, str]) -> Box:
     try:
         category = int(raw["category_id"])
         x, y, w, h = (parse_float(str(v), "bbox value") for v in raw["bbox"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"annotation {raw.get('id')!r}: needs category_id and bbox [x, y, w, h] ({exc})") from None
+        # Not the exception's text: int() and float() quote the bad value.
+        what = f"has no {exc}" if isinstance(exc, KeyError) else "has a bad value"
+        raise ValueError(
+            f"annotation {_id(raw)}: {what}; it needs an integer category_id and bbox [x, y, w, h] of numbers"
+        ) from None
     if category not in categories:
-        raise ValueError(f"annotation {raw.get('id')!r}: category_id {category} is not in `categories`")
+        raise ValueError(f"annotation {_id(raw)}: its category_id is not in `categories`")
     return checked_box(x, y, x + w, y + h, categories[category], ignore=bool(raw.get("iscrowd")))
 
 
@@ -95,11 +105,12 @@ def parse(path: Path, options: ParseOptions) -> Parsed:
         for image in doc["images"]:
             name = str(image.get("file_name", "")) if isinstance(image, dict) else ""
             if not name:
-                skipped.append(f"{ann.name}: image entry {image!r} has no file_name")
+                skipped.append(f"{ann.name}: an image entry has no file_name")
                 continue
             found = next((d / name for d in dirs if (d / name).is_file()), None)
             if found is None:
-                skipped.append(f"{name}: image not found next to {ann.name} (looked in {', '.join(map(str, dirs))})")
+                # Not the name: one that is no file may be any text.
+                skipped.append(f"{ann.name}: an image's file is not found (looked in {', '.join(map(str, dirs))})")
                 continue
             try:
                 boxes = [_box(raw, categories) for raw in by_image.get(image.get("id"), [])]

@@ -108,15 +108,16 @@ def parse_float(token: str, what: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise ValueError(f"{what} {token!r} is not a number") from None
+        # Never the token itself: messages reach clients, and the file may be anything on the server.
+        raise ValueError(f"{what} is not a number") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{what} {token!r} is not a finite number")
+        raise ValueError(f"{what} is not a finite number")
     return value
 
 
 def checked_box(x1: float, y1: float, x2: float, y2: float, class_name: str, ignore: bool = False) -> Box:
     if x2 < x1 or y2 < y1:
-        raise ValueError(f"box ({x1}, {y1}, {x2}, {y2}) has x2 < x1 or y2 < y1")
+        raise ValueError("box has x2 < x1 or y2 < y1")
     if not class_name:
         raise ValueError("box has no class name")
     return Box(x1, y1, x2, y2, class_name, ignore)

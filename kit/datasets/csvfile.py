@@ -48,7 +48,7 @@ def _columns(header: list[str]) -> dict[str, int] | None:
     missing = [k for k in ("x1", "y1", "x2", "y2") if k not in columns]
     if missing:
         raise InvalidArgument(
-            f"CSV header {header!r} lacks box columns for {', '.join(missing)} (e.g. xmin,ymin,xmax,ymax)"
+            f"the CSV header (row 1) lacks box columns for {', '.join(missing)} (e.g. xmin,ymin,xmax,ymax)"
         )
     return columns
 
@@ -81,7 +81,8 @@ def parse(path: Path, options: ParseOptions) -> Parsed:
             continue
         image = next((p for p in (root / name, root / "images" / name) if p.is_file()), None)
         if image is None:
-            bad[name] = f"row {number}: image not found in {root} or {root / 'images'}"
+            # Keyed by row, not by the cell: a name that is no file may be any text (the file may be a secret).
+            bad[f"row {number}"] = f"image not found in {root} or {root / 'images'}"
             continue
         key = relative(image, root)
         if key in bad:

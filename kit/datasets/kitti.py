@@ -31,7 +31,7 @@ def _read_labels(path: Path) -> list[Box]:
         where = f"{path.name} line {number}"
         if len(tokens) < 8:
             expected = "'class truncated occluded alpha x1 y1 x2 y2 ...'"
-            raise ValueError(f"{where}: expected {expected}, got {line.strip()!r}")
+            raise ValueError(f"{where}: expected {expected}, got {len(tokens)} fields")
         name = tokens[0]
         try:
             x1, y1, x2, y2 = (parse_float(t, f"{where}: coordinate") for t in tokens[4:8])

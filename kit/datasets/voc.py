@@ -98,7 +98,7 @@ def parse(root: Path, options: ParseOptions) -> Parsed:
             filename = doc.findtext("filename") or f"{xml.stem}.jpg"
             image = _image_of(root, xml, filename.strip())
             if image is None:
-                raise ValueError(f"image {filename!r} not found in JPEGImages/ or beside the xml")
+                raise ValueError("the image its <filename> names is not in JPEGImages/ or beside the xml")
             boxes = _objects(doc, where)
         except (ET.ParseError, ValueError, OSError) as exc:
             skipped.append(f"{where}: {exc}")

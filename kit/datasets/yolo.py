@@ -33,7 +33,10 @@ def _names_from_yaml(path: Path) -> list[str]:
     try:
         doc: Any = yaml.safe_load(path.read_text(errors="replace"))
     except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{path} is not valid YAML: {exc}") from exc
+        # Only the position: YAML errors quote the offending line.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise InvalidArgument(f"{path} is not valid YAML{where}") from None
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, list) and names:
         return [str(n) for n in names]
@@ -74,9 +77,9 @@ def _read_labels(path: Path, names: list[str]) -> list[Box]:
         try:
             class_id = int(tokens[0])
         except ValueError:
-            raise ValueError(f"{where}: class id {tokens[0]!r} is not an integer") from None
+            raise ValueError(f"{where}: the class id is not an integer") from None
         if not 0 <= class_id < len(names):
-            raise ValueError(f"{where}: class id {class_id} but there are {len(names)} class names")
+            raise ValueError(f"{where}: class id out of range, there are {len(names)} class names")
         values = [parse_float(t, f"{where}: coordinate") for t in tokens[1:]]
         if len(values) == 4:
             cx, cy, w, h = values
@@ -87,7 +90,7 @@ def _read_labels(path: Path, names: list[str]) -> list[Box]:
         else:
             raise ValueError(f"{where}: expected 'class cx cy w h' (or a polygon), got {len(tokens)} values")
         if min(x1, y1) < -_SLACK or max(x2, y2) > 1 + _SLACK:
-            raise ValueError(f"{where}: coordinates must be fractions of the image size (0..1), got {line.strip()!r}")
+            raise ValueError(f"{where}: coordinates must be fractions of the image size (0..1)")
         try:
             boxes.append(checked_box(x1, y1, x2, y2, names[class_id]))
         except ValueError as exc:

@@ -58,7 +58,9 @@ def pipeline(
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(postgres_dsn, "cli"))
-        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"]))
+        # Every test writes its data under the session's temporary folder.
+        roots = ["--allowed-roots", f"{tmp_path_factory.getbasetemp()},{shared_dir / 'data'}"]
+        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0", *roots]))
         features = stack.enter_context(
             DaemonProcess(
                 "feature_service",

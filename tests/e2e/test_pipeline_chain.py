@@ -85,7 +85,9 @@ def test_apollo_import_store_snapshot_round_trip(
             "feature_service",
             daemon_args(dsn=db.dsn, redis_url=redis_url, kafka_bootstrap=kafka_bootstrap, blob_dir=tmp_path / "blobs"),
         ) as features,
-        DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"]) as ingestor,
+        DaemonProcess(
+            "ingestor", [*kafka, "--metrics-port", "0", "--allowed-roots", str(shared_dir / "data")]
+        ) as ingestor,
     ):
         asyncio.run(
             _snapshot_round_trip(

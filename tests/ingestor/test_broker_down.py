@@ -107,6 +107,7 @@ async def test_broker_unreachable_from_the_start(image: bytes, shared_dir: Path)
     closed = f"127.0.0.1:{free_port()}"
     args = ["--kafka-bootstrap", closed, "--no-kafka-idempotence", "--frames-topic", unique_topic("never")]
     args += ["--max-in-flight", "2", "--publish-wait-ms", "300", "--shutdown-grace-s", "2", "--metrics-port", "0"]
+    args += ["--allowed-roots", str(shared_dir / "data")]
     daemon = DaemonProcess("ingestor", args, wait_for="port")
     with daemon:
         async with insecure_channel(daemon.address) as channel:

@@ -104,7 +104,7 @@ def test_yolo_bad_label_skips_only_that_image(tmp_path: Path, frames: list[np.nd
     assert sorted(Path(i.rel).stem for i in parsed.items) == ["b", "c"]
     assert len(parsed.skipped) == 2
     assert any("a.jpg" in r and "a.txt line 1" in r for r in parsed.skipped)
-    assert any("class id 9" in r for r in parsed.skipped)
+    assert any("d.txt line 1: class id out of range" in r for r in parsed.skipped)
 
 
 def test_coco(tmp_path: Path, frames: list[np.ndarray]) -> None:
@@ -206,4 +206,6 @@ def test_path_policy(tmp_path: Path) -> None:
         policy.check(str(inside / "missing"), "p")
     with pytest.raises(InvalidArgument, match="relative"):
         policy.check("in/x", "p")
-    assert PathPolicy([]).check(str(outside), "p") == outside.resolve()
+    # No roots configured: no request path at all, and the refusal names the setting to set.
+    with pytest.raises(PathNotAllowed, match="--allowed-roots"):
+        PathPolicy([]).check(str(outside), "p")

@@ -325,7 +325,7 @@ async def test_sigterm_stops_sources_then_flushes(kafka_bootstrap: str, shared_d
     for i, image in enumerate(small_apollo_frames(shared_dir, 3)):
         (folder / f"{i}.jpg").write_bytes(jpeg(image))
     topic = unique_topic("sigterm")
-    with ingestor(kafka_bootstrap, topic) as daemon:
+    with ingestor(kafka_bootstrap, topic, "--allowed-roots", str(tmp_path)) as daemon:
         async with insecure_channel(daemon.address) as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             spec = ingest_pb2.SourceSpec(

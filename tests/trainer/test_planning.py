@@ -1,4 +1,4 @@
-"""How a request's epochs and time limit become the schedule its workers run."""
+"""How a request's epochs and time limit become the schedule its workers run, and which server paths it may name."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.paths import PathNotAllowed
 from trainer.planning import MAX_EPOCHS, SHORT_BUDGET_S, SHORT_SCHEDULE, STARTUP_ALLOWANCE_S, Planner, TrainRequest
 from trainer_worker.loop import Recipe
 
@@ -52,3 +53,39 @@ async def test_a_short_limit_gets_the_short_schedule_unless_the_request_sets_a_f
     assert all(asked[key] == value for key, value in SHORT_SCHEDULE.items() if key not in ("batch_size", "crop_width"))
     long = await _recipe(tmp_path, max_duration_s=int(SHORT_BUDGET_S + STARTUP_ALLOWANCE_S) + 1)
     assert not set(SHORT_SCHEDULE) & set(long), "a long job keeps the recipe's own defaults"
+
+
+def test_init_checkpoints_and_folders_come_only_from_the_roots(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "data").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "evil.pt").write_bytes(b"x")
+    (root / "link.pt").symlink_to(outside / "evil.pt")
+    (root / "ok.pt").write_bytes(b"x")
+    planner = _planner(root)
+    data = str(root / "data")
+    for path in (outside / "evil.pt", root / "link.pt", root / ".." / "outside" / "evil.pt"):
+        with pytest.raises(PathNotAllowed, match="outside the trainer's allowed roots"):
+            planner.validate(TrainRequest(dataset=data, init_checkpoint=str(path)))
+    with pytest.raises(PathNotAllowed, match="allowed roots"):
+        planner.validate(TrainRequest(dataset=str(outside)))
+    planner.validate(TrainRequest(dataset=data, init_checkpoint=str(root / "ok.pt")))
+    # No roots: no request path at all, and the refusal names the setting an operator must set.
+    closed = Planner(
+        feature_addr="127.0.0.1:1", cache_dir=root / "cache", allowed_roots=(), max_workers=2, cpu_threads=2
+    )
+    with pytest.raises(PathNotAllowed, match="--allowed-roots"):
+        closed.validate(TrainRequest(dataset=data))
+    with pytest.raises(PathNotAllowed, match="--allowed-roots"):
+        closed.validate(TrainRequest(dataset="apollo:1", init_checkpoint=str(root / "ok.pt")))
+
+
+async def test_the_job_reads_the_checked_checkpoint_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "init.pt").write_bytes(b"x")
+    request = TrainRequest(
+        dataset=str(tmp_path / "data"), init_checkpoint=str(tmp_path / "data" / ".." / "models/init.pt")
+    )
+    spec = await _planner(tmp_path).prepare("job-1", request, lambda _: None)
+    assert spec.init_checkpoint == str((tmp_path / "models" / "init.pt").resolve())

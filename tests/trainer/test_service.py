@@ -81,6 +81,8 @@ def trainer(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "2",
             "--stop-grace-s",
             "5",
+            "--allowed-roots",
+            str(root),
         ]
         keys = root / "api-keys"
         keys.write_text(keys_file_text())
@@ -417,7 +419,8 @@ def test_bad_requests_fail_at_once_with_a_clear_status(trainer: Trainer) -> None
             "multiple of 32",
         ),
         (dict(dataset=str(trainer.data), workers=99), grpc.StatusCode.INVALID_ARGUMENT, "workers"),
-        (dict(dataset="/no/such/folder"), grpc.StatusCode.NOT_FOUND, "does not exist"),
+        (dict(dataset=str(trainer.data.parent / "no-such-folder")), grpc.StatusCode.NOT_FOUND, "does not exist"),
+        (dict(dataset="/etc"), grpc.StatusCode.PERMISSION_DENIED, "allowed roots"),
         (dict(dataset=""), grpc.StatusCode.INVALID_ARGUMENT, "dataset is required"),
         (dict(dataset="apollo:2"), grpc.StatusCode.UNAVAILABLE, "feature_service"),
     ]
