@@ -15,6 +15,7 @@ from ingestor.frames import BadImage, probe_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
 from kit.errors import FieldViolation
+from kit.names import name_problem
 
 MAX_REASONS = 20
 
@@ -44,6 +45,10 @@ def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes:
     """Checks a client frame and fills what the client left out (ids, time, size, encoding)."""
     if not frame.camera_id.strip():
         raise InvalidFrame("camera_id is required", field="frame.camera_id")
+    for kind, name, value in (("camera id", "camera_id", frame.camera_id), ("data set", "dataset", frame.dataset)):
+        problem = name_problem(kind, value) if value else None
+        if problem is not None:
+            raise InvalidFrame(problem, field=f"frame.{name}", reason="INVALID_NAME")
     if not frame.image:
         raise InvalidFrame("image is empty", field="frame.image")
     if len(frame.image) > max_image_bytes:
@@ -101,7 +106,11 @@ class ClientIngest:
                 ready = complete(frame, position, peer, self._limits.max_image_bytes)
             except InvalidFrame as exc:
                 where = {"frame_index": position}
-                result.reject(InvalidFrame(f"frame {position}: {exc}", violations=exc.violations, metadata=where))
+                result.reject(
+                    InvalidFrame(
+                        f"frame {position}: {exc}", violations=exc.violations, metadata=where, reason=exc.reason
+                    )
+                )
                 self._metrics.frames_rejected.labels("client").inc()
                 position += 1
                 continue

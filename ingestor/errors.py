@@ -69,3 +69,9 @@ class SourceUnreachable(FailedPrecondition):
 
 class SourceError(Exception):
     """A running source cannot go on (unreadable video, folder emptied); it ends FAILED with this message."""
+
+
+class StreamHostNotAllowed(PermissionDenied):
+    """A stream URL whose host is not in the allowed stream hosts, or resolves into a denied network."""
+
+    reason = "STREAM_HOST_NOT_ALLOWED"
