@@ -20,7 +20,7 @@ from feature_service.blobs import STALE_TMP_S, LocalBlobStore, blob_key
 from feature_service.config import Settings
 from feature_service.datasets import SnapshotFilter, SnapshotSpec, assign_split, check_spec, hashed_split
 from feature_service.db import load_migrations, redact
-from feature_service.errors import BadRequest, BlobMissing, MigrationError
+from feature_service.errors import BlobMissing, MigrationError
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate, validate
 from kit.config import ConfigError, load_settings
 from kit.errors import InvalidArgument
