@@ -58,7 +58,10 @@ def pipeline(
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(postgres_dsn, "cli"))
-        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0"]))
+        # The live-stream test's camera is on 127.0.0.1: allowed explicitly (no stream host is by default).
+        ingestor = stack.enter_context(
+            DaemonProcess("ingestor", [*kafka, "--metrics-port", "0", "--stream-allowed-hosts", "127.0.0.1"])
+        )
         features = stack.enter_context(
             DaemonProcess(
                 "feature_service",
