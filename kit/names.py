@@ -37,7 +37,7 @@ def name_problem(kind: str, value: str) -> str | None:
     if pattern.fullmatch(value):
         return None
     shown = value if len(value) <= MAX_NAME_CHARS else value[:MAX_NAME_CHARS] + "..."
-    return f"{kind} {shown!r} is not a valid name: use {rule}"
+    return f"{kind} {shown!r} is not valid: use {rule}"
 
 
 def is_valid_name(kind: str, value: str) -> bool:

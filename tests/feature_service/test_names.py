@@ -69,7 +69,7 @@ def test_frames_and_detections_with_bad_camera_ids_are_unusable(camera_id: str) 
     with pytest.raises(Unusable) as info:
         parse_run(record)
     assert info.value.code == "invalid_name"
-    with pytest.raises(ValueError, match="not a valid name"):
+    with pytest.raises(ValueError, match="is not valid: use"):
         camera_keys(camera_id)
 
 
