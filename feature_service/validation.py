@@ -13,6 +13,7 @@ from carmesh.v1 import common_pb2
 from feature_service import imaging
 from feature_service.blobs import sha256_hex
 from kit.names import name_problem
+from kit.redact import redact_url
 
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 4096
@@ -164,7 +165,8 @@ def validate(frame: common_pb2.Frame, record_timestamp_ms: int, limits: Limits) 
     try:
         frame_id = _text("frame_id", frame.frame_id, MAX_ID_CHARS, required=True)
         camera_id = _name("camera id", "camera_id", frame.camera_id, required=True)
-        source = _text("source", frame.source, MAX_TEXT_CHARS)
+        # Older producers stored stream URLs with their passwords: never keep one.
+        source = redact_url(_text("source", frame.source, MAX_TEXT_CHARS))
         dataset = _name("data set", "dataset", frame.dataset, required=False)
         captured_at = _captured_at(frame, record_timestamp_ms)
         annotations = _annotations(frame)

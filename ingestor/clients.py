@@ -16,6 +16,7 @@ from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
 from kit.errors import FieldViolation
 from kit.names import name_problem
+from kit.redact import redact_url
 
 MAX_REASONS = 20
 
@@ -83,8 +84,7 @@ def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes:
         out.seq = position
     if not out.HasField("captured_at") or out.captured_at.ToNanoseconds() == 0:
         out.captured_at.CopyFrom(timestamp(time.time()))
-    if not out.source:
-        out.source = f"grpc:{peer}"
+    out.source = redact_url(out.source) if out.source else f"grpc:{peer}"
     return out
 
 

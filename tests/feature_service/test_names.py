@@ -73,6 +73,13 @@ def test_frames_and_detections_with_bad_camera_ids_are_unusable(camera_id: str) 
         camera_keys(camera_id)
 
 
+def test_stored_sources_never_keep_a_password() -> None:
+    frame = _frame("f-1", "cam-1")
+    frame.source = "rtsp://viewer:s3cret@cam.example/live"
+    stored = validate(frame, 0, Limits(max_image_bytes=1_000_000, max_image_pixels=1_000_000))
+    assert not isinstance(stored, Rejection) and stored.source == "rtsp://viewer:***@cam.example/live"
+
+
 def test_redis_keys_come_from_one_function() -> None:
     keys = camera_keys("cam1")
     assert (keys.features, keys.dets, keys.cars) == (

@@ -157,7 +157,7 @@ async def test_stream_credentials_are_redacted_everywhere(
 
 
 async def test_names_that_would_collide_in_redis_are_refused(
-    stub: ingest_pb2_grpc.IngestServiceStub, data_root: Path
+    daemon: Daemon, stub: ingest_pb2_grpc.IngestServiceStub, data_root: Path
 ) -> None:
     folder = ingest_pb2.SourceSpec(kind=ingest_pb2.SOURCE_KIND_IMAGE_FOLDER, uri=str(data_root), camera_id="cam1:cars")
     err = await start_error(stub, folder)
@@ -179,10 +179,18 @@ async def test_names_that_would_collide_in_redis_are_refused(
 
     async def requests() -> AsyncIterator[ingest_pb2.IngestFramesRequest]:
         image = jpeg(frames(1)[0])
+        source = f"rtsp://viewer:{PASSWORD}@cam.example/live"  # a client's own source: redacted too
         for camera_id in ("cam1:cars", "cam-ok"):
-            yield ingest_pb2.IngestFramesRequest(frame=common_pb2.Frame(camera_id=camera_id, image=image))
+            yield ingest_pb2.IngestFramesRequest(
+                frame=common_pb2.Frame(camera_id=camera_id, image=image, source=source)
+            )
 
     reply = await stub.IngestFrames(requests(), timeout=30)
     assert (reply.accepted, reply.rejected) == (1, 1)
     [rejection] = reply.rejections
     assert reason_of(rejection) == "INVALID_NAME" and fields_of(rejection) == ["frame.camera_id"]
+    _, topic, bootstrap = daemon
+    [published] = await read_topic(
+        bootstrap, topic, lambda f: f.camera_id == "cam-ok", done=lambda kept: len(kept) >= 1
+    )
+    assert published.source == "rtsp://viewer:***@cam.example/live"
