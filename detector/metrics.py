@@ -47,7 +47,8 @@ class StreamMetrics:
         registry = metrics.registry
         self.frames = Counter(
             "carmesh_detector_stream_frames_total",
-            "Frames taken from the frames topic, by outcome (published, skipped_undecodable, skipped_failed)",
+            "Frames taken from the frames topic, by outcome "
+            "(published, skipped_undecodable, skipped_invalid_name, skipped_failed)",
             ["outcome"],
             registry=registry,
         )

@@ -36,6 +36,7 @@ from kit.kafka import (
     create_producer,
     ensure_topics,
 )
+from kit.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,10 @@ class FrameStream:
             frame = common_pb2.Frame.FromString(record.value or b"")
         except DecodeError as exc:
             self._skip(record, "skipped_undecodable", f"not a carmesh.v1.Frame ({exc})")
+            return None
+        problem = name_problem("camera id", frame.camera_id)
+        if problem is not None:  # from an older producer: it would key Redis wrongly downstream
+            self._skip(record, "skipped_invalid_name", f"frame {frame.frame_id!r}: {problem}")
             return None
         result = await self._detect(record, frame)
         return None if result is None else frame_detections(frame, result)

@@ -264,8 +264,16 @@ def _roots_args(cfg: StackConfig) -> list[str]:
     return ["--allowed-roots", ",".join(str(root.resolve()) for root in cfg.data_roots)]
 
 
+# Stream hosts a local stack may open: this machine and private LANs (the README's camera.local
+# resolves into one); link-local and metadata addresses stay denied. The environment's
+# CARMESH_INGESTOR_STREAM_ALLOWED_HOSTS replaces the list (docs/security.md).
+LOCAL_STREAM_HOSTS = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+
+
 def ingestor(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.ingestor_metrics), *_kafka_args(cfg), *_roots_args(cfg)]
+    if "CARMESH_INGESTOR_STREAM_ALLOWED_HOSTS" not in os.environ:
+        args += ["--stream-allowed-hosts", LOCAL_STREAM_HOSTS]
     return _daemon(cfg, "ingestor", "ingestor", cfg.ports.ingestor, args)
 
 

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import math
-import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from feature_service.db import unavailable_as
 from feature_service.errors import BadRequest, EmptySnapshot, SnapshotNotFound
 from feature_service.imaging import Features
 from feature_service.validation import AnnotationRow, StoredFrame
+from kit.names import validate_name
 
 SPLITS = ("train", "val", "test")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _SELECT_FRAMES = """
 SELECT f.frame_id, f.split FROM frames f
@@ -168,20 +167,17 @@ def assign_split(seed: int, frame_id: str, val_fraction: float, source_split: st
     return hashed_split(seed, frame_id, val_fraction)
 
 
-def _clean_list(name: str, values: Sequence[str]) -> tuple[str, ...]:
+def _clean_list(name: str, values: Sequence[str], kind: str = "") -> tuple[str, ...]:
     cleaned = tuple(v.strip() for v in values)
     if any(not v for v in cleaned):
         raise BadRequest(f"filter.{name} has a blank entry", field=f"filter.{name}")
+    for value in cleaned if kind else ():
+        validate_name(kind, value, f"filter.{name}")
     return tuple(dict.fromkeys(cleaned))
 
 
 def check_spec(spec: SnapshotSpec) -> SnapshotSpec:
-    if not _NAME.match(spec.name):
-        raise BadRequest(
-            f"snapshot name {spec.name!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field="name",
-        )
+    validate_name("snapshot name", spec.name, "name")
     if not math.isfinite(spec.val_fraction) or not 0.0 <= spec.val_fraction <= 1.0:
         raise BadRequest(f"val_fraction must be in [0, 1], got {spec.val_fraction}", field="val_fraction")
     flt = spec.filter
@@ -192,8 +188,8 @@ def check_spec(spec: SnapshotSpec) -> SnapshotSpec:
             field="filter.captured_after",
         )
     cleaned = SnapshotFilter(
-        camera_ids=_clean_list("camera_ids", flt.camera_ids),
-        datasets=_clean_list("datasets", flt.datasets),
+        camera_ids=_clean_list("camera_ids", flt.camera_ids, "camera id"),
+        datasets=_clean_list("datasets", flt.datasets, "data set"),
         captured_after=after,
         captured_before=before,
         labelled_only=flt.labelled_only,

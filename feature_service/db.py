@@ -12,13 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.exceptions
 
 from feature_service.errors import MigrationError, StoreUnavailable
 from kit.backoff import Backoff
+from kit.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,8 @@ async def unavailable_as(store: str) -> AsyncIterator[None]:
 
 
 def redact(dsn: str) -> str:
-    """The DSN without its password, for logs."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN without its password, for logs (the kit's one redaction)."""
+    return redact_url(dsn)
 
 
 async def create_pool(dsn: str, max_size: int, start_timeout_s: float) -> asyncpg.Pool:

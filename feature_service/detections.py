@@ -20,6 +20,7 @@ from feature_service.metrics import FeatureMetrics
 from feature_service.offline import DetectionRun, OfflineStore, PredictionRow
 from feature_service.online import ModelInfo, OnlineStore
 from feature_service.validation import MAX_ID_CHARS
+from kit.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ def _text(name: str, value: str, required: bool = True) -> str:
         raise Unusable("missing_field", f"{name} is empty")
     if len(value) > MAX_ID_CHARS or "\x00" in value:
         raise Unusable("bad_field", f"{name} is longer than {MAX_ID_CHARS} characters or contains NUL")
+    return value
+
+
+def _name(kind: str, name: str, value: str, required: bool = True) -> str:
+    """Names that key Redis (camera ids): records of older producers may carry any string."""
+    value = _text(name, value, required)
+    problem = name_problem(kind, value) if value else None
+    if problem is not None:
+        raise Unusable("invalid_name", f"{name}: {problem}")
     return value
 
 
@@ -61,7 +71,7 @@ def parse_run(record: ConsumerRecord) -> DetectionRun:
         detected_at = datetime.fromtimestamp(max(record.timestamp, 0) / 1000, tz=UTC)
     return DetectionRun(
         frame_id=_text("frame_id", message.frame_id),
-        camera_id=_text("camera_id", message.camera_id),
+        camera_id=_name("camera id", "camera_id", message.camera_id),
         model_name=_text("model.name", message.model.name),
         model_version=_text("model.version", message.model.version),
         model_alias=_text("model.alias", message.model.alias, required=False),

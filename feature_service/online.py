@@ -2,8 +2,11 @@
 
 Keys per camera ``<id>``: hash ``carmesh:camera:<id>`` (what GetOnlineFeatures returns), sorted
 set ``...:dets`` (frame_id scored by detection time, the rolling window) and hash ``...:cars``
-(frame_id -> car count). Updates are Lua scripts: atomic, and a replayed (older) record never
-overwrites newer values, so Kafka replays leave the store as it was.
+(frame_id -> car count). Every key is built by :func:`camera_keys`, which takes only names of
+the kit's name syntax: no ``:`` in a camera id, so ``cam1:cars`` can never be camera ``cam1``'s
+car-count hash (ids are checked where frames and requests come in; this is the last guard).
+Updates are Lua scripts: atomic, and a replayed (older) record never overwrites newer values,
+so Kafka replays leave the store as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import redis.asyncio as aioredis
 from feature_service.db import unavailable_as
 from feature_service.errors import CameraNotFound
 from feature_service.imaging import Features
+from kit.names import name_problem
 
 # The proto's car_count_1m: the mean over the minute ending at the camera's newest detection.
 CAR_WINDOW_MS = 60_000
@@ -54,8 +58,23 @@ return 1
 """
 
 
-def camera_key(camera_id: str) -> str:
-    return f"carmesh:camera:{camera_id}"
+KEY_PREFIX = "carmesh:camera"
+
+
+@dataclass(frozen=True)
+class CameraKeys:
+    features: str  # hash: latest features, car counts, model
+    dets: str  # sorted set: frame_id by detection time (the rolling window)
+    cars: str  # hash: frame_id -> car count
+
+
+def camera_keys(camera_id: str) -> CameraKeys:
+    """The one place Redis keys are made; raises ValueError for an id outside the name syntax."""
+    problem = name_problem("camera id", camera_id)
+    if problem is not None:
+        raise ValueError(problem)
+    key = f"{KEY_PREFIX}:{camera_id}"
+    return CameraKeys(features=key, dets=f"{key}:dets", cars=f"{key}:cars")
 
 
 def _ms(when: datetime) -> int:
@@ -109,19 +128,19 @@ class OnlineStore:
         args: list[str | int] = [self._ttl_s, _ms(captured_at)]
         for name, value in fields.items():
             args += [name, value]
-        await self._features(keys=[camera_key(camera_id)], args=args)
+        await self._features(keys=[camera_keys(camera_id).features], args=args)
 
     async def put_detections(
         self, camera_id: str, frame_id: str, detected_at: datetime, car_count: int, model: ModelInfo
     ) -> None:
-        key = camera_key(camera_id)
+        keys = camera_keys(camera_id)
         args: list[str | int] = [self._ttl_s, _ms(detected_at), frame_id, car_count, CAR_WINDOW_MS]
         args += ["model_name", model.name, "model_version", model.version, "model_alias", model.alias]
-        await self._detections(keys=[key, f"{key}:dets", f"{key}:cars"], args=args)
+        await self._detections(keys=[keys.features, keys.dets, keys.cars], args=args)
 
     async def get(self, camera_id: str) -> CameraFeatures:
         async with unavailable_as("Redis"):
-            raw = await self._client.hgetall(camera_key(camera_id))  # type: ignore[misc]
+            raw = await self._client.hgetall(camera_keys(camera_id).features)  # type: ignore[misc]
         fields = {str(k): str(v) for k, v in raw.items()}  # decode_responses: already str
         if not fields:
             raise CameraNotFound(

@@ -13,6 +13,7 @@ from feature_service.datasets import Datasets, Snapshot, SnapshotFilter, Snapsho
 from feature_service.errors import BadRequest
 from feature_service.online import OnlineStore
 from feature_service.validation import SPLIT_NAMES, StoredFrame
+from kit.names import validate_name
 from kit.pagination import BadPageToken, SortKey, next_page_token, page_request
 
 SERVICE_NAME = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
@@ -125,7 +126,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     ) -> feature_pb2.GetOnlineFeaturesResponse:
         if not request.camera_id:
             raise BadRequest("camera_id is required")
-        cam = await self._online.get(request.camera_id)
+        cam = await self._online.get(validate_name("camera id", request.camera_id, "camera_id"))
         camera = feature_pb2.CameraFeatures(
             camera_id=cam.camera_id,
             last_frame_id=cam.last_frame_id,
@@ -161,6 +162,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     async def ListDatasetSnapshots(
         self, request: feature_pb2.ListDatasetSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> feature_pb2.ListDatasetSnapshotsResponse:
+        if request.name:
+            validate_name("snapshot name", request.name, "name")
         page = page_request("ListDatasetSnapshots", request.page_size, request.page_token, {"name": request.name})
         after = _snapshot_key(page.after) if page.after is not None else ("", 0)
         # One more than the page tells whether another page follows, in the same query.
@@ -175,6 +178,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         self, request: feature_pb2.StreamDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[feature_pb2.StreamDatasetResponse]:
         split = _split_name(request.split)
+        validate_name("snapshot name", request.name, "name")
         async for example in self._datasets.stream(request.name, _version(request.version), split):
             yield feature_pb2.StreamDatasetResponse(
                 frame=frame_to_proto(example.frame), index=example.index, total=example.total

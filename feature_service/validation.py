@@ -12,6 +12,8 @@ from google.protobuf.message import DecodeError
 from carmesh.v1 import common_pb2
 from feature_service import imaging
 from feature_service.blobs import sha256_hex
+from kit.names import name_problem
+from kit.redact import redact_url
 
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 4096
@@ -90,6 +92,15 @@ def _text(name: str, value: str, limit: int, required: bool = False) -> str:
     return value
 
 
+def _name(kind: str, name: str, value: str, required: bool) -> str:
+    """Ids that key Redis and snapshots; frames from older producers may carry any string."""
+    value = _text(name, value, MAX_ID_CHARS, required=required)
+    problem = name_problem(kind, value) if value else None
+    if problem is not None:
+        raise _Reject("invalid_name", f"{name}: {problem}")
+    return value
+
+
 def _captured_at(frame: common_pb2.Frame, record_timestamp_ms: int) -> datetime:
     if frame.HasField("captured_at") and (frame.captured_at.seconds or frame.captured_at.nanos):
         try:
@@ -155,9 +166,10 @@ def validate(frame: common_pb2.Frame, record_timestamp_ms: int, limits: Limits) 
     """Checks ids, text, timestamps and annotations first (cheap), then decodes the image."""
     try:
         frame_id = _text("frame_id", frame.frame_id, MAX_ID_CHARS, required=True)
-        camera_id = _text("camera_id", frame.camera_id, MAX_ID_CHARS, required=True)
-        source = _text("source", frame.source, MAX_TEXT_CHARS)
-        dataset = _text("dataset", frame.dataset, MAX_ID_CHARS)
+        camera_id = _name("camera id", "camera_id", frame.camera_id, required=True)
+        # Older producers stored stream URLs with their passwords: never keep one.
+        source = redact_url(_text("source", frame.source, MAX_TEXT_CHARS))
+        dataset = _name("data set", "dataset", frame.dataset, required=False)
         namespace = _text("dataset_namespace", frame.dataset_namespace, MAX_ID_CHARS)
         captured_at = _captured_at(frame, record_timestamp_ms)
         annotations = _annotations(frame)

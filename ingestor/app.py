@@ -16,6 +16,7 @@ from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher, PublisherOptions
 from ingestor.server import SERVICE_NAME, IngestServicer
 from ingestor.sources import SourceManager, SourceOptions
+from ingestor.streams import StreamPolicy
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.server import Server
 
@@ -56,6 +57,7 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
                 read_timeout_ms=cfg.stream_read_timeout_ms,
                 reconnect_max_s=cfg.stream_reconnect_max_s,
             ),
+            stream_policy=StreamPolicy(cfg.stream_allowed_hosts, cfg.stream_denied_networks),
         ),
         metrics,
     )

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +98,16 @@ class LatestFrameReader:
 
     ``frames_dropped`` counts frames replaced before :meth:`next` took them. A lost stream
     is reopened with backoff until :meth:`close`; ``error`` says why while it is down.
+
+    ``target`` gives the URL to open, checked against the stream policy again before every
+    (re)open (it raises when the host is no longer allowed); ``url`` is the URL as shown in
+    logs and errors, its password redacted.
     """
 
-    def __init__(self, url: str, options: StreamOptions) -> None:
+    def __init__(self, url: str, options: StreamOptions, target: Callable[[], str]) -> None:
         self.url = url
         self.options = options
+        self._target = target
         self.frames_read = 0
         self.frames_dropped = 0
         self.error = ""
@@ -114,6 +120,12 @@ class LatestFrameReader:
         self._thread = threading.Thread(target=self._run, name="ingestor-stream", daemon=True)
 
     def _open(self) -> Any:
+        try:
+            url = self._target()
+        except Exception as exc:  # refused by the stream policy now (DNS changed) or unresolvable
+            self.error = str(exc)
+            log.warning("stream %s not opened: %s", self.url, exc)
+            return None
         # Timeouts so a silent server cannot block read() for 30-60 s (STACK-NOTES).
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
@@ -121,7 +133,7 @@ class LatestFrameReader:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             self.options.read_timeout_ms,
         ]
-        cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             return cap
         cap.release()

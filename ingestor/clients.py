@@ -21,6 +21,8 @@ from ingestor.publisher import Publisher
 from kit.callers import LABELS_SCOPE, CallerIdentity
 from kit.errors import FieldViolation
 from kit.hashing import derive_frame_id
+from kit.names import name_problem
+from kit.redact import redact_url
 
 MAX_REASONS = 20
 
@@ -64,6 +66,10 @@ def complete(
     ids and namespace that only the server may set."""
     if not frame.camera_id.strip():
         raise InvalidFrame("camera_id is required", field="frame.camera_id")
+    for kind, name, value in (("camera id", "camera_id", frame.camera_id), ("data set", "dataset", frame.dataset)):
+        problem = name_problem(kind, value) if value else None
+        if problem is not None:
+            raise InvalidFrame(problem, field=f"frame.{name}", reason="INVALID_NAME")
     if not frame.image:
         raise InvalidFrame("image is empty", field="frame.image")
     if len(frame.image) > max_image_bytes:
@@ -103,8 +109,7 @@ def complete(
         out.seq = position
     if not out.HasField("captured_at") or out.captured_at.ToNanoseconds() == 0:
         out.captured_at.CopyFrom(timestamp(time.time()))
-    if not out.source:
-        out.source = f"grpc:{peer}"
+    out.source = redact_url(out.source) if out.source else f"grpc:{peer}"
     return out
 
 
@@ -127,7 +132,11 @@ class ClientIngest:
                 ready = complete(frame, position, peer, self._limits.max_image_bytes, caller)
             except InvalidFrame as exc:
                 where = {"frame_index": position}
-                result.reject(InvalidFrame(f"frame {position}: {exc}", violations=exc.violations, metadata=where))
+                result.reject(
+                    InvalidFrame(
+                        f"frame {position}: {exc}", violations=exc.violations, metadata=where, reason=exc.reason
+                    )
+                )
                 self._metrics.frames_rejected.labels("client").inc()
                 position += 1
                 continue

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from kit.config import BaseSettings, existing_dirs, not_below
+from ingestor.streams import DEFAULT_DENIED, check_entries
+from kit.config import BaseSettings, existing_dirs, not_below, stripped_entries
 from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
 
 # Room for the Frame envelope (ids, annotations) next to the image in one Kafka message.
@@ -52,9 +53,19 @@ class Settings(BaseSettings):
     stream_open_timeout_ms: int = Field(2000, ge=100, le=120_000, description="timeout opening a live stream")
     stream_read_timeout_ms: int = Field(2000, ge=100, le=120_000, description="timeout reading a live stream frame")
     stream_reconnect_max_s: float = Field(10.0, gt=0, le=600, description="longest wait between stream reconnects")
+    stream_allowed_hosts: list[str] = Field(
+        [],
+        description="stream hosts StartSource may open: IP addresses, CIDR networks, host names, *.domain "
+        "(every address a name resolves to is checked; empty: no streams)",
+    )
+    stream_denied_networks: list[str] = Field(
+        list(DEFAULT_DENIED),
+        description="networks no stream may reach whatever stream_allowed_hosts says (link-local, metadata addresses)",
+    )
     ffmpeg_capture_options: str = Field(
-        "rtsp_transport;tcp|analyzeduration;0|probesize;32",
-        description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (TCP RTSP, fast open), unless set in the environment",
+        "rtsp_transport;tcp|analyzeduration;0|probesize;32|max_redirects;0",
+        description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (TCP RTSP, fast open, no HTTP redirects: "
+        "they would bypass stream_allowed_hosts), unless set in the environment",
     )
     progress_interval_ms: float = Field(500.0, ge=0, le=60_000, description="ImportDataset progress message interval")
 
@@ -62,6 +73,16 @@ class Settings(BaseSettings):
     @classmethod
     def _roots_exist(cls, value: list[Path]) -> list[Path]:
         return existing_dirs(value)
+
+    @field_validator("stream_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        return check_entries(stripped_entries(value), "stream_allowed_hosts", names=True)
+
+    @field_validator("stream_denied_networks")
+    @classmethod
+    def _denied_networks(cls, value: list[str]) -> list[str]:
+        return check_entries(stripped_entries(value), "stream_denied_networks", names=False)
 
     @field_validator("retry_max_ms")
     @classmethod

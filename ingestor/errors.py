@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kit.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
 # One class for every daemon's path refusals (re-exported).
 from kit.paths import PathNotAllowed as PathNotAllowed
@@ -72,3 +72,9 @@ class SourceUnreachable(FailedPrecondition):
 
 class SourceError(Exception):
     """A running source cannot go on (unreadable video, folder emptied); it ends FAILED with this message."""
+
+
+class StreamHostNotAllowed(PermissionDenied):
+    """A stream URL whose host is not in the allowed stream hosts, or resolves into a denied network."""
+
+    reason = "STREAM_HOST_NOT_ALLOWED"

@@ -22,6 +22,7 @@ from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
 from kit.datasets import Item, ParseOptions, parse_dataset
 from kit.hashing import derive_frame_id
+from kit.names import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class DatasetImporter:
         parsed = await asyncio.to_thread(parse_dataset, request.fmt, path, request.options)
         dataset = request.dataset.strip() or (path.name if path.is_dir() else path.stem)
         camera_id = request.camera_id.strip() or dataset
+        # A name taken from the folder or file must fit the name syntax too (it keys Redis and snapshots).
+        validate_name("data set", dataset, "dataset")
         class_ids = {name: i for i, name in enumerate(parsed.class_names)}
         progress = ImportProgress(frames_total=len(parsed.items) + len(parsed.skipped), class_names=parsed.class_names)
         for reason in parsed.skipped:

@@ -13,6 +13,7 @@ from ingestor.importer import DatasetImporter, ImportProgress, ImportRequest
 from ingestor.sources import FOLDER, STREAM, VIDEO, SourceManager, SourceSpec, SourceStatus
 from kit.callers import caller_of
 from kit.datasets import ParseOptions
+from kit.names import validate_name
 from kit.pagination import page_request, paginate
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
@@ -48,6 +49,8 @@ def _spec(spec: ingest_pb2.SourceSpec) -> SourceSpec:
         )
     if not spec.uri.strip():
         raise BadRequest("uri is required: a folder, a video file or a stream URL")
+    if spec.camera_id.strip():
+        validate_name("camera id", spec.camera_id.strip(), "spec.camera_id")
     return SourceSpec(kind=kind, uri=spec.uri, camera_id=spec.camera_id, max_fps=spec.max_fps, loop=spec.loop)
 
 
@@ -88,6 +91,9 @@ def _import_request(request: ingest_pb2.ImportDatasetRequest) -> ImportRequest:
         )
     if request.default_split not in common_pb2.Split.values():
         raise BadRequest(f"default_split {request.default_split} is not a Split")
+    for kind, field, value in (("data set", "dataset", request.dataset), ("camera id", "camera_id", request.camera_id)):
+        if value.strip():
+            validate_name(kind, value.strip(), field)
     return ImportRequest(
         fmt=fmt,
         path=request.path,
@@ -132,7 +138,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def StopSource(
         self, request: ingest_pb2.StopSourceRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.StopSourceResponse:
-        status = await self._sources.stop(request.source_id)
+        status = await self._sources.stop(validate_name("source id", request.source_id, "source_id"))
         return ingest_pb2.StopSourceResponse(source=_status(status))
 
     async def ListSources(

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from carmesh.v1 import common_pb2
 from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
@@ -25,13 +24,14 @@ from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, timestamp, uni
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
+from ingestor.streams import StreamPolicy
 from kit.hashing import derive_frame_id
+from kit.redact import redact_url
 
 log = logging.getLogger(__name__)
 
 FOLDER, VIDEO, STREAM = "folder", "video", "stream"
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
-STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
 _MAX_FPS = 1000.0
 _KEEP_ENDED = 64  # ended sources ListSources still shows
 
@@ -62,6 +62,7 @@ class SourceOptions:
     max_image_bytes: int
     jpeg_quality: int
     stream: StreamOptions
+    stream_policy: StreamPolicy
 
 
 class Pacer:
@@ -157,12 +158,13 @@ class SourceManager:
                 raise BadRequest(str(exc)) from None
             run = functools.partial(self._run_video, video=video)
         elif spec.kind == STREAM:
-            scheme = urlsplit(spec.uri).scheme.lower()
-            if scheme not in STREAM_SCHEMES:
-                raise BadRequest(
-                    f"stream uri {spec.uri!r} must start with one of {', '.join(sorted(STREAM_SCHEMES))}://"
-                )
-            reader = LatestFrameReader(spec.uri, self._options.stream)
+            # The host is checked now (DNS: in a thread) and again before every reconnect; the
+            # spec keeps the URL with its password redacted: it is logged, listed and on every frame.
+            policy, url = self._options.stream_policy, spec.uri
+            target = await asyncio.to_thread(policy.check, url)
+            spec = replace(spec, uri=target.shown)
+            source = Source(source_id, spec)
+            reader = LatestFrameReader(target.shown, self._options.stream, lambda: policy.check(url).url)
             try:
                 await reader.start()
             except SourceError as exc:
@@ -236,10 +238,10 @@ class SourceManager:
             log.info("source %s stopped after %d frames read", source.source_id, source.status().frames_read)
             raise
         except SourceError as exc:
-            source.state, source.error = FAILED, str(exc)
-            log.warning("source %s failed: %s", source.source_id, exc)
+            source.state, source.error = FAILED, redact_url(str(exc))
+            log.warning("source %s failed: %s", source.source_id, source.error)
         except Exception as exc:  # a source must never take the daemon down
-            source.state, source.error = FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            source.state, source.error = FAILED, redact_url(f"internal error: {type(exc).__name__}: {exc}")
             log.exception("source %s failed", source.source_id)
         finally:
             if source.stream is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kit.names import ALIAS, validate_name
 from kit.registry_tags import (
     MANIFEST_FILE,
     ONNX_FILE,
@@ -37,9 +38,7 @@ from registry_gateway.triton import triton_config
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")
-_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _VERSION_ALIAS_RE = re.compile(r"^[vV][0-9]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_./ -]{1,250}$")
@@ -57,23 +56,19 @@ class ImportRequest:
     file_name: str = ""
 
 
-def check_name(name: str, what: str = "model name") -> str:
+def check_name(name: str) -> str:
+    """The kit's name syntax (kit/names.py), as for every camera, data set and snapshot name."""
     if not name:
-        raise InvalidArgument(f"{what} is empty")
-    if not _NAME_RE.match(name):
-        raise InvalidArgument(
-            f"{what} {name!r} is not valid: use letters, digits, '.', '_' and '-' (up to 255), "
-            "starting with a letter or digit"
-        )
-    return name
+        raise InvalidArgument("model name is empty", field="name")
+    return validate_name("model name", name, "name")
 
 
 def check_alias(alias: str) -> str:
-    """MLflow's alias rules, checked before anything is written (an import sets its alias last)."""
+    """The kit's alias syntax (MLflow's, no '.'), checked before anything is written (an import
+    sets its alias last), and MLflow's reserved aliases."""
     if not alias:
-        raise InvalidArgument("alias is empty")
-    if not _ALIAS_RE.match(alias):
-        raise InvalidArgument(f"alias {alias!r} is not valid: use letters, digits, '_' and '-' (up to 255)")
+        raise InvalidArgument("alias is empty", field="alias")
+    validate_name(ALIAS, alias, "alias")
     if alias.lower() == "latest" or _VERSION_ALIAS_RE.match(alias):
         raise InvalidArgument(f"alias {alias!r} is reserved by MLflow ('latest' and 'v<number>' name versions)")
     return alias

@@ -9,17 +9,28 @@ import grpc
 from google.protobuf import json_format
 
 from carmesh.v1 import common_pb2, training_pb2, training_pb2_grpc
+from kit.names import ALIAS, validate_name
 from kit.pagination import page_request, paginate
 from trainer.errors import BadRequest
 from trainer.evaluate import EvaluateRequest, EvaluateResult
 from trainer.jobs import FetchProgress, JobManager, JobRecord
 from trainer.planning import Planner, TrainRequest
+from trainer.snapshots import looks_like_folder
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 
 
+def check_dataset_name(dataset: str, field: str) -> None:
+    """A snapshot reference ("name" or "name:version") names a snapshot of the kit's name syntax."""
+    if dataset and not looks_like_folder(dataset):
+        validate_name("snapshot name", dataset.partition(":")[0], field)
+
+
 def train_request(request: training_pb2.StartTrainingRequest) -> TrainRequest:
     c = request.config
+    check_dataset_name(request.dataset.strip(), "dataset")
+    if request.model_name.strip():
+        validate_name("model name", request.model_name.strip(), "model_name")
     return TrainRequest(
         dataset=request.dataset.strip(),
         preset=c.preset or "n",
@@ -138,6 +149,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             raise BadRequest("model needs a name and exactly one of version and alias")
         if not request.dataset.strip():
             raise BadRequest("dataset is required: a snapshot ('apollo', 'apollo:2') or a folder on the trainer")
+        validate_name("model name", m.name, "model.name")
+        if m.alias:
+            validate_name(ALIAS, m.alias, "model.alias")
+        check_dataset_name(request.dataset.strip(), "dataset")
         result = await self._evaluate(
             EvaluateRequest(
                 model_name=m.name,

@@ -58,9 +58,11 @@ def pipeline(
     kafka = ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"]
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(postgres_dsn, "cli"))
-        # Every test writes its data under the session's temporary folder.
+        # Every test writes its data under the session's temporary folder; the live-stream test's
+        # camera is on 127.0.0.1: allowed explicitly (no stream host is by default).
         roots = ["--allowed-roots", f"{tmp_path_factory.getbasetemp()},{shared_dir / 'data'}"]
-        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0", *roots]))
+        streams = ["--stream-allowed-hosts", "127.0.0.1"]
+        ingestor = stack.enter_context(DaemonProcess("ingestor", [*kafka, "--metrics-port", "0", *roots, *streams]))
         features = stack.enter_context(
             DaemonProcess(
                 "feature_service",

@@ -20,9 +20,10 @@ from feature_service.blobs import STALE_TMP_S, LocalBlobStore, blob_key
 from feature_service.config import Settings
 from feature_service.datasets import SnapshotFilter, SnapshotSpec, assign_split, check_spec, hashed_split
 from feature_service.db import load_migrations, redact
-from feature_service.errors import BadRequest, BlobMissing, MigrationError
+from feature_service.errors import BlobMissing, MigrationError
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate, validate
 from kit.config import ConfigError, load_settings
+from kit.errors import InvalidArgument
 
 LIMITS = Limits(max_image_bytes=1_000_000, max_image_pixels=1_000_000)
 
@@ -169,7 +170,8 @@ def test_hashed_split_is_deterministic_and_near_the_fraction() -> None:
     ],
 )
 def test_bad_snapshot_requests_are_refused(spec: SnapshotSpec, match: str) -> None:
-    with pytest.raises(BadRequest, match=match):
+    # Names fail as kit.names.InvalidName (reason INVALID_NAME), the rest as BadRequest: both INVALID_ARGUMENT.
+    with pytest.raises(InvalidArgument, match=match):
         check_spec(spec)
 
 

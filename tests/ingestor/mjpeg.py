@@ -13,7 +13,7 @@ from tests.ingestor.support import jpeg, stamp
 
 
 class MjpegCamera:
-    def __init__(self, images: list[np.ndarray], fps: float) -> None:
+    def __init__(self, images: list[np.ndarray], fps: float, host: str = "127.0.0.1") -> None:
         self.images = images
         self.fps = fps
         self.sent: list[tuple[int, float]] = []  # (frame number, epoch seconds written)
@@ -31,13 +31,14 @@ class MjpegCamera:
                 self.end_headers()
                 camera._stream(self)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/camera.mjpg"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/camera.mjpg"
 
     def _stream(self, handler: BaseHTTPRequestHandler) -> None:
         t0 = time.monotonic()

@@ -44,7 +44,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def daemon(kafka_bootstrap: str, data_root: Path) -> Iterator[Daemon]:
     topic = unique_topic("sources")
-    args = ["--allowed-roots", str(data_root), "--jpeg-quality", "92"]
+    # The live-stream tests read cameras on 127.0.0.1: allowed explicitly (no stream host is by default).
+    args = ["--allowed-roots", str(data_root), "--jpeg-quality", "92", "--stream-allowed-hosts", "127.0.0.1"]
     with ingestor(kafka_bootstrap, topic, *args) as proc:
         assert proc.metrics_port is not None
         yield proc, topic, proc.metrics_port
