@@ -70,7 +70,7 @@ def setup(kafka_bootstrap: str, shared_dir: Path, tmp_path_factory: pytest.TempP
     (root / "link").symlink_to(outside)
     (root / "key-link.csv").symlink_to(outside / "api-key")
     keys = base / "api-keys"
-    keys.write_text(f"{INGEST_KEY} importer ingest\n")
+    keys.write_text(f"{INGEST_KEY} importer ingest,ingest.import\n")  # ImportDataset takes ingest.import
     with (
         ingestor(kafka_bootstrap, unique_topic("paths"), "--allowed-roots", str(root)) as daemon,
         run_gateway(keys, f"127.0.0.1:{free_port()}", None, "--ingestor-addr", daemon.address) as gateway,
