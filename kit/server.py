@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kit.errors import STATUS_DETAILS_KEY, DomainError, internal_status
+from kit.errors import STATUS_DETAILS_KEY, DomainError, InvalidArgument, internal_status
 from kit.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,53 @@ def _with_details(context: grpc.aio.ServicerContext, details: Metadata) -> Metad
     return (*((k, v) for k, v in earlier if k != STATUS_DETAILS_KEY), *details)
 
 
+class UnparsableRequest(InvalidArgument):
+    """Request bytes that do not parse as the method's message: invalid UTF-8 in a string field,
+    a truncated or malformed wire encoding. gRPC would answer UNKNOWN; it is the client's fault."""
+
+    reason = "UNPARSABLE_REQUEST"
+
+
+class _Undecoded:
+    """What the tolerant deserializer hands on in place of a message that did not parse."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def failure(self, where: str) -> UnparsableRequest:
+        return UnparsableRequest(
+            f"{where} is not a valid {self.type_name}: a string field holds bytes that are not UTF-8, "
+            f"or the bytes are not a protobuf encoding of it ({self.error})"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, returning :class:`_Undecoded` instead of raising, so the call
+    can fail with INVALID_ARGUMENT rather than grpc's UNKNOWN (or a silently ended stream)."""
+    if deserializer is None:  # a raw-bytes handler (the gateway's proxy) parses nothing
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = getattr(message_type, "full_name", "request message")
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError, and whatever a custom deserializer raises
+            return _Undecoded(type_name, exc)
+
+    return deserialize
+
+
+async def _checked_items(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    index = 0
+    async for item in requests:
+        if isinstance(item, _Undecoded):
+            raise item.failure(f"request #{index} of the stream")
+        yield item
+        index += 1
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns :class:`DomainError` into its status, anything else into INTERNAL (logged),
     so no request can take a daemon down; records count and latency per method and code.
@@ -62,17 +109,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(self._wrap_unary(handler.unary_unary, method), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, method), **kwargs)
+            behavior = self._wrap_unary(handler.stream_unary, method, streamed=True)
+            return grpc.stream_unary_rpc_method_handler(behavior, **kwargs)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, method), **kwargs)
         assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
+        behavior = self._wrap_stream(handler.stream_stream, method, streamed=True)
+        return grpc.stream_stream_rpc_method_handler(behavior, **kwargs)
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
         if isinstance(exc, DomainError):
@@ -85,12 +134,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str, streamed: bool = False) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                response = await behavior(request, context)
+                if isinstance(request, _Undecoded):
+                    raise request.failure("the request")
+                response = await behavior(_checked_items(request) if streamed else request, context)
                 code = _code_of(context)
                 return response
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -104,12 +155,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str, streamed: bool = False) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                result = behavior(request, context)
+                if isinstance(request, _Undecoded):
+                    raise request.failure("the request")
+                result = behavior(_checked_items(request) if streamed else request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item
