@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 JPEG = "jpeg"
 PNG = "png"
@@ -36,8 +39,9 @@ def sniff_encoding(data: bytes) -> str:
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG or PNG header without decoding, so a decompression bomb is
-    refused before it is decoded; None when the header does not say."""
+    """(width, height) from the header without decoding, so a decompression bomb is refused
+    before it is decoded: JPEG and PNG parsed here, every other format (WebP, TIFF, BMP, PNM,
+    GIF, JPEG 2000, ...) by Pillow's lazy open; None when the header does not say."""
     encoding = sniff_encoding(data)
     if encoding == PNG:
         if len(data) >= 24 and data[12:16] == b"IHDR":
@@ -46,7 +50,28 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     if encoding == JPEG:
         return _jpeg_size(data)
-    return None
+    return _pillow_size(data)
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with warnings.catch_warnings():
+            # The caller applies its own pixel limit; Pillow's bomb warning/error is not the answer.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        return _bomb_size(exc)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
+        return None
+    return int(width), int(height)
+
+
+def _bomb_size(exc: Image.DecompressionBombError) -> tuple[int, int] | None:
+    """Pillow refuses images over twice its own limit at open and names only their pixel count:
+    (pixels, 1) keeps the product, which is what the limit is about."""
+    numbers = [int(word) for word in str(exc).replace("(", " ").split() if word.isdigit()]
+    return (numbers[0], 1) if numbers else (2**31, 1)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

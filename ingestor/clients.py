@@ -11,9 +11,10 @@ from google.rpc import status_pb2
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import BrokerRefused, BrokerUnavailable, InvalidFrame
-from ingestor.frames import BadImage, probe_image, timestamp, unique_id
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, BadImage, probe_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
+from kit.enums import enum_name
 from kit.errors import FieldViolation
 
 MAX_REASONS = 20
@@ -38,9 +39,16 @@ class ClientLimits:
     max_image_bytes: int
     publish_wait_s: float
     ack_wait_s: float
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
-def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int) -> common_pb2.Frame:
+def complete(
+    frame: common_pb2.Frame,
+    position: int,
+    peer: str,
+    max_image_bytes: int,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> common_pb2.Frame:
     """Checks a client frame and fills what the client left out (ids, time, size, encoding)."""
     if not frame.camera_id.strip():
         raise InvalidFrame("camera_id is required", field="frame.camera_id")
@@ -51,11 +59,11 @@ def complete(frame: common_pb2.Frame, position: int, peer: str, max_image_bytes:
             f"image is {len(frame.image)} bytes, more than max_image_bytes ({max_image_bytes})", field="frame.image"
         )
     try:
-        info = probe_image(frame.image)
+        info = probe_image(frame.image, max_image_pixels)
     except BadImage as exc:
         raise InvalidFrame(str(exc), field="frame.image") from None
     if frame.encoding not in (common_pb2.IMAGE_ENCODING_UNSPECIFIED, info.encoding):
-        said = common_pb2.ImageEncoding.Name(frame.encoding)
+        said = enum_name(common_pb2.ImageEncoding, frame.encoding)
         raise InvalidFrame(
             f"encoding says {said} but the bytes are {common_pb2.ImageEncoding.Name(info.encoding)}",
             field="frame.encoding",
@@ -98,7 +106,7 @@ class ClientIngest:
         position = 0
         async for frame in frames:
             try:
-                ready = complete(frame, position, peer, self._limits.max_image_bytes)
+                ready = complete(frame, position, peer, self._limits.max_image_bytes, self._limits.max_image_pixels)
             except InvalidFrame as exc:
                 where = {"frame_index": position}
                 result.reject(InvalidFrame(f"frame {position}: {exc}", violations=exc.violations, metadata=where))

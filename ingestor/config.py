@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS
 from kit.config import BaseSettings, existing_dirs, not_below
 from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
 
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
         ge=1,
         le=MAX_MESSAGE_BYTES - _ENVELOPE_BYTES,
         description="largest encoded image accepted (bigger frames are rejected or skipped)",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="largest image (width*height, read from the header) accepted; bigger ones are rejected or skipped",
     )
     allowed_roots: list[Path] = Field(
         [], description="directories sources and imports may read (empty: any path the daemon can read)"

@@ -21,10 +21,19 @@ from urllib.parse import urlsplit
 from carmesh.v1 import common_pb2
 from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
 from ingestor.errors import BadRequest, SourceError, SourceNotFound, SourceUnreachable, TooManySources
-from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, stable_id, timestamp, unique_id
+from ingestor.frames import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    BadImage,
+    load_image,
+    stable_id,
+    timestamp,
+    unique_id,
+)
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
+from kit.datasets.common import utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ class SourceOptions:
     max_image_bytes: int
     jpeg_quality: int
     stream: StreamOptions
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class Pacer:
@@ -266,9 +276,11 @@ class SourceManager:
             for path in files:
                 await pacer.wait()
                 try:
-                    data, info = await asyncio.to_thread(load_image, path, self._options.max_image_bytes)
+                    data, info = await asyncio.to_thread(
+                        load_image, path, self._options.max_image_bytes, self._options.max_image_pixels
+                    )
                 except (OSError, BadImage) as exc:
-                    source.error = f"skipped {path.name}: {exc}"
+                    source.error = utf8_text(f"skipped {path.name}: {exc}")
                     self._metrics.frames_rejected.labels(FOLDER).inc()
                     continue
                 frame = common_pb2.Frame(
@@ -280,7 +292,7 @@ class SourceManager:
                     image=data,
                     width=info.width,
                     height=info.height,
-                    source=str(path),
+                    source=utf8_text(str(path)),  # a file name need not be UTF-8; a proto string must
                 )
                 await self._publish(source, frame, FOLDER)
                 seq += 1
