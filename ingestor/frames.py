@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -43,9 +44,12 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
     if not data:
         raise BadImage("image is empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            fmt = image.format or ""
+        with warnings.catch_warnings():
+            # max_pixels is the limit here; Pillow's own bomb warning would only fill the log.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                fmt = image.format or ""
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"not a readable image ({exc})") from exc
     if width <= 0 or height <= 0:
