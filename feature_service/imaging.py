@@ -50,7 +50,25 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     if encoding == JPEG:
         return _jpeg_size(data)
-    return _pillow_size(data)
+    return _pillow_size(data) or _text_header_size(data)
+
+
+def _text_header_size(data: bytes) -> tuple[int, int] | None:
+    """PFM (``PF\\n640 480\\n``) and Radiance HDR (``-Y 480 +X 640``): text headers Pillow does not read."""
+    head = data[:4096]
+    if head[:2] in (b"PF", b"Pf"):
+        words = head[2:].split(maxsplit=2)
+        if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+            return int(words[0]), int(words[1])
+        return None
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        end = head.find(b"\n\n")
+        words = head[end + 2 :].split(b"\n", 1)[0].split() if end >= 0 else []
+        if len(words) == 4 and words[1].isdigit() and words[3].isdigit():
+            first, second = int(words[1]), int(words[3])
+            # "-Y h +X w" is the usual orientation; "+X w -Y h" swaps the axes.
+            return (second, first) if words[0][1:] == b"Y" else (first, second)
+    return None
 
 
 def _pillow_size(data: bytes) -> tuple[int, int] | None:

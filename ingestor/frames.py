@@ -50,7 +50,9 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 fmt = image.format or ""
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"image is over max_image_pixels ({max_pixels}): {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadImage(f"not a readable image ({exc})") from exc
     if width <= 0 or height <= 0:
         raise BadImage(f"image has no pixels ({width}x{height})")

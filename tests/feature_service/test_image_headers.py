@@ -51,9 +51,10 @@ def _tiff_claiming(width: int, height: int) -> bytes:
 def _other_formats() -> list[tuple[str, bytes]]:
     image = np.full((30, 40, 3), 128, np.uint8)
     out = []
-    for ext in (".bmp", ".ppm", ".pgm", ".tif", ".webp", ".jp2", ".ras"):
+    for ext in (".bmp", ".ppm", ".pgm", ".tif", ".webp", ".ras", ".hdr", ".pfm"):
         gray = ext == ".pgm"
-        ok, encoded = cv2.imencode(ext, image[:, :, 0] if gray else image)
+        pixels = image.astype(np.float32) / 255 if ext in (".hdr", ".pfm") else image
+        ok, encoded = cv2.imencode(ext, pixels[:, :, 0] if gray else pixels)
         if ok:
             out.append((ext, encoded.tobytes()))
     return out
