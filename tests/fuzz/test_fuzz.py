@@ -1,0 +1,73 @@
+"""The fuzz property over the whole mesh (`make up`, driven through the gateway with the admin
+key): for generated requests of every RPC of carmesh.v1 (random fields, unknown enum values,
+invalid UTF-8, huge repeated fields, hostile images), no answer is INTERNAL or UNKNOWN, every
+daemon keeps its pid and answers health, and each daemon's RSS stays under MAX_RSS_BYTES.
+
+FUZZ_EXAMPLES (default 300, spread over the RPCs) and FUZZ_SEED pick the run; `make fuzz`
+runs 10,000 and prints the counts per RPC and per status code."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tests.e2e.test_mesh import Mesh
+from tests.e2e.test_mesh import mesh as mesh
+from tests.fuzz.driver import Daemon, Tally, check_daemons, methods, requests, send_all
+
+pytestmark = pytest.mark.e2e
+
+DEFAULT_EXAMPLES = 300
+DEFAULT_SEED = 16
+
+
+def _daemons(mesh: Mesh) -> list[Daemon]:
+    ports = mesh.ports
+    by_name = {
+        "gateway": ports.gateway,
+        "registry_gateway": ports.registry,
+        "ingestor": ports.ingestor,
+        "feature_service": ports.feature,
+        "trainer": ports.trainer,
+        "detector": ports.detector,
+    }
+    pids = {p.stem: int(p.read_text()) for p in (mesh.run_dir / "pids").glob("*.pid")}
+    return [
+        Daemon(name, f"127.0.0.1:{port}", pids[name], serving_required=name != "detector")
+        for name, port in by_name.items()
+    ]
+
+
+@pytest.fixture(scope="module")
+def tally() -> Iterator[Tally]:
+    tally = Tally()
+    yield tally
+    report = tally.report()
+    print("\n" + report)
+    if os.environ.get("FUZZ_REPORT"):
+        with open(os.environ["FUZZ_REPORT"], "w", encoding="utf-8") as out:
+            out.write(report + "\n")
+
+
+@pytest.mark.timeout(0)
+def test_no_rpc_answers_internal_or_unknown_and_every_daemon_survives(mesh: Mesh, tally: Tally) -> None:
+    examples = int(os.environ.get("FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+    fuzz_seed = int(os.environ.get("FUZZ_SEED", DEFAULT_SEED))
+    daemons = _daemons(mesh)
+    assert check_daemons(daemons, tally) == []
+    rpcs = methods()
+    per_rpc = max(1, examples // len(rpcs))
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    problems: list[str] = []
+    with grpc.insecure_channel(mesh.gateway, options=options) as channel:
+        for method in rpcs:
+            send_all(channel, method, requests(method, per_rpc, fuzz_seed), mesh.api_key, tally)
+            problems += [f"after {method.name}: {p}" for p in check_daemons(daemons, tally)]
+            if problems:
+                break
+    assert not tally.failures, "\n".join(tally.failures[:20])
+    assert not problems, "\n".join(problems)
+    assert tally.total >= per_rpc * len(rpcs) // 2, tally.report()
