@@ -143,8 +143,6 @@ class Daemon:
     name: str
     address: str
     pid: int
-    # The detector has no model in a fresh mesh: NOT_SERVING is its healthy answer.
-    serving_required: bool = True
 
 
 def rss_bytes(pid: int) -> int:
@@ -171,6 +169,6 @@ def check_daemons(daemons: list[Daemon], tally: Tally) -> list[str]:
             except grpc.RpcError as err:
                 problems.append(f"{daemon.name} health check failed: {err.code().name}")  # type: ignore[attr-defined]
                 continue
-        if daemon.serving_required and status != health_pb2.HealthCheckResponse.SERVING:
+        if status != health_pb2.HealthCheckResponse.SERVING:
             problems.append(f"{daemon.name} is {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
     return problems

@@ -1,5 +1,6 @@
-"""Decompression bombs in every format OpenCV reads are refused from the header, before
-anything is decoded: a small WebP or TIFF can declare 12000x12000 pixels (hole 8 of issue 16)."""
+"""Hostile input to feature_service (hole 8 of issue 16): decompression bombs in every format
+OpenCV reads are refused from the header, before anything is decoded (a small WebP or TIFF can
+declare 12000x12000 pixels); a filter time outside a Timestamp's range is INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import struct
 import cv2
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from carmesh.v1 import common_pb2
+from carmesh.v1 import common_pb2, feature_pb2
 from feature_service import imaging
+from feature_service.errors import BadRequest
+from feature_service.server import filter_from_proto
 from feature_service.validation import Limits, Rejection, validate
 
 LIMITS = Limits(max_image_bytes=1_000_000, max_image_pixels=40_000_000)
@@ -73,3 +77,10 @@ def test_huge_webp_and_tiff_are_refused_from_the_header(make: object) -> None:
 @pytest.mark.parametrize(("ext", "data"), _other_formats(), ids=[ext for ext, _ in _other_formats()])
 def test_every_format_opencv_writes_has_its_size_read_from_the_header(ext: str, data: bytes) -> None:
     assert imaging.header_size(data) == (40, 30), ext
+
+
+def test_filter_time_out_of_range_is_bad_request() -> None:
+    # Found by the fuzz suite: CreateDatasetSnapshot answered INTERNAL (ToDatetime's ValueError).
+    late = Timestamp(seconds=2**63 - 1, nanos=-(2**31) + 1)
+    with pytest.raises(BadRequest, match=r"filter\.captured_before is not a valid time"):
+        filter_from_proto(feature_pb2.DatasetFilter(captured_before=late))
