@@ -30,9 +30,11 @@ DEFAULT_SEED = 16
 def _serve_a_model(mesh: Mesh, model: Path) -> None:
     """The detector serves only with a champion; without one the gateway answers UNAVAILABLE
     for it and the fuzzed images never reach it."""
-    imported = mesh.cli("models", "import", str(model), "--name", "fuzz-detector", "--family", "yolox")
+    imported = mesh.cli(
+        "models", "import", str(model), "--name", "car-detector", "--family", "yolox", "--names", "coco"
+    )
     assert imported.returncode == 0, imported.stderr
-    promoted = mesh.cli("models", "promote", "fuzz-detector", "1", "--alias", "champion", "--force")
+    promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion", "--force")
     assert promoted.returncode == 0, promoted.stderr
     eventually(
         lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}"),
