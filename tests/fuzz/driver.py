@@ -134,8 +134,8 @@ def send_all(
         for batch, code in zip(batches, codes, strict=True):
             tally.codes[(name, code.name)] += 1
             if code in FAILING_CODES:
-                first = batch[0][:120].hex() if batch else "(no messages)"
-                tally.failures.append(f"{name}: {code.name} for {len(batch)} message(s), first bytes {first}")
+                shown = " | ".join(m[:300].hex() for m in batch[:3]) or "(no messages)"
+                tally.failures.append(f"{name}: {code.name} for {len(batch)} message(s): {shown}")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,17 @@ def _daemons(mesh: Mesh) -> list[Daemon]:
     return [Daemon(name, f"127.0.0.1:{port}", pids[name]) for name, port in by_name.items()]
 
 
+def _tracebacks(mesh: Mesh) -> str:
+    """The daemons' logged tracebacks, so a failure says where it broke (the run dir goes at teardown)."""
+    out = []
+    for log in sorted((mesh.run_dir / "logs").glob("*.log")):
+        text = log.read_text(errors="replace")
+        at = text.find("Traceback")
+        if at >= 0:
+            out.append(f"\n--- {log.name}\n{text[max(0, at - 300) : at + 3000]}")
+    return "".join(out)
+
+
 @pytest.fixture(scope="module")
 def tally() -> Iterator[Tally]:
     tally = Tally()
@@ -88,6 +99,6 @@ def test_no_rpc_answers_internal_or_unknown_and_every_daemon_survives(
             problems += [f"after {method.name}: {p}" for p in check_daemons(daemons, tally)]
             if problems:
                 break
-    assert not tally.failures, "\n".join(tally.failures[:20])
+    assert not tally.failures, "\n".join(tally.failures[:20]) + _tracebacks(mesh)
     assert not problems, "\n".join(problems)
     assert tally.total >= per_rpc * len(rpcs) // 2, tally.report()
