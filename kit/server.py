@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -81,12 +83,51 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+def _nul_field(message: Message, prefix: str = "") -> str | None:
+    """The path of the first string field (map keys and values included) holding a NUL character."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            texts = value if _repeated(field) else [value]
+            if any("\x00" in text for text in texts):
+                return path
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if any(isinstance(k, str) and "\x00" in k for k in value):
+                return f"{path} (a key)"
+            for key, item in value.items():
+                if isinstance(item, str) and "\x00" in item:
+                    return f"{path}[{key!r}]"
+                if isinstance(item, Message) and (found := _nul_field(item, f"{path}[{key!r}].")):
+                    return found
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if _repeated(field) else [value]
+            for index, item in enumerate(items):
+                where = f"{path}[{index}]." if _repeated(field) else f"{path}."
+                if found := _nul_field(item, where):
+                    return found
+    return None
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    # ``is_repeated`` in protobuf 6; ``label`` before it.
+    repeated = getattr(field, "is_repeated", None)
+    return bool(repeated) if repeated is not None else getattr(field, "label", 0) == FieldDescriptor.LABEL_REPEATED
+
+
+def _check_request(request: Any, where: str) -> Any:
+    """Fails requests that did not parse, and strings with NUL characters: no name, id, path or
+    URL may hold one (PostgreSQL refuses them, file systems cut at them), so the edge refuses them."""
+    if isinstance(request, _Undecoded):
+        raise request.failure(where)
+    if isinstance(request, Message) and (field := _nul_field(request)):
+        raise InvalidArgument(f"{field} contains a NUL character (\\x00); remove it", field=field, reason="NUL_IN_TEXT")
+    return request
+
+
 async def _checked_items(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     index = 0
     async for item in requests:
-        if isinstance(item, _Undecoded):
-            raise item.failure(f"request #{index} of the stream")
-        yield item
+        yield _check_request(item, f"request #{index} of the stream")
         index += 1
 
 
@@ -139,9 +180,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if isinstance(request, _Undecoded):
-                    raise request.failure("the request")
-                response = await behavior(_checked_items(request) if streamed else request, context)
+                checked = _checked_items(request) if streamed else _check_request(request, "the request")
+                response = await behavior(checked, context)
                 code = _code_of(context)
                 return response
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -160,9 +200,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if isinstance(request, _Undecoded):
-                    raise request.failure("the request")
-                result = behavior(_checked_items(request) if streamed else request, context)
+                checked = _checked_items(request) if streamed else _check_request(request, "the request")
+                result = behavior(checked, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item

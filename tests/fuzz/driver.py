@@ -108,7 +108,9 @@ def _drain(replies: Iterator[object], call: grpc.Call) -> None:
             return
 
 
-def call_once(channel: grpc.Channel, method: MethodDescriptor, batch: list[bytes], key: str) -> grpc.StatusCode:
+def call_once(
+    channel: grpc.Channel, method: MethodDescriptor, batch: list[bytes], key: str
+) -> tuple[grpc.StatusCode, str]:
     path, metadata = path_of(method), (("authorization", f"Bearer {key}"),)
     try:
         if not method.client_streaming and not method.server_streaming:
@@ -121,8 +123,8 @@ def call_once(channel: grpc.Channel, method: MethodDescriptor, batch: list[bytes
             call = multi(sent, timeout=STREAM_TIMEOUT_S, metadata=metadata)
             _drain(call, call)  # type: ignore[arg-type]
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[attr-defined, no-any-return]
-    return grpc.StatusCode.OK
+        return err.code(), err.details() or ""  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, ""
 
 
 def send_all(
@@ -131,11 +133,11 @@ def send_all(
     name = path_of(method)[1:].removeprefix("carmesh.v1.")
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_CALLS) as pool:
         codes = pool.map(lambda b: call_once(channel, method, b, key), batches)
-        for batch, code in zip(batches, codes, strict=True):
+        for batch, (code, details) in zip(batches, codes, strict=True):
             tally.codes[(name, code.name)] += 1
             if code in FAILING_CODES:
                 shown = " | ".join(m[:300].hex() for m in batch[:3]) or "(no messages)"
-                tally.failures.append(f"{name}: {code.name} for {len(batch)} message(s): {shown}")
+                tally.failures.append(f"{name}: {code.name} {details[:300]!r} for {len(batch)} message(s): {shown}")
 
 
 @dataclass(frozen=True)

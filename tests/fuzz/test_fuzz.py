@@ -8,6 +8,7 @@ runs 10,000 and prints the counts per RPC and per status code."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,14 +60,19 @@ def _daemons(mesh: Mesh) -> list[Daemon]:
 
 
 def _tracebacks(mesh: Mesh) -> str:
-    """The daemons' logged tracebacks, so a failure says where it broke (the run dir goes at teardown)."""
-    out = []
+    """The distinct errors the daemons logged with a traceback (the run dir goes at teardown)."""
+    seen: dict[str, str] = {}
     for log in sorted((mesh.run_dir / "logs").glob("*.log")):
-        text = log.read_text(errors="replace")
-        at = text.find("Traceback")
-        if at >= 0:
-            out.append(f"\n--- {log.name}\n{text[max(0, at - 300) : at + 3000]}")
-    return "".join(out)
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            exc = record.get("exc") if isinstance(record, dict) else None
+            if exc:
+                where = exc.strip().splitlines()
+                seen.setdefault(f"{log.stem}: {where[-1]}", "\n".join(where[-12:]))
+    return "".join(f"\n--- {key}\n{tail}" for key, tail in seen.items())
 
 
 @pytest.fixture(scope="module")

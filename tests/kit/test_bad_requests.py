@@ -73,3 +73,28 @@ async def test_unparsable_stream_item_is_invalid_argument(server: Server) -> Non
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
         assert "request #1" in (err.value.details() or "")
         assert len(replies) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (detector_pb2.DetectRequest(request_id="a\x00b"), "request_id"),
+        (detector_pb2.DetectRequest(classes=["car", "x\x00"]), "classes"),
+    ],
+    ids=["string", "repeated-string"],
+)
+async def test_nul_in_a_string_is_invalid_argument_naming_the_field(
+    server: Server, request_: detector_pb2.DetectRequest, field: str
+) -> None:
+    # Found by the fuzz suite: a NUL in a snapshot name reached PostgreSQL and came back INTERNAL.
+    async with insecure_channel(server.address) as channel:
+        stub = detector_pb2_grpc.DetectorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Detect(request_, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert f"{field} contains a NUL character" in (err.value.details() or "")
+        stream = stub.DetectStream(iter([detector_pb2.DetectStreamRequest(detect=request_)]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stream:
+                pass
+        assert f"detect.{field} contains a NUL character" in (err.value.details() or "")
