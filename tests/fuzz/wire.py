@@ -72,12 +72,16 @@ def length_delimited(number: int, payload: bytes) -> bytes:
 
 def text_bytes() -> st.SearchStrategy[bytes]:
     """UTF-8 text, nasty ids, and raw bytes that are mostly not UTF-8."""
-    return st.one_of(
-        st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
-        st.sampled_from(_NASTY_TEXT).map(lambda s: s.encode("utf-8")),
+    text = st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass"))
+    ids = st.from_regex(r"[a-z][a-z0-9-]{0,20}(:[0-9]{1,3})?", fullmatch=True).map(str.encode)
+    nasty = st.sampled_from(_NASTY_TEXT).map(lambda s: s.encode("utf-8"))
+    # Mostly valid: a message with any invalid string stops at the parser, so the handlers
+    # behind it see the valid ones.
+    invalid = st.one_of(
         st.binary(min_size=1, max_size=40),
         st.sampled_from([b"\xff\xfe", b"ok\xc3", b"\xed\xa0\x80", b"\x80abc"]),
     )
+    return st.one_of(text, ids, ids, nasty, text, ids, invalid)
 
 
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy[bytes]:
