@@ -8,18 +8,21 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from carmesh.v1 import common_pb2
+from carmesh.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 from ingestor.clients import complete
 from ingestor.errors import InvalidFrame
 from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, BadImage, probe_image
+from kit.clients import insecure_channel
 from kit.datasets import ParseOptions, parse_dataset
 from kit.errors import InvalidArgument
+from tests.ingestor.support import ingestor, unique_topic
 
 
 def _jpeg(width: int = 32, height: int = 24) -> bytes:
@@ -104,3 +107,20 @@ def test_file_names_that_are_not_utf8_are_skipped_and_named_with_escapes(tmp_pat
     assert parsed.skipped == ["train/images/bad-\\xff\\xfe.jpg: the file name is not valid UTF-8; rename it"]
     # Every reason can travel in a proto string.
     assert all(reason.encode("utf-8") for reason in parsed.skipped)
+
+
+async def test_ingest_frames_rejects_an_unknown_encoding_and_the_stream_goes_on(kafka_bootstrap: str) -> None:
+    """Through `python -m ingestor`: the bad frame is one rejection, the frames after it are published."""
+    good = _jpeg()
+
+    async def frames() -> AsyncIterator[ingest_pb2.IngestFramesRequest]:
+        yield ingest_pb2.IngestFramesRequest(frame=common_pb2.Frame(camera_id="cam", image=good))
+        bad = common_pb2.Frame(camera_id="cam", image=good, encoding=99)  # type: ignore[arg-type]
+        yield ingest_pb2.IngestFramesRequest(frame=bad)
+        yield ingest_pb2.IngestFramesRequest(frame=common_pb2.Frame(camera_id="cam", image=good))
+
+    with ingestor(kafka_bootstrap, unique_topic("bad-input")) as proc:
+        async with insecure_channel(proc.address) as channel:
+            reply = await ingest_pb2_grpc.IngestServiceStub(channel).IngestFrames(frames(), timeout=60)
+    assert (reply.accepted, reply.rejected) == (2, 1)
+    assert reply.rejections[0].code == 3 and "encoding says 99" in reply.rejections[0].message
