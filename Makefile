@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean
+.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean fuzz
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ typecheck: ## mypy over the daemons, kit and CLI
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra
+
+FUZZ_EXAMPLES ?= 10000
+FUZZ_SEED ?= 16
+fuzz: ## FUZZ_EXAMPLES generated requests over every RPC through a fresh mesh; prints counts per RPC and status code
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -s -p no:cacheprovider tests/fuzz
 
 up: ## start Redis, PostgreSQL, Tansu, MLflow and the daemons on 127.0.0.1 (logs/pids in .run/)
 	@$(PY) -m devstack up

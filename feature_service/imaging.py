@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 JPEG = "jpeg"
 PNG = "png"
@@ -36,8 +39,9 @@ def sniff_encoding(data: bytes) -> str:
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG or PNG header without decoding, so a decompression bomb is
-    refused before it is decoded; None when the header does not say."""
+    """(width, height) from the header without decoding, so a decompression bomb is refused
+    before it is decoded: JPEG and PNG parsed here, every other format (WebP, TIFF, BMP, PNM,
+    GIF, JPEG 2000, ...) by Pillow's lazy open; None when the header does not say."""
     encoding = sniff_encoding(data)
     if encoding == PNG:
         if len(data) >= 24 and data[12:16] == b"IHDR":
@@ -46,7 +50,46 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     if encoding == JPEG:
         return _jpeg_size(data)
+    return _pillow_size(data) or _text_header_size(data)
+
+
+def _text_header_size(data: bytes) -> tuple[int, int] | None:
+    """PFM (``PF\\n640 480\\n``) and Radiance HDR (``-Y 480 +X 640``): text headers Pillow does not read."""
+    head = data[:4096]
+    if head[:2] in (b"PF", b"Pf"):
+        words = head[2:].split(maxsplit=2)
+        if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+            return int(words[0]), int(words[1])
+        return None
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        end = head.find(b"\n\n")
+        words = head[end + 2 :].split(b"\n", 1)[0].split() if end >= 0 else []
+        if len(words) == 4 and words[1].isdigit() and words[3].isdigit():
+            first, second = int(words[1]), int(words[3])
+            # "-Y h +X w" is the usual orientation; "+X w -Y h" swaps the axes.
+            return (second, first) if words[0][1:] == b"Y" else (first, second)
     return None
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with warnings.catch_warnings():
+            # The caller applies its own pixel limit; Pillow's bomb warning/error is not the answer.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        return _bomb_size(exc)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
+        return None
+    return int(width), int(height)
+
+
+def _bomb_size(exc: Image.DecompressionBombError) -> tuple[int, int] | None:
+    """Pillow refuses images over twice its own limit at open and names only their pixel count:
+    (pixels, 1) keeps the product, which is what the limit is about."""
+    numbers = [int(word) for word in str(exc).replace("(", " ").split() if word.isdigit()]
+    return (numbers[0], 1) if numbers else (2**31, 1)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

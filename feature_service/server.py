@@ -38,7 +38,10 @@ def _timestamp(when: datetime | None) -> Timestamp | None:
 def _datetime(message: feature_pb2.DatasetFilter, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToDatetime(tzinfo=UTC)
+    try:
+        return getattr(message, field).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+    except (ValueError, OverflowError) as exc:  # seconds or nanos outside what a Timestamp may hold
+        raise BadRequest(f"filter.{field} is not a valid time: {exc}", field=f"filter.{field}") from None
 
 
 def filter_from_proto(message: feature_pb2.DatasetFilter) -> SnapshotFilter:

@@ -140,7 +140,15 @@ def _check_image(frame: common_pb2.Frame, limits: Limits) -> tuple[str, imaging.
     if claimed is not None and claimed != encoding:
         raise _Reject("encoding_mismatch", f"encoding says {claimed} but the bytes are {encoding}")
     header = imaging.header_size(image)
-    if header is not None and header[0] * header[1] > limits.max_image_pixels:
+    if header is None:
+        # Decoding bytes whose size is unknown could allocate anything: a format only OpenCV
+        # reads (EXR, HDR) or garbage is refused unread.
+        raise _Reject(
+            "undecodable",
+            f"the {len(image)} image bytes have no header that gives the image size "
+            "(send JPEG, PNG, WebP, TIFF, BMP or PNM; corrupt or truncated?)",
+        )
+    if header[0] * header[1] > limits.max_image_pixels:
         raise _Reject(
             "too_many_pixels", f"image is {header[0]}x{header[1]}, more than {limits.max_image_pixels} pixels"
         )

@@ -51,6 +51,7 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
         SourceOptions(
             max_sources=cfg.max_sources,
             max_image_bytes=cfg.max_image_bytes,
+            max_image_pixels=cfg.max_image_pixels,
             jpeg_quality=cfg.jpeg_quality,
             stream=StreamOptions(
                 open_timeout_ms=cfg.stream_open_timeout_ms,
@@ -70,11 +71,14 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
             publish_wait_s=cfg.publish_wait_ms / 1000,
             ack_wait_s=cfg.ack_wait_ms / 1000,
             progress_interval_s=cfg.progress_interval_ms / 1000,
+            max_image_pixels=cfg.max_image_pixels,
         ),
         metrics,
     )
     clients = ClientIngest(
-        publisher, ClientLimits(cfg.max_image_bytes, cfg.publish_wait_ms / 1000, cfg.ack_wait_ms / 1000), metrics
+        publisher,
+        ClientLimits(cfg.max_image_bytes, cfg.publish_wait_ms / 1000, cfg.ack_wait_ms / 1000, cfg.max_image_pixels),
+        metrics,
     )
     server = ctx.grpc_server([SERVICE_NAME])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(sources, importer, clients), server.server)

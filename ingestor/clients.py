@@ -15,10 +15,11 @@ from google.rpc import status_pb2
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import BrokerRefused, BrokerUnavailable, InvalidFrame, LabelsDenied
-from ingestor.frames import BadImage, probe_image, timestamp, unique_id
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, BadImage, probe_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.publisher import Publisher
 from kit.callers import LABELS_SCOPE, CallerIdentity
+from kit.enums import enum_name
 from kit.errors import FieldViolation
 from kit.hashing import derive_frame_id
 from kit.names import name_problem
@@ -46,6 +47,7 @@ class ClientLimits:
     max_image_bytes: int
     publish_wait_s: float
     ack_wait_s: float
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def check_labels(frame: common_pb2.Frame, position: int, caller: CallerIdentity) -> None:
@@ -60,7 +62,12 @@ def check_labels(frame: common_pb2.Frame, position: int, caller: CallerIdentity)
 
 
 def complete(
-    frame: common_pb2.Frame, position: int, peer: str, max_image_bytes: int, caller: CallerIdentity
+    frame: common_pb2.Frame,
+    position: int,
+    peer: str,
+    max_image_bytes: int,
+    caller: CallerIdentity,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> common_pb2.Frame:
     """Checks a client frame and fills what the client left out (time, size, encoding); sets the
     ids and namespace that only the server may set."""
@@ -77,11 +84,11 @@ def complete(
             f"image is {len(frame.image)} bytes, more than max_image_bytes ({max_image_bytes})", field="frame.image"
         )
     try:
-        info = probe_image(frame.image)
+        info = probe_image(frame.image, max_image_pixels)
     except BadImage as exc:
         raise InvalidFrame(str(exc), field="frame.image") from None
     if frame.encoding not in (common_pb2.IMAGE_ENCODING_UNSPECIFIED, info.encoding):
-        said = common_pb2.ImageEncoding.Name(frame.encoding)
+        said = enum_name(common_pb2.ImageEncoding, frame.encoding)
         raise InvalidFrame(
             f"encoding says {said} but the bytes are {common_pb2.ImageEncoding.Name(info.encoding)}",
             field="frame.encoding",
@@ -129,7 +136,9 @@ class ClientIngest:
         async for frame in frames:
             check_labels(frame, position, caller)
             try:
-                ready = complete(frame, position, peer, self._limits.max_image_bytes, caller)
+                ready = complete(
+                    frame, position, peer, self._limits.max_image_bytes, caller, self._limits.max_image_pixels
+                )
             except InvalidFrame as exc:
                 where = {"frame_index": position}
                 result.reject(

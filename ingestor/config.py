@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS
 from ingestor.streams import DEFAULT_DENIED, check_entries
 from kit.config import BaseSettings, existing_dirs, not_below, stripped_entries
 from kit.kafka import FRAMES_TOPIC, MAX_MESSAGE_BYTES
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
         ge=1,
         le=MAX_MESSAGE_BYTES - _ENVELOPE_BYTES,
         description="largest encoded image accepted (bigger frames are rejected or skipped)",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="largest image (width*height, read from the header) accepted; bigger ones are rejected or skipped",
     )
     allowed_roots: list[Path] = Field(
         [],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from carmesh.v1 import common_pb2
 from ingestor.errors import PublishFailed
-from ingestor.frames import BadImage, ImageInfo, load_image, timestamp
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, BadImage, ImageInfo, load_image, timestamp
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
@@ -64,6 +64,7 @@ class ImportLimits:
     publish_wait_s: float
     ack_wait_s: float
     progress_interval_s: float
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def to_annotations(item: Item, info: ImageInfo, class_ids: dict[str, int]) -> list[common_pb2.Annotation]:
@@ -130,7 +131,9 @@ class DatasetImporter:
                 progress.skip(f"{item.rel}: outside the ingestor's allowed roots")
                 continue
             try:
-                data, info, mtime = await asyncio.to_thread(_read, item.image, self._limits.max_image_bytes)
+                data, info, mtime = await asyncio.to_thread(
+                    _read, item.image, self._limits.max_image_bytes, self._limits.max_image_pixels
+                )
             except (OSError, BadImage) as exc:
                 progress.skip(f"{item.rel}: {exc}")
                 self._metrics.frames_rejected.labels("dataset").inc()
@@ -167,6 +170,6 @@ class DatasetImporter:
             raise self._publisher.unavailable()
 
 
-def _read(path: Path, max_bytes: int) -> tuple[bytes, ImageInfo, float]:
-    data, info = load_image(path, max_bytes)
+def _read(path: Path, max_bytes: int, max_pixels: int) -> tuple[bytes, ImageInfo, float]:
+    data, info = load_image(path, max_bytes, max_pixels)
     return data, info, path.stat().st_mtime

@@ -20,11 +20,12 @@ from pathlib import Path
 from carmesh.v1 import common_pb2
 from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
 from ingestor.errors import BadRequest, SourceError, SourceNotFound, SourceUnreachable, TooManySources
-from ingestor.frames import IMAGE_SUFFIXES, BadImage, load_image, timestamp, unique_id
+from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, BadImage, load_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
 from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher
 from ingestor.streams import StreamPolicy
+from kit.datasets.common import utf8_text
 from kit.hashing import derive_frame_id
 from kit.redact import redact_url
 
@@ -63,6 +64,7 @@ class SourceOptions:
     jpeg_quality: int
     stream: StreamOptions
     stream_policy: StreamPolicy
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class Pacer:
@@ -269,9 +271,11 @@ class SourceManager:
             for path in files:
                 await pacer.wait()
                 try:
-                    data, info = await asyncio.to_thread(load_image, path, self._options.max_image_bytes)
+                    data, info = await asyncio.to_thread(
+                        load_image, path, self._options.max_image_bytes, self._options.max_image_pixels
+                    )
                 except (OSError, BadImage) as exc:
-                    source.error = f"skipped {path.name}: {exc}"
+                    source.error = utf8_text(f"skipped {path.name}: {exc}")
                     self._metrics.frames_rejected.labels(FOLDER).inc()
                     continue
                 frame = common_pb2.Frame(
@@ -283,7 +287,7 @@ class SourceManager:
                     image=data,
                     width=info.width,
                     height=info.height,
-                    source=str(path),
+                    source=utf8_text(str(path)),  # a file name need not be UTF-8; a proto string must
                 )
                 await self._publish(source, frame, FOLDER)
                 seq += 1

@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from kit.enums import enum_name
 from kit.pagination import page_request, paginate
 from registry_gateway.errors import InvalidArgument
 from registry_gateway.metrics import RegistryMetrics
@@ -70,7 +71,10 @@ def import_request(meta: registry_pb2.ImportModelMetadata) -> ImportRequest:
     family = _FAMILY_FROM_PROTO.get(meta.family)
     if family is None and meta.family != registry_pb2.MODEL_FAMILY_UNSPECIFIED:
         known = ", ".join(registry_pb2.ModelFamily.Name(f) for f in _FAMILY_FROM_PROTO)
-        raise InvalidArgument(f"family {registry_pb2.ModelFamily.Name(meta.family)} is not supported; use {known}")
+        raise InvalidArgument(
+            f"family {enum_name(registry_pb2.ModelFamily, meta.family)} is not supported; use {known}",
+            field="metadata.family",
+        )
     return ImportRequest(
         name=meta.name,
         family=family,

@@ -22,6 +22,14 @@ from kit.datasets.common import (
 )
 from kit.errors import InvalidArgument
 
+# What a COCO id may be (JSON numbers and strings); a missing id is None.
+_ID_TYPES = (int, float, str, type(None))
+
+
+def _id_text(value: object) -> str:
+    """An annotation's id for a skip reason: a scalar as is, anything else only by its type."""
+    return repr(value) if isinstance(value, (int, float, str, type(None))) else f"<{type(value).__name__}>"
+
 
 def _json_files(path: Path) -> list[Path]:
     if path.is_file():
@@ -100,7 +108,15 @@ def parse(path: Path, options: ParseOptions) -> Parsed:
         by_image: dict[Any, list[dict[str, Any]]] = {}
         for raw in doc.get("annotations") or []:
             if isinstance(raw, dict):
-                by_image.setdefault(raw.get("image_id"), []).append(raw)
+                # JSON gives lists and objects too, which cannot be ids (nor dict keys).
+                image_id = raw.get("image_id")
+                if not isinstance(image_id, _ID_TYPES):
+                    skipped.append(
+                        f"{ann.name}: annotation {_id_text(raw.get('id'))}: image_id must be a number or a string, "
+                        f"not {type(image_id).__name__}"
+                    )
+                    continue
+                by_image.setdefault(image_id, []).append(raw)
         dirs = _image_dirs(ann)
         for image in doc["images"]:
             name = str(image.get("file_name", "")) if isinstance(image, dict) else ""
@@ -112,8 +128,12 @@ def parse(path: Path, options: ParseOptions) -> Parsed:
                 # Not the name: one that is no file may be any text.
                 skipped.append(f"{ann.name}: an image's file is not found (looked in {', '.join(map(str, dirs))})")
                 continue
+            image_id = image.get("id")
+            if not isinstance(image_id, _ID_TYPES):
+                skipped.append(f"{name}: the image's id must be a number or a string, not {type(image_id).__name__}")
+                continue
             try:
-                boxes = [_box(raw, categories) for raw in by_image.get(image.get("id"), [])]
+                boxes = [_box(raw, categories) for raw in by_image.get(image_id, [])]
             except ValueError as exc:
                 skipped.append(f"{name}: {exc}")
                 continue

@@ -99,6 +99,20 @@ def label_path(root: Path, image: Path, suffix: str = ".txt") -> Path:
     return image.with_suffix(suffix)
 
 
+def utf8_text(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogate escapes) shown as ``\\xff``:
+    proto strings must be UTF-8, and a message must still say which file it was."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` (with ``..`` when outside it): the same wherever the data set is copied."""
     return Path(os.path.relpath(path, root)).as_posix()
@@ -128,6 +142,12 @@ def finish(
 ) -> Parsed:
     """Applies the class map (renames; "" drops the boxes) and fixes class ids: the order of
     ``name_order`` (a format's id order) when given, else sorted names, so ids are stable."""
+    # A name that is not UTF-8 cannot travel in a Frame: skip it, naming it with escapes.
+    skipped = [utf8_text(reason) for reason in skipped]
+    skipped += [
+        f"{utf8_text(item.rel)}: the file name is not valid UTF-8; rename it" for item in items if not is_utf8(item.rel)
+    ]
+    items = [item for item in items if is_utf8(item.rel)]
     mapping = options.class_map
     dropped = 0
     seen: set[str] = set()

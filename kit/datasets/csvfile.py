@@ -64,7 +64,14 @@ def parse(path: Path, options: ParseOptions) -> Parsed:
     root = path.parent
     default_class = options.class_names[0] if options.class_names else "object"
     with path.open(newline="", errors="replace") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+        reader = csv.reader(handle)
+        try:
+            rows = [row for row in reader if any(cell.strip() for cell in row)]
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (128 KiB): not a box list
+            raise InvalidArgument(
+                f"{path}: line {reader.line_num} cannot be read as CSV ({exc}); "
+                "a CSV data set has one short row per box: image,xmin,ymin,xmax,ymax[,class]"
+            ) from None
     if not rows:
         raise InvalidArgument(f"{path} has no rows")
     columns = _columns(rows[0])
