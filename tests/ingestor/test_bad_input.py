@@ -19,10 +19,14 @@ from carmesh.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 from ingestor.clients import complete
 from ingestor.errors import InvalidFrame
 from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, BadImage, probe_image
+from kit.callers import CallerIdentity
 from kit.clients import insecure_channel
 from kit.datasets import ParseOptions, parse_dataset
 from kit.errors import InvalidArgument
 from tests.ingestor.support import ingestor, unique_topic
+
+# A gateway-admitted key that may send unlabelled frames.
+CAMERA = CallerIdentity("camera", frozenset({"ingest"}))
 
 
 def _jpeg(width: int = 32, height: int = 24) -> bytes:
@@ -45,7 +49,7 @@ def _png_bomb(width: int, height: int) -> bytes:
 def test_unknown_encoding_is_a_rejected_frame_not_a_crash() -> None:
     frame = common_pb2.Frame(camera_id="cam", image=_jpeg(), encoding=99)  # type: ignore[arg-type]
     with pytest.raises(InvalidFrame) as err:
-        complete(frame, 0, "peer", 1 << 20)
+        complete(frame, 0, "peer", 1 << 20, CAMERA)
     assert "encoding says 99 (not a ImageEncoding value)" in str(err.value)
     # The frame's rejection is a google.rpc.Status, as IngestFramesResponse.rejections carries it.
     assert err.value.status().code == 3
@@ -57,7 +61,7 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header() -> None:
         probe_image(bomb)
     assert DEFAULT_MAX_IMAGE_PIXELS < 12000 * 12000
     with pytest.raises(InvalidFrame, match="max_image_pixels"):
-        complete(common_pb2.Frame(camera_id="cam", image=bomb), 0, "peer", 1 << 20, max_image_pixels=1000)
+        complete(common_pb2.Frame(camera_id="cam", image=bomb), 0, "peer", 1 << 20, CAMERA, max_image_pixels=1000)
     assert probe_image(_jpeg(), max_pixels=32 * 24).width == 32
 
 
