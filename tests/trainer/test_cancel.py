@@ -178,6 +178,8 @@ def stack(mlflow_uri: str, snapshot: tuple[str, str], tmp_path_factory: pytest.T
         "16",
         "--stop-grace-s",
         "10",
+        "--allowed-roots",  # the jobs train on the folder written under root
+        str(root),
     ]
     with DaemonProcess("trainer", args, env={HOLD_ENV: str(hold)}, timeout_s=60) as daemon:
         stack = Stack(daemon, root / "work", data, snapshot_name, mlflow_uri, {})
