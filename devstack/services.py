@@ -200,6 +200,7 @@ def postgres(cfg: StackConfig) -> Process:
             initdb = [_postgres_bin("initdb"), "-D", str(data), "--auth=scram-sha-256", f"--pwfile={pwfile}"]
             initdb += ["-U", "postgres", "--encoding", "UTF8"]
             _run_as(user, initdb, "initdb")
+        (data / "pg_hba.conf").write_text(_PG_HBA)
     if not running and _PG_HBA not in (data / "pg_hba.conf").read_text():
         # A cluster made by an older `make up` trusted everyone and has no password: set it (single-user
         # mode needs no login), then require it.
