@@ -20,6 +20,8 @@ import redis.exceptions
 from carmesh.v1 import feature_pb2, feature_pb2_grpc
 from devstack import services
 from devstack.procs import Process
+from feature_service.app import read_password
+from kit.config import ConfigError
 from tests.helpers import free_port
 
 
@@ -151,3 +153,16 @@ def test_no_password_on_a_command_line_or_in_a_log(
     for log in logs:
         text = log.read_text(errors="replace")
         assert not any(p in text for p in passwords), f"a password in {log}"
+
+
+def test_feature_service_reads_the_first_line_and_names_a_bad_file_without_its_content(tmp_path: Path) -> None:
+    good = tmp_path / "pw"
+    good.write_text("s3cret-line\nignored\n")
+    assert read_password(good) == "s3cret-line"
+    assert read_password(None) is None
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_password(empty)
+    with pytest.raises(ConfigError, match="cannot read the password file"):
+        read_password(tmp_path / "missing")
