@@ -136,6 +136,9 @@ def test_no_password_on_a_command_line_or_in_a_log(
     names = ["redis", "postgres", *(proc.name for proc in procs)]
     leaders = [Process(name, [], cfg.run_dir, ready=lambda: True).pid() for name in names]
     assert all(leaders), dict(zip(names, leaders, strict=True))
+    # What each launcher execs (Redis rewrites its /proc title once started, hiding its arguments).
+    for proc in (services.redis(cfg), services.postgres(cfg), *procs):
+        assert not any(p in arg for arg in proc.argv for p in passwords), f"a password in {proc.name}'s arguments"
     checked = 0
     for leader in leaders:
         assert leader is not None
