@@ -176,6 +176,10 @@ async def run(args: argparse.Namespace) -> str:
                     cfg.postgres_dsn,
                     "--redis-url",
                     cfg.redis_url,
+                    "--postgres-password-file",
+                    str(cfg.postgres_password_file),
+                    "--redis-password-file",
+                    str(cfg.redis_password_file),
                     "--blob-dir",
                     str(run_dir / "blobs"),
                 ],
@@ -186,8 +190,9 @@ async def run(args: argparse.Namespace) -> str:
         ):
             # Warm-up on another camera: consumer-group join and first connections are not throughput.
             warmup = load_frames(args.images, 8, camera_id=f"warmup-{os.urandom(3).hex()}")
-            await bench_end_to_end(f"127.0.0.1:{ingestor_port}", cfg.postgres_dsn, warmup)
-            e2e_s = await bench_end_to_end(f"127.0.0.1:{ingestor_port}", cfg.postgres_dsn, frames)
+            dsn = cfg.postgres_dsn_with_password()
+            await bench_end_to_end(f"127.0.0.1:{ingestor_port}", dsn, warmup)
+            e2e_s = await bench_end_to_end(f"127.0.0.1:{ingestor_port}", dsn, frames)
     finally:
         for proc in reversed(procs):
             proc.stop()

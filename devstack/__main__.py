@@ -114,7 +114,7 @@ def wait_frames(cfg: services.StackConfig, camera: str, expected: int, timeout_s
     import asyncpg
 
     async def stored() -> int:
-        conn = await asyncpg.connect(cfg.postgres_dsn)
+        conn = await asyncpg.connect(cfg.postgres_dsn_with_password())
         try:
             return int(await conn.fetchval("select count(*) from frames where camera_id = $1", camera))
         finally:

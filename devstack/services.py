@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +70,34 @@ class StackConfig:
 
     @property
     def redis_url(self) -> str:
+        """Without the password: daemons read it from :attr:`redis_password_file`."""
         return f"redis://{HOST}:{self.ports.redis}/0"
 
     @property
     def postgres_dsn(self) -> str:
+        """Without the password: daemons read it from :attr:`postgres_password_file`."""
         return f"postgresql://postgres@{HOST}:{self.ports.postgres}/carmesh"
+
+    @property
+    def redis_password_file(self) -> Path:
+        return self.run_dir / "secrets" / "redis-password"
+
+    @property
+    def postgres_password_file(self) -> Path:
+        return self.run_dir / "secrets" / "postgres-password"
+
+    def redis_url_with_password(self) -> str:
+        """For clients in this process (tests, scripts); never for a command line or a log."""
+        return f"redis://:{stack_secret(self.redis_password_file)}@{HOST}:{self.ports.redis}/0"
+
+    def postgres_dsn_with_password(self, database: str = "carmesh") -> str:
+        """For clients in this process (tests, scripts); never for a command line or a log."""
+        password = stack_secret(self.postgres_password_file)
+        return f"postgresql://postgres:{password}@{HOST}:{self.ports.postgres}/{database}"
+
+    def postgres_env(self) -> dict[str, str]:
+        """libpq's environment for psql and psycopg2 (MLflow's store): the password never goes on a command line."""
+        return {"PGPASSWORD": stack_secret(self.postgres_password_file)}
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -80,6 +106,22 @@ class StackConfig:
     @property
     def mlflow_uri(self) -> str:
         return f"http://{HOST}:{self.ports.mlflow}"
+
+
+def stack_secret(path: Path) -> str:
+    """The password in ``path``, made once (random, mode 0600 in a 0700 folder) and kept across restarts."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        # O_EXCL: two starts racing on a fresh run dir keep one password.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
 
 
 def tcp_open(port: int, host: str = HOST) -> bool:
@@ -108,27 +150,23 @@ def grpc_serving(address: str) -> bool:
 
 
 def redis(cfg: StackConfig) -> Process:
+    """Redis with a password (``requirepass``), set in a 0600 config file: a flag would show in ``ps``."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server not found: run `make setup` (installs Debian's redis-server)")
     data = cfg.run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [
-        binary,
-        "--bind",
-        HOST,
-        "--port",
-        str(cfg.ports.redis),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-        "--daemonize",
-        "no",
-    ]
-    return Process("redis", argv, cfg.run_dir, ready=lambda: tcp_open(cfg.ports.redis))
+    conf = data / "redis.conf"
+    password = stack_secret(cfg.redis_password_file)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(
+            "# written by devstack on every start\n"
+            f'bind {HOST}\nport {cfg.ports.redis}\nsave ""\nappendonly no\n'
+            f"dir {data.resolve()}\ndaemonize no\nrequirepass {password}\n"
+        )
+    conf.chmod(0o600)
+    return Process("redis", [binary, str(conf.resolve())], cfg.run_dir, ready=lambda: tcp_open(cfg.ports.redis))
 
 
 def _postgres_bin(name: str) -> str:
@@ -138,22 +176,37 @@ def _postgres_bin(name: str) -> str:
     return found[-1]
 
 
+# Every connection, TCP or socket, proves the password (SCRAM); no trust, no peer.
+_PG_HBA = """# written by devstack: every connection needs the password (.run/secrets/postgres-password)
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
 def postgres(cfg: StackConfig) -> Process:
-    """A private cluster under the run dir; PostgreSQL refuses root, so it runs as `postgres` then."""
+    """A private cluster under the run dir; PostgreSQL refuses root, so it runs as `postgres` then.
+    The superuser's password comes from a file (initdb's --pwfile), never from a flag."""
     root = cfg.run_dir / "postgres"
     data = root / "data"
     user = "postgres" if os.geteuid() == 0 else None
+    running = Process("postgres", [], cfg.run_dir, ready=lambda: True).pid() is not None
     if not (data / "PG_VERSION").exists():
         root.mkdir(parents=True, exist_ok=True)
         if user is not None:
             shutil.chown(root, user, user)
             os.chmod(cfg.run_dir, 0o755)
-        initdb = [_postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--encoding", "UTF8"]
-        if user is not None:
-            initdb = ["runuser", "-u", user, "--", *initdb]
-        done = subprocess.run(initdb, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise StackError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
+        with _pwfile_for(root, cfg, user) as pwfile:
+            initdb = [_postgres_bin("initdb"), "-D", str(data), "--auth=scram-sha-256", f"--pwfile={pwfile}"]
+            initdb += ["-U", "postgres", "--encoding", "UTF8"]
+            _run_as(user, initdb, "initdb")
+        (data / "pg_hba.conf").write_text(_PG_HBA)
+    if not running and _PG_HBA not in (data / "pg_hba.conf").read_text():
+        # A cluster made by an older `make up` trusted everyone and has no password: set it (single-user
+        # mode needs no login), then require it.
+        statement = f"ALTER ROLE postgres PASSWORD '{stack_secret(cfg.postgres_password_file)}';\n"
+        _run_as(user, [_postgres_bin("postgres"), "--single", "-D", str(data), "postgres"], "password", statement)
+        (data / "pg_hba.conf").write_text(_PG_HBA)
     argv = [
         _postgres_bin("postgres"),
         "-D",
@@ -170,26 +223,46 @@ def postgres(cfg: StackConfig) -> Process:
     return Process("postgres", argv, cfg.run_dir, ready=lambda: _pg_ready(cfg), user=user)
 
 
-def _pg_ready(cfg: StackConfig) -> bool:
+@contextlib.contextmanager
+def _pwfile_for(root: Path, cfg: StackConfig, user: str | None) -> Iterator[Path]:
+    """A copy of the password that PostgreSQL's user can read (the secrets folder is ours alone), removed after."""
+    path = root / ".pwfile"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(stack_secret(cfg.postgres_password_file) + "\n")
+    if user is not None:
+        shutil.chown(path, user, user)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _run_as(user: str | None, argv: list[str], what: str, stdin: str | None = None) -> None:
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        # Only initdb's own words: single-user mode echoes its input, which holds the password.
+        detail = (done.stderr.strip() or done.stdout.strip()) if stdin is None else f"exit status {done.returncode}"
+        raise StackError(f"PostgreSQL {what} failed: {detail}")
+
+
+def _psql(cfg: StackConfig, sql: str, check: bool) -> subprocess.CompletedProcess[str]:
     psql = shutil.which("psql") or _postgres_bin("psql")
-    probe = subprocess.run(
-        [psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres", "-Atc", "select 1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return probe.returncode == 0
+    argv = [psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres", "-w", "-Atc", sql]
+    return subprocess.run(argv, capture_output=True, text=True, check=check, env={**os.environ, **cfg.postgres_env()})
+
+
+def _pg_ready(cfg: StackConfig) -> bool:
+    return _psql(cfg, "select 1", check=False).returncode == 0
 
 
 def create_databases(cfg: StackConfig, names: tuple[str, ...] = ("carmesh", "mlflow")) -> None:
-    psql = shutil.which("psql") or _postgres_bin("psql")
-    base = [psql, "-h", HOST, "-p", str(cfg.ports.postgres), "-U", "postgres", "-d", "postgres", "-Atc"]
     for name in names:
-        exists = subprocess.run(
-            [*base, f"select 1 from pg_database where datname = '{name}'"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        exists = _psql(cfg, f"select 1 from pg_database where datname = '{name}'", check=True).stdout.strip()
         if not exists:
-            subprocess.run([*base, f'create database "{name}"'], capture_output=True, text=True, check=True)
+            _psql(cfg, f'create database "{name}"', check=True)
 
 
 def tansu_binary() -> str:
@@ -228,8 +301,6 @@ def mlflow(cfg: StackConfig) -> Process:
         HOST,
         "--port",
         str(cfg.ports.mlflow),
-        "--backend-store-uri",
-        backend,
         "--artifacts-destination",
         str((root / "artifacts").resolve()),
         "--workers",
@@ -237,6 +308,11 @@ def mlflow(cfg: StackConfig) -> Process:
     ]
     # The job runner (huey workers, ~250 MB each) serves GenAI jobs that carmesh never submits.
     env = {"MLFLOW_HOME": str(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The store's URI goes by environment: a URI with a password would show in `ps` as a flag. On the
+    # stack's own PostgreSQL, psycopg2 takes the password from libpq's PGPASSWORD.
+    env["MLFLOW_BACKEND_STORE_URI"] = backend
+    if backend.startswith("postgresql") and f":{cfg.ports.postgres}/" in backend:
+        env.update(cfg.postgres_env())
     return Process(
         "mlflow", argv, cfg.run_dir, ready=lambda: http_ok(f"{cfg.mlflow_uri}/health"), env=env, ready_timeout_s=120.0
     )
@@ -280,6 +356,10 @@ def ingestor(cfg: StackConfig) -> Process:
 def feature_service(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.feature_metrics), *_kafka_args(cfg), "--postgres-dsn", cfg.postgres_dsn]
     args += ["--redis-url", cfg.redis_url, "--blob-dir", str(cfg.run_dir / "blobs")]
+    # Files, not passwords: the daemon reads them at start (flags show in `ps`).
+    stack_secret(cfg.postgres_password_file), stack_secret(cfg.redis_password_file)
+    args += ["--postgres-password-file", str(cfg.postgres_password_file)]
+    args += ["--redis-password-file", str(cfg.redis_password_file)]
     return _daemon(cfg, "feature_service", "feature_service", cfg.ports.feature, args)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ from feature_service.offline import OfflineStore
 from feature_service.online import OnlineStore
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
+from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
 from kit.server import Server
@@ -133,6 +135,19 @@ def build_consumers(
     return Consumers(loops)
 
 
+def read_password(path: Path | None) -> str | None:
+    """The first line of ``path`` (None: the URL carries the password, if any)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"the password file {path} is empty")
+    return lines[0].strip()
+
+
 async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
     metrics = FeatureMetrics(ctx.metrics)
     executor = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="feature-work")
@@ -140,13 +155,17 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
     blobs = await asyncio.to_thread(open_blob_store, cfg)
     ctx.on_close(blobs.close)
 
-    pool = await db.create_pool(cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s)
+    postgres_password = await asyncio.to_thread(read_password, cfg.postgres_password_file)
+    pool = await db.create_pool(
+        cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s, password=postgres_password
+    )
     ctx.on_close(lambda: close_pool(pool))
     async with pool.acquire() as conn:
         applied = await db.migrate(conn, db.load_migrations())
     log.info("PostgreSQL at %s ready (migrations applied now: %s)", db.redact(cfg.postgres_dsn), applied or "none")
 
-    online = OnlineStore.from_url(cfg.redis_url, cfg.features_ttl_s)
+    redis_password = await asyncio.to_thread(read_password, cfg.redis_password_file)
+    online = OnlineStore.from_url(cfg.redis_url, cfg.features_ttl_s, password=redis_password)
     ctx.on_close(online.close)
     offline = OfflineStore(pool)
     datasets = Datasets(pool, blobs, executor, cfg.stream_page_frames)

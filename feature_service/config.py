@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="how long start-up waits for PostgreSQL before giving up"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the online store")
+    # Passwords come from files read at start: a flag would show in `ps`, and files rotate without
+    # touching the daemon's command line. A password in the URL also works (not for `make up`).
+    postgres_password_file: Path | None = Field(None, description="file holding PostgreSQL's password (first line)")
+    redis_password_file: Path | None = Field(None, description="file holding Redis's password (first line)")
     features_ttl_s: int = Field(3600, ge=1, le=30 * 86400, description="lifetime of a camera's online features")
     car_classes: list[str] = Field(["car"], description="detection classes counted as cars (empty: every class)")
     blob_store: Literal["local", "s3"] = Field("local", description="where image bytes go: local or s3 (untested)")

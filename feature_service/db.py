@@ -72,13 +72,15 @@ def redact(dsn: str) -> str:
     return redact_url(dsn)
 
 
-async def create_pool(dsn: str, max_size: int, start_timeout_s: float) -> asyncpg.Pool:
+async def create_pool(dsn: str, max_size: int, start_timeout_s: float, password: str | None = None) -> asyncpg.Pool:
     """Waits up to ``start_timeout_s`` for PostgreSQL, then raises ConnectionError with the cause."""
     deadline = time.monotonic() + start_timeout_s
     delays = Backoff(0.25, 5.0).delays()
     while True:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10.0, command_timeout=60.0)
+            pool = await asyncpg.create_pool(
+                dsn, password=password, min_size=1, max_size=max_size, timeout=10.0, command_timeout=60.0
+            )
         except Exception as exc:
             if not is_transient(exc) and not isinstance(exc, asyncpg.exceptions.InvalidCatalogNameError):
                 raise

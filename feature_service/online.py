@@ -107,9 +107,15 @@ class OnlineStore:
         self._detections = client.register_script(_DETECTIONS_LUA)
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: int) -> OnlineStore:
+    def from_url(cls, url: str, ttl_s: int, password: str | None = None) -> OnlineStore:
+        # A password in the URL wins over the keyword (redis-py's rule); the keyword is the file's.
         client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
+            url,
+            password=password,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
         )
         return cls(client, ttl_s)
 

@@ -47,14 +47,15 @@ def mlflow_uri(stack_config: services.StackConfig) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url(stack_config: services.StackConfig) -> Iterator[str]:
     for _ in _run(services.redis(stack_config)):
-        yield stack_config.redis_url
+        # With the password: tests connect directly (the stack's daemons read the password file).
+        yield stack_config.redis_url_with_password()
 
 
 @pytest.fixture(scope="session")
 def postgres_dsn(stack_config: services.StackConfig) -> Iterator[str]:
     for _ in _run(services.postgres(stack_config)):
         services.create_databases(stack_config)
-        yield stack_config.postgres_dsn
+        yield stack_config.postgres_dsn_with_password()
 
 
 @pytest.fixture(scope="session")

@@ -252,7 +252,9 @@ def test_pipeline_through_make_up(mesh: Mesh, shared_dir: Path) -> None:
 
     record = eventually(features_with_a_model, what=f"features with a model for {camera}", timeout_s=180)
     assert record["last_model"]["name"] == "car-detector"
-    dsn = f"postgresql://postgres@127.0.0.1:{mesh.ports.postgres}/carmesh"
+    # `make up`'s PostgreSQL asks for the password it made (docs/security.md, section 3).
+    password = (mesh.run_dir / "secrets" / "postgres-password").read_text().strip()
+    dsn = f"postgresql://postgres:{password}@127.0.0.1:{mesh.ports.postgres}/carmesh"
     count_sql = "select count(*) from frames where camera_id = $1"
     eventually(
         lambda: asyncio.run(_fetchval(dsn, count_sql, camera)) == 148,

@@ -80,7 +80,9 @@ class TcpRelay:
 
 def _via(dsn: str, port: int) -> str:
     parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+    # The test server asks for a password: keep the DSN's.
+    userinfo = parts.username if parts.password is None else f"{parts.username}:{parts.password}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}"))
 
 
 async def test_postgres_outage_is_retried_not_dead_lettered(

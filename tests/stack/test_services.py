@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import subprocess
 import urllib.request
 
@@ -121,5 +122,6 @@ def test_mlflow_runs_on_postgresql_when_configured(stack_config: services.StackC
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **stack_config.postgres_env()},
     )
     assert "pg-backed" in rows.stdout.split()

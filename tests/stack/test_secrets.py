@@ -1,0 +1,171 @@
+"""`make up`'s stores need passwords (issue 16, hole 3): Redis and PostgreSQL refuse callers without
+them, and the passwords reach the daemons through files and the environment, never through a
+command line (`ps`) or a log."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from carmesh.v1 import feature_pb2, feature_pb2_grpc
+from devstack import services
+from devstack.procs import Process
+from feature_service.app import read_password
+from kit.config import ConfigError
+from tests.helpers import free_port
+
+
+async def _redis_ping(url: str) -> None:
+    client = aioredis.from_url(url)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_redis_refuses_a_caller_without_the_password(stack_config: services.StackConfig, redis_url: str) -> None:
+    await _redis_ping(redis_url)  # the fixture's URL carries the password
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        await _redis_ping(stack_config.redis_url)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        await _redis_ping(stack_config.redis_url.replace("redis://", "redis://:wrong@"))
+
+
+async def test_postgres_refuses_a_wrong_or_missing_password(
+    stack_config: services.StackConfig, postgres_dsn: str
+) -> None:
+    conn = await asyncpg.connect(postgres_dsn)
+    await conn.close()
+    with pytest.raises(asyncpg.exceptions.InvalidPasswordError):
+        await asyncpg.connect(stack_config.postgres_dsn, password="wrong")
+    # No password at all: libpq's variables must not hand one in behind the test's back.
+    with pytest.raises((asyncpg.exceptions.InvalidPasswordError, asyncpg.exceptions.ClientCannotConnectError)):
+        await asyncpg.connect(stack_config.postgres_dsn, password="", passfile=os.devnull)
+
+
+def test_password_files_are_private(stack_config: services.StackConfig, redis_url: str, postgres_dsn: str) -> None:
+    for path in (stack_config.redis_password_file, stack_config.postgres_password_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert len(path.read_text().strip()) >= 32
+    assert stat.S_IMODE((stack_config.run_dir / "redis" / "redis.conf").stat().st_mode) == 0o600
+
+
+def _session_pids(leader: int) -> list[int]:
+    """Every process of ``leader``'s session: devstack starts each service in a session of its own."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == leader:  # field 6 of stat: the session id
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def secret_stack(
+    stack_config: services.StackConfig, redis_url: str, postgres_dsn: str, kafka_bootstrap: str
+) -> Iterator[tuple[services.StackConfig, list[Process]]]:
+    """feature_service and MLflow on PostgreSQL, started by `make up`'s launchers next to the
+    session's Redis and PostgreSQL (same run dir: same password files)."""
+    ports = dataclasses.replace(
+        stack_config.ports,
+        kafka=int(kafka_bootstrap.rsplit(":", 1)[1]),
+        mlflow=free_port(),
+        feature=free_port(),
+        feature_metrics=free_port(),
+    )
+    backend = f"postgresql+psycopg2://postgres@{services.HOST}:{ports.postgres}/mlflow"
+    cfg = dataclasses.replace(stack_config, ports=ports, mlflow_backend_uri=backend)
+    procs = [services.mlflow(cfg), services.feature_service(cfg)]
+    try:
+        for proc in procs:
+            # The session's MLflow fixture may hold the name "mlflow" in this run dir: ours is "mlflow-pg".
+            if proc.name == "mlflow":
+                proc.name = "mlflow-pg"
+            proc.start()
+            proc.wait_ready()
+        yield cfg, procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def test_the_daemons_use_the_passwords(secret_stack: tuple[services.StackConfig, list[Process]]) -> None:
+    cfg, _ = secret_stack
+    # feature_service is SERVING, so its pool logged in to PostgreSQL; Redis answers it too.
+    with grpc.insecure_channel(f"{services.HOST}:{cfg.ports.feature}") as channel:
+        try:
+            feature_pb2_grpc.FeatureServiceStub(channel).GetOnlineFeatures(
+                feature_pb2.GetOnlineFeaturesRequest(camera_id="cam-secret-probe"), timeout=10
+            )
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()
+    # MLflow answers from its PostgreSQL store, which it reached with PGPASSWORD.
+    rows = asyncio.run(_experiments(cfg))
+    assert "Default" in rows
+
+
+async def _experiments(cfg: services.StackConfig) -> list[str]:
+    conn = await asyncpg.connect(cfg.postgres_dsn_with_password("mlflow"))
+    try:
+        return [r["name"] for r in await conn.fetch("select name from experiments")]
+    finally:
+        await conn.close()
+
+
+def test_no_password_on_a_command_line_or_in_a_log(
+    stack_config: services.StackConfig, secret_stack: tuple[services.StackConfig, list[Process]]
+) -> None:
+    cfg, procs = secret_stack
+    passwords = [cfg.redis_password_file.read_text().strip(), cfg.postgres_password_file.read_text().strip()]
+    names = ["redis", "postgres", *(proc.name for proc in procs)]
+    leaders = [Process(name, [], cfg.run_dir, ready=lambda: True).pid() for name in names]
+    assert all(leaders), dict(zip(names, leaders, strict=True))
+    # What each launcher execs (Redis rewrites its /proc title once started, hiding its arguments).
+    for proc in (services.redis(cfg), services.postgres(cfg), *procs):
+        assert not any(p in arg for arg in proc.argv for p in passwords), f"a password in {proc.name}'s arguments"
+    checked = 0
+    for leader in leaders:
+        assert leader is not None
+        for pid in _session_pids(leader):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            checked += 1
+            assert not any(p in cmdline for p in passwords), f"a password on the command line of {pid}"
+    # Redis, the PostgreSQL server and its backends, MLflow and its workers, feature_service.
+    assert checked >= len(names)
+    logs = sorted((cfg.run_dir / "logs").glob("*.log"))
+    assert {f"{name}.log" for name in names} <= {log.name for log in logs}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not any(p in text for p in passwords), f"a password in {log}"
+
+
+def test_feature_service_reads_the_first_line_and_names_a_bad_file_without_its_content(tmp_path: Path) -> None:
+    good = tmp_path / "pw"
+    good.write_text("s3cret-line\nignored\n")
+    assert read_password(good) == "s3cret-line"
+    assert read_password(None) is None
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_password(empty)
+    with pytest.raises(ConfigError, match="cannot read the password file"):
+        read_password(tmp_path / "missing")
