@@ -12,8 +12,8 @@ import pytest
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from kit.clients import insecure_channel
-from kit.metrics import Metrics
 from kit.server import Server
+from tests.kit.support import detector_server
 
 # DetectRequest.request_id (field 6, wire type 2) holding the invalid UTF-8 bytes ff fe.
 _BAD_UTF8 = bytes([(6 << 3) | 2, 2, 0xFF, 0xFE])
@@ -34,17 +34,8 @@ class Servicer(detector_pb2_grpc.DetectorServiceServicer):
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    server = Server(
-        host="127.0.0.1",
-        port=0,
-        service_names=["carmesh.v1.DetectorService"],
-        metrics=Metrics("test"),
-        max_message_bytes=1 << 20,
-    )
-    detector_pb2_grpc.add_DetectorServiceServicer_to_server(Servicer(), server.server)
-    await server.start()
-    yield server
-    await server.stop(1.0)
+    async with detector_server(Servicer()) as server:
+        yield server
 
 
 @pytest.mark.parametrize("raw", [_BAD_UTF8, _TRUNCATED], ids=["invalid-utf8", "truncated"])

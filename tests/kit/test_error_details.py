@@ -25,8 +25,7 @@ from kit.errors import (
     ResourceExhausted,
     retry_delay,
 )
-from kit.metrics import Metrics
-from kit.server import Server
+from tests.kit.support import detector_server
 from tests.status_details import details_of
 
 
@@ -62,17 +61,8 @@ class Servicer(detector_pb2_grpc.DetectorServiceServicer):
 
 @pytest.fixture
 async def address() -> AsyncIterator[str]:
-    server = Server(
-        host="127.0.0.1",
-        port=0,
-        service_names=["carmesh.v1.DetectorService"],
-        metrics=Metrics("test"),
-        max_message_bytes=1 << 20,
-    )
-    detector_pb2_grpc.add_DetectorServiceServicer_to_server(Servicer(), server.server)
-    await server.start()
-    yield server.address
-    await server.stop(1.0)
+    async with detector_server(Servicer()) as server:
+        yield server.address
 
 
 async def _failed_status(address: str, request_id: str) -> tuple[grpc.aio.AioRpcError, status_pb2.Status]:
