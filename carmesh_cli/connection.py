@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -44,19 +46,67 @@ def rpc_failure(error: grpc.RpcError, context: str = "") -> CliError:
     return CliError(message, EXIT_AUTH if code in _AUTH_CODES else EXIT_RPC_FAILED, rich)
 
 
+def local_stack_ca(env: Mapping[str, str]) -> Path:
+    """Where `make up` keeps the CA of the gateway's public certificate."""
+    return Path(env.get("CARMESH_STACK_RUN_DIR") or ".run") / "tls" / "public" / "ca.pem"
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How the CLI reaches the gateway: TLS trusting ``ca_file`` (None: the system's roots), or plaintext."""
+
+    plaintext: bool = False
+    ca_file: Path | None = None
+
+    @classmethod
+    def choose(cls, plaintext: bool | None, ca: str | None, env: Mapping[str, str]) -> Transport:
+        """--plaintext, or CARMESH_PLAINTEXT=1 without --tls (asked for, never a fallback); else TLS
+        trusting --ca, $CARMESH_CA, the local stack's CA when `make up` wrote one, or the system's roots."""
+        if ca and plaintext:
+            raise CliError("--ca and --plaintext exclude each other", EXIT_USAGE)
+        if plaintext is None:
+            plaintext = env.get("CARMESH_PLAINTEXT", "").lower() in ("1", "true", "yes")
+        if plaintext:
+            return cls(plaintext=True)
+        chosen = ca or env.get("CARMESH_CA")
+        if chosen:
+            return cls(ca_file=Path(chosen))
+        local = local_stack_ca(env)
+        return cls(ca_file=local if local.is_file() else None)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.plaintext:
+            return None
+        if self.ca_file is None:
+            return grpc.ssl_channel_credentials()
+        try:
+            return grpc.ssl_channel_credentials(self.ca_file.read_bytes())
+        except OSError as exc:
+            raise CliError(f"cannot read the CA file {self.ca_file}: {exc.strerror}", EXIT_USAGE) from exc
+
+    def describe(self) -> str:
+        if self.plaintext:
+            return "plaintext"
+        return f"TLS, trusting {self.ca_file}" if self.ca_file else "TLS, trusting the system's CAs"
+
+
 @dataclass
 class Connection:
     address: str
     api_key: str | None
     connect_timeout_s: float = 5.0
+    transport: Transport = field(default_factory=Transport)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ],
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        credentials = self.transport.credentials()
+        self.channel = (
+            grpc.insecure_channel(self.address, options=options)
+            if credentials is None
+            else grpc.secure_channel(self.address, credentials, options=options)
         )
 
     @property
@@ -70,7 +120,8 @@ class Connection:
         except grpc.FutureTimeoutError:
             raise CliError(
                 f"UNAVAILABLE: cannot reach the gateway at {self.address} within {self.connect_timeout_s:g}s "
-                "(is it running? set --gateway or CARMESH_GATEWAY)",
+                f"over {self.transport.describe()} (is it running? set --gateway or CARMESH_GATEWAY; "
+                "a gateway on plaintext needs --plaintext, one on TLS from another CA needs --ca FILE)",
                 EXIT_UNREACHABLE,
             ) from None
 

@@ -23,6 +23,7 @@ from carmesh_cli.connection import (
     EXIT_USAGE,
     CliError,
     Connection,
+    Transport,
 )
 from carmesh_cli.detect import run_detect
 from carmesh_cli.models import FAMILIES, run_import, run_list, run_promote, run_rollback, run_versions
@@ -60,6 +61,27 @@ def _common_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="KEY",
         help="API key sent as 'authorization: Bearer KEY' (default $CARMESH_API_KEY)",
+    )
+    group.add_argument(
+        "--tls",
+        dest="plaintext",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="TLS to the gateway (the default)",
+    )
+    group.add_argument(
+        "--plaintext",
+        dest="plaintext",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no TLS: only for a gateway started with --public-plaintext (default $CARMESH_PLAINTEXT=1)",
+    )
+    group.add_argument(
+        "--ca",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="CA certificate (PEM) that signed the gateway's certificate (default $CARMESH_CA, else the local "
+        "stack's .run/tls/public/ca.pem when present, else the system's CAs)",
     )
     group.add_argument(
         "--timeout",
@@ -221,7 +243,8 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
             class_names = parse_names(args.names)
         except NamesError as exc:
             raise CliError(str(exc), EXIT_USAGE) from exc
-    with Connection(address, api_key, connect_timeout_s=min(timeout_s or 5.0, 5.0)) as conn:
+    transport = Transport.choose(getattr(args, "plaintext", None), getattr(args, "ca", None), env)
+    with Connection(address, api_key, connect_timeout_s=min(timeout_s or 5.0, 5.0), transport=transport) as conn:
         if args.command == "ingest":
             return ingest.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command in ("datasets", "features"):

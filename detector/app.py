@@ -19,8 +19,13 @@ from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
 from detector.stream import FrameStream, StreamOptions
+from kit import mesh_tls
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.hashing import sha256_file
+from kit.mesh_tls import CallerPolicy
+
+# Only the gateway calls the detector: clients reach it through the gateway's keys and scopes.
+CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY}))
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
     inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
     ctx.on_close(lambda: inference_executor.shutdown(wait=False, cancel_futures=True))
-    server = ctx.grpc_server([SERVICE_NAME])
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
 
     async def serve_once_loaded(model: LoadedModel) -> None:
         await server.set_serving(True)
@@ -68,6 +73,7 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 chunk_bytes=cfg.download_chunk_bytes,
                 max_message_bytes=cfg.max_message_bytes,
                 default_input_hw=(cfg.input_height, cfg.input_width),
+                tls=ctx.mesh_tls,
             ),
             ModelCache(cfg.model_cache_dir.expanduser()),
             manager,

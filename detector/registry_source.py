@@ -21,6 +21,7 @@ from detector.errors import DownloadError, ModelLoadError
 from detector.models import ModelManager
 from kit.backoff import Backoff, wait_event
 from kit.hashing import sha256_file
+from kit.mesh_tls import MeshTls, mesh_channel
 from kit.server import channel_options
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class WatchOptions:
     chunk_bytes: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
     default_input_hw: tuple[int, int] = (640, 640)
+    # The detector's mesh identity for its calls to the registry (None: plaintext, --mesh-plaintext).
+    tls: MeshTls | None = None
 
 
 class RegistryWatcher:
@@ -157,8 +160,8 @@ class RegistryWatcher:
         return f"{self._opt.name}@{self._opt.alias} from the registry at {self._opt.addr}: {self.status}"
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            self._opt.addr, options=[*channel_options(self._opt.max_message_bytes), *_KEEPALIVE]
+        self._channel = mesh_channel(
+            self._opt.addr, self._opt.tls, [*channel_options(self._opt.max_message_bytes), *_KEEPALIVE]
         )
         stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._tasks = [

@@ -61,6 +61,8 @@ def ensure_api_key(cfg: services.StackConfig) -> str:
 def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
     if "gateway" in names:
         ensure_api_key(cfg)
+    if set(names) & set(DAEMONS):
+        cfg.ensure_pki()
     for proc in processes(cfg, names):
         # Status for people goes to stderr (stdout stays free for what scripts capture), and only for
         # what this call starts: scripts call `up` again to be sure, and need not repeat the list.
@@ -97,10 +99,11 @@ def status(cfg: services.StackConfig) -> int:
     return 1 if missing else 0
 
 
-def wait_serving(address: str, timeout_s: float) -> int:
+def wait_serving(cfg: services.StackConfig, address: str, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
+    tls = cfg.operator_tls()
     while time.monotonic() < deadline:
-        if services.grpc_serving(address):
+        if services.grpc_serving(address, tls):
             return 0
         time.sleep(0.5)
     print(f"error: {address} not SERVING after {timeout_s:.0f}s; see the logs in .run/logs/", file=sys.stderr)
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "wait-frames":
             return wait_frames(cfg, args.camera, args.expected, args.timeout_s)
         elif args.command == "wait-serving":
-            return wait_serving(args.address, args.timeout_s)
+            return wait_serving(cfg, args.address, args.timeout_s)
         elif args.command == "down":
             down(cfg)
         else:

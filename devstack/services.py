@@ -19,6 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.procs import Process, StackError
+from kit.mesh_tls import DAEMON_IDENTITIES, GATEWAY, OPERATOR, MeshTls, mesh_channel_sync
+from kit.pki import MeshPki
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +58,28 @@ class StackConfig:
     python: str = sys.executable
     # Folders beyond the defaults that requests may name (CARMESH_STACK_DATA_ROOTS, os.pathsep-separated).
     extra_data_roots: tuple[Path, ...] = ()
+
+    @property
+    def mesh_pki(self) -> MeshPki:
+        """The mesh CA and every daemon's certificate (mutual TLS between daemons): ``RUN_DIR/tls/``."""
+        return MeshPki(self.run_dir / "tls")
+
+    @property
+    def public_pki(self) -> MeshPki:
+        """A CA of its own for the gateway's public port, so no mesh certificate can pose as the gateway
+        to clients: ``RUN_DIR/tls/public/ca.pem`` is what the CLI trusts."""
+        return MeshPki(self.run_dir / "tls" / "public")
+
+    def ensure_pki(self) -> None:
+        self.mesh_pki.ensure([*DAEMON_IDENTITIES, OPERATOR])
+        self.public_pki.ensure([GATEWAY])
+
+    def operator_tls(self) -> MeshTls | None:
+        """The stack's own client identity (health checks), once ``ensure_pki`` has run."""
+        leaf, ca = self.mesh_pki.leaf(OPERATOR), self.mesh_pki.ca
+        if not leaf.cert_file.exists():
+            return None
+        return MeshTls(ca.cert_file.read_bytes(), leaf.cert_file.read_bytes(), leaf.key_file.read_bytes())
 
     @property
     def data_roots(self) -> list[Path]:
@@ -140,8 +164,15 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def grpc_serving(address: str, tls: MeshTls | None = None, public_ca: Path | None = None) -> bool:
+    """Whether ``address`` reports SERVING: over mutual TLS with ``tls``, over TLS trusting ``public_ca``
+    (the gateway's public port), or plaintext."""
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(public_ca.read_bytes()))
+        if public_ca is not None
+        else mesh_channel_sync(address, tls)
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
@@ -319,8 +350,12 @@ def mlflow(cfg: StackConfig) -> Process:
 
 
 def _daemon(cfg: StackConfig, name: str, module: str, port: int, args: list[str]) -> Process:
-    argv = [cfg.python, "-m", module, "--host", HOST, "--grpc-port", str(port), *args]
-    return Process(name, argv, cfg.run_dir, ready=lambda: grpc_serving(f"{HOST}:{port}"), env={"PYTHONUNBUFFERED": "1"})
+    # Each daemon is its own mesh identity (its certificate's common name is its name).
+    argv = [cfg.python, "-m", module, "--host", HOST, "--grpc-port", str(port), *cfg.mesh_pki.mesh_args(name), *args]
+    tls = cfg.operator_tls
+    return Process(
+        name, argv, cfg.run_dir, ready=lambda: grpc_serving(f"{HOST}:{port}", tls()), env={"PYTHONUNBUFFERED": "1"}
+    )
 
 
 def registry_gateway(cfg: StackConfig) -> Process:
@@ -386,4 +421,8 @@ def gateway(cfg: StackConfig) -> Process:
     args += ["--trainer-addr", f"{HOST}:{cfg.ports.trainer}"]
     # One local admin key drives demos, benchmarks and e2e load; clusters keep the default limit.
     args += ["--rate-limit-rps", "2000", "--rate-limit-burst", "2000"]
-    return _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, args)
+    public = cfg.public_pki.leaf(GATEWAY)
+    args += ["--public-cert-file", str(public.cert_file), "--public-key-file", str(public.key_file)]
+    proc = _daemon(cfg, "gateway", "gateway", cfg.ports.gateway, args)
+    proc.ready = lambda: grpc_serving(f"{HOST}:{cfg.ports.gateway}", public_ca=cfg.public_pki.ca.cert_file)
+    return proc

@@ -27,10 +27,15 @@ from feature_service.offline import OfflineStore
 from feature_service.online import OnlineStore
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
+from kit import mesh_tls
 from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
+from kit.mesh_tls import CallerPolicy
 from kit.server import Server
+
+# The gateway (for clients) and the trainer (snapshots to train on) call the feature service.
+CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY, mesh_tls.TRAINER}))
 
 log = logging.getLogger("feature_service")
 
@@ -170,7 +175,7 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
     offline = OfflineStore(pool)
     datasets = Datasets(pool, blobs, executor, cfg.stream_page_frames)
 
-    server = ctx.grpc_server([SERVICE_NAME])
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(online, datasets), server.server)
     consumers = build_consumers(cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics)
     # Registered last so it runs first on close, should the drain hook not have run.

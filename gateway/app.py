@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.auth import Authenticator, load_key_store
@@ -17,7 +19,7 @@ from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
 from gateway.server import DETECTOR, FEATURES, INGEST, REGISTRY, TRAINING, Admission, build_handlers
 from gateway.upstream import UpstreamPool
-from kit.daemon import Context, Daemon, DaemonSpec
+from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.server import Server
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ def upstream_addresses(cfg: Settings) -> dict[str, tuple[str, list[str]]]:
     return routes
 
 
+async def public_credentials(cfg: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the public port (no client certificate asked: clients prove themselves by API key)."""
+    if cfg.public_plaintext:
+        log.warning("the public port serves plaintext (--public-plaintext): API keys cross the network in clear")
+        return None
+    assert cfg.public_cert_file is not None and cfg.public_key_file is not None  # the settings check
+    cert_file, key_file = cfg.public_cert_file, cfg.public_key_file
+    try:
+        cert, key = await asyncio.to_thread(lambda: (cert_file.read_bytes(), key_file.read_bytes()))
+    except OSError as exc:
+        raise StartupError(f"cannot read the public TLS files: {exc.strerror} ({exc.filename})") from exc
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
     keys = load_key_store(cfg.api_keys_file, [key.get_secret_value() for key in cfg.api_keys])
     if cfg.auth_required and len(keys) == 0:
@@ -45,7 +61,7 @@ async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
         )
     gateway_metrics = GatewayMetrics(ctx.metrics)
     routes = upstream_addresses(cfg)
-    server = ctx.grpc_server(list(routes))
+    server = ctx.grpc_server(list(routes), callers=None, public_credentials=await public_credentials(cfg))
 
     async def publish_health(pool: UpstreamPool) -> None:
         # A routed service is SERVING through the gateway only while one of its upstreams is.
@@ -60,6 +76,7 @@ async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
             max_message_bytes=cfg.max_message_bytes,
             check_interval_s=cfg.health_check_interval_s,
             metrics=gateway_metrics,
+            tls=ctx.mesh_tls,
             on_change=publish_health,
         )
         for service, (label, addresses) in routes.items()

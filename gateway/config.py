@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kit.config import BaseSettings
 
@@ -70,6 +70,25 @@ class Settings(BaseSettings):
         60.0, ge=0, description="deadline of unary-response calls whose client set none (0: none)"
     )
     max_deadline_s: float = Field(600.0, ge=0, description="cap on the deadline of unary-response calls (0: no cap)")
+
+    # TLS on the public port: clients authenticate the gateway by this certificate, then themselves by API key.
+    public_cert_file: Path | None = Field(None, description="TLS certificate chain (PEM) of the public gRPC port")
+    public_key_file: Path | None = Field(None, description="the private key of public_cert_file (PEM)")
+    public_plaintext: bool = Field(
+        False, description="serve the public port without TLS: for local runs only (API keys then cross in clear)"
+    )
+
+    @model_validator(mode="after")
+    def _public_tls_chosen(self) -> Settings:
+        given = [name for name in ("public_cert_file", "public_key_file") if getattr(self, name) is not None]
+        if self.public_plaintext and given:
+            raise ValueError(f"public_plaintext is set together with {', '.join(given)}: choose one")
+        if not self.public_plaintext and len(given) != 2:
+            raise ValueError(
+                "the public port needs TLS: set --public-cert-file and --public-key-file (`make up` writes them "
+                "to .run/tls/), or --public-plaintext for a local run without TLS"
+            )
+        return self
 
     @field_validator("detector_addrs")
     @classmethod

@@ -18,6 +18,7 @@ import grpc
 from gateway.errors import NoHealthyUpstream
 from gateway.metrics import GatewayMetrics
 from kit.clients import check_health
+from kit.mesh_tls import MeshTls, mesh_channel
 from kit.server import channel_options
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,9 @@ _FRESH_LOOK_SPACING_S = 0.2
 
 
 class Replica:
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int, tls: MeshTls | None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[*channel_options(max_message_bytes), *_RECONNECT_OPTIONS]
-        )
+        self.channel = mesh_channel(address, tls, [*channel_options(max_message_bytes), *_RECONNECT_OPTIONS])
         self.healthy = False
         self.recheck = asyncio.Event()
 
@@ -59,11 +58,12 @@ class UpstreamPool:
         max_message_bytes: int,
         check_interval_s: float,
         metrics: GatewayMetrics,
+        tls: MeshTls | None,
         on_change: Callable[[UpstreamPool], Awaitable[None]] | None = None,
     ) -> None:
         self.service = service
         self.label = label
-        self.replicas = [Replica(address, max_message_bytes) for address in addresses]
+        self.replicas = [Replica(address, max_message_bytes, tls) for address in addresses]
         self._interval_s = check_interval_s
         self._check_timeout_s = min(max(check_interval_s, 1.0), 5.0)
         self._metrics = metrics

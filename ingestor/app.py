@@ -17,8 +17,13 @@ from ingestor.publisher import Publisher, PublisherOptions
 from ingestor.server import SERVICE_NAME, IngestServicer
 from ingestor.sources import SourceManager, SourceOptions
 from ingestor.streams import StreamPolicy
+from kit import mesh_tls
 from kit.daemon import Context, Daemon, DaemonSpec
+from kit.mesh_tls import CallerPolicy
 from kit.server import Server
+
+# Only the gateway calls the ingestor: clients reach it through the gateway's keys and scopes.
+CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY}))
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,7 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
         ClientLimits(cfg.max_image_bytes, cfg.publish_wait_ms / 1000, cfg.ack_wait_ms / 1000, cfg.max_image_pixels),
         metrics,
     )
-    server = ctx.grpc_server([SERVICE_NAME])
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(sources, importer, clients), server.server)
     log.info("publishing to %s at %s", cfg.frames_topic, cfg.kafka_bootstrap)
     return IngestorDaemon(ctx, server, publisher, sources)

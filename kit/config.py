@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from kit.mesh_tls import check_mesh_settings
 
 SettingsT = TypeVar("SettingsT", bound="BaseSettings")
 
@@ -42,6 +44,20 @@ class BaseSettings(BaseModel):
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    # Mutual TLS between daemons (kit/mesh_tls.py): all three files, or mesh_plaintext.
+    mesh_ca_file: Path | None = Field(None, description="PEM bundle of the CA(s) that sign mesh certificates")
+    mesh_cert_file: Path | None = Field(
+        None, description="this daemon's mesh certificate (PEM); its common name is the daemon's identity"
+    )
+    mesh_key_file: Path | None = Field(None, description="the private key of mesh_cert_file (PEM)")
+    mesh_plaintext: bool = Field(
+        False, description="no TLS and no caller checks between daemons: for local runs and tests only"
+    )
+
+    @model_validator(mode="after")
+    def _mesh_tls_chosen(self) -> BaseSettings:
+        check_mesh_settings(self)
+        return self
 
 
 def _is_list(annotation: Any) -> bool:

@@ -32,8 +32,9 @@ import grpc
 
 from kit.config import BaseSettings
 from kit.lifecycle import Lifecycle, stop_signals
+from kit.mesh_tls import CallerPolicy, MeshTls, load_mesh_tls, mesh_channel
 from kit.metrics import Metrics, MetricsHttpServer
-from kit.server import Server
+from kit.server import Server, channel_options
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ class Daemon:
 class Context:
     """What the skeleton lends a daemon's ``build``: metrics, the close registry and its gRPC server."""
 
-    def __init__(self, cfg: BaseSettings, metrics: Metrics, lifecycle: Lifecycle) -> None:
+    def __init__(self, cfg: BaseSettings, metrics: Metrics, lifecycle: Lifecycle, mesh_tls: MeshTls | None) -> None:
         self.metrics = metrics
+        # This daemon's mesh identity (None under --mesh-plaintext): its server and its client calls use it.
+        self.mesh_tls = mesh_tls
         self._cfg = cfg
         self._lifecycle = lifecycle
         self._server: Server | None = None
@@ -90,17 +93,36 @@ class Context:
         self.on_close(stop)
         return task
 
+    def channel(self, target: str, max_message_bytes: int | None = None) -> grpc.aio.Channel:
+        """A channel to another daemon, presenting this daemon's mesh certificate (plaintext under
+        --mesh-plaintext), with the project's message limits."""
+        limit = max_message_bytes if max_message_bytes is not None else self._cfg.max_message_bytes
+        return mesh_channel(target, self.mesh_tls, channel_options(limit))
+
     def grpc_server(
         self,
         service_names: Sequence[str],
         *,
+        callers: CallerPolicy | None,
+        public_credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         extra_options: Sequence[tuple[str, Any]] = (),
     ) -> Server:
-        """The daemon's one gRPC server on ``host:grpc_port`` (bound now, started by the skeleton)."""
+        """The daemon's one gRPC server on ``host:grpc_port`` (bound now, started by the skeleton).
+
+        ``callers``: the mesh identities allowed per method; the server then requires mesh client
+        certificates (unless --mesh-plaintext). None marks a public port (the gateway's): it serves
+        ``public_credentials`` (TLS, or None for plaintext) and callers prove themselves by API key.
+        """
         if self._server is not None:
             raise RuntimeError("a daemon has one gRPC server; grpc_server() was called twice")
         cfg = self._cfg
+        if callers is None:
+            credentials, authorize = public_credentials, None
+        elif self.mesh_tls is None:
+            credentials, authorize = None, None
+        else:
+            credentials, authorize = self.mesh_tls.server_credentials(), callers.authorize
         server = Server(
             host=cfg.host,
             port=cfg.grpc_port,
@@ -109,6 +131,8 @@ class Context:
             max_message_bytes=cfg.max_message_bytes,
             interceptors=interceptors,
             extra_options=extra_options,
+            credentials=credentials,
+            authorize=authorize,
         )
         # Registered here so it closes before whatever the servicers use, opened earlier.
         self.on_close(lambda: server.stop(0))
@@ -171,7 +195,11 @@ async def _start(spec: DaemonSpec[SettingsT, DaemonT], cfg: SettingsT, lifecycle
     if cfg.metrics:
         metrics_http = MetricsHttpServer(metrics, cfg.host, cfg.metrics_port)
         lifecycle.on_close(metrics_http.close)
-    ctx = Context(cfg, metrics, lifecycle)
+    try:
+        mesh_tls = await asyncio.to_thread(load_mesh_tls, cfg)
+    except OSError as exc:
+        raise StartupError(f"cannot read the mesh TLS files: {exc.strerror} ({exc.filename})") from exc
+    ctx = Context(cfg, metrics, lifecycle, mesh_tls)
     daemon = await spec.build(cfg, ctx)
     server = ctx.server
     # Nothing is SERVING until the daemon's start says so.

@@ -137,8 +137,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     The error's ``google.rpc.Status`` (ErrorInfo reason, field violations, retry delay)
     goes in the ``grpc-status-details-bin`` trailer."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, authorize: Callable[[str, grpc.aio.ServicerContext], None] | None = None
+    ) -> None:
         self._metrics = metrics
+        # Runs before every handler (a mesh CallerPolicy); raises a DomainError to refuse the call.
+        self._authorize = authorize
 
     async def intercept_service(
         self,
@@ -180,6 +184,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if self._authorize is not None:
+                    self._authorize(method, context)
                 checked = _checked_items(request) if streamed else _check_request(request, "the request")
                 response = await behavior(checked, context)
                 code = _code_of(context)
@@ -200,6 +206,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if self._authorize is not None:
+                    self._authorize(method, context)
                 checked = _checked_items(request) if streamed else _check_request(request, "the request")
                 result = behavior(checked, context)
                 if inspect.isasyncgen(result):
@@ -233,10 +241,13 @@ class Server:
         max_message_bytes: int,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         extra_options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ServerCredentials | None = None,
+        authorize: Callable[[str, grpc.aio.ServicerContext], None] | None = None,
     ) -> None:
+        """``credentials`` None serves plaintext; ``authorize`` checks each call's peer (mesh mTLS)."""
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
-            interceptors=[*interceptors, ErrorMappingInterceptor(metrics)],
+            interceptors=[*interceptors, ErrorMappingInterceptor(metrics, authorize)],
             options=[*channel_options(max_message_bytes), *extra_options],
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -245,7 +256,10 @@ class Server:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            if credentials is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError as exc:  # how grpcio says it could not bind; older versions returned 0
             raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)") from exc
         if self.port == 0:

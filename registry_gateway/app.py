@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from kit import mesh_tls
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.errors import DomainError
+from kit.mesh_tls import CallerPolicy, methods
 from kit.server import Server
 from registry_gateway.cache import ArtifactCache
 from registry_gateway.config import Settings
@@ -22,6 +24,16 @@ from registry_gateway.watch import AliasWatcher, WatchLimits
 log = logging.getLogger("registry_gateway")
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+# Who may call the registry over the mesh: the gateway (for clients) and the trainer (evaluation,
+# publishing) read and write; the detector only reads and watches the alias it serves.
+_READS = ("ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias")
+CALLERS = CallerPolicy(
+    default=frozenset({mesh_tls.GATEWAY, mesh_tls.TRAINER}),
+    by_method=dict.fromkeys(
+        methods(SERVICE_NAME, _READS), frozenset({mesh_tls.GATEWAY, mesh_tls.TRAINER, mesh_tls.DETECTOR})
+    ),
+)
 
 
 def configure_mlflow_client(cfg: Settings) -> None:
@@ -70,7 +82,7 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     # Serving does not wait for MLflow: each RPC answers UNAVAILABLE while MLflow is down.
     ctx.background(_report_mlflow(store), name="mlflow-check")
 
-    server = ctx.grpc_server([SERVICE_NAME])
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, watcher, cfg.download_chunk_bytes, cfg.max_message_bytes, metrics), server.server
     )

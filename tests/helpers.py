@@ -100,7 +100,7 @@ class DaemonProcess:
         self._ready_file.unlink(missing_ok=True)  # the file of an earlier start names ports nobody holds
         argv = [
             *(sys.executable, "-m", self.module, "--host", "127.0.0.1", "--grpc-port", str(self.port)),
-            *("--metrics-port", "0", "--ready-file", str(self._ready_file), *self.args),
+            *("--metrics-port", "0", "--ready-file", str(self._ready_file), *self.transport_args(), *self.args),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
@@ -118,6 +118,14 @@ class DaemonProcess:
             self.stop()
             raise
         return self
+
+    def transport_args(self) -> list[str]:
+        """Plaintext, asked for explicitly as daemons require, unless the test gives TLS files itself
+        (tests/security covers mutual TLS; everything else tests what runs over it)."""
+        args = [] if any(a.startswith("--mesh-") for a in self.args) else ["--mesh-plaintext"]
+        if self.module == "gateway" and not any(a.startswith("--public-") for a in self.args):
+            args.append("--public-plaintext")
+        return args
 
     def _read_ready_file(self) -> bool:
         """Takes the ports the daemon reported, once it has (the file is written atomically)."""

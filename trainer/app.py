@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carmesh.v1 import training_pb2_grpc
+from kit import mesh_tls
 from kit.daemon import Context, Daemon, DaemonSpec
+from kit.mesh_tls import CallerPolicy
 from kit.server import Server
 from trainer.config import Settings
 from trainer.evaluate import Evaluator
@@ -17,7 +19,16 @@ from trainer.planning import Planner, TrainRequest
 from trainer.server import SERVICE_NAME, TrainingServicer
 from trainer.snapshots import looks_like_folder, materialize, parse_ref
 
+# Only the gateway calls the trainer: clients reach it through the gateway's keys and scopes.
+CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY}))
+
 log = logging.getLogger(__name__)
+
+
+def mesh_files(cfg: Settings) -> list[str]:
+    """The trainer's mesh TLS files, absolute, for its worker processes (empty under --mesh-plaintext)."""
+    files = (cfg.mesh_ca_file, cfg.mesh_cert_file, cfg.mesh_key_file)
+    return [] if cfg.mesh_plaintext else [str(path.resolve()) for path in files if path is not None]
 
 
 async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
@@ -47,7 +58,9 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
             "experiment": cfg.experiment,
             "registry_addr": cfg.registry_addr,
             "challenger_alias": cfg.challenger_alias,
+            "mesh_files": mesh_files(cfg),
         },
+        mesh_tls=ctx.mesh_tls,
     )
 
     async def resolve_data(dataset: str) -> tuple[str, Path, str]:
@@ -55,7 +68,7 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
         if looks_like_folder(dataset):
             folder = planner.folder(dataset)
             return str(folder), folder, ""
-        cached = await materialize(cfg.feature_addr, parse_ref(dataset), planner.cache_dir)
+        cached = await materialize(cfg.feature_addr, parse_ref(dataset), planner.cache_dir, tls=ctx.mesh_tls)
         return f"{cached.ref.name}:{cached.ref.version}", cached.path, "coco"
 
     def render(namespace: str, req: TrainRequest, image: str, claim: str, job_name: str) -> str:
@@ -72,8 +85,8 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
             model_name=req.model_name or cfg.model_name,
         )
 
-    evaluator = Evaluator(cfg.registry_addr, cfg.mlflow_tracking_uri, work / "models", resolve_data)
-    server = ctx.grpc_server([SERVICE_NAME])
+    evaluator = Evaluator(cfg.registry_addr, cfg.mlflow_tracking_uri, work / "models", resolve_data, ctx.mesh_tls)
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingServicer(jobs, planner, render, evaluator), server.server
     )

@@ -16,7 +16,8 @@ import grpc
 import numpy as np
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
-from kit.clients import insecure_channel
+from kit.mesh_tls import MeshTls, mesh_channel
+from kit.server import channel_options
 from trainer.errors import BadRequest, NotEvaluable, UpstreamUnavailable
 
 # The same 40 px cut the project reports next to "all cars" (small distant cars are loosely labelled).
@@ -56,10 +57,12 @@ class DownloadedModel:
     path: Path
 
 
-async def download(registry_addr: str, name: str, version: str, alias: str, cache_dir: Path) -> DownloadedModel:
+async def download(
+    registry_addr: str, name: str, version: str, alias: str, cache_dir: Path, tls: MeshTls | None = None
+) -> DownloadedModel:
     """The version's ONNX from registry_gateway (which verifies its sha256), cached by sha256."""
     await asyncio.to_thread(cache_dir.mkdir, parents=True, exist_ok=True)
-    async with insecure_channel(registry_addr) as channel:
+    async with mesh_channel(registry_addr, tls, channel_options(64 * 1024 * 1024)) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         info: registry_pb2.ModelVersion | None = None
         chunks: list[bytes] = []
@@ -162,8 +165,10 @@ class Evaluator:
         mlflow_tracking_uri: str,
         model_cache: Path,
         resolve_data: Callable[[str], Awaitable[tuple[str, Path, str]]],
+        tls: MeshTls | None = None,
     ) -> None:
         self._registry_addr = registry_addr
+        self._tls = tls
         self._mlflow = mlflow_tracking_uri
         self._cache = model_cache
         self._resolve_data = resolve_data
@@ -175,7 +180,7 @@ class Evaluator:
         from trainer.tracking import record_evaluation
 
         dataset, data_path, fmt = await self._resolve_data(req.dataset)
-        model = await download(self._registry_addr, req.model_name, req.version, req.alias, self._cache)
+        model = await download(self._registry_addr, req.model_name, req.version, req.alias, self._cache, self._tls)
         async with self._lock:
             classes, metrics, images = await asyncio.to_thread(
                 evaluate_onnx, model, data_path, fmt or None, req.classes, req.ignore_classes

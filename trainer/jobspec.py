@@ -49,6 +49,9 @@ class JobSpec:
     experiment: str = "carmesh-training"
     registry_addr: str = ""
     challenger_alias: str = "challenger"
+    # The trainer's mesh TLS files (CA, certificate, key paths, not contents) for the workers' registry
+    # call; empty: plaintext (--mesh-plaintext).
+    mesh_files: list[str] = field(default_factory=list)
 
     def write(self, job_dir: Path) -> None:
         tmp = job_dir / f".{JOB_FILE}.tmp"

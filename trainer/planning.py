@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kit.mesh_tls import MeshTls
 from kit.paths import AllowedRoots
 from trainer.errors import BadRequest, DatasetNotFound
 from trainer.jobspec import JobSpec
@@ -65,6 +66,7 @@ class Planner:
     max_workers: int
     cpu_threads: int
     defaults: dict[str, Any] = field(default_factory=dict)  # JobSpec fields from settings (mlflow, registry...)
+    mesh_tls: MeshTls | None = None  # the trainer's identity for its calls to feature_service
 
     def validate(self, req: TrainRequest) -> None:
         """Everything a local job needs: the request's shape, the folder or snapshot name, the checkpoint."""
@@ -143,7 +145,7 @@ class Planner:
     async def check_snapshot(self, req: TrainRequest) -> None:
         """Fails fast (NOT_FOUND) on a snapshot that does not exist."""
         if not looks_like_folder(req.dataset):
-            await resolve(self.feature_addr, parse_ref(req.dataset))
+            await resolve(self.feature_addr, parse_ref(req.dataset), tls=self.mesh_tls)
 
     async def prepare(
         self, job_id: str, req: TrainRequest, on_fetch: Callable[[int, int], Awaitable[None]] | None = None
@@ -154,7 +156,7 @@ class Planner:
             dataset, data_path, fmt = str(folder), folder, ""
         else:
             ref: SnapshotRef = parse_ref(req.dataset)
-            cached = await materialize(self.feature_addr, ref, self.cache_dir, on_fetch)
+            cached = await materialize(self.feature_addr, ref, self.cache_dir, on_fetch, tls=self.mesh_tls)
             dataset, data_path, fmt = f"{cached.ref.name}:{cached.ref.version}", cached.path, "coco"
         recipe = recipe_overrides(req)
         cores = self.cpu_threads or os.cpu_count() or 1

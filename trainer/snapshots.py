@@ -21,7 +21,8 @@ from typing import Any
 import grpc
 
 from carmesh.v1 import common_pb2, feature_pb2, feature_pb2_grpc
-from kit.clients import insecure_channel
+from kit.mesh_tls import MeshTls, mesh_channel
+from kit.server import channel_options
 from trainer.errors import BadRequest, DatasetNotFound, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,254})(?::(?P<version>[
 _SPLIT_FILES = {common_pb2.SPLIT_TRAIN: "train", common_pb2.SPLIT_VAL: "val", common_pb2.SPLIT_TEST: "test"}
 MANIFEST = "snapshot.manifest"
 _SUFFIX = {common_pb2.IMAGE_ENCODING_JPEG: ".jpg", common_pb2.IMAGE_ENCODING_PNG: ".png"}
+
+
+_OPTIONS = channel_options(64 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,11 @@ class CachedSnapshot:
     frames: int
 
 
-async def resolve(feature_addr: str, ref: SnapshotRef, timeout_s: float = 10.0) -> SnapshotRef:
+async def resolve(
+    feature_addr: str, ref: SnapshotRef, timeout_s: float = 10.0, *, tls: MeshTls | None = None
+) -> SnapshotRef:
     """The snapshot's concrete version (the latest when ``ref.version`` is 0)."""
-    async with insecure_channel(feature_addr) as channel:
+    async with mesh_channel(feature_addr, tls, _OPTIONS) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         versions: list[int] = []
         request = feature_pb2.ListDatasetSnapshotsRequest(name=ref.name, page_size=1000)
@@ -89,16 +95,18 @@ async def materialize(
     ref: SnapshotRef,
     cache_root: Path,
     on_progress: Callable[[int, int], Awaitable[None]] | None = None,
+    *,
+    tls: MeshTls | None = None,
 ) -> CachedSnapshot:
     """Returns the local COCO folder of the snapshot, streaming it from feature_service if not cached."""
-    resolved = await resolve(feature_addr, ref)
+    resolved = await resolve(feature_addr, ref, tls=tls)
     target = cache_root / resolved.name / f"v{resolved.version}"
     frames = await asyncio.to_thread(_cached_frames, target)
     if frames:
         return CachedSnapshot(resolved, target, frames)
     staging = await asyncio.to_thread(_staging_dir, cache_root, resolved)
     try:
-        frames = await _download(feature_addr, resolved, staging, on_progress)
+        frames = await _download(feature_addr, resolved, staging, on_progress, tls)
         await asyncio.to_thread(_move_into_place, staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -169,10 +177,14 @@ class CocoWriter:
 
 
 async def _download(
-    feature_addr: str, ref: SnapshotRef, folder: Path, on_progress: Callable[[int, int], Awaitable[None]] | None
+    feature_addr: str,
+    ref: SnapshotRef,
+    folder: Path,
+    on_progress: Callable[[int, int], Awaitable[None]] | None,
+    tls: MeshTls | None,
 ) -> int:
     writer = CocoWriter(folder)
-    async with insecure_channel(feature_addr) as channel:
+    async with mesh_channel(feature_addr, tls, _OPTIONS) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         try:
             request = feature_pb2.StreamDatasetRequest(name=ref.name, version=str(ref.version))

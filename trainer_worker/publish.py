@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
-import grpc
 import numpy as np
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from kit.letterbox import letterbox
+from kit.mesh_tls import MeshTls, mesh_channel_sync
 from kit.registry_tags import (
     MANIFEST_FILE,
     MODEL_ARTIFACT_DIR,
@@ -207,7 +207,9 @@ def prepare_release(
 def register(spec: JobSpec, release: Release, tracker: Tracker) -> ResultEvent:
     """Registers the released model as a new version and points the challenger alias at it."""
     version = tracker.register(spec.model_name, release.tags, release.description)
-    alias = set_alias(spec.registry_addr, spec.model_name, spec.challenger_alias, version) if spec.registry_addr else ""
+    alias = ""
+    if spec.registry_addr:
+        alias = set_alias(spec.registry_addr, spec.model_name, spec.challenger_alias, version, spec.mesh_files)
     return ResultEvent(
         model_name=spec.model_name,
         version=version,
@@ -219,9 +221,11 @@ def register(spec: JobSpec, release: Release, tracker: Tracker) -> ResultEvent:
     )
 
 
-def set_alias(registry_addr: str, model_name: str, alias: str, version: str) -> str:
-    """Through registry_gateway so the alias history (rollback) records the move."""
-    with grpc.insecure_channel(registry_addr) as channel:
+def set_alias(registry_addr: str, model_name: str, alias: str, version: str, mesh_files: Sequence[str] = ()) -> str:
+    """Through registry_gateway so the alias history (rollback) records the move; over mutual TLS with
+    the trainer's certificate when ``mesh_files`` (CA, certificate, key) are given."""
+    tls = MeshTls(*(Path(path).read_bytes() for path in mesh_files)) if mesh_files else None
+    with mesh_channel_sync(registry_addr, tls) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         stub.SetAlias(registry_pb2.SetAliasRequest(name=model_name, alias=alias, version=version), timeout=30)
     return alias

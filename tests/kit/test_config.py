@@ -7,6 +7,7 @@ from kit.config import BaseSettings, ConfigError, load_settings, not_below, stri
 
 
 class DemoSettings(BaseSettings):
+    mesh_plaintext: bool = True  # these tests are about loading, not TLS
     max_wait_ms: float = Field(default=5.0, ge=0)
     classes: list[str] = Field(default_factory=list)
     warm_up: bool = True
@@ -35,6 +36,7 @@ def test_unknown_flag_is_a_usage_error() -> None:
 
 
 class RetrySettings(BaseSettings):
+    mesh_plaintext: bool = True
     retry_initial_s: float = 1.0
     retry_max_s: float = 5.0
     names: list[str] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kit.clients import insecure_channel
 from kit.config import BaseSettings, load_settings
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError, running, write_ready_file
+from kit.mesh_tls import CallerPolicy
 from kit.server import Server
 from tests.helpers import listening_ports, new_threads
 
@@ -49,7 +50,7 @@ def toy(events: list[str], *, fail_start: bool = False) -> DaemonSpec[BaseSettin
         pool.submit(lambda: None).result()
         ctx.on_close(lambda: (events.append("close pool"), pool.shutdown()))
         ctx.background(asyncio.Event().wait(), name="toy-task")
-        server = ctx.grpc_server([SERVICE])
+        server = ctx.grpc_server([SERVICE], callers=CallerPolicy(default=frozenset()))
         ctx.on_close(lambda: events.append("close last opened"))
         return Toy(server, events, fail_start)
 
@@ -64,7 +65,7 @@ def _scrape(address: str) -> str:
 async def test_serves_writes_the_ready_file_then_drains_and_closes_in_reverse(tmp_path: Path) -> None:
     events: list[str] = []
     ready_file = tmp_path / "ready.json"
-    cfg = BaseSettings(ready_file=ready_file)  # gRPC and metrics on port 0
+    cfg = BaseSettings(ready_file=ready_file, mesh_plaintext=True)  # gRPC and metrics on port 0
     ports_before = listening_ports()
     async with running(toy(events), cfg) as started:
         assert started.grpc_address != "127.0.0.1:0" and started.metrics_address is not None
@@ -86,7 +87,7 @@ async def test_a_failed_start_closes_what_was_opened_before_it(tmp_path: Path) -
     events: list[str] = []
     threads_before = set(threading.enumerate())
     ports_before = listening_ports()
-    cfg = BaseSettings(ready_file=tmp_path / "ready.json")
+    cfg = BaseSettings(ready_file=tmp_path / "ready.json", mesh_plaintext=True)
     with pytest.raises(StartupError, match="not a model"):
         async with running(toy(events, fail_start=True), cfg):
             raise AssertionError("a failed start yields nothing")
@@ -105,7 +106,9 @@ async def test_a_build_without_a_grpc_server_is_refused_and_closed() -> None:
         return Daemon()
 
     with pytest.raises(RuntimeError, match="without creating its gRPC server"):
-        async with running(DaemonSpec("bare", BaseSettings, "CARMESH_BARE_", build), BaseSettings(metrics=False)):
+        async with running(
+            DaemonSpec("bare", BaseSettings, "CARMESH_BARE_", build), BaseSettings(metrics=False, mesh_plaintext=True)
+        ):
             pass
     assert events == ["closed"]
 
@@ -120,6 +123,7 @@ def test_ready_file_is_replaced_whole(tmp_path: Path) -> None:
 
 def test_ready_file_and_metrics_come_from_flags_or_the_environment(tmp_path: Path) -> None:
     environ = {"CARMESH_TOY_READY_FILE": str(tmp_path / "env.json"), "CARMESH_TOY_METRICS": "false"}
+    environ["CARMESH_TOY_MESH_PLAINTEXT"] = "true"
     from_env = load_settings(BaseSettings, "CARMESH_TOY_", [], environ=environ)
     assert (from_env.ready_file, from_env.metrics) == (tmp_path / "env.json", False)
     from_flags = load_settings(BaseSettings, "CARMESH_TOY_", ["--ready-file", "r.json", "--metrics"], environ=environ)

@@ -24,7 +24,7 @@ NOWHERE = "127.0.0.1:1"
 
 # Daemons that start without any service next to them; each keeps retrying what it cannot reach.
 ALONE = {
-    "gateway": ["--no-auth-required", "--detector-addrs", NOWHERE, "--registry-addr", NOWHERE],
+    "gateway": ["--no-auth-required", "--public-plaintext", "--detector-addrs", NOWHERE, "--registry-addr", NOWHERE],
     "detector": ["--registry-addr", NOWHERE, "--registry-retry-initial-s", "0.05"],
     "ingestor": ["--kafka-bootstrap", NOWHERE, "--retry-initial-ms", "50"],
     "trainer": ["--feature-addr", NOWHERE, "--registry-addr", NOWHERE],
@@ -43,7 +43,16 @@ async def test_a_start_failing_after_everything_opened_closes_it_all(
     monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)  # the ingestor sets it for its captures
     (tmp_path / "file").write_text("")
     # The ready file is written last, after the daemon's own start: under a file, that write fails.
-    args = [*ALONE[name], "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(tmp_path / "file" / "ready")]
+    args = [
+        *ALONE[name],
+        "--mesh-plaintext",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(tmp_path / "file" / "ready"),
+    ]
     args += ["--work-dir", str(tmp_path / "work")] if name == "trainer" else []
     args += ["--model-cache-dir", str(tmp_path / "cache")] if name == "detector" else []
     spec = spec_of(name)
@@ -73,12 +82,15 @@ def test_a_port_in_use_exits_1(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = _run("trainer", "--grpc-port", str(port), "--metrics-port", "0", "--work-dir", str(tmp_path))
+        done = _run(
+            "trainer", "--mesh-plaintext", "--grpc-port", str(port), "--metrics-port", "0", "--work-dir", str(tmp_path)
+        )
     assert done.returncode == 1, done.stderr
     assert "cannot start" in done.stderr and f"127.0.0.1:{port}" in done.stderr
 
 
 def test_settings_that_fail_once_used_exit_2() -> None:
-    done = _run("gateway", "--grpc-port", "0", "--metrics-port", "0")  # auth required, no keys
+    # Auth required, no keys.
+    done = _run("gateway", "--mesh-plaintext", "--public-plaintext", "--grpc-port", "0", "--metrics-port", "0")
     assert done.returncode == 2, done.stderr
     assert "cannot start" in done.stderr and "no API keys are configured" in done.stderr
