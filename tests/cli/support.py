@@ -14,6 +14,7 @@ from tests.onnx_factory import write_yolov8_model, yolov8_raw
 
 def carmesh(*args: str, gateway: str, api_key: str | None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CARMESH_GATEWAY", "CARMESH_API_KEY")}
+    env["CARMESH_PLAINTEXT"] = "1"  # the tests' gateways serve plaintext (tests/security covers TLS)
     env["CARMESH_GATEWAY"] = gateway
     if api_key is not None:
         env["CARMESH_API_KEY"] = api_key

@@ -28,6 +28,7 @@ RATE_PER_S = 0.001
 
 def carmesh(*args: str, gateway: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CARMESH_GATEWAY", "CARMESH_API_KEY")}
+    env["CARMESH_PLAINTEXT"] = "1"  # the tests' gateways serve plaintext (tests/security covers TLS)
     env.update(CARMESH_GATEWAY=gateway, CARMESH_API_KEY=DETECT_KEY)
     argv = [sys.executable, "-m", "carmesh_cli", *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120, check=False)
