@@ -126,7 +126,9 @@ async def bench_grpc(
 def start(module: str, args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     from devstack.services import grpc_serving
 
-    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", *args]
+    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0"]
+    # Plaintext on loopback, asked for explicitly: the figures are of our code path, not of TLS.
+    argv += ["--mesh-plaintext", *(["--public-plaintext"] if module == "gateway" else []), *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 60
