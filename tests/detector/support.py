@@ -49,7 +49,7 @@ def box_of(detection: Any) -> tuple[float, float, float, float]:
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"grpc_port": 0, "metrics": False, "max_wait_ms": 2.0}
+    values: dict[str, Any] = {"grpc_port": 0, "metrics": False, "max_wait_ms": 2.0, "mesh_plaintext": True}
     values.update(overrides)
     return Settings.model_validate(values)
 

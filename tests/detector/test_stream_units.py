@@ -56,16 +56,16 @@ def test_stream_settings():
     cfg = load_settings(
         Settings,
         "CARMESH_DETECTOR_",
-        ["--stream-consumer", "--no-kafka-idempotence", "--kafka-bootstrap", "k1:9092, k2:9092"],
+        ["--mesh-plaintext", "--stream-consumer", "--no-kafka-idempotence", "--kafka-bootstrap", "k1:9092, k2:9092"],
         environ={"CARMESH_DETECTOR_STREAM_GROUP_ID": "g"},
     )
     assert cfg.stream_consumer and not cfg.kafka_idempotence
     assert (cfg.kafka_bootstrap, cfg.stream_group_id) == ("k1:9092,k2:9092", "g")
-    defaults = load_settings(Settings, "CARMESH_DETECTOR_", [], environ={})
+    defaults = load_settings(Settings, "CARMESH_DETECTOR_", ["--mesh-plaintext"], environ={})
     assert not defaults.stream_consumer and defaults.kafka_idempotence
     assert defaults.stream_group_id == "carmesh-detector"
     assert defaults.stream_inflight_frames == defaults.max_queue // 2
-    small = load_settings(Settings, "CARMESH_DETECTOR_", ["--max-queue", "1"], environ={})
+    small = load_settings(Settings, "CARMESH_DETECTOR_", ["--mesh-plaintext", "--max-queue", "1"], environ={})
     assert small.stream_inflight_frames == 1
 
 
@@ -79,4 +79,4 @@ def test_stream_settings():
 )
 def test_bad_stream_settings(argv, message):
     with pytest.raises(ConfigError, match=message):
-        load_settings(Settings, "CARMESH_DETECTOR_", argv, environ={})
+        load_settings(Settings, "CARMESH_DETECTOR_", ["--mesh-plaintext", *argv], environ={})

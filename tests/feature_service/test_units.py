@@ -176,16 +176,16 @@ def test_bad_snapshot_requests_are_refused(spec: SnapshotSpec, match: str) -> No
 
 
 def test_settings_defaults_and_validation() -> None:
-    cfg = load_settings(Settings, "CARMESH_FEATURE_", [], environ={})
+    cfg = load_settings(Settings, "CARMESH_FEATURE_", ["--mesh-plaintext"], environ={})
     assert (cfg.grpc_port, cfg.metrics_port) == (50063, 9463)
     assert cfg.postgres_dsn == "postgresql://postgres@127.0.0.1:5432/carmesh"
     assert cfg.redis_url == "redis://127.0.0.1:6379/0" and cfg.blob_dir == Path(".run/blobs")
     env = {"CARMESH_FEATURE_KAFKA_IDEMPOTENCE": "false", "CARMESH_FEATURE_CAR_CLASSES": "car,van"}
-    cfg = load_settings(Settings, "CARMESH_FEATURE_", ["--frames-batch-size", "8"], environ=env)
+    cfg = load_settings(Settings, "CARMESH_FEATURE_", ["--mesh-plaintext", "--frames-batch-size", "8"], environ=env)
     assert (cfg.kafka_idempotence, cfg.car_classes, cfg.frames_batch_size) == (False, ["car", "van"], 8)
     for argv in (["--postgres-dsn", "mysql://x"], ["--blob-store", "s3"], ["--retry-max-s", "0.1"]):
         with pytest.raises(ConfigError):
-            load_settings(Settings, "CARMESH_FEATURE_", argv, environ={})
+            load_settings(Settings, "CARMESH_FEATURE_", ["--mesh-plaintext", *argv], environ={})
 
 
 def test_migration_files_are_numbered_and_loadable(tmp_path: Path) -> None:

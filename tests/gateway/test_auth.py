@@ -60,7 +60,7 @@ def test_env_entries_format():
 
 def test_settings_read_keys_from_the_environment_without_showing_them():
     env = {"CARMESH_GATEWAY_API_KEYS": f"{KEY}:alice:detect,{'y' * 16}:bob:*"}
-    cfg = load_settings(Settings, "CARMESH_GATEWAY_", [], env)
+    cfg = load_settings(Settings, "CARMESH_GATEWAY_", ["--mesh-plaintext", "--public-plaintext"], env)
     entries = [k.get_secret_value() for k in cfg.api_keys]
     assert entries == [f"{KEY}:alice:detect", f"{'y' * 16}:bob:*"]
     assert KEY not in repr(cfg)
@@ -164,7 +164,17 @@ def test_zero_rate_disables_the_limit():
 
 def test_settings_validate_addresses():
     with pytest.raises(ConfigError, match="detector_addrs"):
-        load_settings(Settings, "CARMESH_GATEWAY_", ["--detector-addrs", "localhost"], {})
-    cfg = load_settings(Settings, "CARMESH_GATEWAY_", ["--detector-addrs", "a:1,b:2", "--trainer-addr", ""], {})
+        load_settings(
+            Settings,
+            "CARMESH_GATEWAY_",
+            ["--mesh-plaintext", "--public-plaintext", "--detector-addrs", "localhost"],
+            {},
+        )
+    cfg = load_settings(
+        Settings,
+        "CARMESH_GATEWAY_",
+        ["--mesh-plaintext", "--public-plaintext", "--detector-addrs", "a:1,b:2", "--trainer-addr", ""],
+        {},
+    )
     assert cfg.detector_addrs == ["a:1", "b:2"]
     assert cfg.trainer_addr == ""

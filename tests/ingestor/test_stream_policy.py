@@ -72,11 +72,15 @@ def test_an_empty_allow_list_allows_no_stream_and_bad_urls_are_bad_requests() ->
 
 def test_settings_take_hosts_networks_and_names_only() -> None:
     cfg = load_settings(
-        Settings, "CARMESH_INGESTOR_", ["--stream-allowed-hosts", "127.0.0.1,10.0.0.0/8,*.cams.example"]
+        Settings,
+        "CARMESH_INGESTOR_",
+        ["--mesh-plaintext", "--stream-allowed-hosts", "127.0.0.1,10.0.0.0/8,*.cams.example"],
     )
     assert cfg.stream_allowed_hosts == ["127.0.0.1", "10.0.0.0/8", "*.cams.example"]
     assert "169.254.0.0/16" in cfg.stream_denied_networks and "max_redirects;0" in cfg.ffmpeg_capture_options
-    assert load_settings(Settings, "CARMESH_INGESTOR_", [], environ={}).stream_allowed_hosts == []
+    assert load_settings(Settings, "CARMESH_INGESTOR_", ["--mesh-plaintext"], environ={}).stream_allowed_hosts == []
     for bad in ("http://x", "a b", "10.0.0.0/33"):
         with pytest.raises(ConfigError):
-            load_settings(Settings, "CARMESH_INGESTOR_", ["--stream-allowed-hosts", bad], environ={})
+            load_settings(
+                Settings, "CARMESH_INGESTOR_", ["--mesh-plaintext", "--stream-allowed-hosts", bad], environ={}
+            )
