@@ -22,6 +22,7 @@ def config_from_env() -> services.StackConfig:
         run_dir=Path(os.environ.get("CARMESH_STACK_RUN_DIR", ".run")).resolve(),
         ports=services.Ports().shifted(offset),
         mlflow_backend_uri=os.environ.get("CARMESH_STACK_MLFLOW_BACKEND_URI") or None,
+        mlflow_auth=True,
         extra_data_roots=tuple(
             Path(root).resolve() for root in os.environ.get("CARMESH_STACK_DATA_ROOTS", "").split(os.pathsep) if root
         ),

@@ -58,6 +58,9 @@ class StackConfig:
     python: str = sys.executable
     # Folders beyond the defaults that requests may name (CARMESH_STACK_DATA_ROOTS, os.pathsep-separated).
     extra_data_roots: tuple[Path, ...] = ()
+    # MLflow's basic-auth app (user carmesh, password in RUN_DIR/secrets/mlflow-password): `make up` turns
+    # it on; the test fixtures' MLflow runs without it, except the test of it.
+    mlflow_auth: bool = False
 
     @property
     def mesh_pki(self) -> MeshPki:
@@ -130,6 +133,18 @@ class StackConfig:
     @property
     def mlflow_uri(self) -> str:
         return f"http://{HOST}:{self.ports.mlflow}"
+
+    @property
+    def mlflow_password_file(self) -> Path:
+        return self.run_dir / "secrets" / "mlflow-password"
+
+    def mlflow_client_env(self) -> dict[str, str]:
+        """What MLflow's clients (registry_gateway, trainer and its workers) read their credentials from:
+        the environment, never a flag or a URI that `ps` would show."""
+        if not self.mlflow_auth:
+            return {}
+        password = stack_secret(self.mlflow_password_file)
+        return {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def stack_secret(path: Path) -> str:
@@ -344,24 +359,54 @@ def mlflow(cfg: StackConfig) -> Process:
     env["MLFLOW_BACKEND_STORE_URI"] = backend
     if backend.startswith("postgresql") and f":{cfg.ports.postgres}/" in backend:
         env.update(cfg.postgres_env())
+    if cfg.mlflow_auth:
+        argv += ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_mlflow_auth_config(cfg, root))
+        # The CSRF key of its login forms: a secret of its own, kept across restarts.
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = stack_secret(cfg.run_dir / "secrets" / "mlflow-flask-key")
     return Process(
         "mlflow", argv, cfg.run_dir, ready=lambda: http_ok(f"{cfg.mlflow_uri}/health"), env=env, ready_timeout_s=120.0
     )
 
 
-def _daemon(cfg: StackConfig, name: str, module: str, port: int, args: list[str]) -> Process:
+MLFLOW_USER = "carmesh"
+
+
+def _mlflow_auth_config(cfg: StackConfig, root: Path) -> Path:
+    """MLflow's basic-auth settings (0600): its admin is created with this password on first start."""
+    password = stack_secret(cfg.mlflow_password_file)
+    path = root / "basic_auth.ini"
+    text = (
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{(root / 'auth.db').resolve()}\n"
+        f"admin_username = {MLFLOW_USER}\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
+
+
+def _daemon(
+    cfg: StackConfig, name: str, module: str, port: int, args: list[str], env: dict[str, str] | None = None
+) -> Process:
     # Each daemon is its own mesh identity (its certificate's common name is its name).
     argv = [cfg.python, "-m", module, "--host", HOST, "--grpc-port", str(port), *cfg.mesh_pki.mesh_args(name), *args]
     tls = cfg.operator_tls
     return Process(
-        name, argv, cfg.run_dir, ready=lambda: grpc_serving(f"{HOST}:{port}", tls()), env={"PYTHONUNBUFFERED": "1"}
+        name,
+        argv,
+        cfg.run_dir,
+        ready=lambda: grpc_serving(f"{HOST}:{port}", tls()),
+        env={"PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
 def registry_gateway(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.registry_metrics), "--mlflow-tracking-uri", cfg.mlflow_uri]
     args += ["--cache-dir", str(cfg.run_dir / "registry-cache")]
-    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args)
+    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args, cfg.mlflow_client_env())
 
 
 # The local broker (Tansu) has no InitProducerId, so producers run without idempotence here.
@@ -411,7 +456,7 @@ def trainer(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.trainer_metrics), "--work-dir", str(cfg.run_dir / "trainer")]
     args += ["--feature-addr", f"{HOST}:{cfg.ports.feature}", "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
     args += ["--mlflow-tracking-uri", cfg.mlflow_uri, *_roots_args(cfg)]
-    return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args)
+    return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args, cfg.mlflow_client_env())
 
 
 def gateway(cfg: StackConfig) -> Process:

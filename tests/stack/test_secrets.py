@@ -5,9 +5,12 @@ command line (`ps`) or a log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import os
 import stat
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +20,12 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from carmesh.v1 import feature_pb2, feature_pb2_grpc
+from carmesh.v1 import feature_pb2, feature_pb2_grpc, registry_pb2, registry_pb2_grpc
 from devstack import services
 from devstack.procs import Process
 from feature_service.app import read_password
 from kit.config import ConfigError
+from kit.mesh_tls import MeshTls, mesh_channel_sync
 from tests.helpers import free_port
 
 
@@ -80,23 +84,29 @@ def _session_pids(leader: int) -> list[int]:
 def secret_stack(
     stack_config: services.StackConfig, redis_url: str, postgres_dsn: str, kafka_bootstrap: str
 ) -> Iterator[tuple[services.StackConfig, list[Process]]]:
-    """feature_service and MLflow on PostgreSQL, started by `make up`'s launchers next to the
-    session's Redis and PostgreSQL (same run dir: same password files)."""
+    """feature_service, registry_gateway and MLflow (basic auth) on PostgreSQL, started by `make up`'s
+    launchers next to the session's Redis and PostgreSQL (same run dir: same password files), over
+    mutual TLS with the run dir's mesh certificates."""
     ports = dataclasses.replace(
         stack_config.ports,
         kafka=int(kafka_bootstrap.rsplit(":", 1)[1]),
         mlflow=free_port(),
         feature=free_port(),
         feature_metrics=free_port(),
+        registry=free_port(),
+        registry_metrics=free_port(),
     )
     backend = f"postgresql+psycopg2://postgres@{services.HOST}:{ports.postgres}/mlflow"
-    cfg = dataclasses.replace(stack_config, ports=ports, mlflow_backend_uri=backend)
-    procs = [services.mlflow(cfg), services.feature_service(cfg)]
+    cfg = dataclasses.replace(stack_config, ports=ports, mlflow_backend_uri=backend, mlflow_auth=True)
+    cfg.ensure_pki()
+    procs = [services.mlflow(cfg), services.feature_service(cfg), services.registry_gateway(cfg)]
     try:
         for proc in procs:
             # The session's MLflow fixture may hold the name "mlflow" in this run dir: ours is "mlflow-pg".
             if proc.name == "mlflow":
                 proc.name = "mlflow-pg"
+            if proc.name == "registry_gateway":
+                proc.name = "registry-auth"
             proc.start()
             proc.wait_ready()
         yield cfg, procs
@@ -108,7 +118,7 @@ def secret_stack(
 def test_the_daemons_use_the_passwords(secret_stack: tuple[services.StackConfig, list[Process]]) -> None:
     cfg, _ = secret_stack
     # feature_service is SERVING, so its pool logged in to PostgreSQL; Redis answers it too.
-    with grpc.insecure_channel(f"{services.HOST}:{cfg.ports.feature}") as channel:
+    with mesh_channel_sync(f"{services.HOST}:{cfg.ports.feature}", gateway_identity(cfg)) as channel:
         try:
             feature_pb2_grpc.FeatureServiceStub(channel).GetOnlineFeatures(
                 feature_pb2.GetOnlineFeaturesRequest(camera_id="cam-secret-probe"), timeout=10
@@ -118,6 +128,37 @@ def test_the_daemons_use_the_passwords(secret_stack: tuple[services.StackConfig,
     # MLflow answers from its PostgreSQL store, which it reached with PGPASSWORD.
     rows = asyncio.run(_experiments(cfg))
     assert "Default" in rows
+
+
+def gateway_identity(cfg: services.StackConfig) -> MeshTls:
+    leaf, ca = cfg.mesh_pki.leaf("gateway"), cfg.mesh_pki.ca
+    return MeshTls(ca.cert_file.read_bytes(), leaf.cert_file.read_bytes(), leaf.key_file.read_bytes())
+
+
+def test_mlflow_refuses_callers_without_the_password(secret_stack: tuple[services.StackConfig, list[Process]]) -> None:
+    cfg, _ = secret_stack
+    url = f"{cfg.mlflow_uri}/api/2.0/mlflow/registered-models/search"
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(url, timeout=10)
+    assert anonymous.value.code == 401
+    wrong = urllib.request.Request(url, headers={"Authorization": _basic(services.MLFLOW_USER, "wrong")})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=10)
+    assert refused.value.code == 401
+    env = cfg.mlflow_client_env()
+    good = urllib.request.Request(
+        url, headers={"Authorization": _basic(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])}
+    )
+    with urllib.request.urlopen(good, timeout=10) as reply:
+        assert reply.status == 200
+    assert stat.S_IMODE((cfg.run_dir / "mlflow" / "basic_auth.ini").stat().st_mode) == 0o600
+    # registry_gateway got the password through its environment and reads the registry.
+    with mesh_channel_sync(f"{services.HOST}:{cfg.ports.registry}", gateway_identity(cfg)) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).ListModels(registry_pb2.ListModelsRequest(), timeout=30)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 async def _experiments(cfg: services.StackConfig) -> list[str]:
@@ -132,7 +173,12 @@ def test_no_password_on_a_command_line_or_in_a_log(
     stack_config: services.StackConfig, secret_stack: tuple[services.StackConfig, list[Process]]
 ) -> None:
     cfg, procs = secret_stack
-    passwords = [cfg.redis_password_file.read_text().strip(), cfg.postgres_password_file.read_text().strip()]
+    passwords = [
+        cfg.redis_password_file.read_text().strip(),
+        cfg.postgres_password_file.read_text().strip(),
+        cfg.mlflow_password_file.read_text().strip(),
+        (cfg.run_dir / "secrets" / "mlflow-flask-key").read_text().strip(),
+    ]
     names = ["redis", "postgres", *(proc.name for proc in procs)]
     leaders = [Process(name, [], cfg.run_dir, ready=lambda: True).pid() for name in names]
     assert all(leaders), dict(zip(names, leaders, strict=True))
