@@ -20,6 +20,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.server import DETECTOR, FEATURES, INGEST, REGISTRY, TRAINING, Admission, build_handlers
 from gateway.upstream import UpstreamPool
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
+from kit.grpc_compat import keep_server_status_on_failed_writes
 from kit.server import Server
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ async def build(cfg: Settings, ctx: Context) -> GatewayDaemon:
             "CARMESH_GATEWAY_API_KEYS (format in gateway/auth.py), or --no-auth-required for local development"
         )
     gateway_metrics = GatewayMetrics(ctx.metrics)
+    # Client streams forwarded to a daemon that ends them early keep the daemon's status (grpc/grpc#36066).
+    keep_server_status_on_failed_writes()
     routes = upstream_addresses(cfg)
     server = ctx.grpc_server(list(routes), callers=None, public_credentials=await public_credentials(cfg))
 

@@ -22,7 +22,8 @@ from PIL import Image
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from devstack.procs import Process
-from devstack.services import Ports, grpc_serving, tcp_open
+from devstack.services import Ports, StackConfig, grpc_serving, tcp_open
+from kit.mesh_tls import MeshTls
 from tests.helpers import REPO_ROOT
 from tests.support import eventually, eventually_async
 
@@ -39,6 +40,17 @@ class Mesh:
     @property
     def gateway(self) -> str:
         return f"127.0.0.1:{self.ports.gateway}"
+
+    def stack(self) -> StackConfig:
+        return StackConfig(run_dir=self.run_dir, ports=self.ports)
+
+    def operator_tls(self) -> MeshTls | None:
+        """`make up`'s own mesh identity: health checks of the daemons behind the gateway."""
+        return self.stack().operator_tls()
+
+    def public_credentials(self) -> grpc.ChannelCredentials:
+        """TLS to the gateway, trusting the CA `make up` signed its certificate with."""
+        return grpc.ssl_channel_credentials(self.stack().public_pki.ca.cert_file.read_bytes())
 
     def cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -141,7 +153,7 @@ def test_mesh_detects_promotes_reloads_and_rolls_back(mesh: Mesh, shared_dir: Pa
     promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion")
     assert promoted.returncode == 0, promoted.stderr
     eventually(
-        lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}"),
+        lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}", mesh.operator_tls()),
         what="the detector to serve the promoted champion",
         timeout_s=120,
         interval_s=0.2,
@@ -189,7 +201,7 @@ async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
     versions_seen: list[str] = []
     failures: list[str] = []
     stop = asyncio.Event()
-    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+    async with grpc.aio.secure_channel(mesh.gateway, mesh.public_credentials()) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
 
         async def client() -> None:
@@ -216,7 +228,7 @@ async def _promote_under_load(mesh: Mesh, image: bytes) -> None:
 
 
 async def _wait_for_version(mesh: Mesh, image: bytes, version: str) -> None:
-    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+    async with grpc.aio.secure_channel(mesh.gateway, mesh.public_credentials()) as channel:
         stub = detector_pb2_grpc.DetectorServiceStub(channel)
 
         async def on_version() -> bool:
@@ -324,7 +336,7 @@ def test_detector_keeps_serving_when_registry_is_down(mesh: Mesh, shared_dir: Pa
     try:
         detected = mesh.cli("detect", str(image), "--json")
         assert detected.returncode == 0, detected.stderr
-        assert grpc_serving(f"127.0.0.1:{mesh.ports.detector}")
+        assert grpc_serving(f"127.0.0.1:{mesh.ports.detector}", mesh.operator_tls())
         listed = mesh.cli("models", "list")
         assert listed.returncode == 1 and "UNAVAILABLE" in listed.stderr, listed.stderr
     finally:
@@ -342,7 +354,7 @@ def test_reflection_lists_every_service_through_the_gateway(mesh: Mesh) -> None:
     """README: `grpcurl -plaintext 127.0.0.1:50051 list` works through the `make up` gateway (no key needed)."""
     routed = ("DetectorService", "RegistryService", "IngestService", "FeatureService", "TrainingService")
     wanted = {f"carmesh.v1.{name}" for name in routed} | {"grpc.health.v1.Health"}
-    with grpc.insecure_channel(mesh.gateway) as channel:
+    with grpc.secure_channel(mesh.gateway, mesh.public_credentials()) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert wanted <= set(database.get_services())
         described = database.FindFileContainingSymbol("carmesh.v1.TrainingService")

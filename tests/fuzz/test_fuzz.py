@@ -38,7 +38,7 @@ def _serve_a_model(mesh: Mesh, model: Path) -> None:
     promoted = mesh.cli("models", "promote", "car-detector", "1", "--alias", "champion", "--force")
     assert promoted.returncode == 0, promoted.stderr
     eventually(
-        lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}"),
+        lambda: grpc_serving(f"127.0.0.1:{mesh.ports.detector}", mesh.operator_tls()),
         what="the detector to serve the imported model",
         timeout_s=120,
         interval_s=0.2,
@@ -56,7 +56,13 @@ def _daemons(mesh: Mesh) -> list[Daemon]:
         "detector": ports.detector,
     }
     pids = {p.stem: int(p.read_text()) for p in (mesh.run_dir / "pids").glob("*.pid")}
-    return [Daemon(name, f"127.0.0.1:{port}", pids[name]) for name, port in by_name.items()]
+    operator = mesh.operator_tls()
+    assert operator is not None, "`make up` wrote no mesh certificates"
+
+    def credentials(name: str) -> grpc.ChannelCredentials:
+        return mesh.public_credentials() if name == "gateway" else operator.channel_credentials()
+
+    return [Daemon(name, f"127.0.0.1:{port}", pids[name], credentials(name)) for name, port in by_name.items()]
 
 
 def _tracebacks(mesh: Mesh) -> str:
@@ -101,7 +107,7 @@ def test_no_rpc_answers_internal_or_unknown_and_every_daemon_survives(
     left = examples
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     problems: list[str] = []
-    with grpc.insecure_channel(mesh.gateway, options=options) as channel:
+    with grpc.secure_channel(mesh.gateway, mesh.public_credentials(), options=options) as channel:
         for index, method in enumerate(rpcs):
             batches = requests(method, max(1, left // (len(rpcs) - index)), fuzz_seed)
             left -= len(batches)
