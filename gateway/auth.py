@@ -8,7 +8,7 @@ scope               allows
 ==================  =====================================================================
 ``detect``          every ``carmesh.v1.DetectorService`` method
 ``registry.read``   ``RegistryService``: ListModels, ListModelVersions, GetModelVersion,
-                    DownloadModel, WatchAlias
+                    DownloadModel, WatchAlias, GetTritonConfig
 ``registry.write``  ``RegistryService``: ImportModel, SetAlias, DeleteAlias, RollbackAlias
                     (and any method not listed as a read)
 ``ingest``          ``IngestService``: IngestFrames of unlabelled frames, StartSource,
@@ -64,7 +64,9 @@ _SERVICE_SCOPES = {
     "carmesh.v1.FeatureService": "features",
     "carmesh.v1.TrainingService": "train",
 }
-_REGISTRY_READS = frozenset({"ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias"})
+_REGISTRY_READS = frozenset(
+    {"ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias", "GetTritonConfig"}
+)
 
 # Printable ASCII except the separators of the two formats (':' ',') and the comment sign.
 _KEY_RE = re.compile(r"^[!\"$-+\--9;-~]{16,512}$")
