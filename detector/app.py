@@ -14,6 +14,8 @@ from detector.config import Settings
 from detector.detector import DetectDefaults, Detector
 from detector.engine import EngineOptions, ModelRef, ModelSpec, choose_providers
 from detector.errors import ModelLoadError
+from detector.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
+from detector.kserve import KServeServicer, add_kserve_to_server
 from detector.metrics import DetectorMetrics, StreamMetrics
 from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
@@ -42,7 +44,7 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
     inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
     ctx.on_close(lambda: inference_executor.shutdown(wait=False, cancel_futures=True))
-    server = ctx.grpc_server([SERVICE_NAME])
+    server = ctx.grpc_server([SERVICE_NAME, KSERVE_SERVICE_NAME])
 
     async def serve_once_loaded(model: LoadedModel) -> None:
         await server.set_serving(True)
@@ -84,6 +86,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     detector_pb2_grpc.add_DetectorServiceServicer_to_server(
         DetectorServicer(detector, manager, cfg.stream_window), server.server
     )
+    # KServe v2 (tritonclient, KServe tooling) over the same model, batcher and post-processing.
+    add_kserve_to_server(KServeServicer(detector, manager), server.server)
     stream: FrameStream | None = None
     if cfg.stream_consumer:
         frames = FrameStream(

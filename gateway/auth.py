@@ -6,7 +6,8 @@ A caller sends its key as gRPC metadata ``authorization: Bearer KEY``. A key has
 ==================  =====================================================================
 scope               allows
 ==================  =====================================================================
-``detect``          every ``carmesh.v1.DetectorService`` method
+``detect``          every ``carmesh.v1.DetectorService`` method, and KServe v2's
+                    ``inference.GRPCInferenceService`` (the detectors' tritonclient endpoint)
 ``registry.read``   ``RegistryService``: ListModels, ListModelVersions, GetModelVersion,
                     DownloadModel, WatchAlias, GetTritonConfig
 ``registry.write``  ``RegistryService``: ImportModel, SetAlias, DeleteAlias, RollbackAlias
@@ -60,6 +61,7 @@ _SCOPE_ALIASES = {"admin": ALL}
 
 _SERVICE_SCOPES = {
     "carmesh.v1.DetectorService": "detect",
+    "inference.GRPCInferenceService": "detect",
     "carmesh.v1.IngestService": "ingest",
     "carmesh.v1.FeatureService": "features",
     "carmesh.v1.TrainingService": "train",
