@@ -88,7 +88,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
     args = ["--model-path", str(model), "--max-batch-size", str(MAX_BATCH), "--metrics-port", "0"]
     with ExitStack() as stack:
         detector = stack.enter_context(DaemonProcess("detector", args))
-        gateway = stack.enter_context(run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address))
+        # No rate limit: the fuzz below is many calls in a row, and what it checks is the detector's answers.
+        no_limit = ("--rate-limit-rps", "0")
+        gateway = stack.enter_context(run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address, *no_limit))
         yield gateway.address, model
 
 
@@ -247,3 +249,80 @@ def test_malformed_raw_bytes_and_scopes(mesh):
         tensor.contents.fp32_contents.extend([0.5] * (3 * INPUT_HW[0] * INPUT_HW[1]))
         reply = infer(typed, metadata=bearer(ADMIN_KEY), timeout=30)
         assert [list(o.shape) for o in reply.outputs] == [[1, 6, 8]] and len(reply.raw_output_contents[0]) == 6 * 8 * 4
+
+
+def test_generated_requests_get_no_internal_error(mesh):
+    """Structured fuzz of ModelInfer (names, datatypes, shapes, raw and typed contents, parameters near the
+    valid ones): every answer is OK or a client error, never INTERNAL or UNKNOWN."""
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from hypothesis import strategies as st
+
+    gateway, _ = mesh
+    proto = protocol()
+    request_type, response_type = proto.request_type("ModelInfer"), proto.response_type("ModelInfer")
+    pixels = 3 * INPUT_HW[0] * INPUT_HW[1]
+    dims = st.sampled_from([0, 1, 2, 3, MAX_BATCH + 1, 64, -1, 2**40])
+    shapes = st.one_of(
+        st.lists(dims, max_size=5),
+        st.tuples(st.integers(0, MAX_BATCH + 1)).map(lambda t: [t[0], 3, *INPUT_HW]),
+    )
+    framed = st.lists(st.binary(max_size=40), max_size=5).map(
+        lambda items: b"".join(struct.pack("<I", len(i)) + i for i in items)
+    )
+    raw_bytes = st.one_of(st.binary(max_size=64), framed, st.just(b"\x00" * (pixels * 4)), st.just(encoded(5, (8, 8))))
+    values = st.one_of(
+        st.builds(lambda v: ("double_param", v), st.floats(allow_nan=True, allow_infinity=True)),
+        st.builds(lambda v: ("int64_param", v), st.integers(-(2**63), 2**63 - 1)),
+        st.builds(lambda v: ("string_param", v), st.text(max_size=20)),
+        st.builds(lambda v: ("bool_param", v), st.booleans()),
+    )
+    keys = st.sampled_from(["score_threshold", "iou_threshold", "max_detections", "classes", "priority", "x"])
+
+    @st.composite
+    def infer_requests(draw: Any) -> Any:
+        request = request_type(model_name=draw(st.sampled_from([MODEL, E2E, MODEL, E2E, "other"])))
+        for _ in range(draw(st.integers(0, 2))):
+            tensor = request.inputs.add(
+                name=draw(st.sampled_from(["images", "IMAGE", "x"])),
+                datatype=draw(st.sampled_from(["FP32", "BYTES", "INT32", "FP16", ""])),
+                shape=draw(shapes),
+            )
+            if draw(st.booleans()):
+                tensor.contents.fp32_contents.extend(draw(st.lists(st.floats(width=32), max_size=8)))
+                tensor.contents.bytes_contents.extend(draw(st.lists(st.binary(max_size=16), max_size=3)))
+        if draw(st.booleans()):
+            request.raw_input_contents.extend(draw(st.lists(raw_bytes, max_size=3)))
+        for key, (kind, value) in draw(st.dictionaries(keys, values, max_size=3)).items():
+            setattr(request.parameters[key], kind, value)
+        for name in draw(st.lists(st.sampled_from(["BOXES", "output0", "nope"]), max_size=2)):
+            request.outputs.add(name=name)
+        return request
+
+    codes: dict[str, int] = {}
+    with grpc.insecure_channel(gateway) as channel:
+        infer = channel.unary_unary(
+            f"/{SERVICE_NAME}/ModelInfer",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+
+        @seed(18)
+        @settings(
+            max_examples=200,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(infer_requests())
+        def check(request: Any) -> None:
+            try:
+                infer(request, metadata=bearer(DETECT_KEY), timeout=30)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                code = error.code()
+                assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (request, error.details())
+            codes[code.name] = codes.get(code.name, 0) + 1
+
+        check()
+    assert codes.get("INVALID_ARGUMENT", 0) > 50 and sum(codes.values()) == 200, codes
