@@ -326,3 +326,32 @@ def test_generated_requests_get_no_internal_error(mesh):
 
         check()
     assert codes.get("INVALID_ARGUMENT", 0) > 50 and sum(codes.values()) == 200, codes
+
+
+def test_e2e_matches_detect_with_yolox_nano_on_real_frames(shared_dir: Path, tmp_path: Path) -> None:
+    """The same on a real detector and real frames: YOLOX-nano (COCO) on apollo-cars val."""
+    from carmesh_cli.names import COCO_NAMES
+
+    model = shared_dir / "models" / "yolox_nano.onnx"
+    frames = sorted((shared_dir / "data" / "apollo-cars" / "val" / "images").glob("*.jpg"))[:3]
+    keys_file = tmp_path / "api-keys.txt"
+    keys_file.write_text(keys_file_text())
+    args = ["--model-path", str(model), "--model-family", "yolox", "--class-names", ",".join(COCO_NAMES)]
+    with (
+        DaemonProcess("detector", args) as detector,
+        run_gateway(keys_file, f"127.0.0.1:{free_port()}", detector.address) as gateway,
+        tritonclient_grpc.InferenceServerClient(url=gateway.address) as client,
+    ):
+        images = [frame.read_bytes() for frame in frames]
+        tensor = tritonclient_grpc.InferInput("IMAGE", [len(images)], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+        result = client.infer("yolox_nano-e2e", [tensor], headers=HEADERS, parameters={"classes": "car"})
+        boxes, scores, counts = result.as_numpy("BOXES"), result.as_numpy("SCORES"), result.as_numpy("COUNTS")
+        assert counts.min() > 0, "apollo-cars frames have cars"
+        for i, image in enumerate(images):
+            reply = _detect(gateway.address, image, classes=["car"])
+            k = int(counts[i])
+            assert k == len(reply.detections)
+            want = np.array([(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in reply.detections], np.float32)
+            np.testing.assert_allclose(boxes[i, :k], want, atol=1e-3)
+            np.testing.assert_allclose(scores[i, :k], [d.score for d in reply.detections], atol=1e-5)
