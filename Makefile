@@ -16,6 +16,7 @@ setup: ## install system packages (Redis, PostgreSQL) and .venv with carmesh[dev
 
 protos: ## regenerate carmesh/v1 from protos/ (committed; tests fail when stale)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/carmesh/v1/*.proto
+	$(PY) -m grpc_tools.protoc -I protos --descriptor_set_out=carmesh/kserve/grpc_predict_v2.binpb protos/inference/grpc_predict_v2.proto
 	$(VENV)/bin/buf lint
 
 proto-release: ## freeze the current protos as protos/releases/vVERSION.binpb (VERSION=x.y.z; FORCE=1 rewrites)

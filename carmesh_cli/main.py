@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from carmesh_cli import datasets, ingest, paging, train
+from carmesh_cli import datasets, ingest, model_files, paging, train
 from carmesh_cli.argtypes import count as _count
 from carmesh_cli.argtypes import fraction as _fraction
 from carmesh_cli.argtypes import names as _classes
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = actions.add_parser("rollback", parents=[common], help="point an alias back at its previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--alias", default="champion", help="the alias to roll back (default champion)")
+    model_files.add_parsers(actions, common)
 
     ingest.add_parser(commands, common, EPILOG)
     train.add_parsers(commands, common, EPILOG)
@@ -274,6 +275,14 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
                 max_detections=args.max_detections,
                 timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
                 stdout=stdout,
+            )
+        if args.action == "download":
+            return model_files.run_download(
+                conn, args.ref, args.out, timeout_s=timeout_s or model_files.DOWNLOAD_TIMEOUT_S, stdout=stdout
+            )
+        if args.action == "export-triton":
+            return model_files.run_export_triton(
+                conn, args.ref, args.dir, timeout_s=timeout_s or model_files.DOWNLOAD_TIMEOUT_S, stdout=stdout
             )
         timeout_s = timeout_s or DEFAULT_TIMEOUT_S
         if args.action == "import":

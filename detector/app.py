@@ -12,8 +12,11 @@ from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
 from detector.config import Settings
 from detector.detector import DetectDefaults, Detector
+from detector.devices import device_providers
 from detector.engine import EngineOptions, ModelRef, ModelSpec, choose_providers
 from detector.errors import ModelLoadError
+from detector.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
+from detector.kserve import KServeServicer, add_kserve_to_server
 from detector.metrics import DetectorMetrics, StreamMetrics
 from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
@@ -32,8 +35,16 @@ log = logging.getLogger(__name__)
 
 async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     metrics = DetectorMetrics(ctx.metrics)
+    required_provider = ""
     try:
-        providers = choose_providers(cfg.providers)
+        if cfg.providers:
+            if cfg.device != "auto":
+                raise StartupError(f"give --device ({cfg.device}) or --providers, not both")
+            providers = choose_providers(cfg.providers)
+            log.info("execution providers as configured: %s", ", ".join(providers))
+        else:
+            choice = device_providers(cfg.device)
+            providers, required_provider = list(choice.providers), choice.required
     except ModelLoadError as exc:
         raise StartupError(str(exc)) from exc
     cores = os.cpu_count() or 1
@@ -42,12 +53,13 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         intra_op_threads=cfg.intra_op_threads or max(1, cores // cfg.inference_threads),
         warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
         solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
+        required_provider=required_provider,
     )
     preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
     ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
     inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
     ctx.on_close(lambda: inference_executor.shutdown(wait=False, cancel_futures=True))
-    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
+    server = ctx.grpc_server([SERVICE_NAME, KSERVE_SERVICE_NAME], callers=CALLERS)
 
     async def serve_once_loaded(model: LoadedModel) -> None:
         await server.set_serving(True)
@@ -90,6 +102,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
     detector_pb2_grpc.add_DetectorServiceServicer_to_server(
         DetectorServicer(detector, manager, cfg.stream_window), server.server
     )
+    # KServe v2 (tritonclient, KServe tooling) over the same model, batcher and post-processing.
+    add_kserve_to_server(KServeServicer(detector, manager), server.server)
     stream: FrameStream | None = None
     if cfg.stream_consumer:
         frames = FrameStream(

@@ -11,6 +11,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from kit.config import BaseSettings, not_below, stripped_entries
 
 Family = Literal["yolov8", "yolox"]
+# Where ONNX Runtime runs the model (detector/devices.py).
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 
 class Settings(BaseSettings):
@@ -36,9 +38,14 @@ class Settings(BaseSettings):
     registry_retry_max_s: float = Field(15.0, gt=0, le=600, description="longest reconnect delay to the registry")
 
     # Engine.
+    device: Device = Field(
+        "auto",
+        description="where the model runs: auto (CUDA when this onnxruntime build and a GPU are there, else CPU; "
+        "logged), cpu, cuda or tensorrt (absent: the detector does not start)",
+    )
     providers: list[str] = Field(
         [],
-        description="ONNX Runtime execution providers in order (empty: CUDA first when available, then CPU)",
+        description="ONNX Runtime execution providers in order, instead of --device (empty: from --device)",
     )
     intra_op_threads: int = Field(
         0,

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from detector.devices import check_session
 from detector.errors import ModelLoadError
 from detector.postprocess import expected_anchors_yolox
 from kit.letterbox import Letterbox, letterbox
@@ -54,6 +55,8 @@ class EngineOptions:
     # concurrent batches, a lone request would otherwise run on a fraction of them (0.59x of raw ONNX Runtime
     # for a 960x544 model at concurrency 1, docs/benchmarks.md).
     solo_intra_op_threads: int = 0
+    # A provider every session must get (--device cuda|tensorrt): no silent CPU fallback (detector/devices.py).
+    required_provider: str = ""
 
 
 @dataclass
@@ -185,6 +188,7 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
     if spec.family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {spec.family!r}; supported: {', '.join(FAMILIES)}")
     session = _session(path, options.providers, options.intra_op_threads)
+    check_session(options.required_provider, session.get_providers(), str(path))
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelLoadError(

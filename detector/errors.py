@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kit.errors import DomainError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 
 class BadImage(InvalidArgument):
@@ -50,3 +50,15 @@ class InferenceFailed(DomainError):
     """ONNX Runtime failed on a batch (INTERNAL): a model or runtime fault, not the request's."""
 
     reason = "INFERENCE_FAILED"
+
+
+class BadTensor(InvalidArgument):
+    """A KServe v2 inference request whose tensors do not fit the model (name, datatype, shape, size, values)."""
+
+    reason = "INVALID_TENSOR"
+
+
+class UnknownModel(NotFound):
+    """A KServe v2 request names a model or version this detector does not serve."""
+
+    reason = "MODEL_NOT_FOUND"

@@ -17,7 +17,7 @@ from gateway.limits import AuthBackoff, Concurrency, MessagePacer
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
-from gateway.server import DETECTOR, FEATURES, INGEST, REGISTRY, TRAINING, Admission, build_handlers
+from gateway.server import DETECTOR, FEATURES, INFERENCE, INGEST, REGISTRY, TRAINING, Admission, build_handlers
 from gateway.upstream import UpstreamPool
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.grpc_compat import keep_server_status_on_failed_writes
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 def upstream_addresses(cfg: Settings) -> dict[str, tuple[str, list[str]]]:
     """Routed service -> (label for messages, replica addresses); optional services only when configured."""
     routes = {DETECTOR: ("detector", list(cfg.detector_addrs)), REGISTRY: ("registry", [cfg.registry_addr])}
+    # The detectors' KServe v2 endpoint: its own pool, so its health is the detectors' for that service.
+    routes[INFERENCE] = ("detector", list(cfg.detector_addrs))
     for service, label, address in (
         (INGEST, "ingestor", cfg.ingestor_addr),
         (FEATURES, "feature_service", cfg.feature_addr),

@@ -6,9 +6,10 @@ A caller sends its key as gRPC metadata ``authorization: Bearer KEY``. A key has
 ==================  =====================================================================
 scope               allows
 ==================  =====================================================================
-``detect``          every ``carmesh.v1.DetectorService`` method
+``detect``          every ``carmesh.v1.DetectorService`` method, and KServe v2's
+                    ``inference.GRPCInferenceService`` (the detectors' tritonclient endpoint)
 ``registry.read``   ``RegistryService``: ListModels, ListModelVersions, GetModelVersion,
-                    DownloadModel, WatchAlias
+                    DownloadModel, WatchAlias, GetTritonConfig
 ``registry.write``  ``RegistryService``: ImportModel, SetAlias, DeleteAlias, RollbackAlias
                     (and any method not listed as a read)
 ``ingest``          ``IngestService``: IngestFrames of unlabelled frames, StartSource,
@@ -60,11 +61,14 @@ _SCOPE_ALIASES = {"admin": ALL}
 
 _SERVICE_SCOPES = {
     "carmesh.v1.DetectorService": "detect",
+    "inference.GRPCInferenceService": "detect",
     "carmesh.v1.IngestService": "ingest",
     "carmesh.v1.FeatureService": "features",
     "carmesh.v1.TrainingService": "train",
 }
-_REGISTRY_READS = frozenset({"ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias"})
+_REGISTRY_READS = frozenset(
+    {"ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias", "GetTritonConfig"}
+)
 
 # Printable ASCII except the separators of the two formats (':' ',') and the comment sign.
 _KEY_RE = re.compile(r"^[!\"$-+\--9;-~]{16,512}$")

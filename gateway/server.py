@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from carmesh import kserve
 from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
 from gateway.auth import Authenticator, Caller
 from gateway.errors import RateLimited
@@ -32,6 +33,8 @@ REGISTRY = "carmesh.v1.RegistryService"
 INGEST = "carmesh.v1.IngestService"
 FEATURES = "carmesh.v1.FeatureService"
 TRAINING = "carmesh.v1.TrainingService"
+# KServe v2 inference protocol, served by the detectors beside DetectorService.
+INFERENCE = kserve.SERVICE_NAME
 
 
 def service_descriptors() -> dict[str, ServiceDescriptor]:
@@ -40,6 +43,7 @@ def service_descriptors() -> dict[str, ServiceDescriptor]:
     for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             services[service.full_name] = service
+    services[INFERENCE] = kserve.protocol().service
     return services
 
 

@@ -136,6 +136,13 @@ class Registry:
         info = await self.get_version(name, version, alias)
         return info, await self._cache.fetch(info)
 
+    async def triton_config(self, name: str, version: str = "", alias: str = "") -> tuple[ModelVersionInfo, str]:
+        """The version and its Triton ``config.pbtxt``, made as at import (one definition: triton.py)
+        from its verified ONNX file, so versions the trainer registered get the same text."""
+        info, path = await self.open_download(name, version, alias)
+        spec = await asyncio.to_thread(inspect_detector, path, info.family, info.class_names)
+        return info, triton_config(info.name, spec, self._triton_max_batch_size)
+
     def check_watch(self, name: str, alias: str) -> None:
         check_name(name)
         check_alias(alias)

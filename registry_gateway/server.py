@@ -183,6 +183,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         finally:
             await asyncio.to_thread(file.close)
 
+    async def GetTritonConfig(
+        self, request: registry_pb2.GetTritonConfigRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetTritonConfigResponse:
+        info, text = await self._registry.triton_config(request.name, request.version, request.alias)
+        return registry_pb2.GetTritonConfigResponse(version=version_to_proto(info), config_pbtxt=text)
+
     async def WatchAlias(
         self, request: registry_pb2.WatchAliasRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.WatchAliasResponse]:

@@ -262,3 +262,21 @@ class WatchAliasResponse(_message.Message):
     version: ModelVersion
     observed_at: _timestamp_pb2.Timestamp
     def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTritonConfigRequest(_message.Message):
+    __slots__ = ("name", "version", "alias")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    alias: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class GetTritonConfigResponse(_message.Message):
+    __slots__ = ("version", "config_pbtxt")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_PBTXT_FIELD_NUMBER: _ClassVar[int]
+    version: ModelVersion
+    config_pbtxt: str
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., config_pbtxt: _Optional[str] = ...) -> None: ...

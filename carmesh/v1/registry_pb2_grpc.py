@@ -80,6 +80,11 @@ class RegistryServiceStub:
                 request_serializer=carmesh_dot_v1_dot_registry__pb2.WatchAliasRequest.SerializeToString,
                 response_deserializer=carmesh_dot_v1_dot_registry__pb2.WatchAliasResponse.FromString,
                 _registered_method=True)
+        self.GetTritonConfig = channel.unary_unary(
+                '/carmesh.v1.RegistryService/GetTritonConfig',
+                request_serializer=carmesh_dot_v1_dot_registry__pb2.GetTritonConfigRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_registry__pb2.GetTritonConfigResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -149,6 +154,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTritonConfig(self, request, context):
+        """The Triton Inference Server config.pbtxt of a version (onnxruntime backend, dynamic
+        batching, dims read from its verified ONNX file): the one the registry stores beside it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +209,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchAlias,
                     request_deserializer=carmesh_dot_v1_dot_registry__pb2.WatchAliasRequest.FromString,
                     response_serializer=carmesh_dot_v1_dot_registry__pb2.WatchAliasResponse.SerializeToString,
+            ),
+            'GetTritonConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTritonConfig,
+                    request_deserializer=carmesh_dot_v1_dot_registry__pb2.GetTritonConfigRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_registry__pb2.GetTritonConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +460,33 @@ class RegistryService:
             '/carmesh.v1.RegistryService/WatchAlias',
             carmesh_dot_v1_dot_registry__pb2.WatchAliasRequest.SerializeToString,
             carmesh_dot_v1_dot_registry__pb2.WatchAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTritonConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carmesh.v1.RegistryService/GetTritonConfig',
+            carmesh_dot_v1_dot_registry__pb2.GetTritonConfigRequest.SerializeToString,
+            carmesh_dot_v1_dot_registry__pb2.GetTritonConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
