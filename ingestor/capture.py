@@ -69,6 +69,17 @@ class VideoFileReader:
             return None
         return encode_jpeg(image, self.jpeg_quality)
 
+    def _skip(self, count: int) -> int:
+        for done in range(count):
+            if not self._cap.grab():
+                return done
+        return count
+
+    async def skip(self, count: int) -> int:
+        """Passes over ``count`` frames without encoding them; returns how many there were."""
+        skipped: int = await self._call(self._skip, count)
+        return skipped
+
     async def read(self) -> Encoded | None:
         """The next frame as JPEG, None at the end of the file."""
         result: Encoded | None = await self._call(self._read)
