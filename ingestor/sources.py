@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from carmesh.v1 import common_pb2
-from ingestor.capture import LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
+from ingestor.capture import LOST, RECONNECTED, LatestFrameReader, StreamOptions, VideoFileReader, encode_jpeg
 from ingestor.errors import BadRequest, SourceError, SourceNotFound, SourceUnreachable, TooManySources
 from ingestor.frames import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, BadImage, load_image, timestamp, unique_id
 from ingestor.metrics import IngestorMetrics
@@ -58,6 +58,9 @@ class SourceStatus:
     frames_dropped: int
     frames_read: int
     error: str
+    connected: bool = False  # live streams: open now
+    disconnects: int = 0
+    reconnects: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,21 @@ class Source:
 
     def status(self) -> SourceStatus:
         read, dropped, error = self.frames_read, self.frames_dropped, self.error
-        if self.stream is not None:
-            read, dropped = self.stream.frames_read, self.stream.frames_dropped
-            error = error or self.stream.error
-        return SourceStatus(self.source_id, self.spec, self.state, self.frames_published, dropped, read, error)
+        stream = self.stream
+        if stream is None:
+            return SourceStatus(self.source_id, self.spec, self.state, self.frames_published, dropped, read, error)
+        return SourceStatus(
+            self.source_id,
+            self.spec,
+            self.state,
+            self.frames_published,
+            stream.frames_dropped,
+            stream.frames_read,
+            error or stream.error,
+            connected=stream.connected and self.state == RUNNING,
+            disconnects=stream.disconnects,
+            reconnects=stream.reconnects,
+        )
 
     def on_ack(self, future: asyncio.Future[None], ticket: int) -> None:
         if future.cancelled():  # shutdown: not acknowledged, so the position stays before it
@@ -197,7 +211,9 @@ class SourceManager:
             target = await asyncio.to_thread(policy.check, url)
             spec = replace(spec, uri=target.shown)
             source = Source(source_id, spec, url, watermark)
-            reader = LatestFrameReader(target.shown, self._options.stream, lambda: policy.check(url).url)
+            reader = LatestFrameReader(
+                target.shown, self._options.stream, lambda: policy.check(url).url, self._stream_event
+            )
             try:
                 await reader.start()
             except SourceError as exc:
@@ -336,6 +352,19 @@ class SourceManager:
             if source.stream is not None:
                 await source.stream.close()
                 self._count_drops(source)
+                if not source.stream.connected and source.stream.disconnects:
+                    self._metrics.streams_down.dec()  # ended while down: no longer a stream to wait for
+
+    def _stream_event(self, event: str) -> None:
+        # On a reader's thread: Prometheus metrics are thread-safe.
+        if event == LOST:
+            self._metrics.stream_disconnects.inc()
+            self._metrics.streams_down.inc()
+        elif event == RECONNECTED:
+            self._metrics.stream_reconnects.inc()
+            self._metrics.streams_down.dec()
+        else:
+            self._metrics.stream_open_failures.inc()
 
     def _count_drops(self, source: Source) -> None:
         if source.stream is not None:
