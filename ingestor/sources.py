@@ -236,6 +236,9 @@ class SourceManager:
             return
         try:
             saved_sources = await asyncio.to_thread(self._store.load)
+        except OSError as exc:  # unreadable (permissions): sources started now are still saved
+            log.error("cannot read the source state %s: %s; no source resumed", self._store.path, exc)
+            saved_sources = []
         finally:
             self._restored = True
         for saved in saved_sources:
