@@ -163,8 +163,10 @@ async def _kill_and_restart(mesh: Mesh, folder: Path, files: list[Path]) -> None
                 except grpc.aio.AioRpcError as exc:  # until the gateway's health check sees it back
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
                     return False
-                running = {s.source_id for s in listed.sources if s.state == ingest_pb2.SOURCE_STATE_RUNNING}
-                assert source_id in running, f"the source was not resumed: {listed}"
+                # Listed at all means resumed (a fresh process knows no source); it may have finished already.
+                resumed = {s.source_id: s.state for s in listed.sources}
+                ok = (ingest_pb2.SOURCE_STATE_RUNNING, ingest_pb2.SOURCE_STATE_FINISHED)
+                assert resumed.get(source_id) in ok, f"the source was not resumed: {listed}"
                 return True
 
             await eventually_async(resumed, what="the gateway to reach the restarted ingestor", timeout_s=30)
