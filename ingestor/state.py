@@ -115,6 +115,7 @@ class StateStore:
 
     def write(self, sources: list[SavedSource]) -> None:
         payload = json.dumps({"version": _VERSION, "sources": [asdict(s) for s in sources]}, indent=1)
+        self.directory.mkdir(parents=True, exist_ok=True)
         # A name of its own per write (0600 from the start): two writes never share a file.
         fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=self.directory)
         try:

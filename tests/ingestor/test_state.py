@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from carmesh.v1 import ingest_pb2, ingest_pb2_grpc
+from ingestor.capture import StreamOptions
+from ingestor.metrics import IngestorMetrics
+from ingestor.paths import PathPolicy
+from ingestor.publisher import Publisher, PublisherOptions
+from ingestor.sources import SourceManager, SourceOptions
 from ingestor.state import STATE_FILE, Position, SavedSource, StateStore, Watermark
+from ingestor.streams import StreamPolicy
 from kit.clients import insecure_channel
+from kit.metrics import Metrics
 from tests.ingestor.support import ingestor, jpeg, read_stamp, read_topic, small_apollo_frames, stamp, unique_topic
 from tests.ingestor.test_sources import write_video
 from tests.support import eventually_async
@@ -119,3 +126,40 @@ async def test_video_source_resumes_at_its_offset_after_sigkill(
     assert all(len(v) == 1 for v in ids.values()), "a re-published frame got a new id"
     # Resumed at the saved offset, not from the start: only the unsaved tail is sent twice.
     assert resumed_frames <= count - 10 and len(frames) <= count + 8, (resumed_frames, len(frames))
+
+
+def _manager(tmp_path: Path, roots: list[Path]) -> SourceManager:
+    metrics = IngestorMetrics(Metrics("ingestor"))
+    # Never started: the sources below fail before they publish anything.
+    publisher = Publisher(PublisherOptions("127.0.0.1:1", "t", 1, False, 1, 0.1, 0.1), metrics)
+    options = SourceOptions(
+        max_sources=4,
+        max_image_bytes=1 << 20,
+        jpeg_quality=90,
+        stream=StreamOptions(open_timeout_ms=200, read_timeout_ms=200, reconnect_max_s=1),
+        stream_policy=StreamPolicy([]),
+    )
+    return SourceManager(publisher, PathPolicy(roots), options, metrics, StateStore(tmp_path / "state"))
+
+
+async def test_a_saved_source_that_cannot_be_reopened_is_failed_kept_and_forgotten_on_stop(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    saved = [
+        SavedSource("src-gone", "folder", str(root / "gone"), "cam-a", 1.0, False, Position(after="x", seq=3)),
+        SavedSource("src-out", "video", "/etc/passwd", "cam-b", 1.0, False, Position(index=2)),
+        SavedSource("src-cam", "stream", "rtsp://user:pw@10.1.2.3/x", "cam-c", 1.0, False, Position()),
+    ]
+    StateStore(tmp_path / "state").write(saved)
+    manager = _manager(tmp_path, [root])
+    await manager.restore()
+    listed = {s.source_id: s for s in manager.list_all()}
+    assert {k: s.state for k, s in listed.items()} == {k.source_id: "failed" for k in saved}
+    assert all(s.error.startswith("not resumed after the restart: ") for s in listed.values())
+    assert "pw" not in listed["src-cam"].error + listed["src-cam"].spec.uri, "a stream password shown"
+    await manager.save()
+    # Kept as they were, for the next start (the folder may be mounted again, the camera back).
+    assert StateStore(tmp_path / "state").load() == saved
+    await manager.stop("src-gone")
+    assert [s.source_id for s in StateStore(tmp_path / "state").load()] == ["src-out", "src-cam"]
+    await manager.close()
