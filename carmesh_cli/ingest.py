@@ -204,6 +204,7 @@ def describe(source: ingest_pb2.SourceStatus) -> str:
     text += f" ({', '.join(limits)})" if limits else ""
     text += f": {state_name(source.state)}, {source.frames_published} published"
     text += f", {source.frames_dropped} dropped" if source.frames_dropped else ""
+    text += f", stream lost {source.disconnects}x" if source.disconnects else ""
     return text + (f": {source.error}" if source.error else "")
 
 

@@ -428,6 +428,8 @@ LOCAL_STREAM_HOSTS = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc
 
 def ingestor(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.ingestor_metrics), *_kafka_args(cfg), *_roots_args(cfg)]
+    # Running sources resume after a restart of the stack (docs/reliability.md).
+    args += ["--state-dir", str(cfg.run_dir / "ingestor")]
     if "CARMESH_INGESTOR_STREAM_ALLOWED_HOSTS" not in os.environ:
         args += ["--stream-allowed-hosts", LOCAL_STREAM_HOSTS]
     return _daemon(cfg, "ingestor", "ingestor", cfg.ports.ingestor, args)

@@ -16,9 +16,10 @@ from ingestor.paths import PathPolicy
 from ingestor.publisher import Publisher, PublisherOptions
 from ingestor.server import SERVICE_NAME, IngestServicer
 from ingestor.sources import SourceManager, SourceOptions
+from ingestor.state import StateStore
 from ingestor.streams import StreamPolicy
 from kit import mesh_tls
-from kit.daemon import Context, Daemon, DaemonSpec
+from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.mesh_tls import CallerPolicy
 from kit.server import Server
 
@@ -47,9 +48,20 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
         ),
         metrics,
     )
+    # Closes run last-registered-first: this one runs after the publisher's flush below, so the
+    # state file holds the positions of the frames that flush delivered (no replay after a clean stop).
+    ctx.on_close(lambda: sources.save())
     # Frames accepted before shutdown get the grace period to reach the broker.
     ctx.on_close(lambda: publisher.close(cfg.shutdown_grace_s))
     paths = PathPolicy(cfg.allowed_roots)
+    if cfg.state_dir is not None:
+        # Checked now: a source state that cannot be saved would only show after the next crash.
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"--state-dir {cfg.state_dir}: {exc}") from None
+        if not os.access(cfg.state_dir, os.W_OK | os.X_OK):
+            raise StartupError(f"--state-dir {cfg.state_dir} is not writable")
     sources = SourceManager(
         publisher,
         paths,
@@ -64,8 +76,10 @@ async def build(cfg: Settings, ctx: Context) -> IngestorDaemon:
                 reconnect_max_s=cfg.stream_reconnect_max_s,
             ),
             stream_policy=StreamPolicy(cfg.stream_allowed_hosts, cfg.stream_denied_networks),
+            state_flush_interval_s=cfg.state_flush_interval_ms / 1000,
         ),
         metrics,
+        StateStore(cfg.state_dir) if cfg.state_dir is not None else None,
     )
     ctx.on_close(sources.close)
     importer = DatasetImporter(
@@ -103,10 +117,16 @@ class IngestorDaemon(Daemon):
     async def start(self) -> None:
         self.publisher.start()
         self.ctx.background(self._serve_when_connected(), name="ingestor-serving")
+        self.ctx.background(self._resume_sources(), name="ingestor-sources-state")
 
     async def before_drain(self) -> None:
         # The sources stop reading; frames they handed over are flushed when the publisher closes.
         await self.sources.close()
+
+    async def _resume_sources(self) -> None:
+        # In the background: reopening streams takes up to their open timeout each.
+        await self.sources.restore()
+        await self.sources.persist_forever()
 
     async def _serve_when_connected(self) -> None:
         await self.publisher.wait_connected()

@@ -69,6 +69,17 @@ class VideoFileReader:
             return None
         return encode_jpeg(image, self.jpeg_quality)
 
+    def _skip(self, count: int) -> int:
+        for done in range(count):
+            if not self._cap.grab():
+                return done
+        return count
+
+    async def skip(self, count: int) -> int:
+        """Passes over ``count`` frames without encoding them; returns how many there were."""
+        skipped: int = await self._call(self._skip, count)
+        return skipped
+
     async def read(self) -> Encoded | None:
         """The next frame as JPEG, None at the end of the file."""
         result: Encoded | None = await self._call(self._read)
@@ -86,6 +97,9 @@ class VideoFileReader:
             self._executor.shutdown(wait=False)
 
 
+LOST, RECONNECTED, OPEN_FAILED = "lost", "reconnected", "open_failed"  # LatestFrameReader events
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     open_timeout_ms: int
@@ -97,19 +111,33 @@ class LatestFrameReader:
     """Reads a live stream (RTSP, HTTP MJPEG) on a thread that keeps only the newest frame.
 
     ``frames_dropped`` counts frames replaced before :meth:`next` took them. A lost stream
-    is reopened with backoff until :meth:`close`; ``error`` says why while it is down.
+    is reopened with backoff until :meth:`close`; ``error`` says why while it is down,
+    ``connected`` is False meanwhile, ``disconnects``/``reconnects``/``open_failures`` count
+    the losses, the successful reopens and the failed attempts. ``on_event`` is called (on the
+    reader's thread) with LOST, RECONNECTED or OPEN_FAILED as each happens.
 
     ``target`` gives the URL to open, checked against the stream policy again before every
     (re)open (it raises when the host is no longer allowed); ``url`` is the URL as shown in
     logs and errors, its password redacted.
     """
 
-    def __init__(self, url: str, options: StreamOptions, target: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: StreamOptions,
+        target: Callable[[], str],
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = url
         self.options = options
         self._target = target
+        self._on_event = on_event
         self.frames_read = 0
         self.frames_dropped = 0
+        self.connected = False
+        self.disconnects = 0
+        self.reconnects = 0
+        self.open_failures = 0
         self.error = ""
         self._lock = threading.Lock()
         self._latest: tuple[np.ndarray, float] | None = None
@@ -151,6 +179,16 @@ class LatestFrameReader:
         except RuntimeError:  # the loop is closed: the daemon is exiting
             self._stop.set()
 
+    def _changed(self, event: str) -> None:
+        if event == LOST:
+            self.connected, self.disconnects = False, self.disconnects + 1
+        elif event == RECONNECTED:
+            self.connected, self.reconnects = True, self.reconnects + 1
+        else:
+            self.open_failures += 1
+        if self._on_event is not None:
+            self._on_event(event)
+
     def _resolve_open(self, error: str) -> None:
         if self._opened is not None and not self._opened.done():
             self._opened.set_result(error)
@@ -160,6 +198,7 @@ class LatestFrameReader:
         if cap is None:
             self._signal(opened_error=f"cannot open stream {self.url} within {self.options.open_timeout_ms} ms")
             return
+        self.connected = True
         self._signal(opened_error="")
         delays = Backoff(0.5, self.options.reconnect_max_s).delays()
         try:
@@ -175,16 +214,22 @@ class LatestFrameReader:
                     continue
                 cap.release()
                 cap = None
+                if self._stop.is_set():
+                    break
+                self._changed(LOST)
                 while not self._stop.is_set() and cap is None:
                     delay = next(delays)
-                    self.error = f"stream lost; reconnecting in {delay:.1f}s"
+                    self.error = f"stream lost; reconnecting in {delay:.1f}s (attempt {self.open_failures + 1})"
                     log.warning("stream %s lost; reconnecting in %.1fs", self.url, delay)
                     self._stop.wait(delay)
                     if not self._stop.is_set():
                         cap = self._open()
+                        if cap is None:
+                            self._changed(OPEN_FAILED)
                 if cap is not None:
                     self.error = ""
                     delays.reset()
+                    self._changed(RECONNECTED)
                     log.info("stream %s reconnected", self.url)
         finally:
             if cap is not None:

@@ -2,7 +2,12 @@
 
 A client's frames are its own: the frame id is derived from the caller's key name and the image
 bytes (the client's ``frame_id`` is kept as ``client_frame_id``), and their labels are filed in
-the caller's namespace (``dataset_namespace``), never in the operator's, where imports go."""
+the caller's namespace (``dataset_namespace``), never in the operator's, where imports go.
+
+An OK reply means the broker has every accepted frame (acks=all). Frames the broker has not
+acknowledged within ack_wait end the call with UNAVAILABLE: the client sends the stream again,
+and a frame sent again (same caller, camera, client frame_id or captured_at, and bytes) gets the
+same frame id, which the feature_service stores once."""
 
 from __future__ import annotations
 
@@ -106,11 +111,12 @@ def complete(
     out.CopyFrom(frame)
     out.encoding, out.width, out.height = info.encoding, info.width, info.height
     # A client frame_id is a reference only: the id comes from the caller's namespace and the bytes,
-    # so no client can take an imported frame's id (or another key's). Without one, a nonce keeps
+    # so no client can take an imported frame's id (or another key's). Without one, the capture time
+    # the client set names the frame (a re-sent stream keeps it); without either, a nonce keeps
     # each frame apart, as before.
     out.client_frame_id = frame.frame_id
     out.dataset_namespace = caller.name
-    reference = frame.frame_id or unique_id()
+    reference = frame.frame_id or _captured_reference(frame) or unique_id()
     out.frame_id = derive_frame_id(("client", caller.name, frame.camera_id, reference), frame.image)
     if not out.seq:
         out.seq = position
@@ -118,6 +124,12 @@ def complete(
         out.captured_at.CopyFrom(timestamp(time.time()))
     out.source = redact_url(out.source) if out.source else f"grpc:{peer}"
     return out
+
+
+def _captured_reference(frame: common_pb2.Frame) -> str:
+    if not frame.HasField("captured_at") or frame.captured_at.ToNanoseconds() == 0:
+        return ""
+    return f"captured:{frame.captured_at.ToNanoseconds()}:seq:{frame.seq}"
 
 
 class ClientIngest:
@@ -129,7 +141,7 @@ class ClientIngest:
     async def ingest(self, frames: AsyncIterator[common_pb2.Frame], peer: str, caller: CallerIdentity) -> IngestResult:
         """Publishes the stream's valid frames and waits (at most ack_wait) for their
         acknowledgements; raises BrokerUnavailable, with this stream's counts, once the buffer
-        stays full."""
+        stays full or when frames are still unacknowledged after ack_wait (the client re-sends)."""
         result = IngestResult()
         pending: list[asyncio.Future[None]] = []
         position = 0
@@ -163,6 +175,13 @@ class ClientIngest:
         if pending:
             await asyncio.wait(pending, timeout=self._limits.ack_wait_s)
         self._count(result, pending)
+        if result.buffered:
+            # Not acknowledged is not taken: they may still be delivered, and a re-send dedups.
+            raise BrokerUnavailable(
+                f"{self._publisher.unavailable()}; this stream: {result.acknowledged} frames acknowledged, "
+                f"{result.buffered} not acknowledged within {self._limits.ack_wait_s:g}s, {result.rejected} "
+                "rejected: send the stream again (frames with the same frame_id and bytes are stored once)"
+            )
         return result
 
     @staticmethod

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (TCP RTSP, fast open, no HTTP redirects: "
         "they would bypass stream_allowed_hosts), unless set in the environment",
     )
+    state_dir: Path | None = Field(
+        None,
+        description="folder of sources.json: running sources and their acknowledged positions, resumed after "
+        "a restart (unset: sources end with the process)",
+    )
+    state_flush_interval_ms: float = Field(
+        200.0, gt=0, le=60_000, description="most often sources.json is rewritten while sources run"
+    )
     progress_interval_ms: float = Field(500.0, ge=0, le=60_000, description="ImportDataset progress message interval")
 
     @field_validator("allowed_roots")

@@ -60,3 +60,23 @@ class IngestorMetrics:
             "1 while the last produce succeeded (or none failed since connecting), else 0",
             registry=registry,
         )
+        self.stream_disconnects = Counter(
+            "carmesh_ingestor_stream_disconnects_total",
+            "Live streams lost (read failed: camera or network down)",
+            registry=registry,
+        )
+        self.stream_reconnects = Counter(
+            "carmesh_ingestor_stream_reconnects_total",
+            "Live streams reopened after a loss",
+            registry=registry,
+        )
+        self.stream_open_failures = Counter(
+            "carmesh_ingestor_stream_open_failures_total",
+            "Failed attempts to reopen a lost live stream (retried with backoff)",
+            registry=registry,
+        )
+        self.streams_down = Gauge(
+            "carmesh_ingestor_streams_down",
+            "Running live-stream sources that lost their stream and are reconnecting",
+            registry=registry,
+        )

@@ -66,6 +66,9 @@ def _status(status: SourceStatus) -> ingest_pb2.SourceStatus:
         frames_dropped=status.frames_dropped,
         frames_read=status.frames_read,
         error=status.error,
+        connected=status.connected,
+        disconnects=status.disconnects,
+        reconnects=status.reconnects,
     )
 
 

@@ -26,7 +26,7 @@ from carmesh.v1 import common_pb2 as carmesh_dot_v1_dot_common__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rmesh/v1/ingest.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x17google/rpc/status.proto\"7\n\x13IngestFramesRequest\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.carmesh.v1.Frame\"\xa3\x01\n\x14IngestFramesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63knowledged\x18\x03 \x01(\x03\x12\x10\n\x08\x62uffered\x18\x04 \x01(\x03\x12&\n\nrejections\x18\x06 \x03(\x0b\x32\x12.google.rpc.StatusJ\x04\x08\x05\x10\x06R\x11rejection_reasons\"q\n\nSourceSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.carmesh.v1.SourceKind\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x0f\n\x07max_fps\x18\x04 \x01(\x01\x12\x0c\n\x04loop\x18\x05 \x01(\x08\"\xc5\x01\n\x0cSourceStatus\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.carmesh.v1.SourceSpec\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.carmesh.v1.SourceState\x12\x18\n\x10\x66rames_published\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\x03\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0b\x66rames_read\x18\x07 \x01(\x03\":\n\x12StartSourceRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.carmesh.v1.SourceSpec\"?\n\x13StartSourceResponse\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.carmesh.v1.SourceStatus\"&\n\x11StopSourceRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\">\n\x12StopSourceResponse\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.carmesh.v1.SourceStatus\";\n\x12ListSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x13ListSourcesResponse\x12)\n\x07sources\x18\x01 \x03(\x0b\x32\x18.carmesh.v1.SourceStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa6\x02\n\x14ImportDatasetRequest\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.carmesh.v1.DatasetFormat\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x41\n\tclass_map\x18\x04 \x03(\x0b\x32..carmesh.v1.ImportDatasetRequest.ClassMapEntry\x12(\n\rdefault_split\x18\x05 \x01(\x0e\x32\x11.carmesh.v1.Split\x12\x11\n\tcamera_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x1a/\n\rClassMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x15ImportDatasetResponse\x12\x14\n\x0c\x66rames_total\x18\x01 \x01(\x03\x12\x18\n\x10\x66rames_published\x18\x02 \x01(\x03\x12\x1d\n\x15\x61nnotations_published\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x17\n\x0f\x66rames_buffered\x18\x06 \x01(\x03\x12\x14\n\x0cskip_reasons\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t*{\n\nSourceKind\x12\x1b\n\x17SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SOURCE_KIND_IMAGE_FOLDER\x10\x01\x12\x1a\n\x16SOURCE_KIND_VIDEO_FILE\x10\x02\x12\x16\n\x12SOURCE_KIND_STREAM\x10\x03*\x93\x01\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SOURCE_STATE_RUNNING\x10\x01\x12\x19\n\x15SOURCE_STATE_FINISHED\x10\x02\x12\x18\n\x14SOURCE_STATE_STOPPED\x10\x03\x12\x17\n\x13SOURCE_STATE_FAILED\x10\x04*\xab\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TASET_FORMAT_YOLO\x10\x01\x12\x17\n\x13\x44\x41TASET_FORMAT_COCO\x10\x02\x12\x16\n\x12\x44\x41TASET_FORMAT_VOC\x10\x03\x12\x18\n\x14\x44\x41TASET_FORMAT_KITTI\x10\x04\x12\x16\n\x12\x44\x41TASET_FORMAT_CSV\x10\x05\x32\xa9\x03\n\rIngestService\x12S\n\x0cIngestFrames\x12\x1f.carmesh.v1.IngestFramesRequest\x1a .carmesh.v1.IngestFramesResponse(\x01\x12N\n\x0bStartSource\x12\x1e.carmesh.v1.StartSourceRequest\x1a\x1f.carmesh.v1.StartSourceResponse\x12K\n\nStopSource\x12\x1d.carmesh.v1.StopSourceRequest\x1a\x1e.carmesh.v1.StopSourceResponse\x12N\n\x0bListSources\x12\x1e.carmesh.v1.ListSourcesRequest\x1a\x1f.carmesh.v1.ListSourcesResponse\x12V\n\rImportDataset\x12 .carmesh.v1.ImportDatasetRequest\x1a!.carmesh.v1.ImportDatasetResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rmesh/v1/ingest.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x17google/rpc/status.proto\"7\n\x13IngestFramesRequest\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.carmesh.v1.Frame\"\xa3\x01\n\x14IngestFramesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63knowledged\x18\x03 \x01(\x03\x12\x10\n\x08\x62uffered\x18\x04 \x01(\x03\x12&\n\nrejections\x18\x06 \x03(\x0b\x32\x12.google.rpc.StatusJ\x04\x08\x05\x10\x06R\x11rejection_reasons\"q\n\nSourceSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.carmesh.v1.SourceKind\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x0f\n\x07max_fps\x18\x04 \x01(\x01\x12\x0c\n\x04loop\x18\x05 \x01(\x08\"\x81\x02\n\x0cSourceStatus\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.carmesh.v1.SourceSpec\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.carmesh.v1.SourceState\x12\x18\n\x10\x66rames_published\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\x03\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0b\x66rames_read\x18\x07 \x01(\x03\x12\x11\n\tconnected\x18\x08 \x01(\x08\x12\x13\n\x0b\x64isconnects\x18\t \x01(\x03\x12\x12\n\nreconnects\x18\n \x01(\x03\":\n\x12StartSourceRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.carmesh.v1.SourceSpec\"?\n\x13StartSourceResponse\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.carmesh.v1.SourceStatus\"&\n\x11StopSourceRequest\x12\x11\n\tsource_id\x18\x01 \x01(\t\">\n\x12StopSourceResponse\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.carmesh.v1.SourceStatus\";\n\x12ListSourcesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x13ListSourcesResponse\x12)\n\x07sources\x18\x01 \x03(\x0b\x32\x18.carmesh.v1.SourceStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa6\x02\n\x14ImportDatasetRequest\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.carmesh.v1.DatasetFormat\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x41\n\tclass_map\x18\x04 \x03(\x0b\x32..carmesh.v1.ImportDatasetRequest.ClassMapEntry\x12(\n\rdefault_split\x18\x05 \x01(\x0e\x32\x11.carmesh.v1.Split\x12\x11\n\tcamera_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x1a/\n\rClassMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x15ImportDatasetResponse\x12\x14\n\x0c\x66rames_total\x18\x01 \x01(\x03\x12\x18\n\x10\x66rames_published\x18\x02 \x01(\x03\x12\x1d\n\x15\x61nnotations_published\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x17\n\x0f\x66rames_buffered\x18\x06 \x01(\x03\x12\x14\n\x0cskip_reasons\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t*{\n\nSourceKind\x12\x1b\n\x17SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SOURCE_KIND_IMAGE_FOLDER\x10\x01\x12\x1a\n\x16SOURCE_KIND_VIDEO_FILE\x10\x02\x12\x16\n\x12SOURCE_KIND_STREAM\x10\x03*\x93\x01\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SOURCE_STATE_RUNNING\x10\x01\x12\x19\n\x15SOURCE_STATE_FINISHED\x10\x02\x12\x18\n\x14SOURCE_STATE_STOPPED\x10\x03\x12\x17\n\x13SOURCE_STATE_FAILED\x10\x04*\xab\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TASET_FORMAT_YOLO\x10\x01\x12\x17\n\x13\x44\x41TASET_FORMAT_COCO\x10\x02\x12\x16\n\x12\x44\x41TASET_FORMAT_VOC\x10\x03\x12\x18\n\x14\x44\x41TASET_FORMAT_KITTI\x10\x04\x12\x16\n\x12\x44\x41TASET_FORMAT_CSV\x10\x05\x32\xa9\x03\n\rIngestService\x12S\n\x0cIngestFrames\x12\x1f.carmesh.v1.IngestFramesRequest\x1a .carmesh.v1.IngestFramesResponse(\x01\x12N\n\x0bStartSource\x12\x1e.carmesh.v1.StartSourceRequest\x1a\x1f.carmesh.v1.StartSourceResponse\x12K\n\nStopSource\x12\x1d.carmesh.v1.StopSourceRequest\x1a\x1e.carmesh.v1.StopSourceResponse\x12N\n\x0bListSources\x12\x1e.carmesh.v1.ListSourcesRequest\x1a\x1f.carmesh.v1.ListSourcesResponse\x12V\n\rImportDataset\x12 .carmesh.v1.ImportDatasetRequest\x1a!.carmesh.v1.ImportDatasetResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._loaded_options = None
   _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCEKIND']._serialized_start=1516
-  _globals['_SOURCEKIND']._serialized_end=1639
-  _globals['_SOURCESTATE']._serialized_start=1642
-  _globals['_SOURCESTATE']._serialized_end=1789
-  _globals['_DATASETFORMAT']._serialized_start=1792
-  _globals['_DATASETFORMAT']._serialized_end=1963
+  _globals['_SOURCEKIND']._serialized_start=1576
+  _globals['_SOURCEKIND']._serialized_end=1699
+  _globals['_SOURCESTATE']._serialized_start=1702
+  _globals['_SOURCESTATE']._serialized_end=1849
+  _globals['_DATASETFORMAT']._serialized_start=1852
+  _globals['_DATASETFORMAT']._serialized_end=2023
   _globals['_INGESTFRAMESREQUEST']._serialized_start=89
   _globals['_INGESTFRAMESREQUEST']._serialized_end=144
   _globals['_INGESTFRAMESRESPONSE']._serialized_start=147
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOURCESPEC']._serialized_start=312
   _globals['_SOURCESPEC']._serialized_end=425
   _globals['_SOURCESTATUS']._serialized_start=428
-  _globals['_SOURCESTATUS']._serialized_end=625
-  _globals['_STARTSOURCEREQUEST']._serialized_start=627
-  _globals['_STARTSOURCEREQUEST']._serialized_end=685
-  _globals['_STARTSOURCERESPONSE']._serialized_start=687
-  _globals['_STARTSOURCERESPONSE']._serialized_end=750
-  _globals['_STOPSOURCEREQUEST']._serialized_start=752
-  _globals['_STOPSOURCEREQUEST']._serialized_end=790
-  _globals['_STOPSOURCERESPONSE']._serialized_start=792
-  _globals['_STOPSOURCERESPONSE']._serialized_end=854
-  _globals['_LISTSOURCESREQUEST']._serialized_start=856
-  _globals['_LISTSOURCESREQUEST']._serialized_end=915
-  _globals['_LISTSOURCESRESPONSE']._serialized_start=917
-  _globals['_LISTSOURCESRESPONSE']._serialized_end=1006
-  _globals['_IMPORTDATASETREQUEST']._serialized_start=1009
-  _globals['_IMPORTDATASETREQUEST']._serialized_end=1303
-  _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._serialized_start=1256
-  _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._serialized_end=1303
-  _globals['_IMPORTDATASETRESPONSE']._serialized_start=1306
-  _globals['_IMPORTDATASETRESPONSE']._serialized_end=1514
-  _globals['_INGESTSERVICE']._serialized_start=1966
-  _globals['_INGESTSERVICE']._serialized_end=2391
+  _globals['_SOURCESTATUS']._serialized_end=685
+  _globals['_STARTSOURCEREQUEST']._serialized_start=687
+  _globals['_STARTSOURCEREQUEST']._serialized_end=745
+  _globals['_STARTSOURCERESPONSE']._serialized_start=747
+  _globals['_STARTSOURCERESPONSE']._serialized_end=810
+  _globals['_STOPSOURCEREQUEST']._serialized_start=812
+  _globals['_STOPSOURCEREQUEST']._serialized_end=850
+  _globals['_STOPSOURCERESPONSE']._serialized_start=852
+  _globals['_STOPSOURCERESPONSE']._serialized_end=914
+  _globals['_LISTSOURCESREQUEST']._serialized_start=916
+  _globals['_LISTSOURCESREQUEST']._serialized_end=975
+  _globals['_LISTSOURCESRESPONSE']._serialized_start=977
+  _globals['_LISTSOURCESRESPONSE']._serialized_end=1066
+  _globals['_IMPORTDATASETREQUEST']._serialized_start=1069
+  _globals['_IMPORTDATASETREQUEST']._serialized_end=1363
+  _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._serialized_start=1316
+  _globals['_IMPORTDATASETREQUEST_CLASSMAPENTRY']._serialized_end=1363
+  _globals['_IMPORTDATASETRESPONSE']._serialized_start=1366
+  _globals['_IMPORTDATASETRESPONSE']._serialized_end=1574
+  _globals['_INGESTSERVICE']._serialized_start=2026
+  _globals['_INGESTSERVICE']._serialized_end=2451
 # @@protoc_insertion_point(module_scope)

@@ -83,7 +83,7 @@ class SourceSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[SourceKind, str]] = ..., uri: _Optional[str] = ..., camera_id: _Optional[str] = ..., max_fps: _Optional[float] = ..., loop: _Optional[bool] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("source_id", "spec", "state", "frames_published", "frames_dropped", "error", "frames_read")
+    __slots__ = ("source_id", "spec", "state", "frames_published", "frames_dropped", "error", "frames_read", "connected", "disconnects", "reconnects")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,9 @@ class SourceStatus(_message.Message):
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FRAMES_READ_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECTS_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     spec: SourceSpec
     state: SourceState
@@ -98,7 +101,10 @@ class SourceStatus(_message.Message):
     frames_dropped: int
     error: str
     frames_read: int
-    def __init__(self, source_id: _Optional[str] = ..., spec: _Optional[_Union[SourceSpec, _Mapping]] = ..., state: _Optional[_Union[SourceState, str]] = ..., frames_published: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., error: _Optional[str] = ..., frames_read: _Optional[int] = ...) -> None: ...
+    connected: bool
+    disconnects: int
+    reconnects: int
+    def __init__(self, source_id: _Optional[str] = ..., spec: _Optional[_Union[SourceSpec, _Mapping]] = ..., state: _Optional[_Union[SourceState, str]] = ..., frames_published: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., error: _Optional[str] = ..., frames_read: _Optional[int] = ..., connected: _Optional[bool] = ..., disconnects: _Optional[int] = ..., reconnects: _Optional[int] = ...) -> None: ...
 
 class StartSourceRequest(_message.Message):
     __slots__ = ("spec",)

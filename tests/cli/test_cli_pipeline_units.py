@@ -361,3 +361,16 @@ def test_relative_dataset_path_is_resolved_here(tmp_path, monkeypatch):
     (tmp_path / "kitti").mkdir()
     request = import_request("kitti", fmt="kitti", dataset=None, class_map={}, names=None, camera="", split=None)
     assert Path(request.path) == tmp_path / "kitti" and dataset_label(request) == "kitti"
+
+
+def test_describe_counts_a_stream_s_drops() -> None:
+    spec = ingest_pb2.SourceSpec(kind=ingest_pb2.SOURCE_KIND_STREAM, uri="rtsp://cam/x", camera_id="cam-1")
+    status = ingest_pb2.SourceStatus(
+        source_id="src-1",
+        spec=spec,
+        state=ingest_pb2.SOURCE_STATE_RUNNING,
+        disconnects=2,
+        reconnects=1,
+        error="stream lost; reconnecting in 1.0s (attempt 3)",
+    )
+    assert describe(status).endswith(", stream lost 2x: stream lost; reconnecting in 1.0s (attempt 3)")

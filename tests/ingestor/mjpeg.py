@@ -13,7 +13,7 @@ from tests.ingestor.support import jpeg, stamp
 
 
 class MjpegCamera:
-    def __init__(self, images: list[np.ndarray], fps: float, host: str = "127.0.0.1") -> None:
+    def __init__(self, images: list[np.ndarray], fps: float, host: str = "127.0.0.1", port: int = 0) -> None:
         self.images = images
         self.fps = fps
         self.sent: list[tuple[int, float]] = []  # (frame number, epoch seconds written)
@@ -31,9 +31,14 @@ class MjpegCamera:
                 self.end_headers()
                 camera._stream(self)
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
+        # port: a camera restarted where the one before it was (the same URL), after a cut.
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
