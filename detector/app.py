@@ -69,7 +69,7 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 max_message_bytes=cfg.max_message_bytes,
                 default_input_hw=(cfg.input_height, cfg.input_width),
             ),
-            ModelCache(cfg.model_cache_dir.expanduser()),
+            ModelCache(cfg.model_cache_dir.expanduser(), cfg.model_cache_max_bytes, metrics.on_cache_trim),
             manager,
         )
         ctx.on_close(watcher.close)

@@ -19,6 +19,7 @@ from feature_service.metrics import FeatureMetrics
 from feature_service.offline import FrameRow, OfflineStore
 from feature_service.online import OnlineStore
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate
+from kit.dlq import dlq_headers
 from kit.kafka import FRAMES_DLQ_TOPIC
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,6 @@ class FrameBatch:
     stored: bool = False
     online_done: bool = False
     inserted: set[str] = field(default_factory=set)
-
-
-def dlq_headers(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
-    ours = [
-        ("carmesh-reason", reason.encode()),
-        ("carmesh-source-topic", str(record.topic).encode()),
-        ("carmesh-source-partition", str(record.partition).encode()),
-        ("carmesh-source-offset", str(record.offset).encode()),
-    ]
-    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith("carmesh-")]
-    return [*original, *ours]
 
 
 class FrameHandler:
@@ -166,7 +156,10 @@ class FrameHandler:
         async def send(item: _Rejected) -> None:
             record = item.record
             await producer.send_and_wait(
-                self._dlq_topic, value=record.value, key=record.key, headers=dlq_headers(record, item.rejection.reason)
+                self._dlq_topic,
+                value=record.value,
+                key=record.key,
+                headers=dlq_headers(record, item.rejection.reason, by="feature_service"),
             )
             item.sent = True
             self._metrics.frames_dlq.labels(item.rejection.code).inc()
