@@ -116,10 +116,17 @@ def build_consumers(
                 backoff=backoff,
                 metrics=metrics,
                 before_start=topics,
+                max_store_attempts=cfg.max_store_attempts,
             )
         )
     if cfg.consume_detections:
-        detections = DetectionHandler(offline=offline, online=online, car_classes=cfg.car_classes, metrics=metrics)
+        detections = DetectionHandler(
+            offline=offline,
+            online=online,
+            car_classes=cfg.car_classes,
+            metrics=metrics,
+            make_producer=dlq_producer,
+        )
         loops.append(
             ConsumerLoop(
                 name="detections",
@@ -130,6 +137,7 @@ def build_consumers(
                 backoff=backoff,
                 metrics=metrics,
                 before_start=topics,
+                max_store_attempts=cfg.max_store_attempts,
             )
         )
     return Consumers(loops)

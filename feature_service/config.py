@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images and computing features")
     retry_initial_s: float = Field(0.5, gt=0, le=60, description="first retry delay while a store is down")
     retry_max_s: float = Field(30.0, gt=0, le=600, description="longest retry delay while a store is down")
+    max_store_attempts: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="tries of a batch whose store fails without an outage before its records are stored one by "
+        "one and those that still fail go to the dead-letter topic (outages are retried forever)",
+    )
     stream_page_frames: int = Field(32, ge=1, le=1024, description="frames StreamDataset reads per database page")
 
     @field_validator("postgres_dsn")

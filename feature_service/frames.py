@@ -117,6 +117,34 @@ class FrameHandler:
             await self._update_online(batch)
             batch.online_done = True
 
+    async def isolate(self, batch: FrameBatch, reason: str) -> None:
+        """Stores the frames one at a time (blob, then row); those that fail alone without an outage
+        go to the DLQ as ``store_failed`` with ``reason`` and their own error."""
+        if not batch.stored:
+            loop = asyncio.get_running_loop()
+            kept: list[FrameRow] = []
+            failed: list[_Rejected] = []
+            inserted: set[str] = set()
+            for row in batch.rows:
+                try:
+                    await loop.run_in_executor(self._executor, self._blobs.put, row.frame.image)
+                    inserted |= await self._offline.insert_frames([row])
+                    kept.append(row)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # an outage after all: the whole isolation is retried (inserts are idempotent)
+                    why = f"{reason}; alone: {type(exc).__name__}: {exc}"
+                    failed.append(_Rejected(batch.records[row.frame.frame_id], Rejection("store_failed", why)))
+            # Only now, so a retried isolation never lists a frame twice.
+            batch.rows, batch.inserted = kept, inserted
+            batch.rejected.extend(failed)
+            batch.blobs_done = batch.stored = True
+            self._metrics.frames_stored.inc(len(inserted))
+        await self._send_dlq(batch)
+        if not batch.online_done:
+            await self._update_online(batch)
+            batch.online_done = True
+
     async def _store_rows(self, batch: FrameBatch) -> None:
         try:
             inserted = await self._offline.insert_frames(batch.rows)

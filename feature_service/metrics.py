@@ -70,6 +70,19 @@ class FeatureMetrics:
             ["consumer"],
             registry=registry,
         )
+        self.batches_isolated = Counter(
+            "carmesh_feature_batches_isolated_total",
+            "Batches that failed max_store_attempts times without an outage and were stored record by record "
+            "(those failing alone go to the DLQ), by consumer",
+            ["consumer"],
+            registry=registry,
+        )
+        self.detections_dlq = Counter(
+            "carmesh_feature_detections_dlq_total",
+            "FrameDetections records sent to the detections dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "carmesh_feature_consumer_lag",
             "Records behind the partition's high watermark after the last batch",
