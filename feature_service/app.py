@@ -25,6 +25,7 @@ from feature_service.frames import FrameHandler
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import OfflineStore
 from feature_service.online import OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
 from kit.config import ConfigError
@@ -74,6 +75,7 @@ def build_consumers(
     online: OnlineStore,
     executor: ThreadPoolExecutor,
     metrics: FeatureMetrics,
+    repair: OnlineRepair | None = None,
 ) -> Consumers:
     backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
     heartbeat_ms = max(100, cfg.kafka_session_timeout_ms // 3)
@@ -105,6 +107,7 @@ def build_consumers(
             make_producer=dlq_producer,
             executor=executor,
             metrics=metrics,
+            repair=repair,
         )
         loops.append(
             ConsumerLoop(
@@ -126,6 +129,7 @@ def build_consumers(
             car_classes=cfg.car_classes,
             metrics=metrics,
             make_producer=dlq_producer,
+            repair=repair,
         )
         loops.append(
             ConsumerLoop(
@@ -180,7 +184,17 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
 
     server = ctx.grpc_server([SERVICE_NAME])
     feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(online, datasets), server.server)
-    consumers = build_consumers(cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics)
+    repair = OnlineRepair(
+        online=online,
+        pool=pool,
+        metrics=metrics,
+        car_classes=cfg.car_classes,
+        backoff=Backoff(cfg.retry_initial_s, cfg.retry_max_s),
+    )
+    ctx.on_close(repair.close)  # before the pool and Redis client it uses (closed in reverse order)
+    consumers = build_consumers(
+        cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics, repair=repair
+    )
     # Registered last so it runs first on close, should the drain hook not have run.
     ctx.on_close(consumers.stop)
     log.info(
@@ -189,16 +203,18 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
         ", ".join(loop.name for loop in consumers.loops) or "nothing",
         cfg.kafka_bootstrap,
     )
-    return FeatureDaemon(server, consumers)
+    return FeatureDaemon(server, consumers, repair)
 
 
 @dataclass
 class FeatureDaemon(Daemon):
     server: Server
     consumers: Consumers
+    repair: OnlineRepair
 
     async def start(self) -> None:
         await self.server.set_serving(True)
+        self.repair.start()
         self.consumers.start()
 
     async def before_drain(self) -> None:

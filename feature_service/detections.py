@@ -22,6 +22,7 @@ from feature_service.db import is_transient
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import DetectionRun, OfflineStore, PredictionRow, RunKey
 from feature_service.online import ModelInfo, OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.validation import MAX_ID_CHARS
 from kit.dlq import dlq_headers
 from kit.kafka import DETECTIONS_DLQ_TOPIC
@@ -113,6 +114,7 @@ class DetectionHandler:
         metrics: FeatureMetrics,
         make_producer: Callable[[], AIOKafkaProducer] | None = None,
         dlq_topic: str = DETECTIONS_DLQ_TOPIC,
+        repair: OnlineRepair | None = None,
     ) -> None:
         self._offline = offline
         self._online = online
@@ -121,6 +123,7 @@ class DetectionHandler:
         self._make_producer = make_producer
         self._producer: AIOKafkaProducer | None = None
         self._dlq_topic = dlq_topic
+        self._repair = repair
 
     async def open(self) -> None:
         if self._make_producer is not None:
@@ -245,3 +248,5 @@ class DetectionHandler:
             # Best effort, as for frames: the predictions tables are the record.
             self._metrics.online_write_errors.labels("detections").inc()
             log.warning("could not update car counts in Redis: %s", exc)
+            if self._repair is not None and is_transient(exc):
+                self._repair.failed({run.camera_id for run in batch.runs}, exc)

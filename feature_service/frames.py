@@ -18,6 +18,7 @@ from feature_service.db import is_transient
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import FrameRow, OfflineStore
 from feature_service.online import OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate
 from kit.dlq import dlq_headers
 from kit.kafka import FRAMES_DLQ_TOPIC
@@ -58,6 +59,7 @@ class FrameHandler:
         executor: Executor,
         metrics: FeatureMetrics,
         dlq_topic: str = FRAMES_DLQ_TOPIC,
+        repair: OnlineRepair | None = None,
     ) -> None:
         self._limits = limits
         self._blobs = blobs
@@ -68,6 +70,7 @@ class FrameHandler:
         self._executor = executor
         self._metrics = metrics
         self._dlq_topic = dlq_topic
+        self._repair = repair
 
     async def open(self) -> None:
         producer = self._make_producer()
@@ -215,3 +218,5 @@ class FrameHandler:
             # Online features are best effort: the offline store is the record, and the next frame repairs them.
             self._metrics.online_write_errors.labels("frames").inc()
             log.warning("could not update online features in Redis: %s", exc)
+            if self._repair is not None and is_transient(exc):
+                self._repair.failed(latest, exc)

@@ -83,6 +83,26 @@ class FeatureMetrics:
             ["reason"],
             registry=registry,
         )
+        self.redis_outages = Counter(
+            "carmesh_feature_redis_outages_total",
+            "Redis outages seen by the consumers' online writes (each counted once, until the rebuild ends it)",
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "carmesh_feature_redis_up",
+            "0 from a failed online write until the lost cameras are rebuilt",
+            registry=registry,
+        )
+        self.online_repair_pending = Gauge(
+            "carmesh_feature_online_repair_pending",
+            "Cameras whose online features wait to be rebuilt from PostgreSQL after a Redis outage",
+            registry=registry,
+        )
+        self.online_rebuilt_cameras = Counter(
+            "carmesh_feature_online_rebuilt_cameras_total",
+            "Cameras whose online features were rebuilt from PostgreSQL after a Redis outage",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "carmesh_feature_consumer_lag",
             "Records behind the partition's high watermark after the last batch",
