@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from carmesh.v1 import feature_pb2_grpc
 from feature_service import db
+from feature_service.blob_gc import BlobCollector
 from feature_service.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from feature_service.config import Settings
 from feature_service.consumer import Backoff, ConsumerLoop
@@ -203,7 +204,13 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
         ", ".join(loop.name for loop in consumers.loops) or "nothing",
         cfg.kafka_bootstrap,
     )
-    return FeatureDaemon(server, consumers, repair)
+    collector = None
+    if isinstance(blobs, LocalBlobStore):
+        collector = BlobCollector(
+            blobs, pool, min_age_s=cfg.blob_gc_min_age_s, interval_s=cfg.blob_gc_interval_s, metrics=metrics
+        )
+        ctx.on_close(collector.close)
+    return FeatureDaemon(server, consumers, repair, collector)
 
 
 @dataclass
@@ -211,10 +218,13 @@ class FeatureDaemon(Daemon):
     server: Server
     consumers: Consumers
     repair: OnlineRepair
+    collector: BlobCollector | None
 
     async def start(self) -> None:
         await self.server.set_serving(True)
         self.repair.start()
+        if self.collector is not None:
+            self.collector.start()
         self.consumers.start()
 
     async def before_drain(self) -> None:

@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     s3_prefix: str = Field("carmesh/blobs", description="key prefix in the s3 bucket")
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint (empty: AWS)")
 
+    blob_gc_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="how often unreferenced blobs are collected (0: never; local store only)",
+    )
+    blob_gc_min_age_s: float = Field(
+        3600.0,
+        ge=1,
+        le=30 * 86400,
+        description="blobs last written more recently than this are never collected: must exceed the longest "
+        "store attempt (blob put, then row insert)",
+    )
+
     # Validation and work.
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width*height) accepted")

@@ -41,7 +41,6 @@ class FrameBatch:
     rejected: list[_Rejected]
     duplicates_in_batch: int
     records: dict[str, ConsumerRecord]  # frame_id -> its record, for the DLQ
-    blobs_done: bool = False
     stored: bool = False
     online_done: bool = False
     inserted: set[str] = field(default_factory=set)
@@ -108,11 +107,11 @@ class FrameHandler:
 
     async def store(self, batch: FrameBatch) -> None:
         loop = asyncio.get_running_loop()
-        if not batch.blobs_done:
+        if not batch.stored:
+            # Put again on every attempt (cheap: an existing blob is only touched), so the rows are
+            # inserted within the blob collector's grace of their blobs' last put (blob_gc.py).
             unique = {row.frame.image_sha256: row.frame.image for row in batch.rows}
             await asyncio.gather(*(loop.run_in_executor(self._executor, self._blobs.put, d) for d in unique.values()))
-            batch.blobs_done = True
-        if not batch.stored:
             await self._store_rows(batch)
             batch.stored = True
         await self._send_dlq(batch)
@@ -141,7 +140,7 @@ class FrameHandler:
             # Only now, so a retried isolation never lists a frame twice.
             batch.rows, batch.inserted = kept, inserted
             batch.rejected.extend(failed)
-            batch.blobs_done = batch.stored = True
+            batch.stored = True
             self._metrics.frames_stored.inc(len(inserted))
         await self._send_dlq(batch)
         if not batch.online_done:

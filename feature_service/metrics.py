@@ -103,6 +103,20 @@ class FeatureMetrics:
             "Cameras whose online features were rebuilt from PostgreSQL after a Redis outage",
             registry=registry,
         )
+        self.blob_gc_runs = Counter("carmesh_feature_blob_gc_runs_total", "Blob collector passes", registry=registry)
+        self.blob_gc_removed = Counter(
+            "carmesh_feature_blob_gc_removed_total",
+            "Blobs removed because no frame row references them",
+            registry=registry,
+        )
+        self.blob_gc_removed_bytes = Counter(
+            "carmesh_feature_blob_gc_removed_bytes_total", "Bytes of the blobs the collector removed", registry=registry
+        )
+        self.blob_store_bytes = Gauge(
+            "carmesh_feature_blob_store_bytes",
+            "Bytes in the local blob store after the last collection",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "carmesh_feature_consumer_lag",
             "Records behind the partition's high watermark after the last batch",
