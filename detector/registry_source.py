@@ -218,6 +218,7 @@ class RegistryWatcher:
             log.warning("the last-known-good model %s v%s does not load: %s", spec.ref.name, spec.ref.version, exc)
             return
         self.status = f"serving the last-known-good version {spec.ref.version} until the registry answers"
+        await self._keep(spec)  # trims a cache left over its bound (e.g. the bound was lowered)
         log.info(
             "serving the last-known-good %s v%s (sha256 %s) from %s until the registry confirms or replaces it",
             spec.ref.name,

@@ -106,7 +106,6 @@ class Load:
     wrong_answers: list[str] = field(default_factory=list)
     accepted_frames: list[int] = field(default_factory=list)  # indexes of images accepted
     stream_errors: Counter[str] = field(default_factory=Counter)
-    detect_ok_since: dict[str, int] = field(default_factory=dict)
 
 
 async def detect_client(address: str, load: Load, stop: asyncio.Event) -> None:
