@@ -138,8 +138,9 @@ async def test_after_a_redis_outage_the_lost_online_features_are_rebuilt_from_po
             )
             await eventually_async(lambda: stored("frames", 3), what="the frames stored during the outage")
             await eventually_async(lambda: stored("detection_runs", 2), what="the detections stored during the outage")
+            # At least ours: a new group reads the shared topics from the start, other tests' cameras too.
             eventually(
-                lambda: metric(port, "carmesh_feature_online_repair_pending") == 1,
+                lambda: metric(port, "carmesh_feature_online_repair_pending") >= 1,
                 what="the camera waiting for its rebuild",
                 timeout_s=30,
                 detail=lambda: daemon.log()[-3000:],
@@ -156,7 +157,7 @@ async def test_after_a_redis_outage_the_lost_online_features_are_rebuilt_from_po
                 timeout_s=60,
                 detail=lambda: daemon.log()[-3000:],
             )
-            assert metric(port, "carmesh_feature_online_rebuilt_cameras_total") == 1
+            assert metric(port, "carmesh_feature_online_rebuilt_cameras_total") >= 1
             assert metric(port, "carmesh_feature_online_repair_pending") == 0
             assert metric(port, "carmesh_feature_redis_outages_total") == 1
             assert daemon.stop() == 0, daemon.log()[-3000:]
