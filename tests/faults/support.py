@@ -18,6 +18,8 @@ import grpc
 import numpy as np
 
 from carmesh.v1 import common_pb2, detector_pb2, detector_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from feature_service.blobs import LocalBlobStore
+from feature_service.errors import BlobMissing
 from kit.clients import insecure_channel
 from tests.feature_service.support import daemon_args, fetch
 from tests.helpers import DaemonProcess, free_port
@@ -25,7 +27,7 @@ from tests.onnx_factory import write_yolov8_model, yolov8_raw
 
 KEY = f"faults-{uuid.uuid4().hex}"
 # Seconds of load before and after each kill; `make test-faults` raises it.
-LOAD_S = float(os.environ.get("CARMESH_FAULTS_LOAD_S", "4"))
+LOAD_S = float(os.environ.get("CARMESH_FAULTS_LOAD_S", "2"))
 # The constant model answers this box for a 64x64 image, whatever the pixels.
 EXPECTED_BOX = (22, 27, 42, 37)
 
@@ -159,3 +161,16 @@ async def stored(dsn: str, camera: str) -> tuple[int, int, int]:
     frames = await fetch(dsn, "SELECT count(*), count(DISTINCT image_sha256) FROM frames WHERE camera_id = $1", camera)
     runs = await fetch(dsn, "SELECT count(*) FROM detection_runs WHERE camera_id = $1", camera)
     return int(frames[0][0]), int(frames[0][1]), int(runs[0][0])
+
+
+async def missing_blobs(dsn: str, camera: str, blob_dir: Path) -> list[str]:
+    """Images of ``camera``'s stored frames that are not whole in the blob store (should be none)."""
+    rows = await fetch(dsn, "SELECT image_sha256 FROM frames WHERE camera_id = $1", camera)
+    store = LocalBlobStore(blob_dir)
+    missing = []
+    for row in rows:
+        try:
+            store.get(row["image_sha256"])
+        except BlobMissing:
+            missing.append(row["image_sha256"])
+    return missing
