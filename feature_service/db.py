@@ -46,6 +46,8 @@ _PERMANENT_ERRNOS = frozenset({errno.EFBIG, errno.ENAMETOOLONG, errno.EISDIR, er
 
 def is_transient(exc: BaseException) -> bool:
     """True for an outage of a store (retry later), False for a problem with the data itself."""
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and isinstance(exc, ValueError):
+        return False  # a value the client cannot encode (asyncpg's own DataError): the data, not an outage
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         # A connection closed under us is an outage; overlapping operations on one connection are a bug.
         return "another operation is in progress" not in str(exc)

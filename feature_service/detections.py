@@ -159,6 +159,7 @@ class DetectionHandler:
         if not batch.stored:
             await self._store_runs(batch)
             batch.stored = True
+        await self._send_dlq(batch)
         if not batch.online_done:
             await self._update_online(batch)
             batch.online_done = True
@@ -198,7 +199,7 @@ class DetectionHandler:
             headers = dlq_headers(record, reason, by="feature_service")
             await producer.send_and_wait(self._dlq_topic, value=record.value, key=record.key, headers=headers)
             sent.append((record, reason))
-            self._metrics.detections_dlq.labels("store_failed").inc()
+            self._metrics.detections_dlq.labels(reason.partition(":")[0]).inc()
             log.warning(
                 "detections at %s/%d/%d to %s: %s",
                 record.topic,
@@ -232,7 +233,9 @@ class DetectionHandler:
                     if is_transient(one_exc):
                         raise
                     self._metrics.detections_rejected.labels("store_rejected").inc()
-                    log.warning("dropping detections of frame %s: PostgreSQL refused them: %s", run.frame_id, one_exc)
+                    log.warning("detections of frame %s to the DLQ: PostgreSQL refused them: %s", run.frame_id, one_exc)
+                    reason = f"store_rejected: PostgreSQL refused the detections: {one_exc}"
+                    batch.dead.append((batch.records[run.key], reason))
             batch.runs = kept
         self._metrics.detection_runs_stored.inc(len(inserted))
         self._metrics.predictions_stored.inc(sum(len(r.predictions) for r in batch.runs if r.key in inserted))
