@@ -87,7 +87,7 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 default_input_hw=(cfg.input_height, cfg.input_width),
                 tls=ctx.mesh_tls,
             ),
-            ModelCache(cfg.model_cache_dir.expanduser()),
+            ModelCache(cfg.model_cache_dir.expanduser(), cfg.model_cache_max_bytes, metrics.on_cache_trim),
             manager,
         )
         ctx.on_close(watcher.close)

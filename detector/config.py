@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     model_family: Family = Field("yolov8", description="output layout of --model-path: yolov8 or yolox")
     class_names: list[str] = Field([], description="class names of --model-path when the file has no `names` metadata")
     model_cache_dir: Path = Field(Path(".run/detector-cache"), description="downloaded ONNX files, named by sha256")
+    model_cache_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="most bytes of ONNX files kept in model_cache_dir, least recently used out "
+        "(0: no bound; the served and last-known-good models are always kept)",
+    )
     input_width: int = Field(640, ge=32, le=8192, description="model input width when the ONNX input is dynamic")
     input_height: int = Field(640, ge=32, le=8192, description="model input height when the ONNX input is dynamic")
     download_chunk_bytes: int = Field(0, ge=0, le=16 * 1024 * 1024, description="chunk size asked of the registry")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kit.lru_files import Trim
 from kit.metrics import Metrics
 
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -38,6 +39,24 @@ class DetectorMetrics:
             registry=registry,
         )
         self.model_loaded = Gauge("carmesh_detector_model_loaded", "1 while a model is being served", registry=registry)
+        self.model_cache_bytes = Gauge(
+            "carmesh_detector_model_cache_bytes", "Bytes of ONNX files in the model cache", registry=registry
+        )
+        self.model_cache_evictions = Counter(
+            "carmesh_detector_model_cache_evictions_total",
+            "ONNX files removed from the model cache to keep it under its bound",
+            registry=registry,
+        )
+        self.model_cache_evicted_bytes = Counter(
+            "carmesh_detector_model_cache_evicted_bytes_total",
+            "Bytes removed from the model cache to keep it under its bound",
+            registry=registry,
+        )
+
+    def on_cache_trim(self, trim: Trim) -> None:
+        self.model_cache_bytes.set(trim.kept_bytes)
+        self.model_cache_evictions.inc(len(trim.removed))
+        self.model_cache_evicted_bytes.inc(trim.removed_bytes)
 
 
 class StreamMetrics:
@@ -48,7 +67,7 @@ class StreamMetrics:
         self.frames = Counter(
             "carmesh_detector_stream_frames_total",
             "Frames taken from the frames topic, by outcome "
-            "(published, skipped_undecodable, skipped_invalid_name, skipped_failed)",
+            "(published, skipped_undecodable, skipped_invalid_name, dead_lettered, skipped_failed)",
             ["outcome"],
             registry=registry,
         )

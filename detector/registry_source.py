@@ -1,15 +1,15 @@
 """The model from the registry: watch the alias, download changed versions into a cache keyed
-by sha256, and hand them to the model manager. Reconnects with backoff; never gives up."""
+by sha256, and hand them to the model manager. Reconnects with backoff; never gives up.
+
+At start-up the last-known-good model (the last registry version that loaded, recorded in the
+cache) is served at once, before the registry answers: a detector restarted while the registry
+or MLflow is down serves what it served before, and switches when the watch names another
+version."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-import os
-import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +18,13 @@ import grpc
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from detector.engine import ModelRef, ModelSpec
 from detector.errors import DownloadError, ModelLoadError
+from detector.model_cache import ModelCache
 from detector.models import ModelManager
 from kit.backoff import Backoff, wait_event
-from kit.hashing import sha256_file
 from kit.mesh_tls import MeshTls, mesh_channel
 from kit.server import channel_options
+
+__all__ = ["FAMILY_TO_PROTO", "ModelCache", "RegistryWatcher", "WatchOptions", "spec_of"]
 
 log = logging.getLogger(__name__)
 
@@ -49,79 +51,6 @@ def spec_of(version: registry_pb2.ModelVersion, alias: str, default_input_hw: tu
         input_hw=input_hw,
         sha256=version.sha256,
     )
-
-
-class ModelCache:
-    """ONNX files named ``<sha256>.onnx``; written to a temporary name, then renamed, so a crash
-    never leaves a partial file under a valid name."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path_for(self, sha256: str) -> Path:
-        return self.root / f"{sha256}.onnx"
-
-    def lookup(self, sha256: str) -> Path | None:
-        """The cached file when present and intact (re-hashed: blocking, run it in a thread)."""
-        if not sha256:
-            return None
-        path = self.path_for(sha256)
-        if not path.is_file():
-            return None
-        if sha256_file(path) != sha256:
-            log.warning("cached model %s is corrupt; downloading it again", path)
-            path.unlink(missing_ok=True)
-            return None
-        return path
-
-    def _open_part(self) -> tuple[int, Path]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=self.root)
-        return fd, Path(name)
-
-    async def store(
-        self, responses: AsyncIterator[registry_pb2.DownloadModelResponse], expected_version: str
-    ) -> tuple[registry_pb2.ModelVersion, Path]:
-        """Consumes a DownloadModel stream (version first, then chunks); verifies size and sha256."""
-        iterator = responses.__aiter__()
-        try:
-            first = await iterator.__anext__()
-        except StopAsyncIteration:
-            raise DownloadError("download stream was empty") from None
-        if first.WhichOneof("payload") != "version":
-            raise DownloadError("download stream did not start with the model version")
-        version = first.version
-        if expected_version and version.version != expected_version:
-            raise DownloadError(f"asked for version {expected_version}, registry sent {version.version}")
-        fd, tmp = await asyncio.to_thread(self._open_part)
-        digest, size = hashlib.sha256(), 0
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                async for message in iterator:
-                    if message.WhichOneof("payload") != "chunk":
-                        raise DownloadError("download stream sent a second version message")
-                    size += len(message.chunk)
-                    if version.size_bytes and size > version.size_bytes:
-                        raise DownloadError(f"download exceeds the announced {version.size_bytes} bytes")
-                    digest.update(message.chunk)
-                    await asyncio.to_thread(fh.write, message.chunk)
-            if version.size_bytes and size != version.size_bytes:
-                raise DownloadError(f"download ended at {size} of {version.size_bytes} bytes")
-            actual = digest.hexdigest()
-            if version.sha256 and actual != version.sha256.lower():
-                raise DownloadError(f"sha256 mismatch: registry says {version.sha256}, received {actual}")
-            if not version.sha256:
-                log.warning(
-                    "registry sent %s v%s without sha256; keyed by the received bytes", version.name, version.version
-                )
-            final = self.path_for(actual)
-            await asyncio.to_thread(os.replace, tmp, final)
-        except BaseException:
-            # Also on cancellation, where awaiting a thread is not possible; one unlink is quick.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return version, final
 
 
 @dataclass(frozen=True)
@@ -235,6 +164,7 @@ class RegistryWatcher:
             and current.spec.ref.version == version.version
             and current.spec.ref.name == version.name
         ):
+            self.status = f"serving version {version.version}"  # e.g. the last-known-good one, now confirmed
             return
         log.info("%s points at version %s (sha256 %s)", target, version.version, version.sha256[:12] or "?")
         self._wanted = version
@@ -266,7 +196,50 @@ class RegistryWatcher:
             version.sha256 = path.stem
         return version, path
 
+    async def _restore(self) -> None:
+        """Serves the last-known-good model unless the registry already named a version."""
+        try:
+            found = await asyncio.to_thread(self._cache.last_good)
+        except OSError as exc:
+            log.warning("cannot read the last-known-good model: %s", exc)
+            return
+        if found is None or self._manager.current is not None or self._wanted is not None:
+            return
+        path, spec = found
+        if (spec.ref.name, spec.ref.alias) != (self._opt.name, self._opt.alias):
+            log.info(
+                "the last-known-good model is %s@%s, not %s@%s: not serving it",
+                spec.ref.name,
+                spec.ref.alias,
+                self._opt.name,
+                self._opt.alias,
+            )
+            return
+        try:
+            await self._manager.activate(path, spec)
+        except ModelLoadError as exc:
+            log.warning("the last-known-good model %s v%s does not load: %s", spec.ref.name, spec.ref.version, exc)
+            return
+        self.status = f"serving the last-known-good version {spec.ref.version} until the registry answers"
+        await self._keep(spec)  # trims a cache left over its bound (e.g. the bound was lowered)
+        log.info(
+            "serving the last-known-good %s v%s (sha256 %s) from %s until the registry confirms or replaces it",
+            spec.ref.name,
+            spec.ref.version,
+            spec.sha256[:12],
+            path,
+        )
+
+    async def _keep(self, spec: ModelSpec) -> None:
+        """Records the served model as last known good and trims the cache; a disk error only warns."""
+        try:
+            await asyncio.to_thread(self._cache.remember, spec)
+            await asyncio.to_thread(self._cache.trim, (spec.sha256,))
+        except OSError as exc:
+            log.warning("cannot record %s v%s as last known good: %s", spec.ref.name, spec.ref.version, exc)
+
     async def _load(self, stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+        await self._restore()
         delays = self._backoff.delays()
         while True:
             await self._changed.wait()
@@ -280,9 +253,11 @@ class RegistryWatcher:
                 continue
             try:
                 version, path = await self._fetch(stub, wanted)
-                await self._manager.activate(path, spec_of(version, self._opt.alias, self._opt.default_input_hw))
+                spec = spec_of(version, self._opt.alias, self._opt.default_input_hw)
+                await self._manager.activate(path, spec)
                 delays.reset()
                 self.status = f"serving version {version.version}"
+                await self._keep(spec)
             except ModelLoadError as exc:
                 # The bytes matched the registry's sha256, so retrying would fail the same way.
                 self._failed.add(key)

@@ -3,7 +3,9 @@ detector, batcher and model as gRPC Detect; their detections go to carmesh.detec
 
 At-least-once: a frame's offset is committed only once its detections were acknowledged by
 the broker (or the frame was skipped as unusable), and never past an earlier frame still in
-flight. Backpressure: records are taken from the consumer only while the stream's window and
+flight. A frame whose detection keeps failing (a runtime fault, not a bad image) goes to
+carmesh.frames.dlq.v1 with the reason before its offset is committed: never silently dropped.
+Backpressure: records are taken from the consumer only while the stream's window and
 the model's batching queue have room; with no model loaded the partitions are paused.
 Detections of a partition are sent in offset order, so each camera's stay in order."""
 
@@ -28,9 +30,11 @@ from detector.models import ModelManager
 from detector.offsets import OffsetTracker, Pending
 from detector.server import frame_detections
 from kit.backoff import Backoff, wait_event
+from kit.dlq import dlq_headers
 from kit.kafka import (
     DEFAULT_PARTITIONS,
     DETECTIONS_TOPIC,
+    FRAMES_DLQ_TOPIC,
     FRAMES_TOPIC,
     create_consumer,
     create_producer,
@@ -42,9 +46,17 @@ log = logging.getLogger(__name__)
 
 # Errors that clear up by themselves (a full queue, a model swap): the frame waits and retries.
 _TRANSIENT = (QueueFull, ModelClosed, NoModel)
-# Any other failure of one frame (a runtime fault) is retried this often, then the frame is skipped.
+# Any other failure of one frame (a runtime fault) is retried this often, then the frame is dead-lettered.
 _MAX_FAILED_ATTEMPTS = 3
 _POLL_MS = 200
+
+
+class _DeadLetter(Exception):
+    """A frame that cannot be detected however often it is tried; ``reason`` goes in its DLQ header."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class StreamOptions:
     client_id: str = "carmesh-detector"
     frames_topic: str = FRAMES_TOPIC
     detections_topic: str = DETECTIONS_TOPIC
+    dlq_topic: str = FRAMES_DLQ_TOPIC
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -158,8 +171,8 @@ class FrameStream:
         self._tasks.clear()
         self._to_commit.clear()
 
-    def _topics(self) -> tuple[str, str]:
-        return (self._options.frames_topic, self._options.detections_topic)
+    def _topics(self) -> tuple[str, str, str]:
+        return (self._options.frames_topic, self._options.detections_topic, self._options.dlq_topic)
 
     @staticmethod
     async def _close(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
@@ -236,7 +249,7 @@ class FrameStream:
         # A cancelled frame (shutdown, revoked partition) is not done: it stays uncommitted and comes back.
         if not task.cancelled():
             if task.exception() is not None:
-                # A fault of ours, not the frame's: skipped (and counted) so the partition never stalls on it.
+                # A bug past the dead-letter path (which catches detection faults): counted, not stalled on.
                 self._metrics.frames.labels("skipped_failed").inc()
                 log.error("frame at %s@%d failed: %r", tp, entry.offset, task.exception())
             self._tracker.done(entry)
@@ -302,7 +315,11 @@ class FrameStream:
         producer: AIOKafkaProducer,
     ) -> None:
         try:
-            message = await self._detections_of(record)
+            try:
+                message = await self._detections_of(record)
+            except _DeadLetter as dead:
+                await self._dead_letter(record, producer, dead.reason)
+                return
             if previous is not None:
                 await previous
             if message is None:
@@ -328,6 +345,33 @@ class FrameStream:
         finally:
             if not turn.done():
                 turn.set_result(None)
+
+    async def _dead_letter(self, record: Any, producer: AIOKafkaProducer, reason: str) -> None:
+        """Sends ``record`` as it came to the DLQ, retrying until the broker has it (then it is committed)."""
+        headers = dlq_headers(record, reason, by="detector")
+        delays = self._retry.delays()
+        while True:
+            try:
+                await producer.send_and_wait(
+                    self._options.dlq_topic, value=record.value, key=record.key, headers=headers
+                )
+                break
+            except KafkaError as exc:
+                self._metrics.retries.labels("dead_letter").inc()
+                delay = next(delays)
+                log.warning(
+                    "dead-lettering the frame at offset %d failed (%s); retrying in %.2fs", record.offset, exc, delay
+                )
+                await asyncio.sleep(delay)
+        self._metrics.frames.labels("dead_lettered").inc()
+        log.error(
+            "frame at %s[%d]@%d sent to %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            self._options.dlq_topic,
+            reason,
+        )
 
     def _skip(self, record: Any, outcome: str, why: str) -> None:
         self._metrics.frames.labels(outcome).inc()
@@ -364,8 +408,9 @@ class FrameStream:
                 self._metrics.retries.labels("failed").inc()
                 if failures >= _MAX_FAILED_ATTEMPTS:
                     log.exception("frame %r failed %d times", frame.frame_id, failures)
-                    self._skip(record, "skipped_failed", f"frame {frame.frame_id!r}: {type(exc).__name__}: {exc}")
-                    return None
+                    raise _DeadLetter(
+                        f"detect_failed: frame {frame.frame_id!r} failed {failures} times: {type(exc).__name__}: {exc}"
+                    ) from exc
                 reason = f"{type(exc).__name__}: {exc}"
             delay = next(delays)
             log.debug("frame %r: %s; retrying in %.2fs", frame.frame_id, reason, delay)

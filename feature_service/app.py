@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from carmesh.v1 import feature_pb2_grpc
 from feature_service import db
+from feature_service.blob_gc import BlobCollector
 from feature_service.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from feature_service.config import Settings
 from feature_service.consumer import Backoff, ConsumerLoop
@@ -25,6 +26,7 @@ from feature_service.frames import FrameHandler
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import OfflineStore
 from feature_service.online import OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
 from kit import mesh_tls
@@ -79,6 +81,7 @@ def build_consumers(
     online: OnlineStore,
     executor: ThreadPoolExecutor,
     metrics: FeatureMetrics,
+    repair: OnlineRepair | None = None,
 ) -> Consumers:
     backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
     heartbeat_ms = max(100, cfg.kafka_session_timeout_ms // 3)
@@ -110,6 +113,7 @@ def build_consumers(
             make_producer=dlq_producer,
             executor=executor,
             metrics=metrics,
+            repair=repair,
         )
         loops.append(
             ConsumerLoop(
@@ -121,10 +125,18 @@ def build_consumers(
                 backoff=backoff,
                 metrics=metrics,
                 before_start=topics,
+                max_store_attempts=cfg.max_store_attempts,
             )
         )
     if cfg.consume_detections:
-        detections = DetectionHandler(offline=offline, online=online, car_classes=cfg.car_classes, metrics=metrics)
+        detections = DetectionHandler(
+            offline=offline,
+            online=online,
+            car_classes=cfg.car_classes,
+            metrics=metrics,
+            make_producer=dlq_producer,
+            repair=repair,
+        )
         loops.append(
             ConsumerLoop(
                 name="detections",
@@ -135,6 +147,7 @@ def build_consumers(
                 backoff=backoff,
                 metrics=metrics,
                 before_start=topics,
+                max_store_attempts=cfg.max_store_attempts,
             )
         )
     return Consumers(loops)
@@ -177,7 +190,17 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
 
     server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(online, datasets), server.server)
-    consumers = build_consumers(cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics)
+    repair = OnlineRepair(
+        online=online,
+        pool=pool,
+        metrics=metrics,
+        car_classes=cfg.car_classes,
+        backoff=Backoff(cfg.retry_initial_s, cfg.retry_max_s),
+    )
+    ctx.on_close(repair.close)  # before the pool and Redis client it uses (closed in reverse order)
+    consumers = build_consumers(
+        cfg, blobs=blobs, offline=offline, online=online, executor=executor, metrics=metrics, repair=repair
+    )
     # Registered last so it runs first on close, should the drain hook not have run.
     ctx.on_close(consumers.stop)
     log.info(
@@ -186,16 +209,27 @@ async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:
         ", ".join(loop.name for loop in consumers.loops) or "nothing",
         cfg.kafka_bootstrap,
     )
-    return FeatureDaemon(server, consumers)
+    collector = None
+    if isinstance(blobs, LocalBlobStore):
+        collector = BlobCollector(
+            blobs, pool, min_age_s=cfg.blob_gc_min_age_s, interval_s=cfg.blob_gc_interval_s, metrics=metrics
+        )
+        ctx.on_close(collector.close)
+    return FeatureDaemon(server, consumers, repair, collector)
 
 
 @dataclass
 class FeatureDaemon(Daemon):
     server: Server
     consumers: Consumers
+    repair: OnlineRepair
+    collector: BlobCollector | None
 
     async def start(self) -> None:
         await self.server.set_serving(True)
+        self.repair.start()
+        if self.collector is not None:
+            self.collector.start()
         self.consumers.start()
 
     async def before_drain(self) -> None:

@@ -89,6 +89,10 @@ class LocalBlobStore:
         target = self.path_for(digest)
         try:
             if target.stat().st_size == len(data):
+                # A blob found is touched, as if written now: the garbage collector spares blobs
+                # younger than its grace, which covers the row about to reference this one. Gone
+                # meanwhile (collected): utime fails and the blob is written again below.
+                os.utime(target)
                 return digest
         except FileNotFoundError:
             pass

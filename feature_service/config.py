@@ -55,12 +55,33 @@ class Settings(BaseSettings):
     s3_prefix: str = Field("carmesh/blobs", description="key prefix in the s3 bucket")
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint (empty: AWS)")
 
+    blob_gc_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="how often unreferenced blobs are collected (0: never; local store only)",
+    )
+    blob_gc_min_age_s: float = Field(
+        3600.0,
+        ge=1,
+        le=30 * 86400,
+        description="blobs last written more recently than this are never collected: must exceed the longest "
+        "store attempt (blob put, then row insert)",
+    )
+
     # Validation and work.
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width*height) accepted")
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images and computing features")
     retry_initial_s: float = Field(0.5, gt=0, le=60, description="first retry delay while a store is down")
     retry_max_s: float = Field(30.0, gt=0, le=600, description="longest retry delay while a store is down")
+    max_store_attempts: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="tries of a batch whose store fails without an outage before its records are stored one by "
+        "one and those that still fail go to the dead-letter topic (outages are retried forever)",
+    )
     stream_page_frames: int = Field(32, ge=1, le=1024, description="frames StreamDataset reads per database page")
 
     @field_validator("postgres_dsn")

@@ -1,6 +1,10 @@
 """One consumer-group loop: poll a batch, prepare it, store it (retrying outages with backoff,
 never committing meanwhile), then commit its offsets; the next batch is polled and prepared
-while the previous one is stored. A stop finishes the batch in hand."""
+while the previous one is stored. A stop finishes the batch in hand.
+
+A failure that is not an outage (the data, not a store, is the problem) is retried
+``max_store_attempts`` times; then the handler isolates the batch: it stores its records one
+by one and dead-letters those that still fail, with the reason, so the partition moves on."""
 
 from __future__ import annotations
 
@@ -39,6 +43,11 @@ class BatchHandler(Protocol[PreparedT]):
         """Makes the batch's effects durable; idempotent, so it is retried after a failure."""
         ...
 
+    async def isolate(self, prepared: PreparedT, reason: str) -> None:
+        """After repeated failures that are not outages: stores the records one at a time and
+        dead-letters those that fail alone (with ``reason``); raises only for an outage."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -56,6 +65,7 @@ class ConsumerLoop(Generic[PreparedT]):
         backoff: Backoff,
         metrics: FeatureMetrics,
         before_start: Callable[[], Awaitable[None]] | None = None,
+        max_store_attempts: int = 5,
     ) -> None:
         self.name = name
         self._make_consumer = make_consumer
@@ -65,6 +75,7 @@ class ConsumerLoop(Generic[PreparedT]):
         self._backoff = backoff
         self._metrics = metrics
         self._before_start = before_start
+        self._max_store_attempts = max_store_attempts
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -180,18 +191,43 @@ class ConsumerLoop(Generic[PreparedT]):
         started: float,
     ) -> bool:
         delays = self._backoff.delays()
+        failures = 0
+        reason = ""
         while True:
             try:
-                await self._handler.store(prepared)
+                if failures >= self._max_store_attempts:
+                    await self._handler.isolate(prepared, reason)
+                else:
+                    await self._handler.store(prepared)
                 break
             except Exception as exc:
                 self._metrics.store_retries.labels(self.name).inc()
                 delay = next(delays)
                 if is_transient(exc) or isinstance(exc, KafkaError):
                     log.warning("consumer %s: a store is down, retrying the batch in %.1fs: %s", self.name, delay, exc)
+                elif failures >= self._max_store_attempts:
+                    # Isolating failed without an outage (a bug, or the DLQ refuses): nothing else is safe.
+                    log.exception("consumer %s: isolating a failing batch failed, retrying in %.1fs", self.name, delay)
                 else:
+                    failures += 1
+                    reason = f"failed {failures} times: {type(exc).__name__}: {exc}"
                     # Not an outage, yet nothing is committed that is not stored: retry and say so loudly.
-                    log.exception("consumer %s: storing a batch failed, retrying in %.1fs", self.name, delay)
+                    log.exception(
+                        "consumer %s: storing a batch failed (%d of %d attempts), retrying in %.1fs",
+                        self.name,
+                        failures,
+                        self._max_store_attempts,
+                        delay,
+                    )
+                    if failures >= self._max_store_attempts:
+                        self._metrics.batches_isolated.labels(self.name).inc()
+                        log.error(
+                            "consumer %s: a batch of %d records failed %d times without an outage; storing its "
+                            "records one by one, those that fail alone go to the dead-letter topic",
+                            self.name,
+                            len(records),
+                            failures,
+                        )
                 if not await self._pause(delay):
                     log.info("consumer %s: stopping with a batch not stored; it will be read again", self.name)
                     return False

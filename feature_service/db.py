@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import re
@@ -38,12 +39,20 @@ _TRANSIENT_PG = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 
+# OS errors that say "this write can never succeed" rather than "the disk is away": the record
+# is the problem (too big for the file system, a name it refuses), so retrying would stall.
+_PERMANENT_ERRNOS = frozenset({errno.EFBIG, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EINVAL})
+
 
 def is_transient(exc: BaseException) -> bool:
     """True for an outage of a store (retry later), False for a problem with the data itself."""
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and isinstance(exc, ValueError):
+        return False  # a value the client cannot encode (asyncpg's own DataError): the data, not an outage
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         # A connection closed under us is an outage; overlapping operations on one connection are a bug.
         return "another operation is in progress" not in str(exc)
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        return False
     return isinstance(
         exc,
         (

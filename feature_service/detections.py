@@ -1,25 +1,31 @@
 """The detections consumer's batch handler: FrameDetections from carmesh.detections.v1 into the
 predictions tables (one transaction per batch, idempotent per frame and model version) and the
-per-camera car counts in Redis."""
+per-camera car counts in Redis. Runs whose store keeps failing without an outage go to
+carmesh.detections.dlq.v1 with the reason (unusable records are counted and dropped: they can
+be recomputed from the stored frame)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from google.protobuf.message import DecodeError
 
 from carmesh.v1 import common_pb2
 from feature_service.db import is_transient
 from feature_service.metrics import FeatureMetrics
-from feature_service.offline import DetectionRun, OfflineStore, PredictionRow
+from feature_service.offline import DetectionRun, OfflineStore, PredictionRow, RunKey
 from feature_service.online import ModelInfo, OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.validation import MAX_ID_CHARS
+from kit.dlq import dlq_headers
+from kit.kafka import DETECTIONS_DLQ_TOPIC
 from kit.names import name_problem
 
 log = logging.getLogger(__name__)
@@ -94,31 +100,51 @@ class DetectionBatch:
     duplicates_in_batch: int
     stored: bool = False
     online_done: bool = False
+    records: dict[RunKey, ConsumerRecord] = field(default_factory=dict)  # for the DLQ
+    dead: list[tuple[ConsumerRecord, str]] = field(default_factory=list)  # (record, reason) not yet sent
 
 
 class DetectionHandler:
     def __init__(
-        self, *, offline: OfflineStore, online: OnlineStore, car_classes: Collection[str], metrics: FeatureMetrics
+        self,
+        *,
+        offline: OfflineStore,
+        online: OnlineStore,
+        car_classes: Collection[str],
+        metrics: FeatureMetrics,
+        make_producer: Callable[[], AIOKafkaProducer] | None = None,
+        dlq_topic: str = DETECTIONS_DLQ_TOPIC,
+        repair: OnlineRepair | None = None,
     ) -> None:
         self._offline = offline
         self._online = online
         self._car_classes = frozenset(car_classes)
         self._metrics = metrics
+        self._make_producer = make_producer
+        self._producer: AIOKafkaProducer | None = None
+        self._dlq_topic = dlq_topic
+        self._repair = repair
 
     async def open(self) -> None:
-        pass
+        if self._make_producer is not None:
+            producer = self._make_producer()
+            await producer.start()
+            self._producer = producer
 
     async def close(self) -> None:
-        pass
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
 
     async def prepare(self, records: list[ConsumerRecord]) -> DetectionBatch:
-        runs: dict[tuple[str, str, str], DetectionRun] = {}
+        runs: dict[RunKey, DetectionRun] = {}
+        by_key: dict[RunKey, ConsumerRecord] = {}
         duplicates = 0
         for record in records:
             try:
                 run = parse_run(record)
             except Unusable as exc:
-                # No dead-letter topic for detections: they can be recomputed from the stored frame.
+                # Not dead-lettered: unusable detections can be recomputed from the stored frame.
                 self._metrics.detections_rejected.labels(exc.code).inc()
                 log.warning("dropping detections at %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
                 continue
@@ -126,15 +152,67 @@ class DetectionHandler:
                 duplicates += 1
                 continue
             runs[run.key] = run
-        return DetectionBatch(list(runs.values()), duplicates)
+            by_key[run.key] = record
+        return DetectionBatch(list(runs.values()), duplicates, records=by_key)
 
     async def store(self, batch: DetectionBatch) -> None:
         if not batch.stored:
             await self._store_runs(batch)
             batch.stored = True
+        await self._send_dlq(batch)
         if not batch.online_done:
             await self._update_online(batch)
             batch.online_done = True
+
+    async def isolate(self, batch: DetectionBatch, reason: str) -> None:
+        """Stores the runs one at a time; those that fail alone without an outage go to the DLQ."""
+        if not batch.stored:
+            kept: list[DetectionRun] = []
+            dead: list[tuple[ConsumerRecord, str]] = []
+            inserted: set[RunKey] = set()
+            for run in batch.runs:
+                try:
+                    inserted |= await self._offline.insert_detections([run])
+                    kept.append(run)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # an outage after all: the isolation is retried (inserts are idempotent)
+                    dead.append((batch.records[run.key], f"store_failed: {reason}; alone: {type(exc).__name__}: {exc}"))
+            batch.runs = kept
+            batch.dead.extend(dead)
+            batch.stored = True
+            self._metrics.detection_runs_stored.inc(len(inserted))
+        await self._send_dlq(batch)
+        if not batch.online_done:
+            await self._update_online(batch)
+            batch.online_done = True
+
+    async def _send_dlq(self, batch: DetectionBatch) -> None:
+        if not batch.dead:
+            return
+        if self._producer is None:
+            raise RuntimeError("the detections DLQ producer is not started")
+        producer = self._producer
+        sent: list[tuple[ConsumerRecord, str]] = []
+
+        async def send(record: ConsumerRecord, reason: str) -> None:
+            headers = dlq_headers(record, reason, by="feature_service")
+            await producer.send_and_wait(self._dlq_topic, value=record.value, key=record.key, headers=headers)
+            sent.append((record, reason))
+            self._metrics.detections_dlq.labels(reason.partition(":")[0]).inc()
+            log.warning(
+                "detections at %s/%d/%d to %s: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                self._dlq_topic,
+                reason,
+            )
+
+        try:
+            await asyncio.gather(*(send(record, reason) for record, reason in batch.dead))
+        finally:
+            batch.dead = [item for item in batch.dead if item not in sent]
 
     async def _store_runs(self, batch: DetectionBatch) -> None:
         if not batch.runs:
@@ -155,7 +233,9 @@ class DetectionHandler:
                     if is_transient(one_exc):
                         raise
                     self._metrics.detections_rejected.labels("store_rejected").inc()
-                    log.warning("dropping detections of frame %s: PostgreSQL refused them: %s", run.frame_id, one_exc)
+                    log.warning("detections of frame %s to the DLQ: PostgreSQL refused them: %s", run.frame_id, one_exc)
+                    reason = f"store_rejected: PostgreSQL refused the detections: {one_exc}"
+                    batch.dead.append((batch.records[run.key], reason))
             batch.runs = kept
         self._metrics.detection_runs_stored.inc(len(inserted))
         self._metrics.predictions_stored.inc(sum(len(r.predictions) for r in batch.runs if r.key in inserted))
@@ -171,3 +251,5 @@ class DetectionHandler:
             # Best effort, as for frames: the predictions tables are the record.
             self._metrics.online_write_errors.labels("detections").inc()
             log.warning("could not update car counts in Redis: %s", exc)
+            if self._repair is not None and is_transient(exc):
+                self._repair.failed({run.camera_id for run in batch.runs}, exc)

@@ -18,7 +18,9 @@ from feature_service.db import is_transient
 from feature_service.metrics import FeatureMetrics
 from feature_service.offline import FrameRow, OfflineStore
 from feature_service.online import OnlineStore
+from feature_service.repair import OnlineRepair
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate
+from kit.dlq import dlq_headers
 from kit.kafka import FRAMES_DLQ_TOPIC
 
 log = logging.getLogger(__name__)
@@ -39,21 +41,9 @@ class FrameBatch:
     rejected: list[_Rejected]
     duplicates_in_batch: int
     records: dict[str, ConsumerRecord]  # frame_id -> its record, for the DLQ
-    blobs_done: bool = False
     stored: bool = False
     online_done: bool = False
     inserted: set[str] = field(default_factory=set)
-
-
-def dlq_headers(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
-    ours = [
-        ("carmesh-reason", reason.encode()),
-        ("carmesh-source-topic", str(record.topic).encode()),
-        ("carmesh-source-partition", str(record.partition).encode()),
-        ("carmesh-source-offset", str(record.offset).encode()),
-    ]
-    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith("carmesh-")]
-    return [*original, *ours]
 
 
 class FrameHandler:
@@ -68,6 +58,7 @@ class FrameHandler:
         executor: Executor,
         metrics: FeatureMetrics,
         dlq_topic: str = FRAMES_DLQ_TOPIC,
+        repair: OnlineRepair | None = None,
     ) -> None:
         self._limits = limits
         self._blobs = blobs
@@ -78,6 +69,7 @@ class FrameHandler:
         self._executor = executor
         self._metrics = metrics
         self._dlq_topic = dlq_topic
+        self._repair = repair
 
     async def open(self) -> None:
         producer = self._make_producer()
@@ -115,13 +107,41 @@ class FrameHandler:
 
     async def store(self, batch: FrameBatch) -> None:
         loop = asyncio.get_running_loop()
-        if not batch.blobs_done:
+        if not batch.stored:
+            # Put again on every attempt (cheap: an existing blob is only touched), so the rows are
+            # inserted within the blob collector's grace of their blobs' last put (blob_gc.py).
             unique = {row.frame.image_sha256: row.frame.image for row in batch.rows}
             await asyncio.gather(*(loop.run_in_executor(self._executor, self._blobs.put, d) for d in unique.values()))
-            batch.blobs_done = True
-        if not batch.stored:
             await self._store_rows(batch)
             batch.stored = True
+        await self._send_dlq(batch)
+        if not batch.online_done:
+            await self._update_online(batch)
+            batch.online_done = True
+
+    async def isolate(self, batch: FrameBatch, reason: str) -> None:
+        """Stores the frames one at a time (blob, then row); those that fail alone without an outage
+        go to the DLQ as ``store_failed`` with ``reason`` and their own error."""
+        if not batch.stored:
+            loop = asyncio.get_running_loop()
+            kept: list[FrameRow] = []
+            failed: list[_Rejected] = []
+            inserted: set[str] = set()
+            for row in batch.rows:
+                try:
+                    await loop.run_in_executor(self._executor, self._blobs.put, row.frame.image)
+                    inserted |= await self._offline.insert_frames([row])
+                    kept.append(row)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # an outage after all: the whole isolation is retried (inserts are idempotent)
+                    why = f"{reason}; alone: {type(exc).__name__}: {exc}"
+                    failed.append(_Rejected(batch.records[row.frame.frame_id], Rejection("store_failed", why)))
+            # Only now, so a retried isolation never lists a frame twice.
+            batch.rows, batch.inserted = kept, inserted
+            batch.rejected.extend(failed)
+            batch.stored = True
+            self._metrics.frames_stored.inc(len(inserted))
         await self._send_dlq(batch)
         if not batch.online_done:
             await self._update_online(batch)
@@ -166,7 +186,10 @@ class FrameHandler:
         async def send(item: _Rejected) -> None:
             record = item.record
             await producer.send_and_wait(
-                self._dlq_topic, value=record.value, key=record.key, headers=dlq_headers(record, item.rejection.reason)
+                self._dlq_topic,
+                value=record.value,
+                key=record.key,
+                headers=dlq_headers(record, item.rejection.reason, by="feature_service"),
             )
             item.sent = True
             self._metrics.frames_dlq.labels(item.rejection.code).inc()
@@ -194,3 +217,5 @@ class FrameHandler:
             # Online features are best effort: the offline store is the record, and the next frame repairs them.
             self._metrics.online_write_errors.labels("frames").inc()
             log.warning("could not update online features in Redis: %s", exc)
+            if self._repair is not None and is_transient(exc):
+                self._repair.failed(latest, exc)

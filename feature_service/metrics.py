@@ -70,6 +70,53 @@ class FeatureMetrics:
             ["consumer"],
             registry=registry,
         )
+        self.batches_isolated = Counter(
+            "carmesh_feature_batches_isolated_total",
+            "Batches that failed max_store_attempts times without an outage and were stored record by record "
+            "(those failing alone go to the DLQ), by consumer",
+            ["consumer"],
+            registry=registry,
+        )
+        self.detections_dlq = Counter(
+            "carmesh_feature_detections_dlq_total",
+            "FrameDetections records sent to the detections dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.redis_outages = Counter(
+            "carmesh_feature_redis_outages_total",
+            "Redis outages seen by the consumers' online writes (each counted once, until the rebuild ends it)",
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "carmesh_feature_redis_up",
+            "0 from a failed online write until the lost cameras are rebuilt",
+            registry=registry,
+        )
+        self.online_repair_pending = Gauge(
+            "carmesh_feature_online_repair_pending",
+            "Cameras whose online features wait to be rebuilt from PostgreSQL after a Redis outage",
+            registry=registry,
+        )
+        self.online_rebuilt_cameras = Counter(
+            "carmesh_feature_online_rebuilt_cameras_total",
+            "Cameras whose online features were rebuilt from PostgreSQL after a Redis outage",
+            registry=registry,
+        )
+        self.blob_gc_runs = Counter("carmesh_feature_blob_gc_runs_total", "Blob collector passes", registry=registry)
+        self.blob_gc_removed = Counter(
+            "carmesh_feature_blob_gc_removed_total",
+            "Blobs removed because no frame row references them",
+            registry=registry,
+        )
+        self.blob_gc_removed_bytes = Counter(
+            "carmesh_feature_blob_gc_removed_bytes_total", "Bytes of the blobs the collector removed", registry=registry
+        )
+        self.blob_store_bytes = Gauge(
+            "carmesh_feature_blob_store_bytes",
+            "Bytes in the local blob store after the last collection",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "carmesh_feature_consumer_lag",
             "Records behind the partition's high watermark after the last batch",

@@ -122,6 +122,10 @@ class OnlineStore:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def ping(self) -> None:
+        """Raises when Redis does not answer (an outage: see ``db.is_transient``)."""
+        await self._client.ping()  # type: ignore[misc]
+
     async def put_frame(self, camera_id: str, frame_id: str, captured_at: datetime, features: Features) -> None:
         fields = {
             "last_frame_id": frame_id,

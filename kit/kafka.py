@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 FRAMES_TOPIC = "carmesh.frames.v1"
 DETECTIONS_TOPIC = "carmesh.detections.v1"
 FRAMES_DLQ_TOPIC = "carmesh.frames.dlq.v1"
+# FrameDetections whose store failed without an outage (the feature service's last resort).
+DETECTIONS_DLQ_TOPIC = "carmesh.detections.dlq.v1"
 
 # Full-HD JPEGs are 0.2-1 MB; leave room for 4K frames and annotations.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -25,7 +27,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # message.max.bytes (a single bigger frame still goes alone, as its own batch).
 BATCH_BYTES = 1024 * 1024
 
-DEFAULT_PARTITIONS: Mapping[str, int] = {FRAMES_TOPIC: 4, DETECTIONS_TOPIC: 4, FRAMES_DLQ_TOPIC: 1}
+DEFAULT_PARTITIONS: Mapping[str, int] = {
+    FRAMES_TOPIC: 4,
+    DETECTIONS_TOPIC: 4,
+    FRAMES_DLQ_TOPIC: 1,
+    DETECTIONS_DLQ_TOPIC: 1,
+}
 
 
 def create_producer(

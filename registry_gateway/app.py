@@ -63,7 +63,7 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     configure_mlflow_client(cfg)
     metrics = RegistryMetrics(ctx.metrics)
     store = MlflowStore(cfg.mlflow_tracking_uri, cfg.imports_experiment, metrics)
-    cache = ArtifactCache(cfg.cache_dir, store)
+    cache = ArtifactCache(cfg.cache_dir, store, cfg.cache_max_bytes, metrics.on_cache_trim)
     await asyncio.to_thread(cache.open)
     ctx.on_close(cache.close)
     registry = Registry(

@@ -1,5 +1,7 @@
 """Local cache of ONNX files, named by sha256: each version is fetched from MLflow once,
-verified, and then served from disk."""
+verified, and then served from disk. Bounded in size: after each download the least recently
+served files go (kit/lru_files.py), never one handed out within the last minute (a download
+stream opens its file right after fetch; one already open reads on after a removal)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kit.hashing import sha256_file
+from kit.lru_files import Trim, touch, trim_lru
 from kit.registry_tags import TAG_SHA256
 from registry_gateway.errors import DataLoss, FailedPrecondition
 from registry_gateway.mlflow_store import MlflowStore
@@ -20,15 +25,21 @@ from registry_gateway.schema import ModelVersionInfo
 log = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Files handed out this recently are never evicted: their download stream may not have opened them yet.
+RECENT_USE_S = 60.0
 
 
 class ArtifactCache:
     """``root/<sha256>.onnx`` files; ``root/tmp`` holds downloads and uploads in progress."""
 
-    def __init__(self, root: Path, store: MlflowStore) -> None:
+    def __init__(
+        self, root: Path, store: MlflowStore, max_bytes: int = 0, on_trim: Callable[[Trim], None] | None = None
+    ) -> None:
         self.root = root
         self.tmp = root / "tmp"
         self._store = store
+        self.max_bytes = max_bytes
+        self._on_trim = on_trim
         # One download per file however many clients ask for it at once.
         self._inflight: dict[str, asyncio.Task[Path]] = {}
 
@@ -58,6 +69,7 @@ class ArtifactCache:
         path = self.path_of(sha)
         if path.exists():
             if not info.size_bytes or path.stat().st_size == info.size_bytes:
+                await asyncio.to_thread(touch, path)
                 return path
             log.warning("cached %s has the wrong size; fetching it again", path)
             path.unlink(missing_ok=True)
@@ -89,6 +101,25 @@ class ArtifactCache:
                     reason="CHECKSUM_MISMATCH",
                 )
             await asyncio.to_thread(os.replace, fetched, path)
-            return path
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+        await asyncio.to_thread(self.trim)
+        return path
+
+    def trim(self) -> Trim:
+        """Evicts least recently served files over ``max_bytes`` (blocking: run it in a thread)."""
+        recent = time.time() - RECENT_USE_S
+        in_use = [p for p in self.root.glob("*.onnx") if _mtime(p) >= recent]
+        result = trim_lru(self.root, "*.onnx", self.max_bytes, in_use)
+        for path in result.removed:
+            log.info("evicted %s from the artifact cache (bound %d bytes)", path.name, self.max_bytes)
+        if self._on_trim is not None:
+            self._on_trim(result)
+        return result
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

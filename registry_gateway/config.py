@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     )
     download_chunk_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024, description="default chunk size")
     cache_dir: Path = Field(Path(".run/registry-cache"), description="local ONNX cache, files named by sha256")
+    cache_max_bytes: int = Field(
+        4 * 1024**3,
+        ge=0,
+        description="most bytes of ONNX files kept in cache_dir, least recently served out (0: no bound; files "
+        "served within the last minute are always kept)",
+    )
     max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest ONNX file ImportModel accepts")
     imports_experiment: str = Field("carmesh-imports", min_length=1, description="MLflow experiment for imports")
     triton_max_batch_size: int = Field(8, ge=1, le=1024, description="max_batch_size in generated Triton configs")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kit.lru_files import Trim
 from kit.metrics import Metrics
 
 # From a cached metadata read to a model upload of a few hundred MB.
@@ -62,6 +63,25 @@ class RegistryMetrics:
             "Open WatchAlias streams",
             registry=registry,
         )
+
+        self.cache_bytes = Gauge(
+            "carmesh_registry_cache_bytes", "Bytes of ONNX files in the artifact cache", registry=registry
+        )
+        self.cache_evictions = Counter(
+            "carmesh_registry_cache_evictions_total",
+            "ONNX files removed from the artifact cache to keep it under its bound",
+            registry=registry,
+        )
+        self.cache_evicted_bytes = Counter(
+            "carmesh_registry_cache_evicted_bytes_total",
+            "Bytes removed from the artifact cache to keep it under its bound",
+            registry=registry,
+        )
+
+    def on_cache_trim(self, trim: Trim) -> None:
+        self.cache_bytes.set(trim.kept_bytes)
+        self.cache_evictions.inc(len(trim.removed))
+        self.cache_evicted_bytes.inc(trim.removed_bytes)
 
     def observe_mlflow(self, operation: str, outcome: str, seconds: float) -> None:
         self.mlflow_calls.labels(operation, outcome).inc()

@@ -149,10 +149,12 @@ async def produce_frames(bootstrap: str, frames: Iterable[common_pb2.Frame], pau
     await produce(bootstrap, FRAMES_TOPIC, ((f.camera_id.encode(), f.SerializeToString()) for f in frames), pause_s)
 
 
-async def read_dlq(bootstrap: str, key: bytes, count: int, timeout_s: float = 60.0) -> list[ConsumerRecord]:
+async def read_dlq(
+    bootstrap: str, key: bytes, count: int, timeout_s: float = 60.0, topic: str = FRAMES_DLQ_TOPIC
+) -> list[ConsumerRecord]:
     """The first ``count`` dead-lettered records with ``key``, read by a group of its own."""
     consumer = create_consumer(
-        bootstrap, FRAMES_DLQ_TOPIC, group_id=f"dlq-reader-{uuid.uuid4().hex[:8]}", client_id="feature-tests"
+        bootstrap, topic, group_id=f"dlq-reader-{uuid.uuid4().hex[:8]}", client_id="feature-tests"
     )
     await consumer.start()
     found: list[ConsumerRecord] = []

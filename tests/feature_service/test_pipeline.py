@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from carmesh.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 from kit.clients import insecure_channel
-from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, ensure_topics
+from kit.kafka import DETECTIONS_DLQ_TOPIC, DETECTIONS_TOPIC, FRAMES_TOPIC, ensure_topics
 from tests.feature_service.support import (
     BASE_TIME,
     ApolloFrame,
@@ -477,7 +477,7 @@ async def test_predictions_stored_with_model_version_and_car_counts(daemon: Daem
 
 async def test_rows_postgresql_refuses_do_not_block_the_rest(daemon: Daemon, stored: Stored) -> None:
     """A frame the database refuses (here: a constraint added for the test) is dead-lettered with
-    the database's reason, and its batch-mates are stored; the same for detections, dropped."""
+    the database's reason, and its batch-mates are stored; the same for detections (their own DLQ)."""
     run = stored.run
     camera = f"{run.camera_id}-poison"
     constraints = {"frames": "test_no_poison_frames", "detection_runs": "test_no_poison_runs"}
@@ -514,6 +514,10 @@ async def test_rows_postgresql_refuses_do_not_block_the_rest(daemon: Daemon, sto
             timeout_s=60,
         )
         assert metric(daemon.metrics_port, "carmesh_feature_detections_rejected_total", reason="store_rejected") >= 1
+        (dead,) = await read_dlq(daemon.bootstrap, camera.encode(), 1, topic=DETECTIONS_DLQ_TOPIC)
+        assert dead.value == runs[0].SerializeToString()
+        assert dict(dead.headers)["carmesh-reason"].decode().startswith("store_rejected: PostgreSQL refused")
+        assert dict(dead.headers)["carmesh-source-topic"] == DETECTIONS_TOPIC.encode()
     finally:
         for table, name in constraints.items():
             await fetch(daemon.dsn, f"ALTER TABLE {table} DROP CONSTRAINT {name}")

@@ -3,6 +3,7 @@ settings and the migration files."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -10,6 +11,7 @@ import time
 import zlib
 from pathlib import Path
 
+import asyncpg
 import cv2
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from feature_service import imaging
 from feature_service.blobs import STALE_TMP_S, LocalBlobStore, blob_key
 from feature_service.config import Settings
 from feature_service.datasets import SnapshotFilter, SnapshotSpec, assign_split, check_spec, hashed_split
-from feature_service.db import load_migrations, redact
+from feature_service.db import is_transient, load_migrations, redact
 from feature_service.errors import BlobMissing, MigrationError
 from feature_service.validation import Limits, Rejection, StoredFrame, parse_and_validate, validate
 from kit.config import ConfigError, load_settings
@@ -121,8 +123,9 @@ def test_local_blob_store_is_content_addressed_and_idempotent(tmp_path: Path) ->
     assert digest == hashlib.sha256(data).hexdigest()
     path = tmp_path / "sha256" / digest[:2] / digest[2:4] / digest
     assert path.read_bytes() == data and store.path_for(digest) == path
-    mtime = path.stat().st_mtime_ns
-    assert store.put(data) == digest and path.stat().st_mtime_ns == mtime  # not written again
+    inode, mtime = path.stat().st_ino, path.stat().st_mtime_ns
+    # Not written again, only touched (the blob garbage collector's grace counts from the last put).
+    assert store.put(data) == digest and path.stat().st_ino == inode and path.stat().st_mtime_ns >= mtime
     assert store.get(digest) == data and store.exists(digest)
     assert list((tmp_path / "tmp").iterdir()) == []
     path.write_bytes(b"tampered")
@@ -204,3 +207,21 @@ def test_migration_files_are_numbered_and_loadable(tmp_path: Path) -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EFBIG, "File too large"), False),
+        (OSError(errno.ENAMETOOLONG, "File name too long"), False),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True),
+        (asyncpg.exceptions.InterfaceError("connection is closed"), True),
+        # What asyncpg raises for a value it cannot encode: a data problem, retried for nothing.
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), False),
+        (asyncpg.exceptions.CheckViolationError("refused"), False),
+    ],
+)
+def test_is_transient_tells_outages_from_bad_data(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
