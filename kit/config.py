@@ -43,6 +43,12 @@ class BaseSettings(BaseModel):
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
 
+    @classmethod
+    def shared_env_names(cls) -> frozenset[str]:
+        """Variables under :data:`SHARED_ENV_PREFIXES` that these settings read (none here); a daemon
+        setting read from such a variable lists it, so ``--check-config`` does not call it misspelt."""
+        return frozenset()
+
 
 def _is_list(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
@@ -69,6 +75,7 @@ def load_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     prog: str | None = None,
+    epilog: str | None = None,
 ) -> SettingsT:
     """Builds ``cls`` from defaults, then ``environ``, then ``argv``; raises :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
@@ -78,7 +85,7 @@ def load_settings(
         if env_name in environ:
             values[name] = _parse_env_value(environ[env_name], field.annotation)
 
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog)
     for name, field in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env_name = f"{env_prefix}{name.upper()}"
@@ -138,3 +145,16 @@ def not_below(value: float, info: ValidationInfo, other: str) -> float:
     if floor is not None and value < floor:
         raise ValueError(f"must be >= {other} ({floor})")
     return value
+
+
+# Variables every daemon may share (mesh TLS, the gateway's public listener): like a daemon's own
+# prefix, a name under them that no setting reads is reported by --check-config as misspelt.
+SHARED_ENV_PREFIXES = ("CARMESH_MESH_", "CARMESH_PUBLIC_")
+
+
+def unknown_env(cls: type[BaseSettings], env_prefix: str, environ: Mapping[str, str]) -> list[str]:
+    """Names in ``environ`` under ``env_prefix`` or :data:`SHARED_ENV_PREFIXES` that no field of ``cls``
+    reads: start-up ignores them, so a misspelt variable would silently leave its default in force."""
+    known = {f"{env_prefix}{name.upper()}" for name in cls.model_fields} | cls.shared_env_names()
+    prefixes = (env_prefix, *SHARED_ENV_PREFIXES)
+    return sorted(name for name in environ if name.startswith(prefixes) and name not in known)

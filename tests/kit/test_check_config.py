@@ -1,0 +1,97 @@
+"""``python -m <daemon> --check-config``: settings loaded as at start-up, validated, printed; exit 0 or 2;
+nothing opened. helm/carmesh's check (tests/deploy) runs it on every rendered container."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kit.config import BaseSettings, unknown_env
+from tests.helpers import REPO_ROOT
+
+DAEMONS = ["gateway", "registry_gateway", "detector", "ingestor", "feature_service", "trainer"]
+
+
+def check(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CARMESH_")}
+    return subprocess.run(
+        [sys.executable, "-m", module, "--check-config", *args],
+        cwd=REPO_ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("name", DAEMONS)
+def test_defaults_pass_and_the_settings_are_printed(name: str) -> None:
+    done = check(name)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads(done.stdout)
+    assert settings["grpc_port"] > 0 and "settings OK" in done.stderr
+
+
+def test_environment_and_flags_are_read_as_at_start_up() -> None:
+    done = check("detector", "--max-batch-size", "4", env={"CARMESH_DETECTOR_MAX_WAIT_MS": "7"})
+    assert done.returncode == 0, done.stderr
+    settings = json.loads(done.stdout)
+    assert (settings["max_batch_size"], settings["max_wait_ms"]) == (4, 7.0)
+
+
+def test_a_bad_value_exits_2_naming_the_variable() -> None:
+    done = check("feature_service", env={"CARMESH_FEATURE_REDIS_URL": "http://nope"})
+    assert done.returncode == 2
+    assert "redis_url" in done.stderr and "CARMESH_FEATURE_REDIS_URL" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_misspelt_variable_exits_2() -> None:
+    # Start-up would ignore it and run with the default batch size.
+    done = check("detector", env={"CARMESH_DETECTOR_MAX_BATCH": "4", "CARMESH_MESH_CA_FLIE": "/ca.pem"})
+    assert done.returncode == 2
+    assert "CARMESH_DETECTOR_MAX_BATCH" in done.stderr and "CARMESH_MESH_CA_FLIE" in done.stderr
+
+
+def test_an_unknown_flag_exits_2() -> None:
+    done = check("gateway", "--detector-adrs", "a:1")
+    assert done.returncode == 2 and "--detector-adrs" in done.stderr
+
+
+def test_a_missing_model_file_exits_2() -> None:
+    done = check("detector", "--model-path", "/nonexistent/model.onnx")
+    assert done.returncode == 2 and "/nonexistent/model.onnx" in done.stderr
+
+
+def test_nothing_is_opened_and_secrets_are_masked() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        # A start would fail on the port in use (exit 1); the check binds nothing.
+        done = check(
+            "gateway",
+            "--grpc-port",
+            port,
+            "--metrics-port",
+            port,
+            env={"CARMESH_GATEWAY_API_KEYS": "s3cret-key-value:alice:detect"},
+        )
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-key-value" not in done.stdout + done.stderr
+
+
+def test_unknown_env_looks_only_at_carmesh_prefixes_it_owns() -> None:
+    environ = {
+        "CARMESH_TOY_GRPC_PORT": "1",
+        "CARMESH_TOY_GRPC_PROT": "1",
+        "CARMESH_MESH_CERT_FILE": "/c",
+        "CARMESH_OTHER_THING": "x",  # another daemon's or a tool's variable
+        "HOME": "/root",
+    }
+    assert unknown_env(BaseSettings, "CARMESH_TOY_", environ) == ["CARMESH_MESH_CERT_FILE", "CARMESH_TOY_GRPC_PROT"]
