@@ -43,12 +43,6 @@ class BaseSettings(BaseModel):
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
 
-    @classmethod
-    def shared_env_names(cls) -> frozenset[str]:
-        """Variables under :data:`SHARED_ENV_PREFIXES` that these settings read (none here); a daemon
-        setting read from such a variable lists it, so ``--check-config`` does not call it misspelt."""
-        return frozenset()
-
 
 def _is_list(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
@@ -147,14 +141,8 @@ def not_below(value: float, info: ValidationInfo, other: str) -> float:
     return value
 
 
-# Variables every daemon may share (mesh TLS, the gateway's public listener): like a daemon's own
-# prefix, a name under them that no setting reads is reported by --check-config as misspelt.
-SHARED_ENV_PREFIXES = ("CARMESH_MESH_", "CARMESH_PUBLIC_")
-
-
 def unknown_env(cls: type[BaseSettings], env_prefix: str, environ: Mapping[str, str]) -> list[str]:
-    """Names in ``environ`` under ``env_prefix`` or :data:`SHARED_ENV_PREFIXES` that no field of ``cls``
-    reads: start-up ignores them, so a misspelt variable would silently leave its default in force."""
-    known = {f"{env_prefix}{name.upper()}" for name in cls.model_fields} | cls.shared_env_names()
-    prefixes = (env_prefix, *SHARED_ENV_PREFIXES)
-    return sorted(name for name in environ if name.startswith(prefixes) and name not in known)
+    """Names in ``environ`` under ``env_prefix`` that no field of ``cls`` reads: start-up ignores them,
+    so a misspelt variable would silently leave its default in force."""
+    known = {f"{env_prefix}{name.upper()}" for name in cls.model_fields}
+    return sorted(name for name in environ if name.startswith(env_prefix) and name not in known)

@@ -53,9 +53,9 @@ def test_a_bad_value_exits_2_naming_the_variable() -> None:
 
 def test_a_misspelt_variable_exits_2() -> None:
     # Start-up would ignore it and run with the default batch size.
-    done = check("detector", env={"CARMESH_DETECTOR_MAX_BATCH": "4", "CARMESH_MESH_CA_FLIE": "/ca.pem"})
+    done = check("detector", env={"CARMESH_DETECTOR_MAX_BATCH": "4", "CARMESH_DETECTOR_MODEL_ALIAS": "prod"})
     assert done.returncode == 2
-    assert "CARMESH_DETECTOR_MAX_BATCH" in done.stderr and "CARMESH_MESH_CA_FLIE" in done.stderr
+    assert "CARMESH_DETECTOR_MAX_BATCH" in done.stderr and "MODEL_ALIAS" not in done.stderr
 
 
 def test_an_unknown_flag_exits_2() -> None:
@@ -86,12 +86,11 @@ def test_nothing_is_opened_and_secrets_are_masked() -> None:
     assert "s3cret-key-value" not in done.stdout + done.stderr
 
 
-def test_unknown_env_looks_only_at_carmesh_prefixes_it_owns() -> None:
+def test_unknown_env_looks_only_at_the_daemons_own_prefix() -> None:
     environ = {
         "CARMESH_TOY_GRPC_PORT": "1",
         "CARMESH_TOY_GRPC_PROT": "1",
-        "CARMESH_MESH_CERT_FILE": "/c",
         "CARMESH_OTHER_THING": "x",  # another daemon's or a tool's variable
         "HOME": "/root",
     }
-    assert unknown_env(BaseSettings, "CARMESH_TOY_", environ) == ["CARMESH_MESH_CERT_FILE", "CARMESH_TOY_GRPC_PROT"]
+    assert unknown_env(BaseSettings, "CARMESH_TOY_", environ) == ["CARMESH_TOY_GRPC_PROT"]
