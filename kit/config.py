@@ -79,7 +79,7 @@ def load_settings(
         if env_name in environ:
             values[name] = _parse_env_value(environ[env_name], field.annotation)
 
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog)
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog, allow_abbrev=False)
     for name, field in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env_name = f"{env_prefix}{name.upper()}"

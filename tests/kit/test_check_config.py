@@ -94,3 +94,9 @@ def test_unknown_env_looks_only_at_the_daemons_own_prefix() -> None:
         "HOME": "/root",
     }
     assert unknown_env(BaseSettings, "CARMESH_TOY_", environ) == ["CARMESH_TOY_GRPC_PROT"]
+
+
+def test_an_abbreviated_flag_is_not_taken_for_the_setting() -> None:
+    # argparse would read --max-batch as --max-batch-size; a chart's typo must not pass that way.
+    done = check("detector", "--max-batch", "4")
+    assert done.returncode == 2 and "--max-batch" in done.stderr
