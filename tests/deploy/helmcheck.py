@@ -43,6 +43,8 @@ DESIGNED_CALLERS: dict[str, set[str]] = {
     "feature-service": {"gateway", "trainer", "training"},
     "trainer": {"gateway"},
 }
+# The pods of TFJobs that `carmesh train --render-tfjob` prints: training pods too.
+CLI_TFJOB_LABELS = {"app.kubernetes.io/name": "carmesh-trainer", "app.kubernetes.io/part-of": "carmesh"}
 DAEMON_MODULES = {"gateway", "registry_gateway", "detector", "ingestor", "feature_service", "trainer"}
 # Settings the chart sets for mesh and public TLS; daemons have them once the mesh TLS work is merged.
 TLS_SETTINGS = ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE", "MESH_PLAINTEXT")
@@ -252,9 +254,14 @@ def _network_policy(obj: dict[str, Any], all_pods: list[Pod]) -> list[str]:
     callers = set()
     for peer in peers:
         labels = peer.get("podSelector", {}).get("matchLabels", {})
-        if set(peer) != {"podSelector"} or labels.get("app.kubernetes.io/instance") != RELEASE:
-            return [f"{where}: admits a peer outside this release's pods: {peer}"]
-        callers.add(labels.get(COMPONENT, "?"))
+        if set(peer) != {"podSelector"}:
+            return [f"{where}: admits a peer outside the namespace's pods: {peer}"]
+        if labels == CLI_TFJOB_LABELS:
+            callers.add("training")
+        elif labels.get("app.kubernetes.io/instance") == RELEASE and labels.get("app.kubernetes.io/name") == "carmesh":
+            callers.add(labels.get(COMPONENT, "?"))
+        else:
+            return [f"{where}: admits pods that are not this release's: {peer}"]
     if callers != DESIGNED_CALLERS[component]:
         return [f"{where}: {component} admits {sorted(callers)}, the design says {sorted(DESIGNED_CALLERS[component])}"]
     return []

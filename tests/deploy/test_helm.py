@@ -121,6 +121,26 @@ def test_latest_is_refused() -> None:
     assert h.lint(h.CHART, {"image": {"tag": "latest"}}) != []
 
 
+def test_tfjobs_the_cli_renders_reach_what_training_pods_reach() -> None:
+    """`carmesh train --render-tfjob` pods are admitted where the chart's training pods are."""
+    from trainer.planning import TrainRequest
+    from trainer.tfjob import render_for_request
+
+    docs = list(
+        yaml.safe_load_all(
+            render_for_request(
+                TrainRequest(dataset="apollo", workers=2),
+                namespace=h.NAMESPACE,
+                image="r/carmesh-trainer:0.2.0",
+                checkpoint_claim="c",
+            )
+        )
+    )
+    tfjob = next(d for d in docs if d["kind"] == "TFJob")
+    labels = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["metadata"]["labels"]
+    assert h.CLI_TFJOB_LABELS.items() <= labels.items()
+
+
 def test_the_chart_carries_the_projects_version() -> None:
     version = tomllib.loads((h.CHART.parents[1] / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((h.CHART / "Chart.yaml").read_text())
