@@ -82,3 +82,13 @@ bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 worke
 
 clean: down ## stop and remove .run/
 	rm -rf .run
+
+.PHONY: helm-check helm-upgrade
+helm-check: ## lint and render helm/carmesh with every helm/carmesh/ci values file, validate offline (manifests in .run/helm/)
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_helm.py
+
+RELEASE ?= carmesh
+NAMESPACE ?= carmesh
+helm-upgrade: ## upgrade one daemon of an installed release to TAG, the others untouched (DAEMON=detector TAG=x.y.z; needs helm and a cluster)
+	@test -n "$(DAEMON)" -a -n "$(TAG)" || { echo "usage: make helm-upgrade DAEMON=<values key, e.g. detector> TAG=x.y.z" >&2; exit 2; }
+	helm upgrade $(RELEASE) helm/carmesh --namespace $(NAMESPACE) --reuse-values --set $(DAEMON).image.tag=$(TAG) --wait --atomic

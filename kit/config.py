@@ -85,6 +85,7 @@ def load_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     prog: str | None = None,
+    epilog: str | None = None,
 ) -> SettingsT:
     """Builds ``cls`` from defaults, then ``environ``, then ``argv``; raises :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
@@ -94,7 +95,7 @@ def load_settings(
         if env_name in environ:
             values[name] = _parse_env_value(environ[env_name], field.annotation)
 
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog, allow_abbrev=False)
     for name, field in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env_name = f"{env_prefix}{name.upper()}"
@@ -154,3 +155,10 @@ def not_below(value: float, info: ValidationInfo, other: str) -> float:
     if floor is not None and value < floor:
         raise ValueError(f"must be >= {other} ({floor})")
     return value
+
+
+def unknown_env(cls: type[BaseSettings], env_prefix: str, environ: Mapping[str, str]) -> list[str]:
+    """Names in ``environ`` under ``env_prefix`` that no field of ``cls`` reads: start-up ignores them,
+    so a misspelt variable would silently leave its default in force."""
+    known = {f"{env_prefix}{name.upper()}" for name in cls.model_fields}
+    return sorted(name for name in environ if name.startswith(env_prefix) and name not in known)
