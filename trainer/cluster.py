@@ -27,7 +27,15 @@ from pathlib import Path
 
 from trainer.errors import BadRequest
 from trainer.planning import TrainRequest
-from trainer.tfjob import TFJobError, _check_job_name, _job_template, _whole_cores, prepare
+from trainer.tfjob import (
+    TFJobError,
+    _check_job_name,
+    _job_template,
+    _whole_cores,
+    add_mesh_arguments,
+    mesh_files_of,
+    prepare,
+)
 
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 EXIT_USAGE = 2
@@ -94,7 +102,7 @@ def _prepare(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="carmesh-prepare-") as tmp:
         template_file = Path(tmp) / "job-template.json"
         template_file.write_text(json.dumps(asdict(template)))
-        spec = prepare(template_file, args.job_dir, args.cache_dir, args.feature_addr)
+        spec = prepare(template_file, args.job_dir, args.cache_dir, args.feature_addr, mesh_files_of(args))
     with contextlib.suppress(BrokenPipeError):
         print(f"job {spec.job_id}: data {spec.dataset} at {spec.data_path}, {spec.workers} worker(s)")
     return 0
@@ -137,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--feature-addr", default="", help="feature_service, to fetch a snapshot")
     prep.add_argument("--registry-addr", default="")
     prep.add_argument("--mlflow-tracking-uri", default="")
+    add_mesh_arguments(prep)
 
     worker = sub.add_parser("indexed-worker", parents=[common], help="TF_CONFIG from the pod's index, then the worker")
     worker.add_argument("--service", required=True, help="the headless Service naming the Job's pods")

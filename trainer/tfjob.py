@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from kit.mesh_tls import MeshTls
 from trainer.errors import BadRequest
 from trainer.jobspec import JOB_FILE, JobSpec
 
@@ -316,19 +317,25 @@ def render_for_request(
     return to_yaml(config_map, tfjob)
 
 
-def prepare(template: Path, job_dir: Path, cache_dir: Path, feature_addr: str) -> JobSpec:
+def prepare(
+    template: Path, job_dir: Path, cache_dir: Path, feature_addr: str, mesh_files: Sequence[str] = ()
+) -> JobSpec:
     """Writes ``job_dir/job.json`` from the template unless a replica already did, fetching the snapshot
-    it names onto the shared claim; returns the job spec every replica then runs."""
+    it names onto the shared claim; returns the job spec every replica then runs. ``mesh_files`` (the
+    trainer's mesh CA, certificate and key paths as the pods see them) make the fetch and the
+    workers' registry call mutual TLS."""
     job_dir.mkdir(parents=True, exist_ok=True)
     target = job_dir / JOB_FILE
     if target.is_file():
         spec = JobSpec.read(job_dir)
     else:
         spec = JobSpec(**json.loads(template.read_text()))
+        if mesh_files:
+            spec = replace(spec, mesh_files=list(mesh_files))
         if spec.max_duration_s:
             spec = replace(spec, deadline_unix=time.time() + spec.max_duration_s)
         if not spec.data_path:  # a snapshot: pin its version by fetching it
-            dataset, data_path = _fetch(spec.dataset, cache_dir, feature_addr)
+            dataset, data_path = _fetch(spec.dataset, cache_dir, feature_addr, mesh_files)
             spec = replace(spec, dataset=dataset, data_path=data_path)
         partial = job_dir / f".{JOB_FILE}.{os.uname().nodename}.{os.getpid()}"
         partial.write_text(json.dumps(asdict(spec), indent=2))
@@ -341,18 +348,40 @@ def prepare(template: Path, job_dir: Path, cache_dir: Path, feature_addr: str) -
             partial.unlink()
     if spec.data_format == "coco" and not Path(spec.data_path).is_dir():
         # Written by another replica but the cached snapshot is gone: fetch that exact version again.
-        _fetch(spec.dataset, cache_dir, feature_addr)
+        _fetch(spec.dataset, cache_dir, feature_addr, mesh_files)
     return spec
 
 
-def _fetch(dataset: str, cache_dir: Path, feature_addr: str) -> tuple[str, str]:
+def _fetch(dataset: str, cache_dir: Path, feature_addr: str, mesh_files: Sequence[str] = ()) -> tuple[str, str]:
     """(pinned "name:version", local folder) of a snapshot, fetched into the cache unless already there."""
     from trainer.snapshots import materialize, parse_ref
 
     if not feature_addr:
         raise TFJobError(f"data set {dataset!r} is a snapshot: prepare needs --feature-addr to fetch it")
-    cached = asyncio.run(materialize(feature_addr, parse_ref(dataset), cache_dir))
+    tls = MeshTls(*(Path(path).read_bytes() for path in mesh_files)) if mesh_files else None
+    cached = asyncio.run(materialize(feature_addr, parse_ref(dataset), cache_dir, tls=tls))
     return f"{cached.ref.name}:{cached.ref.version}", str(cached.path)
+
+
+_MESH_FILES = ("ca", "cert", "key")
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trainer's mesh TLS files for pods (default: the trainer daemon's own variables, as the chart sets them)."""
+    for part in _MESH_FILES:
+        variable = f"CARMESH_TRAINER_MESH_{part.upper()}_FILE"
+        parser.add_argument(
+            f"--mesh-{part}-file",
+            default=os.environ.get(variable, ""),
+            help=f"the trainer's mesh {part} file (PEM; default ${variable}); all three or none",
+        )
+
+
+def mesh_files_of(args: argparse.Namespace) -> list[str]:
+    files = [getattr(args, f"mesh_{part}_file") for part in _MESH_FILES]
+    if any(files) and not all(files):
+        raise TFJobError("give all three of --mesh-ca-file, --mesh-cert-file, --mesh-key-file, or none")
+    return files if all(files) else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,8 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("--job-dir", type=Path, required=True)
     prep.add_argument("--cache-dir", type=Path, required=True)
     prep.add_argument("--feature-addr", default="")
+    add_mesh_arguments(prep)
     args = parser.parse_args(argv)
-    spec = prepare(args.template, args.job_dir, args.cache_dir, args.feature_addr)
+    spec = prepare(args.template, args.job_dir, args.cache_dir, args.feature_addr, mesh_files_of(args))
     with contextlib.suppress(BrokenPipeError):
         print(f"job {spec.job_id}: data {spec.dataset} at {spec.data_path}, {spec.workers} worker(s)")
     return 0

@@ -205,3 +205,16 @@ def test_prepare_needs_the_feature_service_for_a_snapshot(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="needs --feature-addr"):
         prepare(template, tmp_path / "job", tmp_path / "cache", feature_addr="")
     assert not (tmp_path / "job" / JOB_FILE).exists()
+
+
+def test_prepare_hands_the_trainers_mesh_files_to_the_workers(tmp_path: Path) -> None:
+    """Pods reach feature_service and the registry over mutual TLS with the trainer's certificate."""
+    (tmp_path / "data").mkdir()
+    files = [str(tmp_path / name) for name in ("ca.crt", "tls.crt", "tls.key")]
+    mesh = ["--mesh-ca-file", files[0], "--mesh-cert-file", files[1], "--mesh-key-file", files[2]]
+    job_dir = tmp_path / "job"
+    argv = ["prepare", "--template", str(_template(tmp_path)), "--job-dir", str(job_dir)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), *mesh]) == 0
+    assert JobSpec.read(job_dir).mesh_files == files
+    with pytest.raises(TFJobError, match="all three"):
+        main([*argv, "--cache-dir", str(tmp_path / "cache"), *mesh[:2]])
