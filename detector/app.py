@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
@@ -19,6 +19,7 @@ from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
 from detector.stream import FrameStream, StreamOptions
+from detector.triton import TritonOptions, backend_factory
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.hashing import sha256_file
 
@@ -38,6 +39,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         warmup_batch_size=cfg.max_batch_size if cfg.warmup else 1,
         solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
     )
+    if cfg.backend == "triton":
+        engine_options = triton_engine_options(cfg, engine_options)
     preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
     ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
     inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
@@ -102,6 +105,26 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         ctx.on_close(lambda: frames.stop(cfg.shutdown_grace_s))
         stream = frames
     return DetectorDaemon(cfg, manager, watcher, stream, inference_executor)
+
+
+def triton_engine_options(cfg: Settings, local: EngineOptions) -> EngineOptions:
+    """Batches go to Triton; the local session (one thread, CPU) only reads the file's tensors and names."""
+    triton = TritonOptions(
+        url=cfg.triton_url,
+        model=cfg.triton_model,
+        model_control=cfg.triton_model_control,
+        shared_memory=cfg.triton_shared_memory,
+        max_batch_size=cfg.max_batch_size,
+        timeout_s=cfg.triton_timeout_s,
+        ready_timeout_s=cfg.triton_ready_timeout_s,
+    )
+    return replace(
+        local,
+        providers=["CPUExecutionProvider"],
+        intra_op_threads=1,
+        solo_intra_op_threads=0,
+        backend=backend_factory(triton),
+    )
 
 
 @dataclass
