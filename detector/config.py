@@ -59,7 +59,11 @@ class Settings(BaseSettings):
         "onnxruntime", description="onnxruntime: in this process; triton: batches go to --triton-url over gRPC"
     )
     triton_url: str = Field("127.0.0.1:8001", min_length=1, description="Triton gRPC address (HOST:PORT)")
-    triton_model: str = Field("", description="the model's name in Triton (empty: the registry model's name)")
+    triton_model: str = Field(
+        "",
+        description="the model's name in Triton (empty: the registry model's name); {name} and {version} are "
+        "replaced, and with {version} in it each version is a Triton model of its own",
+    )
     triton_model_control: Literal["explicit", "none"] = Field(
         "explicit",
         description="explicit: load each served version into Triton through its model-control API; none: wait "
@@ -111,6 +115,14 @@ class Settings(BaseSettings):
         max_queue = info.data.get("max_queue")
         if max_queue is not None and value > max_queue:
             raise ValueError(f"must be <= max_queue ({max_queue}): the stream cannot hold more than the queue takes")
+        return value
+
+    @field_validator("triton_model")
+    @classmethod
+    def _triton_model(cls, value: str) -> str:
+        rest = value.replace("{name}", "").replace("{version}", "")
+        if "{" in rest or "}" in rest or any(c.isspace() or c == "/" for c in rest):
+            raise ValueError(f"a Triton model name with at most {{name}} and {{version}} in it, got {value!r}")
         return value
 
     @field_validator("kafka_bootstrap")

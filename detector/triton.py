@@ -42,7 +42,7 @@ _REGION_IDS = itertools.count()
 @dataclass(frozen=True)
 class TritonOptions:
     url: str
-    # Triton's name for the model; empty: the registry model's name (or the file's stem).
+    # Triton's name for the model (may name {name} and {version}); empty: the registry model's name.
     model: str = ""
     model_control: ModelControl = "explicit"
     shared_memory: bool = False
@@ -55,6 +55,17 @@ class TritonOptions:
 def triton_version(spec: ModelSpec) -> str:
     """Triton versions are positive integers: the registry's version when it is one (MLflow's are), else 1."""
     return spec.ref.version if spec.ref.version.isdigit() and int(spec.ref.version) > 0 else "1"
+
+
+def triton_model(template: str, spec: ModelSpec) -> tuple[str, str]:
+    """Triton's model name and version for a registry version. ``template`` may name ``{name}`` and
+    ``{version}``; with ``{version}`` in it each version is a model of its own (for servers that hold
+    one version per name, as pytriton does), asked for without a version number."""
+    version = triton_version(spec)
+    if not template:
+        return spec.ref.name, version
+    name = template.replace("{name}", spec.ref.name).replace("{version}", version)
+    return name, "" if "{version}" in template else version
 
 
 def model_config(name: str, io: ModelIO, max_batch_size: int) -> dict[str, Any]:
@@ -110,8 +121,8 @@ class TritonBackend(InferenceBackend):
 
         if io.input_dtype not in _DATATYPES:
             raise ModelLoadError(f"{path}: input type {io.input_dtype} cannot go to Triton (FP32 or FP16 only)")
-        model, version = options.model or spec.ref.name, triton_version(spec)
-        where = f"Triton at {options.url}, model {model!r} version {version}"
+        model, version = triton_model(options.model, spec)
+        where = f"Triton at {options.url}, model {model!r}" + (f" version {version}" if version else "")
         try:
             client = grpcclient.InferenceServerClient(options.url)
         except InferenceServerException as exc:
@@ -135,7 +146,7 @@ class TritonBackend(InferenceBackend):
                 self._client.load_model(
                     self._model,
                     config=json.dumps(config),
-                    files={f"file:{self._version}/model.onnx": path.read_bytes()},
+                    files={f"file:{self._version or 1}/model.onnx": path.read_bytes()},
                     client_timeout=self._options.ready_timeout_s,
                 )
                 log.info("loaded %s into %s", path.name, where)
@@ -168,7 +179,8 @@ class TritonBackend(InferenceBackend):
 
     def describe(self) -> list[str]:
         shm = ", system shared memory" if self._options.shared_memory else ""
-        return [f"triton {self._options.url} {self._model} v{self._version}{shm}"]
+        version = f" v{self._version}" if self._version else ""
+        return [f"triton {self._options.url} {self._model}{version}{shm}"]
 
     def _new_regions(self, batch_shape: tuple[int, ...]) -> tuple[_Region, _Region | None]:
         import tritonclient.utils.shared_memory as shm
