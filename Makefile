@@ -29,7 +29,7 @@ lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI
-	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker
+	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker bento_detector
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra
@@ -76,3 +76,11 @@ bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 worke
 
 clean: down ## stop and remove .run/
 	rm -rf .run
+
+.PHONY: bento bento-serve
+BENTOML_HOME ?= .run/bentoml
+bento: ## build the BentoML service (bento_detector/) into a Bento under BENTOML_HOME (.run/bentoml)
+	BENTOML_HOME=$(BENTOML_HOME) $(VENV)/bin/bentoml build -f bento_detector/bentofile.yaml .
+
+bento-serve: ## serve the BentoML detector on 127.0.0.1:3000 (model from the registry: CARMESH_BENTO_* settings)
+	BENTOML_HOME=$(BENTOML_HOME) $(VENV)/bin/bentoml serve bento_detector.service:CarDetector --host 127.0.0.1 --port 3000

@@ -121,16 +121,7 @@ class Engine:
     def preprocess(self, image: np.ndarray, source_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
         """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went (in the
         pixels of a ``source_wh`` source when ``image`` is its exact reduction)."""
-        yolox = self.spec.family == "yolox"
-        canvas, box = letterbox(image, self.input_hw, centered=not yolox, source_wh=source_wh)
-        chw: np.ndarray
-        if yolox:
-            # YOLOX takes BGR 0..255 unnormalised.
-            chw = canvas.transpose(2, 0, 1).astype(self.input_dtype)
-        else:
-            rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
-            chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(self.input_dtype, copy=False)
-        return np.ascontiguousarray(chw), box
+        return preprocess_image(image, self.spec.family, self.input_hw, self.input_dtype, source_wh)
 
     def _run_once(self, batch: np.ndarray, alone: bool) -> np.ndarray:
         if self.backend is not None:
@@ -152,6 +143,22 @@ class Engine:
                 chunk = np.concatenate([chunk, pad])
             parts.append(self._run_once(chunk, alone)[: min(size, len(batch) - start)])
         return np.concatenate(parts)
+
+
+def preprocess_image(
+    image: np.ndarray, family: str, input_hw: tuple[int, int], dtype: type, source_wh: tuple[int, int] | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """:meth:`Engine.preprocess` for callers that hold only the model's description (a BentoML front service)."""
+    yolox = family == "yolox"
+    canvas, box = letterbox(image, input_hw, centered=not yolox, source_wh=source_wh)
+    chw: np.ndarray
+    if yolox:
+        # YOLOX takes BGR 0..255 unnormalised.
+        chw = canvas.transpose(2, 0, 1).astype(dtype)
+    else:
+        rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+        chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(dtype, copy=False)
+    return np.ascontiguousarray(chw), box
 
 
 def _session(path: Path, providers: Sequence[str], intra_op_threads: int) -> ort.InferenceSession:
