@@ -14,16 +14,74 @@ The ready file gets ``{"grpc": "127.0.0.1:PORT", "http": ...}`` once every model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("pytriton_server")
+
+REPO = Path(__file__).resolve().parents[1]
+TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def launched(
+    models: Mapping[str, Path],
+    *,
+    python: Path = TRITON_PYTHON,
+    max_batch_size: int = 8,
+    threads: int = 0,
+    timeout_s: float = 90.0,
+) -> Iterator[str]:
+    """Runs this server in ``python`` (the .venv-triton interpreter) serving ``{"NAME" or
+    "NAME:VERSION": onnx_file}``; yields its gRPC address once every model is ready, stops it after."""
+    with tempfile.TemporaryDirectory(prefix="pytriton-") as tmp:
+        ready, log_path = Path(tmp) / "ready.json", Path(tmp) / "server.log"
+        args = [str(python), "-m", "devstack.pytriton_server", "--ready-file", str(ready)]
+        args += ["--max-batch-size", str(max_batch_size), "--threads", str(threads)]
+        args += ["--grpc-port", str(_free_port()), "--http-port", str(_free_port())]
+        args += ["--metrics-port", str(_free_port())]
+        for name, path in models.items():
+            model, _, version = name.partition(":")
+            args += ["--model", f"{model}={path}:{version or 1}"]
+        with log_path.open("wb") as out:
+            # Its own session: tritonserver and the Python backend stubs are its children and go with it.
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    exited = proc.poll() is not None
+                    state = f"exited with {proc.returncode}" if exited else f"not ready in {timeout_s}s"
+                    raise RuntimeError(f"pytriton {state}:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.2)  # polling the ready file the server writes
+            yield str(json.loads(ready.read_text())["grpc"])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _model_arg(value: str) -> tuple[str, Path, int]:
