@@ -84,3 +84,7 @@ bento: ## build the BentoML service (bento_detector/) into a Bento under BENTOML
 
 bento-serve: ## serve the BentoML detector on 127.0.0.1:3000 (model from the registry: CARMESH_BENTO_* settings)
 	BENTOML_HOME=$(BENTOML_HOME) $(VENV)/bin/bentoml serve bento_detector.service:CarDetector --host 127.0.0.1 --port 3000
+
+.PHONY: bench-serve
+bench-serve: ## detector (ONNX Runtime, Triton backend) vs Triton direct vs BentoML, c=1 and 8; writes docs/benchmarks.md
+	$(PY) -m bench.serve $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md

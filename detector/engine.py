@@ -65,6 +65,11 @@ class InferenceBackend(Protocol):
 
     def describe(self) -> list[str]: ...
 
+    def takes_any_batch(self) -> bool:
+        """Whether a batch of any size may go in one call, even for a file with a static batch size
+        (a Triton model with max_batch_size > 0 batches around it)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -265,6 +270,8 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
             output_shape=tuple(_dim(d) for d in output.shape),
         )
         engine.backend = options.backend(path, spec, io)
+        if engine.backend.takes_any_batch():
+            engine.static_batch = None
     solo = options.solo_intra_op_threads > options.intra_op_threads > 0
     if solo and options.backend is None and "CUDAExecutionProvider" not in session.get_providers():
         engine.solo_session = _session(path, options.providers, options.solo_intra_op_threads)

@@ -113,6 +113,7 @@ class TritonBackend(InferenceBackend):
         self._regions: queue.SimpleQueue[tuple[_Region, _Region | None]] = queue.SimpleQueue()
         self._all_regions: list[_Region] = []
         self._closed = False
+        self._any_batch = False
 
     @classmethod
     def open(cls, options: TritonOptions, path: Path, spec: ModelSpec, io: ModelIO) -> TritonBackend:
@@ -170,12 +171,18 @@ class TritonBackend(InferenceBackend):
     def _check_metadata(self, where: str) -> None:
         meta = self._client.get_model_metadata(self._model, self._version, as_json=True)
         inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
+        shapes = {t["name"]: list(t.get("shape", [])) for t in meta.get("inputs", [])}
+        # Triton reports a batching model's batch dimension as -1.
+        self._any_batch = shapes.get(self._io.input_name, [""])[:1] == ["-1"]
         outputs = {t["name"] for t in meta.get("outputs", [])}
         if inputs.get(self._io.input_name) != self._datatype or self._io.output_name not in outputs:
             raise ModelLoadError(
                 f"{where}: serves inputs {inputs} and outputs {sorted(outputs)}, but the model file has input "
                 f"{self._io.input_name!r} ({self._datatype}) and output {self._io.output_name!r}"
             )
+
+    def takes_any_batch(self) -> bool:
+        return self._any_batch
 
     def describe(self) -> list[str]:
         shm = ", system shared memory" if self._options.shared_memory else ""

@@ -17,9 +17,9 @@ import grpc
 import pytest
 import requests
 
+from bento_detector.local import bentoml_command, served
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
 from carmesh_cli.detect import as_record
-from tests.bento.support import bentoml_command, bentoml_serve
 from tests.detector.support import COCO80, running, settings
 from tests.detector.test_registry_e2e import registry_daemon
 from tests.helpers import REPO_ROOT
@@ -96,7 +96,7 @@ async def test_the_built_bento_serves_the_registry_model_over_http(
             "CARMESH_BENTO_MODEL_CACHE_DIR": str(tmp_path / "cache"),
         }
         # Served from the Bento's own copy of the code, not the checkout.
-        with bentoml_serve(tag, env, cwd=tmp_path) as url:
+        with served(env, target=tag, cwd=tmp_path) as url:
             replies = await asyncio.gather(*(asyncio.to_thread(post, url, p.name, p.read_bytes()) for p in frames))
             bad_image = await asyncio.to_thread(post, url, "notes.jpg", b"not an image at all")
             bad_class = await asyncio.to_thread(post, url, frames[0].name, frames[0].read_bytes(), classes="car, plane")
