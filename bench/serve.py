@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = [p for p in PATHS if not wanted or any(p.label.startswith(w) for w in wanted)]
     setup = Setup(args.model, family, names, Path(tempfile.mkdtemp(prefix="carmesh-bench-serve-")), [])
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    load_before = os.getloadavg()[0]
     results = asyncio.run(run(setup, paths, images, concurrencies, args.count))
+    # Other work on the machine moves these numbers; the load says how much there was.
+    setup.notes.append(f"Load average (1 min) before the run {load_before:.1f}, after {os.getloadavg()[0]:.1f}.")
     body = "\n\n".join([table(results), " ".join(ratios(results)), *setup.notes])
     print("\n" + body)
     if args.write:

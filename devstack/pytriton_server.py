@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         triton.run()
         if args.ready_file is not None:
             ready = {"grpc": f"127.0.0.1:{args.grpc_port}", "http": f"127.0.0.1:{args.http_port}"}
-            args.ready_file.write_text(json.dumps(ready))
+            # Atomically: a reader polling for the file never sees it half written.
+            partial = args.ready_file.with_name(args.ready_file.name + ".part")
+            partial.write_text(json.dumps(ready))
+            os.replace(partial, args.ready_file)
         triton.serve()
     return 0
 
