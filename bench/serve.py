@@ -165,14 +165,15 @@ async def bentoml_service(setup: Setup) -> AsyncIterator[Send]:
         "CARMESH_BENTO_MODEL_FAMILY": setup.family,
         "CARMESH_BENTO_CLASS_NAMES": ",".join(setup.names),
     }
-    server = served(env)
+    server = served(env, log_file=setup.workdir / "bentoml.log")
     url = await asyncio.to_thread(server.__enter__)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
 
             async def send(image: bytes) -> object:
                 reply = await client.post("/detect", files={"image": ("image.jpg", image)})
-                reply.raise_for_status()
+                if reply.status_code != 200:
+                    raise RuntimeError(f"BentoML answered {reply.status_code}: {reply.text[:500]}")
                 return reply.json()
 
             yield send

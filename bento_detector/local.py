@@ -38,11 +38,18 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def served(env: Mapping[str, str], target: str = SERVICE, cwd: Path = REPO, timeout_s: float = 90.0) -> Iterator[str]:
-    """Yields the base URL once /readyz answers 200 (every service, the model's included); stops it after."""
+def served(
+    env: Mapping[str, str],
+    target: str = SERVICE,
+    cwd: Path = REPO,
+    timeout_s: float = 90.0,
+    log_file: Path | None = None,
+) -> Iterator[str]:
+    """Yields the base URL once /readyz answers 200 (every service, the model's included); stops it after.
+    The server's output goes to ``log_file`` (default: a temporary file, removed after)."""
     url = f"http://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory(prefix="bentoml-") as tmp:
-        log_path = Path(tmp) / "serve.log"
+        log_path = log_file or Path(tmp) / "serve.log"
         with log_path.open("wb") as out:
             # Its own session: the service workers are its children and go with it.
             proc = subprocess.Popen(

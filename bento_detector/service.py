@@ -48,7 +48,13 @@ MAX_LATENCY_MS = 10_000
 _DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
 
 
-@bentoml.service(name="carmesh-detector-model", traffic={"timeout": 60}, workers=1)
+# BentoML's client to a dependency replaces its connection session every max_requests calls (default 100) or
+# max_age seconds and closes the old one under the calls still in flight on it, which then fail with
+# ServerDisconnectedError (seen at concurrency 8): replace it never; a call that still meets it is retried.
+_NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
+
+
+@bentoml.service(name="carmesh-detector-model", traffic={"timeout": 60}, workers=1, runner_connection=_NEVER_RECYCLE)
 class DetectorModel:
     """The engine: the model fetched from the registry by alias once, at start."""
 
@@ -170,11 +176,20 @@ class CarDetector:
         except DomainError as exc:
             raise InvalidArgument(str(exc)) from exc
         inferred = time.perf_counter()
-        raw = np.asarray(await self.model.to_async.infer(tensor[None]))
+        raw = await self._infer(tensor[None])
         inference_ms = (time.perf_counter() - inferred) * 1000
         found = await asyncio.to_thread(postprocess, raw[0], model.family, model.input_hw, box, params)
         reply = self._reply(model, found, box, (time.perf_counter() - started) * 1000, inference_ms)
         return as_record(Path(_upload_name(image)), reply, None)
+
+    async def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import aiohttp
+
+        try:
+            return np.asarray(await self.model.to_async.infer(batch))
+        except aiohttp.ServerDisconnectedError:  # see _NEVER_RECYCLE; inference has no side effects
+            log.warning("the model service dropped the connection; retrying once")
+            return np.asarray(await self.model.to_async.infer(batch))
 
     def _reply(
         self, model: _Model, found: Detections, box: Letterbox, total_ms: float, inference_ms: float
