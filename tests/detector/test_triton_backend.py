@@ -6,10 +6,12 @@ errors when Triton cannot serve the model."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc
 
 from carmesh.v1 import detector_pb2
 from kit.daemon import StartupError
@@ -32,12 +34,16 @@ def yolox_settings(shared_dir: Path, **overrides: object) -> dict[str, object]:
     }
 
 
-async def detect_all(cfg_values: dict[str, object], images: list[bytes]) -> list[detector_pb2.DetectResponse]:
-    """Each image's reply, sent all at once; checks that the detector says where inference runs."""
+async def detect_all(
+    cfg_values: dict[str, object], images: list[bytes], while_running: Callable[[], object] = lambda: None
+) -> list[detector_pb2.DetectResponse]:
+    """Each image's reply, sent all at once; checks that the detector says where inference runs.
+    ``while_running`` is called after the replies, before the detector stops."""
     async with running(settings(**cfg_values)) as (_, stub):
         requests = [stub.Detect(detector_pb2.DetectRequest(image=image, score_threshold=0.1)) for image in images]
         replies = list(await asyncio.gather(*requests))
         info = await stub.GetModelInfo(detector_pb2.GetModelInfoRequest())
+        await asyncio.to_thread(while_running)
     where = list(info.execution_providers)
     if cfg_values.get("backend") == "triton":
         shm = ", system shared memory" if cfg_values.get("triton_shared_memory") else ""
@@ -91,7 +97,17 @@ async def test_batches_go_to_triton_through_shared_memory(tmp_path: Path) -> Non
             "max_wait_ms": 50.0,
             "inference_threads": 1,
         }
-        replies = await detect_all(cfg, [image] * 8)
+
+        def triton_regions() -> list[str]:
+            status = tritonclient.grpc.InferenceServerClient(url).get_system_shared_memory_status(as_json=True)
+            return [region["name"] for region in status.get("regions", {}).values()]
+
+        during: list[str] = []
+        replies = await detect_all(cfg, [image] * 8, lambda: during.extend(triton_regions()))
+        after = triton_regions()
+    # While serving, Triton held the detector's input and output regions; once it stopped, none.
+    assert len([name for name in during if name.startswith("carmesh-")]) >= 2, during
+    assert not [name for name in after if name.startswith("carmesh-")], after
     assert max(r.timings.batch_size for r in replies) > 1
     for reply in replies:
         assert [(d.class_name, tuple(round(v) for v in box_of(d))) for d in reply.detections] == [
