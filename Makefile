@@ -30,7 +30,7 @@ lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI
-	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker
+	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker bento_detector
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra
@@ -92,3 +92,14 @@ NAMESPACE ?= carmesh
 helm-upgrade: ## upgrade one daemon of an installed release to TAG, the others untouched (DAEMON=detector TAG=x.y.z; needs helm and a cluster)
 	@test -n "$(DAEMON)" -a -n "$(TAG)" || { echo "usage: make helm-upgrade DAEMON=<values key, e.g. detector> TAG=x.y.z" >&2; exit 2; }
 	helm upgrade $(RELEASE) helm/carmesh --namespace $(NAMESPACE) --reuse-values --set $(DAEMON).image.tag=$(TAG) --wait --atomic
+.PHONY: bento bento-serve
+BENTOML_HOME ?= .run/bentoml
+bento: ## build the BentoML service (bento_detector/) into a Bento under BENTOML_HOME (.run/bentoml)
+	BENTOML_HOME=$(BENTOML_HOME) $(VENV)/bin/bentoml build -f bento_detector/bentofile.yaml .
+
+bento-serve: ## serve the BentoML detector on 127.0.0.1:3000 (model from the registry: CARMESH_BENTO_* settings)
+	BENTOML_HOME=$(BENTOML_HOME) $(VENV)/bin/bentoml serve bento_detector.service:CarDetector --host 127.0.0.1 --port 3000
+
+.PHONY: bench-serve
+bench-serve: ## detector (ONNX Runtime, Triton backend) vs Triton direct vs BentoML, c=1 and 8; writes docs/benchmarks.md
+	$(PY) -m bench.serve $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from carmesh.v1 import detector_pb2_grpc
 from detector.batcher import BatchingOptions
@@ -22,6 +22,7 @@ from detector.models import LoadedModel, ModelManager
 from detector.registry_source import ModelCache, RegistryWatcher, WatchOptions
 from detector.server import SERVICE_NAME, DetectorServicer
 from detector.stream import FrameStream, StreamOptions
+from detector.triton import TritonOptions, backend_factory
 from kit import mesh_tls
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.hashing import sha256_file
@@ -55,6 +56,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         solo_intra_op_threads=cores if cfg.solo_batch_all_cores and not cfg.intra_op_threads else 0,
         required_provider=required_provider,
     )
+    if cfg.backend == "triton":
+        engine_options = triton_engine_options(cfg, engine_options)
     preprocess_executor = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="detector-pre")
     ctx.on_close(lambda: preprocess_executor.shutdown(wait=False, cancel_futures=True))
     inference_executor = ThreadPoolExecutor(cfg.inference_threads, thread_name_prefix="detector-infer")
@@ -122,6 +125,27 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
         ctx.on_close(lambda: frames.stop(cfg.shutdown_grace_s))
         stream = frames
     return DetectorDaemon(cfg, manager, watcher, stream, inference_executor)
+
+
+def triton_engine_options(cfg: Settings, local: EngineOptions) -> EngineOptions:
+    """Batches go to Triton; the local session (one thread, CPU) only reads the file's tensors and names."""
+    triton = TritonOptions(
+        url=cfg.triton_url,
+        model=cfg.triton_model,
+        model_control=cfg.triton_model_control,
+        shared_memory=cfg.triton_shared_memory,
+        max_batch_size=cfg.max_batch_size,
+        timeout_s=cfg.triton_timeout_s,
+        ready_timeout_s=cfg.triton_ready_timeout_s,
+    )
+    return replace(
+        local,
+        providers=["CPUExecutionProvider"],
+        intra_op_threads=1,
+        solo_intra_op_threads=0,
+        required_provider="",  # the device is Triton's
+        backend=backend_factory(triton),
+    )
 
 
 @dataclass

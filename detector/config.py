@@ -67,6 +67,29 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="run one dummy batch through a model before serving it")
 
+    # Where inference runs: ONNX Runtime here, or a Triton server (pre/post-processing stay here either way).
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="onnxruntime: in this process; triton: batches go to --triton-url over gRPC"
+    )
+    triton_url: str = Field("127.0.0.1:8001", min_length=1, description="Triton gRPC address (HOST:PORT)")
+    triton_model: str = Field(
+        "",
+        description="the model's name in Triton (empty: the registry model's name); {name} and {version} are "
+        "replaced, and with {version} in it each version is a Triton model of its own",
+    )
+    triton_model_control: Literal["explicit", "none"] = Field(
+        "explicit",
+        description="explicit: load each served version into Triton through its model-control API; none: wait "
+        "until Triton itself has the version ready (a polled model repository, pytriton)",
+    )
+    triton_shared_memory: bool = Field(
+        False, description="send tensors through system shared memory (Triton on this host, same /dev/shm)"
+    )
+    triton_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline of one inference call to Triton")
+    triton_ready_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="how long a version may take to load or become ready in Triton"
+    )
+
     # Batching and admission.
     max_batch_size: int = Field(8, ge=1, le=256, description="most images per inference call")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill after its first image")
@@ -105,6 +128,14 @@ class Settings(BaseSettings):
         max_queue = info.data.get("max_queue")
         if max_queue is not None and value > max_queue:
             raise ValueError(f"must be <= max_queue ({max_queue}): the stream cannot hold more than the queue takes")
+        return value
+
+    @field_validator("triton_model")
+    @classmethod
+    def _triton_model(cls, value: str) -> str:
+        rest = value.replace("{name}", "").replace("{version}", "")
+        if "{" in rest or "}" in rest or any(c.isspace() or c == "/" for c in rest):
+            raise ValueError(f"a Triton model name with at most {{name}} and {{version}} in it, got {value!r}")
         return value
 
     @field_validator("kafka_bootstrap")

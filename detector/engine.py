@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -47,6 +48,38 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ModelIO:
+    """The model's tensors as its ONNX file declares them (None: a dynamic dimension)."""
+
+    input_name: str
+    input_dtype: type
+    input_shape: tuple[int | None, ...]
+    output_name: str
+    output_shape: tuple[int | None, ...]
+
+
+class InferenceBackend(Protocol):
+    """Where a preprocessed batch runs when not in this process's ONNX Runtime session
+    (detector/triton.py: a Triton server). Called from several inference threads at once."""
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> list[str]: ...
+
+    def takes_any_batch(self) -> bool:
+        """Whether a batch of any size may go in one call, even for a file with a static batch size
+        (a Triton model with max_batch_size > 0 batches around it)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Opens the backend for one model version (loading it into the server where that is the backend's job);
+# raises ModelLoadError.
+BackendFactory = Callable[[Path, ModelSpec, ModelIO], InferenceBackend]
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     providers: Sequence[str]
     intra_op_threads: int = 0
@@ -57,6 +90,9 @@ class EngineOptions:
     solo_intra_op_threads: int = 0
     # A provider every session must get (--device cuda|tensorrt): no silent CPU fallback (detector/devices.py).
     required_provider: str = ""
+    # None: inference runs in ``session``. Else the session (one thread, never warmed) only describes the
+    # model, and batches go to the backend.
+    backend: BackendFactory | None = None
 
 
 @dataclass
@@ -73,6 +109,7 @@ class Engine:
     class_names: tuple[str, ...] = field(default=())
     # The same model with every core's threads, for a batch that runs while no other does.
     solo_session: ort.InferenceSession | None = None
+    backend: InferenceBackend | None = None
 
     @property
     def family(self) -> str:
@@ -80,23 +117,23 @@ class Engine:
 
     @property
     def providers(self) -> list[str]:
+        if self.backend is not None:
+            return self.backend.describe()
         return list(self.session.get_providers())
+
+    def close(self) -> None:
+        """Releases what the backend holds (connections, shared memory); the session goes with the object."""
+        if self.backend is not None:
+            self.backend.close()
 
     def preprocess(self, image: np.ndarray, source_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
         """BGR uint8 [H, W, 3] -> the model's input [3, h, w] and where the image went (in the
         pixels of a ``source_wh`` source when ``image`` is its exact reduction)."""
-        yolox = self.spec.family == "yolox"
-        canvas, box = letterbox(image, self.input_hw, centered=not yolox, source_wh=source_wh)
-        chw: np.ndarray
-        if yolox:
-            # YOLOX takes BGR 0..255 unnormalised.
-            chw = canvas.transpose(2, 0, 1).astype(self.input_dtype)
-        else:
-            rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
-            chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(self.input_dtype, copy=False)
-        return np.ascontiguousarray(chw), box
+        return preprocess_image(image, self.spec.family, self.input_hw, self.input_dtype, source_wh)
 
     def _run_once(self, batch: np.ndarray, alone: bool) -> np.ndarray:
+        if self.backend is not None:
+            return self.backend.run(batch)
         session = self.solo_session if alone and self.solo_session is not None else self.session
         outputs = session.run(None, {self.input_name: batch})
         return np.asarray(outputs[0], dtype=np.float32)
@@ -114,6 +151,22 @@ class Engine:
                 chunk = np.concatenate([chunk, pad])
             parts.append(self._run_once(chunk, alone)[: min(size, len(batch) - start)])
         return np.concatenate(parts)
+
+
+def preprocess_image(
+    image: np.ndarray, family: str, input_hw: tuple[int, int], dtype: type, source_wh: tuple[int, int] | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """:meth:`Engine.preprocess` for callers that hold only the model's description (a BentoML front service)."""
+    yolox = family == "yolox"
+    canvas, box = letterbox(image, input_hw, centered=not yolox, source_wh=source_wh)
+    chw: np.ndarray
+    if yolox:
+        # YOLOX takes BGR 0..255 unnormalised.
+        chw = canvas.transpose(2, 0, 1).astype(dtype)
+    else:
+        rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+        chw = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0).astype(dtype, copy=False)
+    return np.ascontiguousarray(chw), box
 
 
 def _session(path: Path, providers: Sequence[str], intra_op_threads: int) -> ort.InferenceSession:
@@ -211,8 +264,20 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
         static_batch=batch_dim,
     )
     # On a GPU the cores are not what concurrent batches share, and a second session would double its memory.
+    if options.backend is not None:
+        output = session.get_outputs()[0]
+        io = ModelIO(
+            input_name=model_input.name,
+            input_dtype=dtype,
+            input_shape=(batch_dim, 3, *input_hw),
+            output_name=output.name,
+            output_shape=tuple(_dim(d) for d in output.shape),
+        )
+        engine.backend = options.backend(path, spec, io)
+        if engine.backend.takes_any_batch():
+            engine.static_batch = None
     solo = options.solo_intra_op_threads > options.intra_op_threads > 0
-    if solo and "CUDAExecutionProvider" not in session.get_providers():
+    if solo and options.backend is None and "CUDAExecutionProvider" not in session.get_providers():
         engine.solo_session = _session(path, options.providers, options.solo_intra_op_threads)
 
     # One real run validates the output layout and counts the classes; it also warms the session up.
@@ -226,9 +291,19 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
             for alone in sessions:
                 engine.run(np.repeat(probe, options.warmup_batch_size, axis=0), alone=alone)
     except Exception as exc:
+        engine.close()
         raise ModelLoadError(f"{path}: a test inference on input {list(probe.shape)} failed: {exc}") from exc
-    nc = _num_classes(spec.family, tuple(out.shape), input_hw, path)
+    try:
+        engine.class_names = _class_names(
+            spec, session, _num_classes(spec.family, tuple(out.shape), input_hw, path), path
+        )
+    except ModelLoadError:
+        engine.close()
+        raise
+    return engine
 
+
+def _class_names(spec: ModelSpec, session: ort.InferenceSession, nc: int, path: Path) -> tuple[str, ...]:
     names = spec.class_names or parse_names(session.get_modelmeta().custom_metadata_map.get("names", ""))
     if not names:
         log.warning(
@@ -237,5 +312,4 @@ def load_engine(path: Path, spec: ModelSpec, options: EngineOptions) -> Engine:
         names = tuple(f"class_{i}" for i in range(nc))
     if len(names) != nc:
         raise ModelLoadError(f"{path}: {len(names)} class names given but the output has {nc} classes")
-    engine.class_names = tuple(names)
-    return engine
+    return tuple(names)

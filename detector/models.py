@@ -103,6 +103,7 @@ class ModelManager:
     async def _retire(self, old: LoadedModel) -> None:
         pending = old.batcher.pending
         await old.batcher.close(self._drain_timeout_s)
+        await asyncio.to_thread(old.engine.close)
         log.info("closed %s after draining %d requests", old.spec.ref, pending)
 
     async def close(self) -> None:
@@ -112,5 +113,6 @@ class ModelManager:
         self._metrics.model_loaded.set(0)
         if current is not None:
             await current.batcher.close(self._drain_timeout_s)
+            await asyncio.to_thread(current.engine.close)
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)

@@ -38,4 +38,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+
+# A real Triton server for the Triton-backend tests and `make bench-serve`: pytriton bundles tritonserver
+# but needs numpy<2, so it gets its own environment (devstack/pytriton_server.py runs in it).
+TRITON_VENV=${TRITON_VENV:-.venv-triton}
+triton_stamp="$TRITON_VENV/.carmesh-installed"
+if [ ! -f "$triton_stamp" ] || [ scripts/setup.sh -nt "$triton_stamp" ]; then
+  echo "setup: creating $TRITON_VENV (nvidia-pytriton 0.7.0, numpy<2, onnxruntime)"
+  [ -x "$TRITON_VENV/bin/python" ] || "$PYTHON" -m venv "$TRITON_VENV"
+  "$TRITON_VENV/bin/python" -m pip install -q --upgrade pip
+  "$TRITON_VENV/bin/python" -m pip install -q "nvidia-pytriton==0.7.0" "numpy<2" "onnxruntime>=1.18"
+  touch "$triton_stamp"
+fi
 echo "setup: ok"
