@@ -64,10 +64,12 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
         ensure_api_key(cfg)
     if set(names) & set(DAEMONS):
         cfg.ensure_pki()
+    started = 0
     for proc in processes(cfg, names):
         # Status for people goes to stderr (stdout stays free for what scripts capture), and only for
         # what this call starts: scripts call `up` again to be sure, and need not repeat the list.
         if proc.start():
+            started += 1
             print(f"starting {proc.name:<17} log {proc.log_path}", file=sys.stderr, flush=True)
         try:
             proc.wait_ready()
@@ -76,6 +78,8 @@ def up(cfg: services.StackConfig, names: tuple[str, ...]) -> None:
             raise
         if proc.name == "postgres":
             services.create_databases(cfg)
+    if not started:
+        return  # all of it was running: the summary was printed when it started
     print(
         f"up: gateway {services.HOST}:{cfg.ports.gateway}  mlflow {cfg.mlflow_uri}  "
         f"kafka {cfg.kafka_bootstrap}  redis {cfg.redis_url}  postgres {cfg.postgres_dsn}",
