@@ -91,7 +91,7 @@ def test_daemon_without_registry_waits_not_serving_with_a_clear_log() -> None:
 )
 def test_bad_settings_exit_with_a_message(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "detector", "--grpc-port", "0", "--metrics-port", "0", *args],
+        [sys.executable, "-m", "detector", "--mesh-plaintext", "--grpc-port", "0", "--metrics-port", "0", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -105,7 +105,8 @@ def test_unloadable_model_file_exits_with_a_message(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "detector", "--grpc-port", "0", "--metrics-port", "0", "--model-path", str(junk)],
+        [sys.executable, "-m", "detector", "--mesh-plaintext", "--grpc-port", "0", "--metrics-port", "0"]
+        + ["--model-path", str(junk)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
