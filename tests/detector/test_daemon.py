@@ -105,8 +105,11 @@ def test_unloadable_model_file_exits_with_a_message(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "detector", "--mesh-plaintext", "--grpc-port", "0", "--metrics-port", "0"]
-        + ["--model-path", str(junk)],
+        [
+            *(sys.executable, "-m", "detector", "--mesh-plaintext", "--grpc-port", "0", "--metrics-port", "0"),
+            "--model-path",
+            str(junk),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
