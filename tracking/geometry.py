@@ -144,8 +144,6 @@ def validate_layout(
         if not 3 <= len(raw) <= MAX_ZONE_VERTICES:
             raise LayoutError(f"zones[{i}].polygon", f"a zone has 3 to {MAX_ZONE_VERTICES} vertices, got {len(raw)}")
         points = [_check_point(f"zones[{i}].polygon[{j}]", p, width, height) for j, p in enumerate(raw)]
-        if _polygon_area_px2(points) < MIN_ZONE_AREA_PX2:
-            raise LayoutError(f"zones[{i}].polygon", f"the polygon's area is under {MIN_ZONE_AREA_PX2:g} px^2")
         n = len(points)
         for j in range(n):
             for k in range(j + 2, n):
@@ -153,6 +151,8 @@ def validate_layout(
                     continue  # neighbours through the closing edge
                 if _crosses(points[j], points[(j + 1) % n], points[k], points[(k + 1) % n]):
                     raise LayoutError(f"zones[{i}].polygon", f"edges {j} and {k} cross: the polygon must be simple")
+        if _polygon_area_px2(points) < MIN_ZONE_AREA_PX2:
+            raise LayoutError(f"zones[{i}].polygon", f"the polygon's area is under {MIN_ZONE_AREA_PX2:g} px^2")
         built_zones.append(Zone(name, tuple(points)))
     return Layout(tuple(built_lines), tuple(built_zones))
 
