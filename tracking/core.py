@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +124,23 @@ class CameraTracker:
 
     def occupancy(self, zone: str) -> int:
         return self.counter.occupancy(zone)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The whole state as JSON-able values (tracking.state): store it with the consumed offset."""
+        from tracking.state import dump
+
+        return dump(self)
+
+    @classmethod
+    def from_checkpoint(
+        cls, layout: Layout, state: dict[str, Any], config: TrackerConfig | None = None
+    ) -> CameraTracker:
+        """A tracker that continues where the checkpointed one stopped (same layout and config)."""
+        from tracking.state import restore
+
+        tracker = cls(layout, config)
+        restore(tracker, state)
+        return tracker
 
     def update(self, frame: FrameDetections) -> FrameResult:
         import supervision as sv
