@@ -29,7 +29,7 @@ lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI
-	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker tracking
+	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker tracking tracker
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra

@@ -1,0 +1,93 @@
+"""Wires the tracker: PostgreSQL (schema created at start), the detections consumer, and a gRPC
+server with health and reflection. SIGTERM: NOT_SERVING, the batch in progress commits, the
+consumer leaves its group (its cameras move to the other replicas), the pool closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.config import ConfigError
+from kit.daemon import Context, Daemon, DaemonSpec
+from kit.kafka import DEFAULT_PARTITIONS, create_consumer, ensure_topics
+from kit.redact import redact_url
+from kit.server import Server
+from tracker.config import Settings
+from tracker.consumer import TrackingConsumer
+from tracker.store import TrackerStore, create_pool
+from tracking.core import TrackerConfig
+
+log = logging.getLogger("tracker")
+
+
+def read_password(path: Path | None) -> str | None:
+    """The first line of ``path`` (None: the DSN carries the password, if any)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"the password file {path} is empty")
+    return lines[0].strip()
+
+
+async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
+    password = await asyncio.to_thread(read_password, cfg.postgres_password_file)
+    pool = await create_pool(cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s, password)
+    ctx.on_close(pool.close)
+    store = TrackerStore(pool)
+    await store.create_schema()
+    log.info("PostgreSQL at %s ready", redact_url(cfg.postgres_dsn))
+    await ensure_topics(cfg.kafka_bootstrap, {cfg.detections_topic: DEFAULT_PARTITIONS.get(cfg.detections_topic, 4)})
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def make_consumer() -> object:
+        return create_consumer(
+            cfg.kafka_bootstrap,
+            group_id=cfg.group_id,
+            client_id=f"tracker-{owner}",
+            session_timeout_ms=cfg.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(100, cfg.kafka_session_timeout_ms // 3),
+        )
+
+    consumer = TrackingConsumer(
+        store,
+        make_consumer,  # type: ignore[arg-type]
+        cfg.detections_topic,
+        owner,
+        TrackerConfig(lost_track_s=cfg.lost_track_s),
+        cfg.batch_size,
+        cfg.poll_timeout_ms,
+    )
+    server = ctx.grpc_server([])
+    return TrackerDaemon(server, consumer, ctx)
+
+
+@dataclass
+class TrackerDaemon(Daemon):
+    server: Server
+    consumer: TrackingConsumer
+    ctx: Context
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        self._task = self.ctx.background(self.consumer.run(), "tracker-consumer")
+        await self.server.set_serving(True)
+
+    async def before_drain(self) -> None:
+        # The batch in progress commits; then the consumer leaves its group.
+        await self.consumer.stop_taking_batches()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+DAEMON = DaemonSpec("tracker", Settings, "CARMESH_TRACKER_", build)
