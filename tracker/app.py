@@ -1,5 +1,5 @@
-"""Wires the tracker: PostgreSQL (schema created at start), the detections consumer, and a gRPC
-server with health and reflection. SIGTERM: NOT_SERVING, the batch in progress commits, the
+"""Wires the tracker: PostgreSQL (schema created at start), the detections consumer, and the
+gRPC server (TrackingService, health, reflection). SIGTERM: NOT_SERVING, the batch in progress commits, the
 consumer leaves its group (its cameras move to the other replicas), the pool closes."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carmesh.v1 import tracking_pb2_grpc
 from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DEFAULT_PARTITIONS, create_consumer, ensure_topics
@@ -19,6 +20,7 @@ from kit.redact import redact_url
 from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
+from tracker.server import SERVICE_NAME, TrackingServicer
 from tracker.store import TrackerStore, create_pool
 from tracking.core import TrackerConfig
 
@@ -66,7 +68,8 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
         cfg.batch_size,
         cfg.poll_timeout_ms,
     )
-    server = ctx.grpc_server([])
+    server = ctx.grpc_server([SERVICE_NAME])
+    tracking_pb2_grpc.add_TrackingServiceServicer_to_server(TrackingServicer(store), server.server)
     return TrackerDaemon(server, consumer, ctx)
 
 

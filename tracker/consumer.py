@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from google.protobuf.message import DecodeError
 
 from carmesh.v1 import common_pb2
+from kit.names import is_valid_name
 from tracker.store import Claim, Fenced, TrackerStore, minute_of
 from tracking.core import CameraTracker, FrameDetections, TrackerConfig
 from tracking.geometry import Layout
@@ -208,8 +209,8 @@ class TrackingConsumer:
                     except DecodeError:
                         self.frames["skipped_not_detections"] += 1
                         continue
-                    if not message.camera_id:
-                        self.frames["skipped_no_camera"] += 1
+                    if not is_valid_name("camera id", message.camera_id):
+                        self.frames["skipped_bad_camera"] += 1  # older producers may have written any
                         continue
                     messages.append((tp.partition, message))
             if not offsets:

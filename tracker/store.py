@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS tracker_counts (
 """
 
 
+# The SQL of each bucket's start (a fixed set: nothing from a request is put into SQL text).
+_BUCKET_SQL = {
+    "minute": "date_trunc('minute', minute)",
+    "hour": "date_trunc('hour', minute)",
+    "total": "$2::timestamptz",
+}
+
+
 class Fenced(Exception):
     """Another replica owns the partition now (a newer epoch): the batch was rolled back."""
 
@@ -131,13 +139,19 @@ class TrackerStore:
 
     # -- layouts ------------------------------------------------------------------------
 
-    async def set_layout(self, camera_id: str, layout: Layout, width: int, height: int) -> int:
-        """Stores a validated layout as the camera's next version; returns that version."""
+    async def set_layout(
+        self, camera_id: str, layout: Layout, width: int, height: int, expected_version: int = 0
+    ) -> int:
+        """Stores a validated layout as the camera's next version; returns that version, or -1
+        when ``expected_version`` (> 0) is not the newest one."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", camera_id)
-            version: int = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) + 1 FROM tracker_layouts WHERE camera_id = $1", camera_id
+            newest: int = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM tracker_layouts WHERE camera_id = $1", camera_id
             )
+            if expected_version > 0 and expected_version != newest:
+                return -1
+            version = newest + 1
             await conn.execute(
                 "INSERT INTO tracker_layouts (camera_id, version, width, height, layout) VALUES ($1, $2, $3, $4, $5)",
                 camera_id,
@@ -147,6 +161,27 @@ class TrackerStore:
                 _layout_json(layout),
             )
         return version
+
+    async def list_layouts(self, camera_id: str, limit: int) -> list[tuple[StoredLayout, datetime]]:
+        rows = await self.pool.fetch(
+            "SELECT camera_id, version, width, height, layout::text AS layout, created_at FROM tracker_layouts "
+            "WHERE camera_id = $1 ORDER BY version DESC LIMIT $2",
+            camera_id,
+            limit,
+        )
+        return [
+            (
+                StoredLayout(
+                    r["camera_id"],
+                    r["version"],
+                    r["width"],
+                    r["height"],
+                    _layout_of(r["layout"], r["width"], r["height"]),
+                ),
+                r["created_at"],
+            )
+            for r in rows
+        ]
 
     async def latest_layouts(self, camera_ids: Iterable[str]) -> dict[str, StoredLayout]:
         rows = await self.pool.fetch(
@@ -219,6 +254,22 @@ class TrackerStore:
                     "SET layout_version = EXCLUDED.layout_version, state = EXCLUDED.state, updated_at = now()",
                     [(camera, version, json.dumps(state)) for camera, (version, state) in sorted(checkpoints.items())],
                 )
+
+    async def counts(
+        self, camera_id: str, since: datetime, until: datetime, bucket: str
+    ) -> list[tuple[datetime, str, str, str, int]]:
+        """(bucket start, name, direction, class name, count) in [since, until); bucket is
+        ``minute``, ``hour`` or ``total`` (one bucket starting at ``since``)."""
+        start = _BUCKET_SQL[bucket]
+        rows = await self.pool.fetch(
+            f"SELECT {start} AS bucket_start, name, direction, class_name, sum(count)::bigint AS n "
+            "FROM tracker_counts WHERE camera_id = $1 AND minute >= $2 AND minute < $3 "
+            "GROUP BY 1, name, direction, class_name ORDER BY 1, name, direction, class_name",
+            camera_id,
+            since,
+            until,
+        )
+        return [(r["bucket_start"], r["name"], r["direction"], r["class_name"], int(r["n"])) for r in rows]
 
     async def totals(self, camera_id: str) -> dict[tuple[str, str, str], int]:
         """All-time counts of a camera per (line or zone, direction, class name)."""
