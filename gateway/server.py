@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
+from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, tracking_pb2, training_pb2
 from gateway.auth import Authenticator, Caller
 from gateway.errors import RateLimited
 from gateway.limits import AuthBackoff, Concurrency, MessagePacer, peer_host
@@ -32,12 +32,13 @@ REGISTRY = "carmesh.v1.RegistryService"
 INGEST = "carmesh.v1.IngestService"
 FEATURES = "carmesh.v1.FeatureService"
 TRAINING = "carmesh.v1.TrainingService"
+TRACKING = "carmesh.v1.TrackingService"
 
 
 def service_descriptors() -> dict[str, ServiceDescriptor]:
     """Every public carmesh service the gateway can route, by full name."""
     services = {}
-    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2):
+    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2, tracking_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             services[service.full_name] = service
     return services
