@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from carmesh.v1 import feature_pb2, feature_pb2_grpc
+from carmesh.v1 import feature_pb2, feature_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from devstack import services
 from devstack.procs import Process
 from feature_service.app import read_password
@@ -88,10 +88,12 @@ def secret_stack(
         mlflow=free_port(),
         feature=free_port(),
         feature_metrics=free_port(),
+        tracker=free_port(),
+        tracker_metrics=free_port(),
     )
     backend = f"postgresql+psycopg2://postgres@{services.HOST}:{ports.postgres}/mlflow"
     cfg = dataclasses.replace(stack_config, ports=ports, mlflow_backend_uri=backend)
-    procs = [services.mlflow(cfg), services.feature_service(cfg)]
+    procs = [services.mlflow(cfg), services.feature_service(cfg), services.tracker(cfg)]
     try:
         for proc in procs:
             # The session's MLflow fixture may hold the name "mlflow" in this run dir: ours is "mlflow-pg".
@@ -115,6 +117,12 @@ def test_the_daemons_use_the_passwords(secret_stack: tuple[services.StackConfig,
             )
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()
+    # The tracker created its tables and answers from PostgreSQL, through its password file.
+    with grpc.insecure_channel(f"{services.HOST}:{cfg.ports.tracker}") as channel:
+        listed = tracking_pb2_grpc.TrackingServiceStub(channel).ListCameraLayouts(
+            tracking_pb2.ListCameraLayoutsRequest(camera_id="cam-secret-probe"), timeout=10
+        )
+        assert list(listed.layouts) == []
     # MLflow answers from its PostgreSQL store, which it reached with PGPASSWORD.
     rows = asyncio.run(_experiments(cfg))
     assert "Default" in rows
