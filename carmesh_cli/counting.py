@@ -71,6 +71,19 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
     listing.add_argument("--max-versions", type=_count, default=0, metavar="N", help="at most N (default 20)")
     listing.add_argument("--json", action="store_true", help="one JSON object per version")
 
+    events = commands.add_parser(
+        "events",
+        parents=[common],
+        help="follow a camera's line crossings and zone changes live",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Streams TrackingService.WatchEvents: events from now on, until interrupted "
+        "(the history is in `carmesh counts`).",
+    )
+    events.add_argument("--camera", required=True, metavar="CAMERA")
+    events.add_argument("--follow", action="store_true", help="keep following (the only mode: events are live)")
+    events.add_argument("--json", action="store_true", help="one JSON object per event")
+
     counts = commands.add_parser(
         "counts",
         parents=[common],
@@ -150,6 +163,8 @@ def run(conn: Connection, args: argparse.Namespace, *, timeout_s: float, stdout:
             for layout in reply.layouts:
                 record = layout_record(layout)
                 print(json.dumps(record) if args.json else _layout_text(record), file=stdout)
+        elif args.command == "events":
+            _follow(stub, conn, args, stdout)
         else:
             query = tracking_pb2.QueryCountsRequest(
                 camera_id=args.camera, since=_stamp(args.since), bucket=_BUCKETS[args.by]
@@ -192,3 +207,31 @@ def _print_counts(rows: Any, as_json: bool, stdout: TextIO) -> None:
     for bucket in sorted(table):
         cells = "  ".join(f"{table[bucket].get(c, 0):>{w}}" for c, w in zip(header, widths, strict=True))
         print(f"{bucket:<16}  {cells}", file=stdout)
+
+
+def _follow(
+    stub: tracking_pb2_grpc.TrackingServiceStub, conn: Connection, args: argparse.Namespace, out: TextIO
+) -> None:
+    conn.ensure_reachable()
+    call = stub.WatchEvents(tracking_pb2.WatchEventsRequest(camera_id=args.camera), metadata=conn.metadata)
+    call.initial_metadata()  # the server answers once it follows the topic's end
+    print(f"following the events of camera {args.camera} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    for reply in call:
+        e = reply.event
+        at = e.captured_at.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
+        if args.json:
+            record = {
+                "id": e.event_id,
+                "at": at,
+                "seq": e.seq,
+                "track": e.track_id,
+                "class": e.class_name,
+                "name": e.name,
+                "direction": e.direction,
+            }
+            if e.direction in ("enter", "exit"):
+                record["occupancy"] = e.occupancy
+            print(json.dumps(record), file=out, flush=True)
+        else:
+            extra = f" (occupancy {e.occupancy})" if e.direction in ("enter", "exit") else ""
+            print(f"{at}  {e.name} {e.direction}  #{e.track_id} {e.class_name}{extra}", file=out, flush=True)

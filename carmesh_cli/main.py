@@ -228,7 +228,7 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
             return ingest.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command in ("datasets", "features"):
             return datasets.run(conn, args, timeout_s=timeout_s, stdout=stdout)
-        if args.command in ("cameras", "counts"):
+        if args.command in ("cameras", "counts", "events"):
             return counting.run(conn, args, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)
         if args.command == "track":
             return track.run(conn, args, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)

@@ -382,7 +382,7 @@ def trainer(cfg: StackConfig) -> Process:
 
 
 def tracker(cfg: StackConfig) -> Process:
-    args = ["--metrics-port", str(cfg.ports.tracker_metrics), "--kafka-bootstrap", cfg.kafka_bootstrap]
+    args = ["--metrics-port", str(cfg.ports.tracker_metrics), *_kafka_args(cfg)]
     stack_secret(cfg.postgres_password_file)
     args += ["--postgres-dsn", cfg.postgres_dsn, "--postgres-password-file", str(cfg.postgres_password_file)]
     return _daemon(cfg, "tracker", "tracker", cfg.ports.tracker, args)

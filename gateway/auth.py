@@ -22,6 +22,7 @@ scope               allows
 ``train``           every ``carmesh.v1.TrainingService`` method
 ``tracking.read``   ``TrackingService``: ListCameraLayouts, QueryCounts
 ``tracking.write``  ``TrackingService``: SetCameraLayout (and any method not listed as a read)
+``events``          ``TrackingService``: WatchEvents (live crossings and zone changes)
 ``*`` or ``admin``  everything
 ==================  =====================================================================
 
@@ -57,7 +58,7 @@ from kit.callers import LABELS_SCOPE
 ALL = "*"
 SCOPES = frozenset(
     {"detect", "registry.read", "registry.write", "ingest", LABELS_SCOPE, "ingest.import", "features", "train", ALL}
-    | {"tracking.read", "tracking.write"}
+    | {"tracking.read", "tracking.write", "events"}
 )
 _SCOPE_ALIASES = {"admin": ALL}
 
@@ -81,6 +82,8 @@ def required_scope(full_method: str) -> str:
     service, _, method = full_method.lstrip("/").partition("/")
     if service == "carmesh.v1.RegistryService":
         return "registry.read" if method in _REGISTRY_READS else "registry.write"
+    if service == "carmesh.v1.TrackingService" and method == "WatchEvents":
+        return "events"
     if service == "carmesh.v1.TrackingService":
         return "tracking.read" if method in _TRACKING_READS else "tracking.write"
     if service == "carmesh.v1.IngestService" and method == "ImportDataset":

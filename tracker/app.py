@@ -15,11 +15,12 @@ from pathlib import Path
 from carmesh.v1 import tracking_pb2_grpc
 from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
-from kit.kafka import DEFAULT_PARTITIONS, create_consumer, ensure_topics
+from kit.kafka import DEFAULT_PARTITIONS, create_consumer, create_producer, ensure_topics
 from kit.redact import redact_url
 from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
+from tracker.events import EventsFollower, EventsPublisher
 from tracker.server import SERVICE_NAME, TrackingServicer
 from tracker.store import TrackerStore, create_pool
 from tracking.core import TrackerConfig
@@ -47,8 +48,13 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
     store = TrackerStore(pool)
     await store.create_schema()
     log.info("PostgreSQL at %s ready", redact_url(cfg.postgres_dsn))
-    await ensure_topics(cfg.kafka_bootstrap, {cfg.detections_topic: DEFAULT_PARTITIONS.get(cfg.detections_topic, 4)})
+    partitions = DEFAULT_PARTITIONS.get(cfg.detections_topic, 4)
+    await ensure_topics(cfg.kafka_bootstrap, {cfg.detections_topic: partitions, cfg.events_topic: partitions})
     owner = f"{socket.gethostname()}:{os.getpid()}"
+    producer = create_producer(cfg.kafka_bootstrap, client_id=f"tracker-{owner}", idempotence=cfg.kafka_idempotence)
+    await producer.start()
+    ctx.on_close(producer.stop)
+    publisher = EventsPublisher(producer, cfg.events_topic)
 
     def make_consumer() -> object:
         return create_consumer(
@@ -67,9 +73,12 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
         TrackerConfig(lost_track_s=cfg.lost_track_s),
         cfg.batch_size,
         cfg.poll_timeout_ms,
+        publish=publisher.publish,
     )
     server = ctx.grpc_server([SERVICE_NAME])
-    tracking_pb2_grpc.add_TrackingServiceServicer_to_server(TrackingServicer(store), server.server)
+    tracking_pb2_grpc.add_TrackingServiceServicer_to_server(
+        TrackingServicer(store, EventsFollower(cfg.kafka_bootstrap, cfg.events_topic)), server.server
+    )
     return TrackerDaemon(server, consumer, ctx)
 
 

@@ -9,6 +9,8 @@ from pydantic import Field
 from kit.config import BaseSettings
 from kit.kafka import DETECTIONS_TOPIC
 
+EVENTS_TOPIC = "carmesh.events.v1"
+
 
 class Settings(BaseSettings):
     """Tracks every camera's detections and counts crossings and zone changes into PostgreSQL."""
@@ -18,6 +20,10 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, HOST:PORT,...")
     detections_topic: str = Field(DETECTIONS_TOPIC, min_length=1, description="topic of FrameDetections, by camera")
+    events_topic: str = Field(EVENTS_TOPIC, min_length=1, description="topic of TrackEvents (crossings, zone changes)")
+    kafka_idempotence: bool = Field(
+        True, description="idempotent events producer (off for the local Tansu broker, which lacks InitProducerId)"
+    )
     group_id: str = Field("carmesh-tracker", min_length=1, description="consumer group: replicas split the cameras")
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, le=300_000, description="consumer group session timeout: how soon a dead replica is replaced"

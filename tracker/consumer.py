@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,11 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from google.protobuf.message import DecodeError
 
-from carmesh.v1 import common_pb2
+from carmesh.v1 import common_pb2, tracking_pb2
 from kit.names import is_valid_name
 from tracker.store import Claim, Fenced, TrackerStore, minute_of
 from tracking.core import CameraTracker, FrameDetections, TrackerConfig
+from tracking.counting import Direction, Event
 from tracking.geometry import Layout
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,24 @@ def _frame(message: common_pb2.FrameDetections) -> FrameDetections:
     )
 
 
+def _event(
+    message: common_pb2.FrameDetections, event: Event, class_name: str, tracker: CameraTracker
+) -> tracking_pb2.TrackEvent:
+    zone = event.direction in (Direction.ENTER, Direction.EXIT)
+    out = tracking_pb2.TrackEvent(
+        event_id=f"{message.camera_id}:{message.seq}:{event.track_id}:{event.name}:{event.direction}",
+        camera_id=message.camera_id,
+        seq=message.seq,
+        track_id=event.track_id,
+        class_name=class_name,
+        name=event.name,
+        direction=str(event.direction),
+        occupancy=tracker.occupancy(event.name) if zone else 0,
+    )
+    out.captured_at.CopyFrom(message.captured_at if message.HasField("captured_at") else message.detected_at)
+    return out
+
+
 class TrackingConsumer:
     def __init__(
         self,
@@ -65,6 +84,7 @@ class TrackingConsumer:
         batch_size: int,
         poll_timeout_ms: int,
         retry_s: float = 1.0,
+        publish: Callable[[list[tracking_pb2.TrackEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._make_consumer = make_consumer
@@ -74,6 +94,7 @@ class TrackingConsumer:
         self._batch_size = batch_size
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_s = retry_s
+        self._publish = publish
         self._lock = asyncio.Lock()
         self._claims: dict[int, Claim] = {}
         self._cameras: dict[str, _Camera] = {}
@@ -218,6 +239,7 @@ class TrackingConsumer:
             await self._cameras_for({m.camera_id: p for p, m in messages})
             deltas: Counter[Any] = Counter()
             touched: set[str] = set()
+            published: list[tracking_pb2.TrackEvent] = []
             for _, message in messages:
                 camera = self._cameras[message.camera_id]
                 for d in message.detections:
@@ -229,10 +251,15 @@ class TrackingConsumer:
                     name = camera.class_names.get(event.class_id, str(event.class_id))
                     key = (message.camera_id, minute_of(event.timestamp_s), event.name, str(event.direction), name)
                     deltas[key] += 1
+                    published.append(_event(message, event, name, camera.tracker))
             checkpoints = {}
             for camera_id in touched:
                 camera = self._cameras[camera_id]
                 snapshot = camera.tracker.checkpoint()
                 snapshot["class_names"] = {str(k): v for k, v in camera.class_names.items()}
                 checkpoints[camera_id] = (camera.layout_version, snapshot)
+            # Events go out before the counts commit: a crash in between replays the batch and
+            # sends them again with the same ids (at least once), never loses one.
+            if published and self._publish is not None:
+                await self._publish(published)
             await self._store.commit_batch(self._topic, offsets, checkpoints, deltas)

@@ -14,10 +14,13 @@ from carmesh.v1 import tracking_pb2, tracking_pb2_grpc
 from kit.errors import FieldViolation
 from kit.names import validate_name
 from tracker.errors import BadLayout, BadQuery, LayoutVersionConflict, StoreUnavailable
+from tracker.events import EventsFollower
 from tracker.store import StoredLayout, TrackerStore
 from tracking.geometry import LayoutError, validate_layout
 
 SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name
+# WatchEvents' response header: the stream follows the topic's end from now on.
+FOLLOWING_HEADER = "x-carmesh-following"
 MAX_FRAME_SIDE_PX = 16384
 DEFAULT_VERSIONS, MAX_VERSIONS = 20, 100
 # Longest interval one QueryCounts may cover at minute resolution (a week: 10,080 buckets per series).
@@ -69,8 +72,19 @@ def _time(message: Timestamp, field: str) -> datetime:
 
 
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
-    def __init__(self, store: TrackerStore) -> None:
+    def __init__(self, store: TrackerStore, events: EventsFollower) -> None:
         self._store = store
+        self._events = events
+
+    async def WatchEvents(
+        self, request: tracking_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tracking_pb2.WatchEventsResponse]:
+        camera_id = validate_name("camera id", request.camera_id, "camera_id")
+        # Headers go out once the follower sits at the end of the topic: a client that waits for
+        # them misses nothing published afterwards. Not empty: the gateway relays only headers it has.
+        headers = ((FOLLOWING_HEADER, camera_id),)
+        async for event in self._events.follow(camera_id, lambda: context.send_initial_metadata(headers)):
+            yield tracking_pb2.WatchEventsResponse(event=event)
 
     async def SetCameraLayout(
         self, request: tracking_pb2.SetCameraLayoutRequest, context: grpc.aio.ServicerContext

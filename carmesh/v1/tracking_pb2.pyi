@@ -132,3 +132,37 @@ class QueryCountsResponse(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[CountRow]
     def __init__(self, rows: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
+
+class TrackEvent(_message.Message):
+    __slots__ = ("event_id", "camera_id", "seq", "captured_at", "track_id", "class_name", "name", "direction", "occupancy")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    OCCUPANCY_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    camera_id: str
+    seq: int
+    captured_at: _timestamp_pb2.Timestamp
+    track_id: int
+    class_name: str
+    name: str
+    direction: str
+    occupancy: int
+    def __init__(self, event_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., track_id: _Optional[int] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., direction: _Optional[str] = ..., occupancy: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("camera_id",)
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    camera_id: str
+    def __init__(self, camera_id: _Optional[str] = ...) -> None: ...
+
+class WatchEventsResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: TrackEvent
+    def __init__(self, event: _Optional[_Union[TrackEvent, _Mapping]] = ...) -> None: ...

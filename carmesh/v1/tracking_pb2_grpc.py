@@ -51,6 +51,11 @@ class TrackingServiceStub:
                 request_serializer=carmesh_dot_v1_dot_tracking__pb2.QueryCountsRequest.SerializeToString,
                 response_deserializer=carmesh_dot_v1_dot_tracking__pb2.QueryCountsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/carmesh.v1.TrackingService/WatchEvents',
+                request_serializer=carmesh_dot_v1_dot_tracking__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=carmesh_dot_v1_dot_tracking__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -79,6 +84,14 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Line crossings and zone changes of one camera as they happen (live: from now on). The
+        response headers (x-carmesh-following) come once the stream follows, before any event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.QueryCounts,
                     request_deserializer=carmesh_dot_v1_dot_tracking__pb2.QueryCountsRequest.FromString,
                     response_serializer=carmesh_dot_v1_dot_tracking__pb2.QueryCountsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=carmesh_dot_v1_dot_tracking__pb2.WatchEventsRequest.FromString,
+                    response_serializer=carmesh_dot_v1_dot_tracking__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class TrackingService:
             '/carmesh.v1.TrackingService/QueryCounts',
             carmesh_dot_v1_dot_tracking__pb2.QueryCountsRequest.SerializeToString,
             carmesh_dot_v1_dot_tracking__pb2.QueryCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/carmesh.v1.TrackingService/WatchEvents',
+            carmesh_dot_v1_dot_tracking__pb2.WatchEventsRequest.SerializeToString,
+            carmesh_dot_v1_dot_tracking__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

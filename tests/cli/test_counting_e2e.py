@@ -3,8 +3,12 @@ tracker daemon, with the tracking scopes; the counts of a streamed camera equal 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -32,7 +36,8 @@ def mesh(
 ) -> Iterator[tuple[str, Run]]:
     keys = tmp_path_factory.mktemp("tracking-keys") / "keys.txt"
     keys.write_text(
-        f"{COUNTER_KEY} ops tracking.read,tracking.write\n{VIEWER_KEY} viewer tracking.read\n{OTHER_KEY} cam detect\n"
+        f"{COUNTER_KEY} ops tracking.read,tracking.write\n{VIEWER_KEY} viewer tracking.read,events\n"
+        f"{OTHER_KEY} cam detect\n"
     )
     run = Run(kafka_bootstrap, postgres_dsn)
     run.cameras = dict(list(run.cameras.items())[:1])
@@ -72,9 +77,27 @@ async def test_zones_set_list_and_counts_through_the_gateway(mesh, pool) -> None
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "lines[0].end" in bad.stderr, bad.stderr
     assert _cli(gateway, OTHER_KEY, "counts", camera).returncode == 4
 
-    start = datetime.now(UTC)
-    await run.produce()
-    await eventually_async(lambda: _done(run, pool), what="every frame counted", timeout_s=60)
+    assert _cli(gateway, COUNTER_KEY, "events", "--camera", camera, "--follow").returncode == 4  # no events scope
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "carmesh_cli", "events", "--camera", camera, "--follow", "--json",
+        env={**os.environ, "CARMESH_GATEWAY": gateway, "CARMESH_API_KEY": VIEWER_KEY},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            assert b"following the events" in await follower.stderr.readline()  # type: ignore[union-attr]
+        start = datetime.now(UTC)
+        await run.produce()
+        await eventually_async(lambda: _done(run, pool), what="every frame counted", timeout_s=60)
+        expected = expected_counts(run.cameras[camera])
+        followed = []
+        async with asyncio.timeout(30):
+            while len(followed) < sum(expected.values()):
+                followed.append(json.loads(await follower.stdout.readline()))  # type: ignore[union-attr]
+    finally:
+        follower.terminate()
+        await follower.wait()
+    assert Counter((e["name"], e["direction"], e["class"]) for e in followed) == expected
     # The frames' capture times run up to 20 s past the wall clock at the start: the interval covers them.
     window = ["--since", "5m", "--until", (start + timedelta(minutes=5)).isoformat()]
     total = _cli(gateway, VIEWER_KEY, "counts", camera, *window, "--by", "total", "--json")

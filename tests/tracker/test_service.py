@@ -3,7 +3,9 @@ versioned, QueryCounts buckets what the consumer counted, and bad requests name 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +41,7 @@ def _status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
 def tracker(kafka_bootstrap: str, postgres_dsn: str) -> Iterator[DaemonProcess]:
     topic = f"test.tracker.{uuid.uuid4().hex[:8]}"
     args = ["--kafka-bootstrap", kafka_bootstrap, "--detections-topic", topic, "--postgres-dsn", postgres_dsn]
+    args += ["--events-topic", f"{topic}.events", "--no-kafka-idempotence"]
     with DaemonProcess("tracker", [*args, "--group-id", f"g-{topic}"]) as daemon:
         yield daemon
 
@@ -112,11 +115,21 @@ async def test_counts_of_a_streamed_camera_by_minute_and_in_total(kafka_bootstra
     await run.setup(pool)
     camera, seed = next(iter(run.cameras.items()))
     start = datetime.now(UTC) - timedelta(minutes=1)
+    expected = expected_counts(seed)
     with DaemonProcess("tracker", run.args) as daemon:
-        await run.produce()
-        await eventually_async(lambda: _done(run, pool), what="every frame counted", timeout_s=60)
         async with grpc.aio.insecure_channel(daemon.address) as channel:
             stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+            watch = stub.WatchEvents(tracking_pb2.WatchEventsRequest(camera_id=camera))
+            await watch.initial_metadata()  # the watcher is at the end of the events topic
+            await run.produce()
+            await eventually_async(lambda: _done(run, pool), what="every frame counted", timeout_s=60)
+            events = []
+            async with asyncio.timeout(30):
+                async for reply in watch:
+                    events.append(reply.event)
+                    if len(events) == sum(expected.values()):
+                        break
+            watch.cancel()
             since, until = Timestamp(), Timestamp()
             since.FromDatetime(start)
             # The frames' capture times run 20 s ahead of the wall clock at the start: until must cover them.
@@ -129,7 +142,10 @@ async def test_counts_of_a_streamed_camera_by_minute_and_in_total(kafka_bootstra
             minutes = await stub.QueryCounts(
                 tracking_pb2.QueryCountsRequest(camera_id=camera, since=since, until=until)
             )
-    assert {(r.name, r.direction, r.class_name): r.count for r in total.rows} == expected_counts(seed)
+    assert {(r.name, r.direction, r.class_name): r.count for r in total.rows} == expected
+    assert Counter((e.name, e.direction, e.class_name) for e in events) == expected
+    assert len({e.event_id for e in events}) == len(events) and {e.camera_id for e in events} == {camera}
+    assert all(e.occupancy >= 0 for e in events) and max(e.occupancy for e in events if e.name == "bay") >= 1
     assert {r.bucket_start.seconds for r in total.rows} == {since.seconds}
     by_key: dict[tuple[str, str, str], int] = {}
     for row in minutes.rows:
