@@ -385,6 +385,8 @@ def tracker(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.tracker_metrics), *_kafka_args(cfg)]
     stack_secret(cfg.postgres_password_file)
     args += ["--postgres-dsn", cfg.postgres_dsn, "--postgres-password-file", str(cfg.postgres_password_file)]
+    stack_secret(cfg.redis_password_file)
+    args += ["--redis-url", cfg.redis_url, "--redis-password-file", str(cfg.redis_password_file)]
     return _daemon(cfg, "tracker", "tracker", cfg.ports.tracker, args)
 
 

@@ -21,6 +21,7 @@ from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
 from tracker.events import EventsFollower, EventsPublisher
+from tracker.online import OnlineCounts
 from tracker.server import SERVICE_NAME, TrackingServicer
 from tracker.store import TrackerStore, create_pool
 from tracking.core import TrackerConfig
@@ -55,6 +56,11 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
     await producer.start()
     ctx.on_close(producer.stop)
     publisher = EventsPublisher(producer, cfg.events_topic)
+    online = None
+    if cfg.redis_url:
+        redis_password = await asyncio.to_thread(read_password, cfg.redis_password_file)
+        online = OnlineCounts.from_url(cfg.redis_url, store, cfg.online_ttl_s, password=redis_password)
+        ctx.on_close(online.close)
 
     def make_consumer() -> object:
         return create_consumer(
@@ -74,6 +80,7 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
         cfg.batch_size,
         cfg.poll_timeout_ms,
         publish=publisher.publish,
+        online=online,
     )
     server = ctx.grpc_server([SERVICE_NAME])
     tracking_pb2_grpc.add_TrackingServiceServicer_to_server(

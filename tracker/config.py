@@ -36,4 +36,8 @@ class Settings(BaseSettings):
     postgres_pool_size: int = Field(4, ge=2, le=256, description="most PostgreSQL connections")
     postgres_start_timeout_s: float = Field(60.0, gt=0, le=3600, description="how long start-up waits for PostgreSQL")
 
+    redis_url: str = Field("", description="Redis URL of the online counts (empty: none)")
+    redis_password_file: Path | None = Field(None, description="file holding Redis's password (first line)")
+    online_ttl_s: int = Field(86400, ge=1, le=30 * 86400, description="lifetime of a camera's online counts")
+
     lost_track_s: float = Field(1.0, gt=0, le=60, description="how long a track outlives its last box (occlusions)")

@@ -19,6 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from carmesh.v1 import common_pb2, tracking_pb2
 from kit.names import is_valid_name
+from tracker.online import OnlineCounts
 from tracker.store import Claim, Fenced, TrackerStore, minute_of
 from tracking.core import CameraTracker, FrameDetections, TrackerConfig
 from tracking.counting import Direction, Event
@@ -85,6 +87,7 @@ class TrackingConsumer:
         poll_timeout_ms: int,
         retry_s: float = 1.0,
         publish: Callable[[list[tracking_pb2.TrackEvent]], Awaitable[None]] | None = None,
+        online: OnlineCounts | None = None,
     ) -> None:
         self._store = store
         self._make_consumer = make_consumer
@@ -95,6 +98,7 @@ class TrackingConsumer:
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_s = retry_s
         self._publish = publish
+        self._online = online
         self._lock = asyncio.Lock()
         self._claims: dict[int, Claim] = {}
         self._cameras: dict[str, _Camera] = {}
@@ -240,11 +244,14 @@ class TrackingConsumer:
             deltas: Counter[Any] = Counter()
             touched: set[str] = set()
             published: list[tracking_pb2.TrackEvent] = []
+            newest: dict[str, float] = {}
             for _, message in messages:
                 camera = self._cameras[message.camera_id]
                 for d in message.detections:
                     camera.class_names.setdefault(d.class_id, d.class_name or str(d.class_id))
-                result = camera.tracker.update(_frame(message))
+                frame = _frame(message)
+                result = camera.tracker.update(frame)
+                newest[message.camera_id] = max(newest.get(message.camera_id, frame.timestamp_s), frame.timestamp_s)
                 self.frames["tracked" if result.accepted else "out_of_order"] += 1
                 touched.add(message.camera_id)
                 for event in result.events:
@@ -263,3 +270,8 @@ class TrackingConsumer:
             if published and self._publish is not None:
                 await self._publish(published)
             await self._store.commit_batch(self._topic, offsets, checkpoints, deltas)
+            if self._online is not None:
+                for camera_id, at_s in newest.items():
+                    tracker = self._cameras[camera_id].tracker
+                    occupancy = {zone.name: tracker.occupancy(zone.name) for zone in tracker.layout.zones}
+                    await self._online.update(camera_id, datetime.fromtimestamp(at_s, UTC), occupancy)

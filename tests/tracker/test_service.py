@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
@@ -108,9 +109,13 @@ async def test_query_counts_validates_its_interval(stub) -> None:
         assert fields_of(_status(caught.value)) == [field]
 
 
-async def test_counts_of_a_streamed_camera_by_minute_and_in_total(kafka_bootstrap, postgres_dsn, pool) -> None:
-    """One camera's 20 s of the street scene through a tracker, then read back over gRPC."""
+async def test_counts_of_a_streamed_camera_by_minute_and_in_total(
+    kafka_bootstrap, postgres_dsn, redis_url, pool
+) -> None:
+    """One camera's 20 s of the street scene through a tracker, then read back over gRPC, from the
+    live events and from the online counts in Redis."""
     run = Run(kafka_bootstrap, postgres_dsn)
+    run.args += ["--redis-url", redis_url]
     run.cameras = dict(list(run.cameras.items())[:1])
     await run.setup(pool)
     camera, seed = next(iter(run.cameras.items()))
@@ -143,6 +148,17 @@ async def test_counts_of_a_streamed_camera_by_minute_and_in_total(kafka_bootstra
                 tracking_pb2.QueryCountsRequest(camera_id=camera, since=since, until=until)
             )
     assert {(r.name, r.direction, r.class_name): r.count for r in total.rows} == expected
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        online = await client.hgetall(f"carmesh:tracking:{camera}")
+    finally:
+        await client.aclose()
+    assert online["occupancy:bay"] == "0"  # every car has left
+    for name, direction in (("gate", "in"), ("gate", "out"), ("bay", "enter"), ("bay", "exit")):
+        flow = sum(n for (line, d, _), n in expected.items() if (line, d) == (name, direction))
+        assert int(online[f"flow_1h:{name}:{direction}"]) == flow
+        assert 0 <= int(online[f"flow_1m:{name}:{direction}"]) <= flow
+    assert datetime.fromisoformat(online["updated_at"]) > start
     assert Counter((e.name, e.direction, e.class_name) for e in events) == expected
     assert len({e.event_id for e in events}) == len(events) and {e.camera_id for e in events} == {camera}
     assert all(e.occupancy >= 0 for e in events) and max(e.occupancy for e in events if e.name == "bay") >= 1
