@@ -138,8 +138,7 @@ def report(seeds: int) -> str:
         + "\n".join(table)
         + "\n\n"
         + "\n".join(speed_table)
-        + "\n\nThe mesh tracker daemon (Kafka in, PostgreSQL/Redis out) is not built yet: its row will "
-        "go here beside these."
+        + "\n\nThe tracker daemon's own rate (Kafka in, PostgreSQL and Redis out) is not measured here yet."
     )
 
 
