@@ -75,7 +75,7 @@ bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 worke
 	$(PY) -m bench.train --write docs/benchmarks.md
 
 bench-track: ## tracker accuracy (MOTA, IDF1, counts) on the synthetic street video and frames/s vs raw ByteTrack; writes docs/tracking.md
-	$(PY) -m bench.track --write docs/tracking.md
+	$(PY) -m bench.track --mesh --write docs/tracking.md
 
 clean: down ## stop and remove .run/
 	rm -rf .run

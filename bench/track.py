@@ -116,7 +116,7 @@ def speed(seeds: int) -> list[tuple[str, float, int]]:
     return rows
 
 
-def report(seeds: int) -> str:
+def report(seeds: int, mesh: bool = False) -> str:
     rows = accuracy(seeds)
     table = [
         "| detections | counts exact | IDF1 mean (min) | MOTA mean (min) | ID switches (all seeds) |",
@@ -130,6 +130,16 @@ def report(seeds: int) -> str:
     speeds = speed(min(seeds, 5))
     speed_table = ["| path | frames/s on one core | frames |", "|---|---:|---:|"]
     speed_table += [f"| {label} | {fps:.0f} | {n} |" for label, fps, n in speeds]
+    if mesh:
+        import asyncio
+
+        from bench.track_mesh import tracker_rate
+
+        fps, n = asyncio.run(tracker_rate())
+        speed_table.append(
+            f"| tracker daemon, 4 cameras: Kafka -> tracking -> PostgreSQL (one transaction per batch) + Redis "
+            f"| {fps:.0f} | {n} |"
+        )
     return (
         "## Measured: accuracy and speed (`make bench-track`)\n\n"
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs "
@@ -138,7 +148,12 @@ def report(seeds: int) -> str:
         + "\n".join(table)
         + "\n\n"
         + "\n".join(speed_table)
-        + "\n\nThe tracker daemon's own rate (Kafka in, PostgreSQL and Redis out) is not measured here yet."
+        + (
+            "\n\nThe daemon row: a backlog on a fresh Tansu, one replica pinned to one core, frames/s from its "
+            "first commit to its last (batches of 256)."
+            if mesh
+            else "\n\nThe tracker daemon's row comes with `--mesh` (`make bench-track` passes it)."
+        )
     )
 
 
@@ -148,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=10, help="scenarios to score (default 10)")
     parser.add_argument("--write", type=Path, help="update this markdown file's bench-track section")
+    parser.add_argument("--mesh", action="store_true", help="also the tracker daemon on Tansu, PostgreSQL and Redis")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # per-core figures, BLAS threads included
-    text = report(args.seeds)
+    text = report(args.seeds, args.mesh)
     print(text)
     if args.write:
         write_section(args.write, "bench-track", text)
