@@ -20,7 +20,7 @@ from kit.redact import redact_url
 from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
-from tracker.events import EventsFollower, EventsPublisher
+from tracker.events import EventsFollower, Publisher
 from tracker.online import OnlineCounts
 from tracker.server import SERVICE_NAME, TrackingServicer
 from tracker.store import TrackerStore, create_pool
@@ -50,12 +50,13 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
     await store.create_schema()
     log.info("PostgreSQL at %s ready", redact_url(cfg.postgres_dsn))
     partitions = DEFAULT_PARTITIONS.get(cfg.detections_topic, 4)
-    await ensure_topics(cfg.kafka_bootstrap, {cfg.detections_topic: partitions, cfg.events_topic: partitions})
+    topics = {cfg.detections_topic: partitions, cfg.events_topic: partitions, cfg.tracks_topic: partitions}
+    await ensure_topics(cfg.kafka_bootstrap, topics)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     producer = create_producer(cfg.kafka_bootstrap, client_id=f"tracker-{owner}", idempotence=cfg.kafka_idempotence)
     await producer.start()
     ctx.on_close(producer.stop)
-    publisher = EventsPublisher(producer, cfg.events_topic)
+    publisher = Publisher(producer, cfg.events_topic, cfg.tracks_topic)
     online = None
     if cfg.redis_url:
         redis_password = await asyncio.to_thread(read_password, cfg.redis_password_file)

@@ -10,6 +10,7 @@ from kit.config import BaseSettings
 from kit.kafka import DETECTIONS_TOPIC
 
 EVENTS_TOPIC = "carmesh.events.v1"
+TRACKS_TOPIC = "carmesh.tracks.v1"
 
 
 class Settings(BaseSettings):
@@ -21,6 +22,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, HOST:PORT,...")
     detections_topic: str = Field(DETECTIONS_TOPIC, min_length=1, description="topic of FrameDetections, by camera")
     events_topic: str = Field(EVENTS_TOPIC, min_length=1, description="topic of TrackEvents (crossings, zone changes)")
+    tracks_topic: str = Field(TRACKS_TOPIC, min_length=1, description="topic of FrameTracks (each frame's tracks)")
     kafka_idempotence: bool = Field(
         True, description="idempotent events producer (off for the local Tansu broker, which lacks InitProducerId)"
     )

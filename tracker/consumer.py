@@ -30,7 +30,7 @@ from carmesh.v1 import common_pb2, tracking_pb2
 from kit.names import is_valid_name
 from tracker.online import OnlineCounts
 from tracker.store import Claim, Fenced, TrackerStore, minute_of
-from tracking.core import CameraTracker, FrameDetections, TrackerConfig
+from tracking.core import CameraTracker, FrameDetections, FrameResult, TrackerConfig
 from tracking.counting import Direction, Event
 from tracking.geometry import Layout
 
@@ -75,6 +75,27 @@ def _event(
     return out
 
 
+def _frame_tracks(
+    message: common_pb2.FrameDetections, result: FrameResult, class_names: dict[int, str]
+) -> tracking_pb2.FrameTracks:
+    out = tracking_pb2.FrameTracks(camera_id=message.camera_id, seq=message.seq, missing_frames=result.missing_frames)
+    out.captured_at.CopyFrom(message.captured_at if message.HasField("captured_at") else message.detected_at)
+    for track in result.tracks:
+        x1, y1, x2, y2 = track.box_xyxy
+        item = out.tracks.add(
+            track_id=track.track_id,
+            class_name=class_names.get(track.class_id, str(track.class_id)),
+            x1=x1,
+            y1=y1,
+            x2=x2,
+            y2=y2,
+            score=track.score,
+            first_seen_seq=track.first_seen_seq,
+        )
+        item.first_seen_at.FromNanoseconds(round(track.first_seen_s * 1e9))
+    return out
+
+
 class TrackingConsumer:
     def __init__(
         self,
@@ -86,7 +107,8 @@ class TrackingConsumer:
         batch_size: int,
         poll_timeout_ms: int,
         retry_s: float = 1.0,
-        publish: Callable[[list[tracking_pb2.TrackEvent]], Awaitable[None]] | None = None,
+        publish: Callable[[list[tracking_pb2.TrackEvent], list[tracking_pb2.FrameTracks]], Awaitable[None]]
+        | None = None,
         online: OnlineCounts | None = None,
     ) -> None:
         self._store = store
@@ -244,6 +266,7 @@ class TrackingConsumer:
             deltas: Counter[Any] = Counter()
             touched: set[str] = set()
             published: list[tracking_pb2.TrackEvent] = []
+            frames: list[tracking_pb2.FrameTracks] = []
             newest: dict[str, float] = {}
             for _, message in messages:
                 camera = self._cameras[message.camera_id]
@@ -253,6 +276,8 @@ class TrackingConsumer:
                 result = camera.tracker.update(frame)
                 newest[message.camera_id] = max(newest.get(message.camera_id, frame.timestamp_s), frame.timestamp_s)
                 self.frames["tracked" if result.accepted else "out_of_order"] += 1
+                if result.accepted:
+                    frames.append(_frame_tracks(message, result, camera.class_names))
                 touched.add(message.camera_id)
                 for event in result.events:
                     name = camera.class_names.get(event.class_id, str(event.class_id))
@@ -267,8 +292,8 @@ class TrackingConsumer:
                 checkpoints[camera_id] = (camera.layout_version, snapshot)
             # Events go out before the counts commit: a crash in between replays the batch and
             # sends them again with the same ids (at least once), never loses one.
-            if published and self._publish is not None:
-                await self._publish(published)
+            if (published or frames) and self._publish is not None:
+                await self._publish(published, frames)
             await self._store.commit_batch(self._topic, offsets, checkpoints, deltas)
             if self._online is not None:
                 for camera_id, at_s in newest.items():

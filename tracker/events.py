@@ -1,5 +1,6 @@
-"""carmesh.events.v1: the tracker publishes its TrackEvents there, and WatchEvents follows it
-live for one camera (a consumer per watcher, no group, from the end of every partition)."""
+"""carmesh.events.v1 and carmesh.tracks.v1: the tracker publishes its TrackEvents and each
+frame's FrameTracks there; WatchEvents follows the events live for one camera (a consumer per
+watcher, no group, from the end of every partition)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,23 @@ from carmesh.v1 import tracking_pb2
 log = logging.getLogger(__name__)
 
 
-class EventsPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self._producer = producer
-        self._topic = topic
+class Publisher:
+    """TrackEvents to the events topic, FrameTracks to the tracks topic (key: camera id)."""
 
-    async def publish(self, events: list[tracking_pb2.TrackEvent]) -> None:
-        """Sends every event (key: camera id) and waits until the broker has them all."""
+    def __init__(self, producer: AIOKafkaProducer, events_topic: str, tracks_topic: str) -> None:
+        self._producer = producer
+        self._events_topic = events_topic
+        self._tracks_topic = tracks_topic
+
+    async def publish(self, events: list[tracking_pb2.TrackEvent], frames: list[tracking_pb2.FrameTracks]) -> None:
+        """Sends them all and waits until the broker has every one."""
         deliveries = [
-            await self._producer.send(self._topic, event.SerializeToString(), key=event.camera_id.encode())
-            for event in events
+            await self._producer.send(self._tracks_topic, f.SerializeToString(), key=f.camera_id.encode())
+            for f in frames
+        ]
+        deliveries += [
+            await self._producer.send(self._events_topic, e.SerializeToString(), key=e.camera_id.encode())
+            for e in events
         ]
         await asyncio.gather(*deliveries)
 

@@ -166,3 +166,39 @@ class WatchEventsResponse(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: TrackEvent
     def __init__(self, event: _Optional[_Union[TrackEvent, _Mapping]] = ...) -> None: ...
+
+class TrackedObject(_message.Message):
+    __slots__ = ("track_id", "class_name", "x1", "y1", "x2", "y2", "score", "first_seen_seq", "first_seen_at")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    X2_FIELD_NUMBER: _ClassVar[int]
+    Y2_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    class_name: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    first_seen_seq: int
+    first_seen_at: _timestamp_pb2.Timestamp
+    def __init__(self, track_id: _Optional[int] = ..., class_name: _Optional[str] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ..., score: _Optional[float] = ..., first_seen_seq: _Optional[int] = ..., first_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FrameTracks(_message.Message):
+    __slots__ = ("camera_id", "seq", "captured_at", "tracks", "missing_frames")
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    camera_id: str
+    seq: int
+    captured_at: _timestamp_pb2.Timestamp
+    tracks: _containers.RepeatedCompositeFieldContainer[TrackedObject]
+    missing_frames: int
+    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tracks: _Optional[_Iterable[_Union[TrackedObject, _Mapping]]] = ..., missing_frames: _Optional[int] = ...) -> None: ...

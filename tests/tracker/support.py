@@ -47,7 +47,8 @@ class Run:
         self.args = [
             *("--kafka-bootstrap", kafka, "--detections-topic", self.topic, "--group-id", f"g-{self.topic}"),
             *("--postgres-dsn", dsn, "--kafka-session-timeout-ms", "3000", "--batch-size", "32"),
-            *("--events-topic", f"{self.topic}.events", "--no-kafka-idempotence"),
+            *("--events-topic", f"{self.topic}.events", "--tracks-topic", f"{self.topic}.tracks"),
+            "--no-kafka-idempotence",
         ]
         self.total = 0
 

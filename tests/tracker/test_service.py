@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
@@ -21,6 +22,7 @@ from tests.helpers import DaemonProcess
 from tests.status_details import details_of, fields_of
 from tests.support import eventually_async
 from tests.tracker.support import Run, expected_counts
+from tracking.scenario import make_scenario
 
 pytestmark = [pytest.mark.integration]
 
@@ -148,6 +150,11 @@ async def test_counts_of_a_streamed_camera_by_minute_and_in_total(
                 tracking_pb2.QueryCountsRequest(camera_id=camera, since=since, until=until)
             )
     assert {(r.name, r.direction, r.class_name): r.count for r in total.rows} == expected
+    tracks = await _frame_tracks(kafka_bootstrap, f"{run.topic}.tracks", camera, 600)
+    assert [f.seq for f in tracks] == list(range(600))
+    ids = {t.track_id for f in tracks for t in f.tracks}
+    assert len(ids) == len(make_scenario(seed).vehicles), sorted(ids)  # one track per car, no fragments
+    assert all(t.first_seen_seq <= f.seq and t.class_name in ("car", "van") for f in tracks for t in f.tracks)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         online = await client.hgetall(f"carmesh:tracking:{camera}")
@@ -174,3 +181,20 @@ async def test_counts_of_a_streamed_camera_by_minute_and_in_total(
 
 async def _done(run: Run, pool) -> bool:
     return await run.done(pool) >= run.total
+
+
+async def _frame_tracks(bootstrap: str, topic: str, camera: str, count: int) -> list[tracking_pb2.FrameTracks]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        found: list[tracking_pb2.FrameTracks] = []
+        async with asyncio.timeout(30):
+            while len(found) < count:
+                async for record in consumer:
+                    if record.key == camera.encode():
+                        found.append(tracking_pb2.FrameTracks.FromString(record.value))
+                    if len(found) == count:
+                        break
+        return found
+    finally:
+        await consumer.stop()
