@@ -198,3 +198,11 @@ async def _frame_tracks(bootstrap: str, topic: str, camera: str, count: int) -> 
         return found
     finally:
         await consumer.stop()
+
+
+async def test_watch_events_refuses_a_bad_camera_id(stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.WatchEvents(tracking_pb2.WatchEventsRequest(camera_id="a/b")):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields_of(_status(caught.value)) == ["camera_id"]
