@@ -126,6 +126,9 @@ class TrackingConsumer:
         self._cameras: dict[str, _Camera] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
+        self._unclaimed: set[TopicPartition] = set()
+        # partition -> the offset the next processed record must have (the stored next offset)
+        self._expected: dict[int, int] = {}
         self.frames = Counter[str]()  # outcome -> frames, for tests and logs
 
     async def stop_taking_batches(self) -> None:
@@ -137,23 +140,40 @@ class TrackingConsumer:
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
-            for tp in sorted(assigned):
-                claim = await self._store.claim(tp.topic, tp.partition, self._owner)
-                self._claims[tp.partition] = claim
-                assert self._consumer is not None
-                self._consumer.resume(tp)  # paused if it was fenced earlier
-                self._consumer.seek(tp, claim.next_offset)
-                log.info(
-                    "claimed %s[%d] epoch %d from offset %d", tp.topic, tp.partition, claim.epoch, claim.next_offset
+            self._unclaimed |= set(assigned)
+            try:
+                await self._claim_pending()
+            except Exception as exc:  # PostgreSQL down: the next batch tries again
+                log.warning(
+                    "claiming partitions failed (%s: %s); retrying with the next batch", type(exc).__name__, exc
                 )
+
+    async def _claim_pending(self) -> None:
+        """Claims the assigned partitions not claimed yet and seeks each to its stored offset
+        (under the lock). Records fetched before that are skipped: they come again."""
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        for tp in sorted(self._unclaimed):
+            if tp not in assignment:
+                self._unclaimed.discard(tp)
+                continue
+            claim = await self._store.claim(tp.topic, tp.partition, self._owner)
+            self._claims[tp.partition] = claim
+            self._expected[tp.partition] = claim.next_offset
+            self._unclaimed.discard(tp)
+            self._consumer.resume(tp)  # paused if it was fenced earlier
+            self._consumer.seek(tp, claim.next_offset)
+            log.info("claimed %s[%d] epoch %d from offset %d", tp.topic, tp.partition, claim.epoch, claim.next_offset)
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in progress to commit
             for tp in revoked:
                 self._drop(tp.partition)
+                self._unclaimed.discard(tp)
 
     def _drop(self, partition: int) -> None:
         self._claims.pop(partition, None)
+        self._expected.pop(partition, None)
         for camera in [c for c, state in self._cameras.items() if state.partition == partition]:
             del self._cameras[camera]
 
@@ -175,6 +195,11 @@ class TrackingConsumer:
         await consumer.start()
         try:
             while True:
+                if self._unclaimed:  # after a failure: back to the stored offsets before fetching on
+                    await self._assigned(set())
+                    if self._unclaimed:  # PostgreSQL still down
+                        await asyncio.sleep(self._retry_s)
+                        continue
                 batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
                 if not batches:
                     continue
@@ -190,26 +215,19 @@ class TrackingConsumer:
                     log.warning(
                         "a batch failed (%s: %s); replaying it in %.1fs", type(exc).__name__, exc, self._retry_s
                     )
-                    await self._rewind(consumer, set(batches))
+                    await self._rewind(set(batches))
                     await asyncio.sleep(self._retry_s)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    async def _rewind(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
-        """Back to what PostgreSQL holds: the stored offsets and checkpoints."""
+    async def _rewind(self, partitions: set[TopicPartition]) -> None:
+        """Back to what PostgreSQL holds: the partitions are claimed again (their stored offsets)
+        with the next batch, and their cameras reload from the checkpoints. Touches no store."""
         async with self._lock:
             for tp in partitions:
-                claim = self._claims.get(tp.partition)
                 self._drop(tp.partition)
-                if claim is not None:
-                    self._claims[tp.partition] = claim
-                    offset = await self._store.pool.fetchval(
-                        "SELECT next_offset FROM tracker_offsets WHERE topic = $1 AND kafka_partition = $2",
-                        tp.topic,
-                        tp.partition,
-                    )
-                    consumer.seek(tp, int(offset or 0))
+                self._unclaimed.add(tp)
 
     async def _cameras_for(self, wanted: dict[str, int]) -> None:
         """Loads (or re-lays-out) the trackers of cameras in this batch: camera -> partition."""
@@ -243,12 +261,20 @@ class TrackingConsumer:
         async with self._lock:
             if self._stopping:
                 return
+            if self._unclaimed:
+                await self._claim_pending()
             messages: list[tuple[int, common_pb2.FrameDetections]] = []
             offsets: dict[int, tuple[int, int]] = {}
             for tp, records in batches.items():
                 claim = self._claims.get(tp.partition)
-                if claim is None or not records:
+                expected = self._expected.get(tp.partition)
+                if claim is None or expected is None:
                     continue  # revoked since the fetch
+                # Only records that continue from the stored offset: ones fetched before a seek are
+                # older (skipped) or further on (they come again after the seek).
+                records = [r for r in records if r.offset >= expected]
+                if not records or records[0].offset != expected:
+                    continue
                 offsets[tp.partition] = (claim.epoch, records[-1].offset + 1)
                 for record in records:
                     try:
@@ -295,6 +321,8 @@ class TrackingConsumer:
             if (published or frames) and self._publish is not None:
                 await self._publish(published, frames)
             await self._store.commit_batch(self._topic, offsets, checkpoints, deltas)
+            for partition, (_, next_offset) in offsets.items():
+                self._expected[partition] = next_offset
             if self._online is not None:
                 for camera_id, at_s in newest.items():
                     tracker = self._cameras[camera_id].tracker
