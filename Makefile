@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean fuzz
+.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean fuzz bench-track
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ lint: ## ruff check, ruff format --check, buf lint
 	$(VENV)/bin/buf lint
 
 typecheck: ## mypy over the daemons, kit and CLI
-	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker bento_detector
+	$(VENV)/bin/mypy kit devstack bench detector registry_gateway gateway carmesh_cli ingestor feature_service trainer trainer_worker bento_detector tracking tracker
 
 test: ## the whole suite: unit, integration (real Redis/PostgreSQL/Tansu/MLflow) and end-to-end
 	$(PY) -m pytest -q -ra
@@ -79,6 +79,9 @@ bench-export-sizes: ## one trained model (KERAS=.../keras/body.keras from its ML
 
 bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 workers; writes docs/benchmarks.md
 	$(PY) -m bench.train --write docs/benchmarks.md
+
+bench-track: ## tracker accuracy (MOTA, IDF1, counts) on the synthetic street video and frames/s vs raw ByteTrack; writes docs/tracking.md
+	$(PY) -m bench.track --mesh --write docs/tracking.md
 
 clean: down ## stop and remove .run/
 	rm -rf .run

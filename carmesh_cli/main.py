@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from carmesh_cli import datasets, ingest, model_files, paging, train
+from carmesh_cli import counting, datasets, ingest, model_files, paging, track, train
 from carmesh_cli.argtypes import count as _count
 from carmesh_cli.argtypes import fraction as _fraction
 from carmesh_cli.argtypes import names as _classes
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_parser(commands, common, EPILOG)
     train.add_parsers(commands, common, EPILOG)
     datasets.add_parsers(commands, common, EPILOG)
+    track.add_parser(commands, common, EPILOG)
+    counting.add_parsers(commands, common, EPILOG)
     return parser
 
 
@@ -250,6 +252,10 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO) 
             return ingest.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command in ("datasets", "features"):
             return datasets.run(conn, args, timeout_s=timeout_s, stdout=stdout)
+        if args.command in ("cameras", "counts", "events"):
+            return counting.run(conn, args, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)
+        if args.command == "track":
+            return track.run(conn, args, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, stdout=stdout)
         if args.command in ("train", "jobs"):
             return train.run(conn, args, timeout_s=timeout_s, stdout=stdout)
         if args.command == "models" and args.action == "evaluate":

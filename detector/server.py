@@ -58,7 +58,10 @@ def frame_detections(frame: common_pb2.Frame, result: DetectResult) -> common_pb
         detections=detection_messages(result),
         image_width=result.image_width,
         image_height=result.image_height,
+        seq=frame.seq,
     )
+    if frame.HasField("captured_at"):
+        message.captured_at.CopyFrom(frame.captured_at)
     message.detected_at.GetCurrentTime()
     return message
 

@@ -13,7 +13,7 @@ from devstack import services
 from devstack.procs import Process, StackError
 
 INFRA = ("redis", "postgres", "tansu", "mlflow")
-DAEMONS = ("registry_gateway", "ingestor", "feature_service", "trainer", "detector", "gateway")
+DAEMONS = ("registry_gateway", "ingestor", "feature_service", "trainer", "detector", "tracker", "gateway")
 
 
 def config_from_env() -> services.StackConfig:
@@ -40,6 +40,7 @@ def processes(cfg: services.StackConfig, names: tuple[str, ...]) -> list[Process
         "feature_service": services.feature_service,
         "trainer": services.trainer,
         "detector": services.detector,
+        "tracker": services.tracker,
         "gateway": services.gateway,
     }
     return [builders[name](cfg) for name in names]

@@ -38,12 +38,14 @@ class Ports:
     ingestor: int = 50062
     feature: int = 50063
     trainer: int = 50065
+    tracker: int = 50066
     gateway_metrics: int = 9451
     detector_metrics: int = 9461
     registry_metrics: int = 9464
     ingestor_metrics: int = 9462
     feature_metrics: int = 9463
     trainer_metrics: int = 9465
+    tracker_metrics: int = 9466
 
     def shifted(self, offset: int) -> Ports:
         return Ports(**{name: value + offset for name, value in self.__dict__.items()})
@@ -461,11 +463,20 @@ def trainer(cfg: StackConfig) -> Process:
     return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args, cfg.mlflow_client_env())
 
 
+def tracker(cfg: StackConfig) -> Process:
+    args = ["--metrics-port", str(cfg.ports.tracker_metrics), *_kafka_args(cfg)]
+    stack_secret(cfg.postgres_password_file)
+    args += ["--postgres-dsn", cfg.postgres_dsn, "--postgres-password-file", str(cfg.postgres_password_file)]
+    stack_secret(cfg.redis_password_file)
+    args += ["--redis-url", cfg.redis_url, "--redis-password-file", str(cfg.redis_password_file)]
+    return _daemon(cfg, "tracker", "tracker", cfg.ports.tracker, args)
+
+
 def gateway(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.gateway_metrics), "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
     args += ["--detector-addrs", f"{HOST}:{cfg.ports.detector}", "--api-keys-file", str(cfg.run_dir / "api-keys")]
     args += ["--ingestor-addr", f"{HOST}:{cfg.ports.ingestor}", "--feature-addr", f"{HOST}:{cfg.ports.feature}"]
-    args += ["--trainer-addr", f"{HOST}:{cfg.ports.trainer}"]
+    args += ["--trainer-addr", f"{HOST}:{cfg.ports.trainer}", "--tracker-addr", f"{HOST}:{cfg.ports.tracker}"]
     # One local admin key drives demos, benchmarks and e2e load; clusters keep the default limit.
     args += ["--rate-limit-rps", "2000", "--rate-limit-burst", "2000"]
     public = cfg.public_pki.leaf(GATEWAY)

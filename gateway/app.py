@@ -17,7 +17,17 @@ from gateway.limits import AuthBackoff, Concurrency, MessagePacer
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import DeadlinePolicy
 from gateway.ratelimit import RateLimiter
-from gateway.server import DETECTOR, FEATURES, INFERENCE, INGEST, REGISTRY, TRAINING, Admission, build_handlers
+from gateway.server import (
+    DETECTOR,
+    FEATURES,
+    INFERENCE,
+    INGEST,
+    REGISTRY,
+    TRACKING,
+    TRAINING,
+    Admission,
+    build_handlers,
+)
 from gateway.upstream import UpstreamPool
 from kit.daemon import Context, Daemon, DaemonSpec, StartupError
 from kit.grpc_compat import keep_server_status_on_failed_writes
@@ -35,6 +45,7 @@ def upstream_addresses(cfg: Settings) -> dict[str, tuple[str, list[str]]]:
         (INGEST, "ingestor", cfg.ingestor_addr),
         (FEATURES, "feature_service", cfg.feature_addr),
         (TRAINING, "trainer", cfg.trainer_addr),
+        (TRACKING, "tracker", cfg.tracker_addr),
     ):
         if address:
             routes[service] = (label, [address])

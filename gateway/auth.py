@@ -21,6 +21,9 @@ scope               allows
                     namespace, where training data comes from)
 ``features``        every ``carmesh.v1.FeatureService`` method
 ``train``           every ``carmesh.v1.TrainingService`` method
+``tracking.read``   ``TrackingService``: ListCameraLayouts, QueryCounts
+``tracking.write``  ``TrackingService``: SetCameraLayout (and any method not listed as a read)
+``events``          ``TrackingService``: WatchEvents (live crossings and zone changes)
 ``*`` or ``admin``  everything
 ==================  =====================================================================
 
@@ -56,6 +59,7 @@ from kit.callers import LABELS_SCOPE
 ALL = "*"
 SCOPES = frozenset(
     {"detect", "registry.read", "registry.write", "ingest", LABELS_SCOPE, "ingest.import", "features", "train", ALL}
+    | {"tracking.read", "tracking.write", "events"}
 )
 _SCOPE_ALIASES = {"admin": ALL}
 
@@ -69,6 +73,7 @@ _SERVICE_SCOPES = {
 _REGISTRY_READS = frozenset(
     {"ListModels", "ListModelVersions", "GetModelVersion", "DownloadModel", "WatchAlias", "GetTritonConfig"}
 )
+_TRACKING_READS = frozenset({"ListCameraLayouts", "QueryCounts"})
 
 # Printable ASCII except the separators of the two formats (':' ',') and the comment sign.
 _KEY_RE = re.compile(r"^[!\"$-+\--9;-~]{16,512}$")
@@ -81,6 +86,10 @@ def required_scope(full_method: str) -> str:
     service, _, method = full_method.lstrip("/").partition("/")
     if service == "carmesh.v1.RegistryService":
         return "registry.read" if method in _REGISTRY_READS else "registry.write"
+    if service == "carmesh.v1.TrackingService" and method == "WatchEvents":
+        return "events"
+    if service == "carmesh.v1.TrackingService":
+        return "tracking.read" if method in _TRACKING_READS else "tracking.write"
     if service == "carmesh.v1.IngestService" and method == "ImportDataset":
         # An import writes the operator's namespace, the one training data comes from.
         return "ingest.import"

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     ingestor_addr: str = Field("", description="ingestor address (empty: IngestService not exposed)")
     feature_addr: str = Field("", description="feature_service address (empty: FeatureService not exposed)")
     trainer_addr: str = Field("", description="trainer address (empty: TrainingService not exposed)")
+    tracker_addr: str = Field("", description="tracker address (empty: TrackingService not exposed)")
     health_check_interval_s: float = Field(
         1.0, gt=0, le=300, description="how often each upstream's grpc.health.v1 is checked"
     )
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
     def _required_address(cls, value: str) -> str:
         return _address(value)
 
-    @field_validator("ingestor_addr", "feature_addr", "trainer_addr")
+    @field_validator("ingestor_addr", "feature_addr", "trainer_addr", "tracker_addr")
     @classmethod
     def _optional_address(cls, value: str) -> str:
         return _address(value) if value.strip() else ""

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from carmesh import kserve
-from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
+from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, tracking_pb2, training_pb2
 from gateway.auth import Authenticator, Caller
 from gateway.errors import RateLimited
 from gateway.limits import AuthBackoff, Concurrency, MessagePacer, peer_host
@@ -35,12 +35,13 @@ FEATURES = "carmesh.v1.FeatureService"
 TRAINING = "carmesh.v1.TrainingService"
 # KServe v2 inference protocol, served by the detectors beside DetectorService.
 INFERENCE = kserve.SERVICE_NAME
+TRACKING = "carmesh.v1.TrackingService"
 
 
 def service_descriptors() -> dict[str, ServiceDescriptor]:
     """Every public carmesh service the gateway can route, by full name."""
     services = {}
-    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2):
+    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2, tracking_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             services[service.full_name] = service
     services[INFERENCE] = kserve.protocol().service

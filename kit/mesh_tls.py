@@ -26,9 +26,10 @@ DETECTOR = "detector"
 INGESTOR = "ingestor"
 FEATURE_SERVICE = "feature_service"
 TRAINER = "trainer"
+TRACKER = "tracker"
 # Local tooling (``make up``'s health checks, the benchmarks): health and reflection only.
 OPERATOR = "operator"
-DAEMON_IDENTITIES = (GATEWAY, REGISTRY, DETECTOR, INGESTOR, FEATURE_SERVICE, TRAINER)
+DAEMON_IDENTITIES = (GATEWAY, REGISTRY, DETECTOR, INGESTOR, FEATURE_SERVICE, TRAINER, TRACKER)
 
 # Methods any holder of a mesh certificate may call: liveness, readiness and reflection.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")

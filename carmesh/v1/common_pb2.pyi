@@ -111,7 +111,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class FrameDetections(_message.Message):
-    __slots__ = ("frame_id", "camera_id", "model", "detections", "detected_at", "image_width", "image_height")
+    __slots__ = ("frame_id", "camera_id", "model", "detections", "detected_at", "image_width", "image_height", "seq", "captured_at")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,8 @@ class FrameDetections(_message.Message):
     DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_FIELD_NUMBER: _ClassVar[int]
     frame_id: str
     camera_id: str
     model: ModelRef
@@ -126,4 +128,6 @@ class FrameDetections(_message.Message):
     detected_at: _timestamp_pb2.Timestamp
     image_width: int
     image_height: int
-    def __init__(self, frame_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
+    seq: int
+    captured_at: _timestamp_pb2.Timestamp
+    def __init__(self, frame_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., seq: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

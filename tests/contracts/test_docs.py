@@ -75,7 +75,7 @@ def daemon_table(doc: Path) -> dict[str, tuple[str, str, int, int]]:
 @pytest.mark.parametrize("doc", ["README.md", "docs/architecture.md"])
 def test_the_daemon_table_gives_each_daemons_prefix_and_ports(doc: str) -> None:
     table = daemon_table(REPO_ROOT / doc)
-    daemons = {"gateway", "detector", "ingestor", "feature_service", "registry_gateway", "trainer"}
+    daemons = {"gateway", "detector", "ingestor", "feature_service", "registry_gateway", "trainer", "tracker"}
     assert set(table) == daemons
     for name, (module, prefix, grpc_port, metrics_port) in table.items():
         assert (REPO_ROOT / module / "__main__.py").is_file(), f"{name}: `python -m {module}` has no __main__"

@@ -93,6 +93,8 @@ async def test_yolox_nano_answers_every_frame_once_and_skips_corrupt_ones(
             assert (message.model.name, message.model.version) == ("yolox_nano", version)
             assert (message.image_width, message.image_height) == (1920, 1080)
             assert message.detected_at.seconds > 0
+        # The frame's own seq and capture time travel with its detections (the trackers order by them).
+        assert [(m.seq, m.captured_at) for m in received] == [(f.seq, f.captured_at) for f in good]
         with_cars = [m for m in received if any(d.class_name == "car" and d.class_id == 2 for d in m.detections)]
         assert len(with_cars) >= len(good) - 1, [len(m.detections) for m in received]
         # Other tests' frames may share the topic: count at least ours, and find ours by offset in the log.

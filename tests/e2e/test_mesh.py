@@ -352,7 +352,14 @@ def test_cli_reports_auth_failures(mesh: Mesh, shared_dir: Path) -> None:
 
 def test_reflection_lists_every_service_through_the_gateway(mesh: Mesh) -> None:
     """README: `grpcurl -plaintext 127.0.0.1:50051 list` works through the `make up` gateway (no key needed)."""
-    routed = ("DetectorService", "RegistryService", "IngestService", "FeatureService", "TrainingService")
+    routed = (
+        "DetectorService",
+        "RegistryService",
+        "IngestService",
+        "FeatureService",
+        "TrainingService",
+        "TrackingService",
+    )
     wanted = {f"carmesh.v1.{name}" for name in routed} | {"grpc.health.v1.Health"}
     with grpc.secure_channel(mesh.gateway, mesh.public_credentials()) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)

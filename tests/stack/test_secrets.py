@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from carmesh.v1 import feature_pb2, feature_pb2_grpc, registry_pb2, registry_pb2_grpc
+from carmesh.v1 import feature_pb2, feature_pb2_grpc, registry_pb2, registry_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from devstack import services
 from devstack.procs import Process
 from feature_service.app import read_password
@@ -95,11 +95,18 @@ def secret_stack(
         feature_metrics=free_port(),
         registry=free_port(),
         registry_metrics=free_port(),
+        tracker=free_port(),
+        tracker_metrics=free_port(),
     )
     backend = f"postgresql+psycopg2://postgres@{services.HOST}:{ports.postgres}/mlflow"
     cfg = dataclasses.replace(stack_config, ports=ports, mlflow_backend_uri=backend, mlflow_auth=True)
     cfg.ensure_pki()
-    procs = [services.mlflow(cfg), services.feature_service(cfg), services.registry_gateway(cfg)]
+    procs = [
+        services.mlflow(cfg),
+        services.feature_service(cfg),
+        services.registry_gateway(cfg),
+        services.tracker(cfg),
+    ]
     try:
         for proc in procs:
             # The session's MLflow fixture may hold the name "mlflow" in this run dir: ours is "mlflow-pg".
@@ -125,6 +132,12 @@ def test_the_daemons_use_the_passwords(secret_stack: tuple[services.StackConfig,
             )
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()
+    # The tracker created its tables and answers from PostgreSQL, through its password file.
+    with mesh_channel_sync(f"{services.HOST}:{cfg.ports.tracker}", gateway_identity(cfg)) as channel:
+        listed = tracking_pb2_grpc.TrackingServiceStub(channel).ListCameraLayouts(
+            tracking_pb2.ListCameraLayoutsRequest(camera_id="cam-secret-probe"), timeout=10
+        )
+        assert list(listed.layouts) == []
     # MLflow answers from its PostgreSQL store, which it reached with PGPASSWORD.
     rows = asyncio.run(_experiments(cfg))
     assert "Default" in rows

@@ -1,0 +1,118 @@
+"""Wires the tracker: PostgreSQL (schema created at start), the detections consumer, and the
+gRPC server (TrackingService, health, reflection). SIGTERM: NOT_SERVING, the batch in progress commits, the
+consumer leaves its group (its cameras move to the other replicas), the pool closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carmesh.v1 import tracking_pb2_grpc
+from kit import mesh_tls
+from kit.config import ConfigError
+from kit.daemon import Context, Daemon, DaemonSpec
+from kit.kafka import DEFAULT_PARTITIONS, create_consumer, create_producer, ensure_topics
+from kit.mesh_tls import CallerPolicy
+from kit.redact import redact_url
+from kit.server import Server
+from tracker.config import Settings
+from tracker.consumer import TrackingConsumer
+from tracker.events import EventsFollower, Publisher
+from tracker.online import OnlineCounts
+from tracker.server import SERVICE_NAME, TrackingServicer
+from tracker.store import TrackerStore, create_pool
+from tracking.core import TrackerConfig
+
+# Only the gateway calls the tracker: clients reach it through the gateway's keys and scopes.
+CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY}))
+
+log = logging.getLogger("tracker")
+
+
+def read_password(path: Path | None) -> str | None:
+    """The first line of ``path`` (None: the DSN carries the password, if any)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"the password file {path} is empty")
+    return lines[0].strip()
+
+
+async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
+    password = await asyncio.to_thread(read_password, cfg.postgres_password_file)
+    pool = await create_pool(cfg.postgres_dsn, cfg.postgres_pool_size, cfg.postgres_start_timeout_s, password)
+    ctx.on_close(pool.close)
+    store = TrackerStore(pool)
+    await store.create_schema()
+    log.info("PostgreSQL at %s ready", redact_url(cfg.postgres_dsn))
+    partitions = DEFAULT_PARTITIONS.get(cfg.detections_topic, 4)
+    topics = {cfg.detections_topic: partitions, cfg.events_topic: partitions, cfg.tracks_topic: partitions}
+    await ensure_topics(cfg.kafka_bootstrap, topics)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    producer = create_producer(cfg.kafka_bootstrap, client_id=f"tracker-{owner}", idempotence=cfg.kafka_idempotence)
+    await producer.start()
+    ctx.on_close(producer.stop)
+    publisher = Publisher(producer, cfg.events_topic, cfg.tracks_topic)
+    online = None
+    if cfg.redis_url:
+        redis_password = await asyncio.to_thread(read_password, cfg.redis_password_file)
+        online = OnlineCounts.from_url(cfg.redis_url, store, cfg.online_ttl_s, password=redis_password)
+        ctx.on_close(online.close)
+
+    def make_consumer() -> object:
+        return create_consumer(
+            cfg.kafka_bootstrap,
+            group_id=cfg.group_id,
+            client_id=f"tracker-{owner}",
+            session_timeout_ms=cfg.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(100, cfg.kafka_session_timeout_ms // 3),
+        )
+
+    consumer = TrackingConsumer(
+        store,
+        make_consumer,  # type: ignore[arg-type]
+        cfg.detections_topic,
+        owner,
+        TrackerConfig(lost_track_s=cfg.lost_track_s),
+        cfg.batch_size,
+        cfg.poll_timeout_ms,
+        publish=publisher.publish,
+        online=online,
+    )
+    server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
+    tracking_pb2_grpc.add_TrackingServiceServicer_to_server(
+        TrackingServicer(store, EventsFollower(cfg.kafka_bootstrap, cfg.events_topic)), server.server
+    )
+    return TrackerDaemon(server, consumer, ctx)
+
+
+@dataclass
+class TrackerDaemon(Daemon):
+    server: Server
+    consumer: TrackingConsumer
+    ctx: Context
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        self._task = self.ctx.background(self.consumer.run(), "tracker-consumer")
+        await self.server.set_serving(True)
+
+    async def before_drain(self) -> None:
+        # The batch in progress commits; then the consumer leaves its group.
+        await self.consumer.stop_taking_batches()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+DAEMON = DaemonSpec("tracker", Settings, "CARMESH_TRACKER_", build)
