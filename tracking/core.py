@@ -163,9 +163,10 @@ class CameraTracker:
 
         tracks: list[Track] = []
         events: list[Event] = []
-        for box, score, class_id, track_id in zip(
-            tracked.xyxy, tracked.confidence, tracked.class_id, tracked.tracker_id, strict=True
-        ):
+        confidences, class_ids_out, track_ids = tracked.confidence, tracked.class_id, tracked.tracker_id
+        # ByteTrack fills all three for whatever it returns (typed optional in supervision).
+        assert confidences is not None and class_ids_out is not None and track_ids is not None
+        for box, score, class_id, track_id in zip(tracked.xyxy, confidences, class_ids_out, track_ids, strict=True):
             if track_id < 0:
                 continue  # not confirmed yet, or a low-score box no track claimed
             tid = int(track_id)
