@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, training_pb2
+from carmesh.v1 import detector_pb2, feature_pb2, ingest_pb2, registry_pb2, tracking_pb2, training_pb2
 from tests.fuzz import wire
 
 FAILING_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
@@ -39,7 +39,7 @@ FAST_FAILING: dict[str, tuple[tuple[str, str], ...]] = {
 
 def methods() -> list[MethodDescriptor]:
     out = []
-    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2):
+    for module in (detector_pb2, registry_pb2, ingest_pb2, feature_pb2, training_pb2, tracking_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             out.extend(service.methods)
     return out

@@ -54,6 +54,7 @@ def _daemons(mesh: Mesh) -> list[Daemon]:
         "feature_service": ports.feature,
         "trainer": ports.trainer,
         "detector": ports.detector,
+        "tracker": ports.tracker,
     }
     pids = {p.stem: int(p.read_text()) for p in (mesh.run_dir / "pids").glob("*.pid")}
     operator = mesh.operator_tls()
