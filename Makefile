@@ -76,3 +76,13 @@ bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 worke
 
 clean: down ## stop and remove .run/
 	rm -rf .run
+
+.PHONY: images image-check
+IMAGES ?=
+BASE ?=
+ENGINE ?=
+images: ## build the daemons' images, tagged with the version (IMAGES="gateway detector", BASE=local on machines without a registry, ENGINE=docker|buildah|podman)
+	$(PY) -m devstack.images build $(if $(ENGINE),--engine $(ENGINE)) $(if $(BASE),--base $(BASE)) $(IMAGES)
+
+image-check: ## build the gateway and detector images with buildah on a debootstrap base and run them (tests/deploy/test_images.py)
+	$(PY) -m pytest -q -ra tests/deploy/test_images.py

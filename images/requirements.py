@@ -4,7 +4,7 @@ Images install these in a layer of their own, before the source is copied, so a 
 code reuses the layer and only a change to pyproject.toml downloads dependencies again. Runs on
 the bare base image's Python (3.11+: tomllib), so it imports nothing outside the standard library.
 
-    python3 requirements.py pyproject.toml detector [more extras...]
+    python3 requirements.py pyproject.toml [EXTRA...]            (no extra: the base install)
     python3 requirements.py --version pyproject.toml     (the project's version)
 """
 
@@ -46,7 +46,7 @@ def version(pyproject: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
+    if not argv or (argv[0] == "--version" and len(argv) != 2):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "--version":

@@ -12,6 +12,11 @@ SUDO=""
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# Images (make images, make image-check): buildah builds and runs them without a Docker engine,
+# debootstrap makes their local Debian base where no registry is reachable.
+for tool in buildah podman debootstrap; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   $SUDO apt-get update -qq

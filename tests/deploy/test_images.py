@@ -164,3 +164,10 @@ def test_a_daemon_that_cannot_start_reports_why_and_leaves_no_container(images: 
         daemon.start()
     assert "model_path" in daemon.log() and "missing.onnx" in daemon.log()
     assert leftover_containers() == []
+
+
+def test_a_version_other_than_pyprojects_fails_the_build(images: Images, tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    with pytest.raises(ImageError, match="failed"):
+        build(BY_NAME["gateway"], engine="buildah", base=LOCAL_BASE, version="0.0.0", prefix=TEST_PREFIX, log=log)
+    assert "VERSION=0.0.0 is not pyproject.toml's version" in log.read_text()
