@@ -13,6 +13,7 @@ import pytest
 
 from devstack.__main__ import DAEMONS
 from devstack.images import BY_NAME, IMAGES, REPO_ROOT, ImageSpec, build_command, debian_mirror, project_version
+from trainer.config import Settings as TrainerSettings
 
 IMAGES_DIR = REPO_ROOT / "images"
 REQUIREMENTS = IMAGES_DIR / "requirements.py"
@@ -127,3 +128,7 @@ def test_dockerignore_lets_in_only_what_images_copy() -> None:
         *DAEMONS,
         "trainer_worker",
     }
+
+
+def test_the_trainer_renders_tfjobs_with_its_versioned_image() -> None:
+    assert TrainerSettings().tfjob_image == BY_NAME["trainer"].tag(project_version())
