@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh detector: ONNX car detection over gRPC (ONNX Runtime, CPU).
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/detector.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/detector:0.2.0 .

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh feature_service: online (Redis) and offline (PostgreSQL) features, data set snapshots.
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/feature_service.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/feature-service:0.2.0 .

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh gateway: the public gRPC door (API keys, per-key limits, routing to healthy daemons).
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/gateway.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/gateway:0.2.0 .

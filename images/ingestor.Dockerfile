@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh ingestor: frames from cameras, files and data sets into Kafka.
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/ingestor.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/ingestor:0.2.0 .

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh registry_gateway: model registry over gRPC (MLflow aliases, promotion, downloads).
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/registry_gateway.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/registry-gateway:0.2.0 .

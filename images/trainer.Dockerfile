@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # carmesh trainer: training jobs and their workers (TensorFlow, CPU).
 # Build from the repository root; `make images` passes VERSION (docs/deploy.md):
 #   docker build -f images/trainer.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/trainer:0.2.0 .
