@@ -154,9 +154,10 @@ def build_command(engine: str, spec: ImageSpec, tag: str, base: str, version: st
     mounts = []
     if HOST_CA_BUNDLE.is_file():
         mounts = ["--volume", f"{HOST_CA_BUNDLE}:/etc/ssl/certs/ca-certificates.crt:ro"]
-    # --layers: buildah and podman keep each step as a cached layer only when asked.
+    # --layers: buildah and podman keep each step as a cached layer only when asked; --force-rm:
+    # a failed step would otherwise leave its working container behind.
     verb = ["buildah", "bud"] if engine == "buildah" else ["podman", "build"]
-    return [*verb, "--layers", *mounts, *args, str(REPO_ROOT)]
+    return [*verb, "--layers", "--force-rm", *mounts, *args, str(REPO_ROOT)]
 
 
 def build_env(engine: str) -> dict[str, str]:

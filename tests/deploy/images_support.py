@@ -37,6 +37,10 @@ def buildah(*args: str, timeout_s: float = 120) -> str:
     return done.stdout
 
 
+def all_containers() -> set[str]:
+    return set(buildah("containers", "--quiet", "--notruncate").split())
+
+
 def leftover_containers() -> list[str]:
     """Containers these tests made that still exist (to show that none is left behind)."""
     out = buildah("containers", "--format", "{{.ContainerName}}")

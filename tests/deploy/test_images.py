@@ -26,7 +26,7 @@ from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from detector.config import Settings as DetectorSettings
 from devstack.images import BY_NAME, LOCAL_BASE, ImageError, build, ensure_local_base, image_config, project_version
 from gateway.config import Settings as GatewaySettings
-from tests.deploy.images_support import ImageDaemon, leftover_containers
+from tests.deploy.images_support import ImageDaemon, all_containers, leftover_containers
 from tests.detector.support import jpeg_bytes
 from tests.helpers import free_port
 from tests.onnx_factory import write_yolov8_model, yolov8_raw
@@ -168,6 +168,8 @@ def test_a_daemon_that_cannot_start_reports_why_and_leaves_no_container(images: 
 
 def test_a_version_other_than_pyprojects_fails_the_build(images: Images, tmp_path: Path) -> None:
     log = tmp_path / "build.log"
+    before = all_containers()
     with pytest.raises(ImageError, match="failed"):
         build(BY_NAME["gateway"], engine="buildah", base=LOCAL_BASE, version="0.0.0", prefix=TEST_PREFIX, log=log)
     assert "VERSION=0.0.0 is not pyproject.toml's version" in log.read_text()
+    assert all_containers() - before == set()  # the failed step's working container is gone too
