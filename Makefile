@@ -106,3 +106,17 @@ bento-serve: ## serve the BentoML detector on 127.0.0.1:3000 (model from the reg
 .PHONY: bench-serve
 bench-serve: ## detector (ONNX Runtime, Triton backend) vs Triton direct vs BentoML, c=1 and 8; writes docs/benchmarks.md
 	$(PY) -m bench.serve $(if $(MODEL),--model $(MODEL)) --write docs/benchmarks.md
+.PHONY: images image-check push
+IMAGES ?=
+BASE ?=
+ENGINE ?=
+images: ## build the daemons' images, tagged with the version (IMAGES="gateway detector", BASE=local on machines without a registry, ENGINE=docker|buildah|podman)
+	$(PY) -m devstack.images build $(if $(ENGINE),--engine $(ENGINE)) $(if $(BASE),--base $(BASE)) $(IMAGES)
+
+REGISTRY ?=
+push: ## tag the built images for REGISTRY (e.g. ghcr.io/carmesh, the chart's image.repository) and push them (IMAGES=...)
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry/namespace [IMAGES=...]" >&2; exit 2; }
+	$(PY) -m devstack.images push --registry $(REGISTRY) $(if $(ENGINE),--engine $(ENGINE)) $(IMAGES)
+
+image-check: ## build the gateway and detector images with buildah on a debootstrap base and run them (tests/deploy/test_images.py)
+	$(PY) -m pytest -q -ra tests/deploy/test_images.py

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(20.0, ge=0, le=600, description="how long workers get to stop before SIGKILL")
 
     # Kubeflow TFJob rendering (RenderTrainingJob): what the cluster runs.
-    tfjob_image: str = Field("carmesh-trainer:latest", min_length=1, description="container image of TFJob workers")
+    # The image `make images` tags (devstack/images.py); tests/deploy checks it follows the version.
+    tfjob_image: str = Field(
+        "carmesh/trainer:0.2.0", min_length=1, description="container image of TFJob workers (never latest)"
+    )
     tfjob_namespace: str = Field("carmesh", min_length=1, description="namespace of rendered TFJobs")
     tfjob_checkpoint_claim: str = Field("carmesh-trainer", min_length=1, description="PVC for TFJob checkpoints")
 

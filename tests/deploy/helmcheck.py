@@ -42,10 +42,11 @@ DESIGNED_CALLERS: dict[str, set[str]] = {
     "ingestor": {"gateway"},
     "feature-service": {"gateway", "trainer", "training"},
     "trainer": {"gateway"},
+    "tracker": {"gateway"},
 }
 # The pods of TFJobs that `carmesh train --render-tfjob` prints: training pods too.
 CLI_TFJOB_LABELS = {"app.kubernetes.io/name": "carmesh-trainer", "app.kubernetes.io/part-of": "carmesh"}
-DAEMON_MODULES = {"gateway", "registry_gateway", "detector", "ingestor", "feature_service", "trainer"}
+DAEMON_MODULES = {"gateway", "registry_gateway", "detector", "ingestor", "feature_service", "trainer", "tracker"}
 # Settings the chart sets for mesh and public TLS; daemons have them once the mesh TLS work is merged.
 TLS_SETTINGS = ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE", "MESH_PLAINTEXT")
 GATEWAY_TLS_SETTINGS = ("PUBLIC_CERT_FILE", "PUBLIC_KEY_FILE", "PUBLIC_PLAINTEXT")

@@ -74,7 +74,7 @@ def test_what_each_values_file_deploys(rendered: dict[str, list[dict[str, Any]]]
         return out
 
     default = kinds("default")
-    assert len(default["Deployment"]) == 6 and len(default["NetworkPolicy"]) == 6
+    assert len(default["Deployment"]) == 7 and len(default["NetworkPolicy"]) == 7
     assert "HorizontalPodAutoscaler" not in default and "TFJob" not in default
     assert kinds("single-daemon")["Deployment"] == {"carmesh-detector"}
     production = kinds("production")
@@ -85,7 +85,7 @@ def test_what_each_values_file_deploys(rendered: dict[str, list[dict[str, Any]]]
     assert kinds("kserve")["InferenceService"] == {"car-detector"}
     gpu = [o for o in rendered["gpu"] if o["kind"] == "Deployment" and o["metadata"]["name"] == "carmesh-detector"]
     container = gpu[0]["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"].endswith("/carmesh-detector-gpu:0.2.0")
+    assert container["image"].endswith("/detector:0.2.0-gpu")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -112,7 +112,7 @@ def test_upgrading_one_daemon_changes_only_that_daemon() -> None:
     changed = {key for key in before if before[key] != after[key]}
     assert changed == {("Deployment", "carmesh-detector")}
     image = after[("Deployment", "carmesh-detector")]["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image == "ghcr.io/carmesh/carmesh-detector:0.2.1"
+    assert image == "ghcr.io/carmesh/detector:0.2.1"
 
 
 def test_latest_is_refused() -> None:

@@ -10,6 +10,7 @@ detector: {module: detector, component: detector, prefix: CARMESH_DETECTOR_, cal
 ingestor: {module: ingestor, component: ingestor, prefix: CARMESH_INGESTOR_, callers: [gateway]}
 featureService: {module: feature_service, component: feature-service, prefix: CARMESH_FEATURE_, callers: [gateway, trainer, training]}
 trainer: {module: trainer, component: trainer, prefix: CARMESH_TRAINER_, callers: [gateway]}
+tracker: {module: tracker, component: tracker, prefix: CARMESH_TRACKER_, callers: [gateway]}
 {{- end -}}
 
 {{- define "carmesh.fullname" -}}
@@ -39,11 +40,11 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* <repository>/<name>[-gpu]:<tag>: (dict "root" $ "image" .image "gpu" bool) */}}
+{{/* <repository>/<name>:<tag>[-gpu], as `make images` tags them: (dict "root" $ "image" .image "gpu" bool) */}}
 {{- define "carmesh.image" -}}
 {{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
 {{- if eq (toString $tag) "latest" -}}{{- fail "image tags carry the version: `latest` is not allowed" -}}{{- end -}}
-{{- printf "%s/%s%s:%s" .root.Values.image.repository .image.name (ternary "-gpu" "" .gpu) (toString $tag) -}}
+{{- printf "%s/%s:%s%s" .root.Values.image.repository .image.name (toString $tag) (ternary "-gpu" "" .gpu) -}}
 {{- end -}}
 
 {{- define "carmesh.address" -}}
@@ -119,6 +120,7 @@ registry_addr: {{ $registry }}
 ingestor_addr: {{ ternary (include "carmesh.address" (dict "root" $root "component" "ingestor" "port" $root.Values.ingestor.port)) "" $root.Values.ingestor.enabled | quote }}
 feature_addr: {{ ternary $feature "" $root.Values.featureService.enabled | quote }}
 trainer_addr: {{ ternary (include "carmesh.address" (dict "root" $root "component" "trainer" "port" $root.Values.trainer.port)) "" $root.Values.trainer.enabled | quote }}
+tracker_addr: {{ ternary (include "carmesh.address" (dict "root" $root "component" "tracker" "port" $root.Values.tracker.port)) "" $root.Values.tracker.enabled | quote }}
 {{- if or $v.apiKeys.existingSecret $v.apiKeys.entries }}
 api_keys_file: /etc/carmesh/api-keys/api-keys
 {{- end }}
@@ -138,6 +140,17 @@ kafka_bootstrap: {{ $root.Values.external.kafka.bootstrap | quote }}
 kafka_idempotence: {{ $root.Values.external.kafka.idempotence }}
 {{- with $v.dataClaims }}
 allowed_roots: [{{ range $i, $c := . }}{{ if $i }}, {{ end }}{{ $c.mountPath }}{{ end }}]
+{{- end }}
+{{- else if eq .key "tracker" }}
+{{- $ext := $root.Values.external }}
+kafka_bootstrap: {{ $ext.kafka.bootstrap | quote }}
+postgres_dsn: {{ $ext.postgres.dsn | quote }}
+redis_url: {{ $ext.redis.url | quote }}
+{{- if $ext.postgres.passwordSecret.name }}
+postgres_password_file: /etc/carmesh/secrets/postgres/password
+{{- end }}
+{{- if $ext.redis.passwordSecret.name }}
+redis_password_file: /etc/carmesh/secrets/redis/password
 {{- end }}
 {{- else if eq .key "featureService" }}
 {{- $ext := $root.Values.external }}

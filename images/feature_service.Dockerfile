@@ -1,0 +1,61 @@
+# carmesh feature_service: online (Redis) and offline (PostgreSQL) features, data set snapshots.
+# Build from the repository root; `make images` passes VERSION (docs/deploy.md):
+#   docker build -f images/feature_service.Dockerfile --build-arg VERSION=0.2.0 -t carmesh/feature-service:0.2.0 .
+ARG BASE=python:3.11-slim-bookworm
+
+# Dependencies only: this stage changes only with pyproject.toml, so code changes reuse it.
+FROM ${BASE} AS deps
+ARG VERSION
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+COPY pyproject.toml images/requirements.py /src/
+# The version the tag and labels carry must be the one being built.
+RUN test "$(python3 /src/requirements.py --version /src/pyproject.toml)" = "${VERSION}" \
+    || { echo "VERSION=${VERSION} is not pyproject.toml's version" >&2; exit 1; }
+# A wheelhouse in a build cache: a changed pyproject.toml downloads only what is new.
+RUN --mount=type=cache,target=/root/.cache/carmesh-wheels \
+    python3 -m venv /opt/carmesh \
+    && python3 /src/requirements.py /src/pyproject.toml feature > /src/requirements.txt \
+    && /opt/carmesh/bin/pip wheel -q -w /root/.cache/carmesh-wheels -r /src/requirements.txt \
+    && /opt/carmesh/bin/pip install -q --no-index -f /root/.cache/carmesh-wheels -r /src/requirements.txt \
+    && echo /opt/carmesh-app > "$(/opt/carmesh/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/carmesh-app.pth"
+
+# carmesh itself, into a folder of its own (on the venv's path through the .pth above), so
+# the final image adds a small layer per code change instead of a new copy of the venv.
+FROM deps AS build
+RUN --mount=type=cache,target=/root/.cache/carmesh-wheels \
+    /opt/carmesh/bin/pip wheel -q -w /root/.cache/carmesh-wheels "setuptools>=77" \
+    && /opt/carmesh/bin/pip install -q --no-index -f /root/.cache/carmesh-wheels "setuptools>=77"
+COPY README.md /src/
+COPY carmesh /src/carmesh
+COPY kit /src/kit
+COPY feature_service /src/feature_service
+RUN /opt/carmesh/bin/pip install -q --no-deps --no-build-isolation --no-cache-dir --target /opt/carmesh-app /src
+
+FROM ${BASE}
+ARG VERSION
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="carmesh-feature-service" \
+      org.opencontainers.image.description="carmesh feature_service: online (Redis) and offline (PostgreSQL) features, data set snapshots" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/carmesh/carmesh"
+# uid/gid 10001: not root, and clear of the users a node or base image defines.
+RUN groupadd --gid 10001 carmesh \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/carmesh --shell /usr/sbin/nologin carmesh \
+    && mkdir -p /var/lib/carmesh && chown 10001:10001 /var/lib/carmesh
+COPY --from=deps /opt/carmesh /opt/carmesh
+COPY --from=build /opt/carmesh-app /opt/carmesh-app
+# Read-only root filesystem: the daemon writes only to /tmp (HOME: library caches) and to the
+# data volume, its working directory, where relative paths such as the local blob store land.
+ENV PATH=/opt/carmesh/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CARMESH_FEATURE_HOST=0.0.0.0 \
+    CARMESH_FEATURE_BLOB_DIR=/var/lib/carmesh/blobs
+VOLUME ["/var/lib/carmesh"]
+WORKDIR /var/lib/carmesh
+USER 10001:10001
+EXPOSE 50063 9463
+ENTRYPOINT ["python", "-m", "feature_service"]
