@@ -80,7 +80,7 @@ async def test_zones_set_list_and_counts_through_the_gateway(mesh, pool) -> None
     assert _cli(gateway, COUNTER_KEY, "events", "--camera", camera, "--follow").returncode == 4  # no events scope
     follower = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "carmesh_cli", "events", "--camera", camera, "--follow", "--json",
-        env={**os.environ, "CARMESH_GATEWAY": gateway, "CARMESH_API_KEY": VIEWER_KEY},
+        env={**os.environ, "CARMESH_GATEWAY": gateway, "CARMESH_API_KEY": VIEWER_KEY, "CARMESH_PLAINTEXT": "1"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
