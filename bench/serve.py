@@ -2,6 +2,8 @@
 at concurrency 1 and 8, images/s and p50/p99 latency of a whole request (encoded image in, boxes out):
 
 - carmesh detector (ONNX Runtime): the detector daemon over gRPC, inference in-process;
+- carmesh KServe v2 endpoint: the same detector's GRPCInferenceService, its ``-e2e`` model called with
+  tritonclient (image bytes in, boxes out);
 - carmesh detector, Triton backend (and with system shared memory): the detector daemon, its batches
   sent to a Triton server (pytriton's tritonserver from ``.venv-triton``) with tritonclient;
 - Triton direct: this process decodes, letterboxes and post-processes with the detector's code and
@@ -111,6 +113,32 @@ def detector_triton_shm(setup: Setup) -> contextlib.AbstractAsyncContextManager[
 
 
 @contextlib.asynccontextmanager
+async def detector_kserve(setup: Setup) -> AsyncIterator[Send]:
+    """carmesh's KServe v2 endpoint (the detector's GRPCInferenceService) called with tritonclient, as a
+    KServe or Triton user would: the ``<model>-e2e`` model, encoded image in, boxes, scores, classes out."""
+    import tritonclient.grpc.aio as tritonaio
+    from tritonclient.grpc import InferInput
+
+    port = free_port()
+    proc = await asyncio.to_thread(start, "detector", setup.detector_args(), port, setup.workdir / "kserve.log")
+    client = tritonaio.InferenceServerClient(f"127.0.0.1:{port}")
+    model = f"{setup.model.stem}-e2e"  # a --model-path detector serves its model under the file's stem
+    try:
+
+        async def send(image: bytes) -> object:
+            tensor = InferInput("IMAGE", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([image], dtype=object))
+            return await client.infer(model, [tensor], client_timeout=120)
+
+        yield send
+        setup.notes.append(f"KServe v2: detector peak RSS {peak_rss_mb(proc.pid):.0f} MB.")
+    finally:
+        await client.close()
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+
+
+@contextlib.asynccontextmanager
 async def triton_direct(setup: Setup) -> AsyncIterator[Send]:
     """What a Triton user writes: decode, letterbox, infer with tritonclient, decode boxes (the detector's code)."""
     import tritonclient.grpc.aio as tritonaio
@@ -190,6 +218,7 @@ class ServePath:
 
 PATHS = [
     ServePath("carmesh detector (ONNX Runtime)", detector_onnxruntime),
+    ServePath("carmesh KServe v2 endpoint (tritonclient)", detector_kserve),
     ServePath("carmesh detector, Triton backend", detector_triton),
     ServePath("carmesh detector, Triton backend, shm", detector_triton_shm),
     ServePath("Triton direct (tritonclient)", triton_direct),

@@ -1,5 +1,5 @@
-"""`make bench-serve`'s short version: two of its paths (the detector and Triton called directly)
-with a few requests each write their rows, ratios and notes into a benchmarks file."""
+"""`make bench-serve`'s short version: three of its paths (the detector, its KServe v2 endpoint and
+Triton called directly) with a few requests each write their rows, ratios and notes into a benchmarks file."""
 
 from __future__ import annotations
 
@@ -18,12 +18,22 @@ def test_bench_serve_writes_its_table(shared_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\n<!-- other:start -->\nkept\n<!-- other:end -->\n")
     code = serve.main(
-        ["--count", "4", "--concurrency", "1,2", "--paths", "carmesh detector (ONNX,Triton direct", "--write", str(out)]
+        [
+            "--count",
+            "4",
+            "--concurrency",
+            "1,2",
+            "--paths",
+            "carmesh detector (ONNX,carmesh KServe,Triton direct",
+            "--write",
+            str(out),
+        ]
     )
     assert code == 0
     text = out.read_text()
     assert "kept" in text and "<!-- bench-serve:start -->" in text
     rows = [line for line in text.splitlines() if line.startswith("| carmesh") or line.startswith("| Triton")]
-    assert len(rows) == 4, text
+    assert len(rows) == 6, text
+    assert "| carmesh KServe v2 endpoint (tritonclient) | 2 |" in text
     assert "| carmesh detector (ONNX Runtime) | 1 |" in text and "| Triton direct (tritonclient) | 2 |" in text
     assert "1.00x" in text
