@@ -82,7 +82,7 @@ def test_a_session_without_the_required_provider_fails() -> None:
 
 def _start(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "detector", "--grpc-port", "0", "--metrics-port", "0", *args],
+        [sys.executable, "-m", "detector", "--mesh-plaintext", "--grpc-port", "0", "--metrics-port", "0", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
