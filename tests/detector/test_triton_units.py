@@ -43,6 +43,6 @@ def test_triton_model_setting_refuses_what_is_no_name(name: str) -> None:
 
 
 def test_backend_setting() -> None:
-    assert Settings.model_validate({}).backend == "onnxruntime"
+    assert Settings.model_validate({"mesh_plaintext": True}).backend == "onnxruntime"
     with pytest.raises(ValidationError, match="backend"):
-        Settings.model_validate({"backend": "tensorrt"})
+        Settings.model_validate({"backend": "tensorrt", "mesh_plaintext": True})
