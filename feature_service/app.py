@@ -8,7 +8,6 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,10 +29,10 @@ from feature_service.repair import OnlineRepair
 from feature_service.server import SERVICE_NAME, FeatureServicer
 from feature_service.validation import Limits
 from kit import mesh_tls
-from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC, create_consumer, create_producer, ensure_topics
 from kit.mesh_tls import CallerPolicy
+from kit.secret_files import read_password
 from kit.server import Server
 
 # The gateway (for clients) and the trainer (snapshots to train on) call the feature service.
@@ -151,19 +150,6 @@ def build_consumers(
             )
         )
     return Consumers(loops)
-
-
-def read_password(path: Path | None) -> str | None:
-    """The first line of ``path`` (None: the URL carries the password, if any)."""
-    if path is None:
-        return None
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from exc
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"the password file {path} is empty")
-    return lines[0].strip()
 
 
 async def build(cfg: Settings, ctx: Context) -> FeatureDaemon:

@@ -10,15 +10,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from carmesh.v1 import tracking_pb2_grpc
 from kit import mesh_tls
-from kit.config import ConfigError
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.kafka import DEFAULT_PARTITIONS, create_consumer, create_producer, ensure_topics
 from kit.mesh_tls import CallerPolicy
 from kit.redact import redact_url
+from kit.secret_files import read_password
 from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
@@ -32,19 +31,6 @@ from tracking.core import TrackerConfig
 CALLERS = CallerPolicy(default=frozenset({mesh_tls.GATEWAY}))
 
 log = logging.getLogger("tracker")
-
-
-def read_password(path: Path | None) -> str | None:
-    """The first line of ``path`` (None: the DSN carries the password, if any)."""
-    if path is None:
-        return None
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from exc
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"the password file {path} is empty")
-    return lines[0].strip()
 
 
 async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:

@@ -23,9 +23,9 @@ import redis.exceptions
 from carmesh.v1 import feature_pb2, feature_pb2_grpc, registry_pb2, registry_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from devstack import services
 from devstack.procs import Process
-from feature_service.app import read_password
 from kit.config import ConfigError
 from kit.mesh_tls import MeshTls, mesh_channel_sync
+from kit.secret_files import read_password
 from tests.helpers import free_port
 
 
