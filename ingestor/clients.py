@@ -6,7 +6,7 @@ the caller's namespace (``dataset_namespace``), never in the operator's, where i
 
 An OK reply means the broker has every accepted frame (acks=all). Frames the broker has not
 acknowledged within ack_wait end the call with UNAVAILABLE: the client sends the stream again,
-and a frame sent again (same caller, camera, client frame_id or captured_at, and bytes) gets the
+and a frame sent again (same caller, camera, client frame_id, captured_at or seq, and bytes) gets the
 same frame id, which the feature_service stores once."""
 
 from __future__ import annotations
@@ -112,11 +112,11 @@ def complete(
     out.encoding, out.width, out.height = info.encoding, info.width, info.height
     # A client frame_id is a reference only: the id comes from the caller's namespace and the bytes,
     # so no client can take an imported frame's id (or another key's). Without one, the capture time
-    # the client set names the frame (a re-sent stream keeps it); without either, a nonce keeps
-    # each frame apart, as before.
+    # the client set names the frame, else its seq (a re-sent stream keeps both: the same camera, seq
+    # and bytes are one frame); with none of them, a nonce keeps each frame apart, as before.
     out.client_frame_id = frame.frame_id
     out.dataset_namespace = caller.name
-    reference = frame.frame_id or _captured_reference(frame) or unique_id()
+    reference = frame.frame_id or _captured_reference(frame) or (f"seq:{frame.seq}" if frame.seq else "") or unique_id()
     out.frame_id = derive_frame_id(("client", caller.name, frame.camera_id, reference), frame.image)
     if not out.seq:
         out.seq = position

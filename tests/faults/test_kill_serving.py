@@ -1,4 +1,4 @@
-"""kill -9 of the detector (streaming mode) and of the feature service under load through the
+"""kill -9 of the detector (streaming mode), of the feature service and of the gateway under load through the
 gateway: Detect calls from three clients and a client stream of frames (IngestFrames) run while
 the daemon is SIGKILLed and restarted. Afterwards every frame the ingestor accepted is stored
 exactly once (row and blob) and detected exactly once per model version, every Detect call was
@@ -65,14 +65,17 @@ async def _kill_under_load(mesh: ServingMesh, victim: DaemonProcess, load: Load)
     accepted = len(load.accepted_frames)
     assert accepted == len(set(load.accepted_frames))
 
+    last: dict[str, tuple[int, int, int]] = {}
+
     async def all_stored() -> bool:
-        return await stored(mesh.dsn, mesh.camera) == (accepted, accepted, accepted)
+        last["stored (frames, distinct images, detection runs)"] = got = await stored(mesh.dsn, mesh.camera)
+        return got == (accepted, accepted, accepted)
 
     await eventually_async(
         all_stored,
         what=f"each of the {accepted} accepted frames stored and detected once",
         timeout_s=120,
-        detail=lambda: mesh.logs(),
+        detail=lambda: f"{last}\n{mesh.logs()}",
     )
     assert not load.wrong_answers, load.wrong_answers[:5]
     # Shown with -s (or -rP): the figures docs/reliability.md quotes.
@@ -105,4 +108,20 @@ async def test_feature_service_sigkill_under_load_stores_every_frame_once(
     # The feature service is not on the Detect path: every call succeeded.
     assert set(load.detect) == {"OK"}, load.detect
     assert not load.stream_errors, load.stream_errors
+    assert missing == [], missing[:5]
+
+
+async def test_gateway_sigkill_under_load_loses_no_accepted_frame_and_clients_recover(
+    feature_db: FreshDatabase, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The front door dies: in-flight calls fail UNAVAILABLE, the clients' own channels reconnect to
+    the restarted gateway, and a stream cut mid-way is sent again without storing a frame twice."""
+    await ensure_topics(kafka_bootstrap)
+    load = Load()
+    with serving_mesh(feature_db.dsn, redis_url, kafka_bootstrap, tmp_path) as mesh:
+        await _kill_under_load(mesh, mesh.gateway, load)
+        missing = await missing_blobs(mesh.dsn, mesh.camera, tmp_path / "blobs")
+    assert set(load.detect) <= {"OK", "UNAVAILABLE"}, load.detect
+    assert load.detect["UNAVAILABLE"] >= 1, load.detect
+    assert set(load.stream_errors) <= {"UNAVAILABLE"}, load.stream_errors
     assert missing == [], missing[:5]
