@@ -173,6 +173,36 @@ def tcp_open(port: int, host: str = HOST) -> bool:
         return False
 
 
+def port_bindable(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on host:port now.
+
+    Stricter than `not tcp_open(port)`: an outgoing connection whose ephemeral local port is `port`
+    accepts nothing, yet a listener cannot bind it (CI saw this: the tracker's 53066).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As gRPC and the services do, so sockets in TIME_WAIT do not count as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_offset(offsets: range) -> int:
+    """The first offset in `offsets` under which every stack port is valid and free to bind.
+
+    Offsets of 11,000 and up put the gRPC ports (50051 + offset) above Linux's default ephemeral
+    range (32768-60999), where outgoing connections take their local ports.
+    """
+    base = Ports()
+    for offset in offsets:
+        ports = base.shifted(offset).__dict__.values()
+        if max(ports) <= 65535 and all(port_bindable(port) and not tcp_open(port) for port in ports):
+            return offset
+    raise StackError(f"no free port range for the mesh among offsets {offsets}")
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as reply:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from carmesh.v1 import detector_pb2, detector_pb2_grpc
 from devstack.procs import Process
-from devstack.services import Ports, StackConfig, grpc_serving, tcp_open
+from devstack.services import Ports, StackConfig, free_port_offset, grpc_serving
 from kit.mesh_tls import MeshTls
 from tests.helpers import REPO_ROOT
 from tests.support import eventually, eventually_async
@@ -71,20 +71,11 @@ class Mesh:
         )
 
 
-def _free_offset() -> int:
-    base = Ports()
-    for offset in range(11000, 15000, 97):
-        shifted = base.shifted(offset)
-        if not any(tcp_open(port) for port in shifted.__dict__.values()):
-            return offset
-    raise RuntimeError("no free port range for the mesh")
-
-
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
     run_dir = Path(tempfile.mkdtemp(prefix="carmesh-e2e-"))
     os.chmod(run_dir, 0o755)
-    offset = _free_offset()
+    offset = free_port_offset(range(11000, 14400, 97))
     env = {**os.environ, "CARMESH_STACK_RUN_DIR": str(run_dir), "CARMESH_STACK_PORT_OFFSET": str(offset)}
     ports = Ports().shifted(offset)
     mesh = Mesh(env=env, ports=ports, run_dir=run_dir, api_key="")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from devstack.services import Ports, tcp_open
+from devstack.services import free_port_offset
 from tests.helpers import REPO_ROOT, SHARED
 
 pytestmark = pytest.mark.e2e
@@ -54,16 +54,6 @@ def readme_demo_with_model() -> str:
     found = re.findall(r"`(make demo MODEL=\S+\.onnx)`", text)
     assert found, "README.md no longer shows `make demo MODEL=....onnx`"
     return found[0]
-
-
-def _free_offset() -> int:
-    """A port offset whose whole shifted range is valid and free (below test_mesh's range, 11000 up)."""
-    base = Ports()
-    for offset in range(3000, 11000, 89):
-        ports = base.shifted(offset).__dict__.values()
-        if max(ports) <= 65535 and not any(tcp_open(port) for port in ports):
-            return offset
-    raise RuntimeError("no free port range for the mesh")
 
 
 @dataclass
@@ -93,7 +83,7 @@ def clean_run() -> Iterator[Run]:
     env = {
         **os.environ,
         "CARMESH_STACK_RUN_DIR": str(run_dir),
-        "CARMESH_STACK_PORT_OFFSET": str(_free_offset()),
+        "CARMESH_STACK_PORT_OFFSET": str(free_port_offset(range(11050, 14400, 89))),
         "DEMO_OUT": str(out_dir),
     }
     for name in ("CARMESH_API_KEY", "CARMESH_GATEWAY", "MODEL", "IMAGE", "VENV"):
