@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = args.classes.split(",")
     # Classes that are not targets stay don't-care, as in the scored protocol.
     data = load_folder(args.data, classes, [c for c in DONT_CARE if c not in classes])
-    recipe = replace(Recipe(), time_budget_s=args.budget_s, epochs=100_000, loader_threads=1, **overrides)
+    # --set wins, so a step-scheduled variant can be asked for: --set epochs=10 --set time_budget_s=null.
+    recipe = replace(Recipe(), **{"time_budget_s": args.budget_s, "epochs": 100_000, "loader_threads": 1, **overrides})
     width, _, height = args.size.partition("x")
     spec = ModelSpec("n", tuple(data.class_names), int(width), int(height))
     started = time.monotonic()

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from carmesh.v1 import tracking_pb2_grpc
 from kit import mesh_tls
@@ -22,6 +23,7 @@ from kit.server import Server
 from tracker.config import Settings
 from tracker.consumer import TrackingConsumer
 from tracker.events import EventsFollower, Publisher
+from tracker.metrics import TrackerMetrics
 from tracker.online import OnlineCounts
 from tracker.server import SERVICE_NAME, TrackingServicer
 from tracker.store import TrackerStore, create_pool
@@ -63,6 +65,7 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
             heartbeat_interval_ms=max(100, cfg.kafka_session_timeout_ms // 3),
         )
 
+    metrics = TrackerMetrics(ctx.metrics)
     consumer = TrackingConsumer(
         store,
         make_consumer,  # type: ignore[arg-type]
@@ -73,12 +76,39 @@ async def build(cfg: Settings, ctx: Context) -> TrackerDaemon:
         cfg.poll_timeout_ms,
         publish=publisher.publish,
         online=online,
+        idle_camera_s=cfg.idle_camera_s,
+        metrics=metrics,
     )
     server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     tracking_pb2_grpc.add_TrackingServiceServicer_to_server(
         TrackingServicer(store, EventsFollower(cfg.kafka_bootstrap, cfg.events_topic)), server.server
     )
-    return TrackerDaemon(server, consumer, ctx)
+    retention = CountsRetention(store, cfg.counts_retention_days, cfg.retention_interval_s, metrics)
+    return TrackerDaemon(server, consumer, ctx, retention)
+
+
+@dataclass
+class CountsRetention:
+    """Deletes per-minute counts older than ``days`` every ``interval_s`` (days 0: never). Every
+    replica runs it; the deletes are idempotent and short, so they need no leader."""
+
+    store: TrackerStore
+    days: int
+    interval_s: float
+    metrics: TrackerMetrics
+
+    async def run(self) -> None:
+        while self.days > 0:
+            cutoff = datetime.now(UTC) - timedelta(days=self.days)
+            try:
+                deleted = await self.store.delete_counts_before(cutoff)
+            except Exception as exc:  # PostgreSQL down: the next round tries again
+                log.warning("deleting counts before %s failed (%s: %s)", cutoff.isoformat(), type(exc).__name__, exc)
+            else:
+                self.metrics.count_rows_deleted.inc(deleted)
+                if deleted:
+                    log.info("deleted %d count rows of minutes before %s", deleted, cutoff.isoformat())
+            await asyncio.sleep(self.interval_s)
 
 
 @dataclass
@@ -86,10 +116,13 @@ class TrackerDaemon(Daemon):
     server: Server
     consumer: TrackingConsumer
     ctx: Context
+    retention: CountsRetention
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         self._task = self.ctx.background(self.consumer.run(), "tracker-consumer")
+        if self.retention.days > 0:
+            self.ctx.background(self.retention.run(), "tracker-counts-retention")
         await self.server.set_serving(True)
 
     async def before_drain(self) -> None:

@@ -43,3 +43,15 @@ class Settings(BaseSettings):
     online_ttl_s: int = Field(86400, ge=1, le=30 * 86400, description="lifetime of a camera's online counts")
 
     lost_track_s: float = Field(1.0, gt=0, le=60, description="how long a track outlives its last box (occlusions)")
+    idle_camera_s: float = Field(
+        600.0,
+        ge=1,
+        le=7 * 86400,
+        description="a camera without frames this long leaves memory; its checkpoint stays in PostgreSQL",
+    )
+    counts_retention_days: int = Field(
+        0, ge=0, le=36500, description="per-minute counts older than this many days are deleted (0: kept forever)"
+    )
+    retention_interval_s: float = Field(
+        3600.0, ge=1, le=7 * 86400, description="how often counts older than the retention are deleted"
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from carmesh.v1 import common_pb2, tracking_pb2
 from kit.names import is_valid_name
+from tracker.metrics import TrackerMetrics
 from tracker.online import OnlineCounts
 from tracker.store import Claim, Fenced, TrackerStore, minute_of
 from tracking.core import CameraTracker, FrameDetections, FrameResult, TrackerConfig
@@ -43,6 +45,7 @@ class _Camera:
     layout_version: int
     tracker: CameraTracker
     class_names: dict[int, str]
+    last_frame_monotonic_s: float = 0.0
 
 
 def _frame(message: common_pb2.FrameDetections) -> FrameDetections:
@@ -110,6 +113,8 @@ class TrackingConsumer:
         publish: Callable[[list[tracking_pb2.TrackEvent], list[tracking_pb2.FrameTracks]], Awaitable[None]]
         | None = None,
         online: OnlineCounts | None = None,
+        idle_camera_s: float = 600.0,
+        metrics: TrackerMetrics | None = None,
     ) -> None:
         self._store = store
         self._make_consumer = make_consumer
@@ -121,6 +126,8 @@ class TrackingConsumer:
         self._retry_s = retry_s
         self._publish = publish
         self._online = online
+        self._idle_camera_s = idle_camera_s
+        self._metrics = metrics
         self._lock = asyncio.Lock()
         self._claims: dict[int, Claim] = {}
         self._cameras: dict[str, _Camera] = {}
@@ -323,8 +330,29 @@ class TrackingConsumer:
             await self._store.commit_batch(self._topic, offsets, checkpoints, deltas)
             for partition, (_, next_offset) in offsets.items():
                 self._expected[partition] = next_offset
+            now_s = time.monotonic()
+            for camera_id in touched:
+                self._cameras[camera_id].last_frame_monotonic_s = now_s
             if self._online is not None:
                 for camera_id, at_s in newest.items():
                     tracker = self._cameras[camera_id].tracker
                     occupancy = {zone.name: tracker.occupancy(zone.name) for zone in tracker.layout.zones}
                     await self._online.update(camera_id, datetime.fromtimestamp(at_s, UTC), occupancy)
+            self._evict_idle(now_s)
+
+    def _evict_idle(self, now_s: float) -> None:
+        """Drops cameras without frames for ``idle_camera_s`` (under the lock, after a commit): their
+        checkpoints are committed, so a camera that comes back resumes from PostgreSQL. Without this, a
+        fleet whose cameras come and go holds every tracker it ever saw."""
+        idle = [c for c, state in self._cameras.items() if now_s - state.last_frame_monotonic_s >= self._idle_camera_s]
+        for camera_id in idle:
+            del self._cameras[camera_id]
+        if idle:
+            log.info("dropped %d idle camera(s) from memory", len(idle))
+        if self._metrics is not None:
+            self._metrics.cameras_evicted.inc(len(idle))
+            self._metrics.cameras_in_memory.set(len(self._cameras))
+
+    @property
+    def cameras_in_memory(self) -> list[str]:
+        return sorted(self._cameras)

@@ -279,3 +279,18 @@ class TrackerStore:
             camera_id,
         )
         return {(r["name"], r["direction"], r["class_name"]): int(r["n"]) for r in rows}
+
+    async def delete_counts_before(self, cutoff: datetime, batch_rows: int = 10_000) -> int:
+        """Deletes per-minute counts of minutes before ``cutoff``, ``batch_rows`` at a time (short
+        transactions beside the consumer's); returns the rows deleted."""
+        deleted = 0
+        while True:
+            status = await self.pool.execute(
+                "DELETE FROM tracker_counts WHERE ctid IN (SELECT ctid FROM tracker_counts WHERE minute < $1 LIMIT $2)",
+                cutoff,
+                batch_rows,
+            )
+            rows = int(status.split()[-1])  # "DELETE n"
+            deleted += rows
+            if rows < batch_rows:
+                return deleted
