@@ -323,6 +323,9 @@ def _follow(conn: Connection, job_id: str, as_json: bool, stdout: TextIO, stderr
     if last is None:
         raise CliError(f"no updates for job {job_id}", EXIT_RPC_FAILED)
     _print_job(last, as_json, stdout)
+    if last.state == training_pb2.TRAINING_STATE_FAILED:
+        # stdout may be a file that --output drops on failure: the reason must reach a person.
+        print(f"error: job {job_id} failed: {last.error or 'no reason given'}", file=stderr)
     return _exit_of(last)
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
+import grpc
 import numpy as np
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
@@ -221,11 +223,36 @@ def register(spec: JobSpec, release: Release, tracker: Tracker) -> ResultEvent:
     )
 
 
+SET_ALIAS_ATTEMPTS = 4
+SET_ALIAS_TIMEOUT_S = 30.0
+
+
 def set_alias(registry_addr: str, model_name: str, alias: str, version: str, mesh_files: Sequence[str] = ()) -> str:
     """Through registry_gateway so the alias history (rollback) records the move; over mutual TLS with
     the trainer's certificate when ``mesh_files`` (CA, certificate, key) are given."""
     tls = MeshTls(*(Path(path).read_bytes() for path in mesh_files)) if mesh_files else None
+    request = registry_pb2.SetAliasRequest(name=model_name, alias=alias, version=version)
     with mesh_channel_sync(registry_addr, tls) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        stub.SetAlias(registry_pb2.SetAliasRequest(name=model_name, alias=alias, version=version), timeout=30)
+        # Setting an alias to a version is idempotent, so a registry that is slow (a loaded host: the
+        # demo job once failed on one 30 s deadline) or restarting is tried again before the job fails.
+        for attempt in range(1, SET_ALIAS_ATTEMPTS + 1):
+            try:
+                stub.SetAlias(request, timeout=SET_ALIAS_TIMEOUT_S, wait_for_ready=True)
+                return alias
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                if attempt == SET_ALIAS_ATTEMPTS:
+                    raise RuntimeError(
+                        f"the registry at {registry_addr} did not set {model_name}@{alias} -> version {version} "
+                        f"in {SET_ALIAS_ATTEMPTS} tries of {SET_ALIAS_TIMEOUT_S:.0f}s "
+                        f"({code.name}: {error.details()}); "
+                        f"the version is registered: `carmesh models promote` or SetAlias can point the alias at it"
+                    ) from None
+                log.warning(
+                    "SetAlias %s@%s: %s; again (%d/%d)", model_name, alias, code.name, attempt, SET_ALIAS_ATTEMPTS
+                )
+                time.sleep(2.0 * attempt)
     return alias
