@@ -1,22 +1,26 @@
 """Backing stores of a test's own that it can stop and start again on the same port (the session's
-serve every other test): PostgreSQL and Redis as real processes, MLflow as a real server on its
-sqlite store, and Tansu behind a TCP proxy (Tansu here keeps its data in memory only, so a
-stopped broker would come back empty: cutting the proxy is the outage that keeps the data)."""
+serve every other test): PostgreSQL and Redis as real processes stopped and started, Tansu and
+MLflow behind a TCP proxy that is cut and restored (Tansu here keeps its data in memory only, so
+a stopped broker would come back empty; MLflow takes ~30 s to start)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from devstack import services
 from devstack.procs import Process
 from tests.helpers import free_port
 from tests.ingestor.proxy import TcpProxy
+from tests.support import eventually
 
 
 @dataclass
@@ -27,13 +31,20 @@ class RestartableStore:
     address: str  # what daemons connect to (a URL with the password where the store has one)
     process: Process | None = None
     proxy: TcpProxy | None = None
+    # PostgreSQL's SIGTERM is a "smart" shutdown that lets open sessions carry on: SIGINT (a "fast"
+    # shutdown) ends them at once, as a server that goes away does.
+    stop_signal: signal.Signals = signal.SIGTERM
 
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.cut()
-        else:
-            assert self.process is not None
-            self.process.stop()
+            return
+        assert self.process is not None
+        pid = self.process.pid()
+        if pid is not None and self.stop_signal != signal.SIGTERM:
+            os.kill(pid, self.stop_signal)
+            eventually(lambda: self.process is not None and self.process.pid() is None, what=f"{self.name} to stop")
+        self.process.stop()  # SIGTERM, then SIGKILL; forgets the pid file
 
     def start(self) -> None:
         if self.proxy is not None:
@@ -70,7 +81,9 @@ def _running(store: RestartableStore) -> Iterator[RestartableStore]:
 def own_postgres(stack_config: services.StackConfig) -> Iterator[RestartableStore]:
     """A private PostgreSQL server; ``address`` is the DSN of its (empty) ``carmesh`` database."""
     with _own_config(stack_config, postgres=free_port()) as cfg:
-        store = RestartableStore("postgres", cfg.postgres_dsn_with_password(), services.postgres(cfg))
+        store = RestartableStore(
+            "postgres", cfg.postgres_dsn_with_password(), services.postgres(cfg), stop_signal=signal.SIGINT
+        )
         with _running(store):
             services.create_databases(cfg, ("carmesh",))
             yield store
@@ -85,11 +98,17 @@ def own_redis(stack_config: services.StackConfig) -> Iterator[RestartableStore]:
 
 
 @contextlib.contextmanager
-def own_mlflow(stack_config: services.StackConfig) -> Iterator[RestartableStore]:
-    """A private MLflow server on its own sqlite store and artifacts folder (both survive a restart)."""
-    with _own_config(stack_config, mlflow=free_port()) as cfg:
-        with _running(RestartableStore("mlflow", cfg.mlflow_uri, services.mlflow(cfg))) as store:
-            yield store
+def mlflow_behind_proxy(mlflow_uri: str) -> Iterator[RestartableStore]:
+    """The session's MLflow seen through a proxy: ``stop()`` refuses connections and resets the open
+    ones, which is all a client can tell of a stopped server; a real restart of MLflow costs ~30 s
+    a start here, too slow for the suite. ``address`` is the tracking URI to give the registry."""
+    target = urlsplit(mlflow_uri)
+    assert target.hostname in ("127.0.0.1", "localhost") and target.port, f"a local MLflow, not {mlflow_uri}"
+    proxy = TcpProxy(target.port).start()
+    try:
+        yield RestartableStore("mlflow", f"http://127.0.0.1:{proxy.port}", proxy=proxy)
+    finally:
+        proxy.cut()
 
 
 @contextlib.contextmanager
