@@ -92,9 +92,11 @@ def own_postgres(stack_config: services.StackConfig) -> Iterator[RestartableStor
 @contextlib.contextmanager
 def own_redis(stack_config: services.StackConfig) -> Iterator[RestartableStore]:
     """A private Redis (no persistence: it comes back empty, as after a crash)."""
-    with _own_config(stack_config, redis=free_port()) as cfg:
-        with _running(RestartableStore("redis", cfg.redis_url_with_password(), services.redis(cfg))) as store:
-            yield store
+    with (
+        _own_config(stack_config, redis=free_port()) as cfg,
+        _running(RestartableStore("redis", cfg.redis_url_with_password(), services.redis(cfg))) as store,
+    ):
+        yield store
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ from tests.faults.support import (
     stored,
     stream_client,
 )
-from tests.feature_service.support import FreshDatabase, fresh_database
+from tests.feature_service.support import FreshDatabase, fresh_database, metric
 from tests.helpers import DaemonProcess
 from tests.support import eventually_async
 
@@ -203,13 +203,29 @@ async def test_postgres_outage_longer_than_the_poll_interval(
 
 
 async def test_redis_outage_longer_than_the_poll_interval(
-    feature_db: FreshDatabase, redis_store: RestartableStore, kafka_bootstrap: str, tmp_path: Path, short_poll_interval: None
+    feature_db: FreshDatabase,
+    redis_store: RestartableStore,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    short_poll_interval: None,
 ) -> None:
     await ensure_topics(kafka_bootstrap)
     load = Load()
     with serving_mesh(feature_db.dsn, redis_store.address, kafka_bootstrap, tmp_path) as mesh:
         await _outage_under_load(mesh, redis_store, load)
         missing = await missing_blobs(mesh.dsn, mesh.camera, tmp_path / "blobs")
+        # The lost online writes were counted, and the camera's online features rebuilt from PostgreSQL.
+        port = mesh.features.metrics_port
+        assert port is not None
+
+        def repaired() -> bool:
+            outages = metric(port, "carmesh_feature_redis_outages_total")
+            up = metric(port, "carmesh_feature_redis_up")
+            pending = metric(port, "carmesh_feature_online_repair_pending")
+            rebuilt = metric(port, "carmesh_feature_online_rebuilt_cameras_total")
+            return outages >= 1 and up == 1 and pending == 0 and rebuilt >= 1
+
+        await eventually_async(lambda: asyncio.to_thread(repaired), what="the online store repaired", timeout_s=30)
     assert set(load.detect) == {"OK"}, load.detect
     assert not load.stream_errors, load.stream_errors
     assert missing == [], missing[:5]
@@ -299,6 +315,8 @@ async def test_mlflow_outage_registry_unavailable_detector_keeps_serving(
                         timeout_s=60,
                         detail=lambda: detector.log()[-3000:],
                     )
+                    for daemon in (registry, detector, gateway):
+                        assert await asyncio.to_thread(grpc_serving, daemon.address), f"{daemon.module} not SERVING"
                 finally:
                     stop.set()
                     results = await asyncio.gather(*clients, return_exceptions=True)
