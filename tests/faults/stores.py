@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 
 from devstack import services
 from devstack.procs import Process
-from tests.helpers import free_port
+from tests.helpers import REPO_ROOT, free_port
 from tests.ingestor.proxy import TcpProxy
 from tests.support import eventually
 
@@ -51,8 +54,29 @@ class RestartableStore:
             self.proxy.restore()
         else:
             assert self.process is not None
-            self.process.start()
+            _start_from_a_clean_process(self.process)
             self.process.wait_ready()
+
+
+# Starts a devstack Process from a fresh interpreter: PostgreSQL's start switches user, so it
+# forks (no vfork); a fork of this test process while gRPC's threads run crashed the child now
+# and then (SIGSEGV before exec). The helper has no gRPC loaded; the pid file tells us the rest.
+_START = """
+import json, sys
+from pathlib import Path
+from devstack.procs import Process
+s = json.load(sys.stdin)
+Process(s["name"], s["argv"], Path(s["run_dir"]), ready=lambda: True, env=s["env"], user=s["user"]).start()
+"""
+
+
+def _start_from_a_clean_process(process: Process) -> None:
+    spec = {"name": process.name, "argv": list(process.argv), "run_dir": str(process.run_dir)}
+    spec |= {"env": dict(process.env), "user": process.user}
+    # The spec goes by stdin: its environment may hold a secret, which argv would show in `ps`.
+    subprocess.run(
+        [sys.executable, "-c", _START], input=json.dumps(spec), text=True, check=True, cwd=REPO_ROOT, timeout=60
+    )
 
 
 @contextlib.contextmanager
