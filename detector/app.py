@@ -118,6 +118,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 idempotence=cfg.kafka_idempotence,
                 max_inflight=cfg.stream_inflight_frames,
                 retry_max_s=cfg.stream_retry_max_s,
+                session_timeout_ms=cfg.stream_session_timeout_ms,
+                max_poll_interval_ms=cfg.stream_max_poll_interval_ms,
             ),
             StreamMetrics(ctx.metrics),
         )

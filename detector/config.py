@@ -121,6 +121,16 @@ class Settings(BaseSettings):
     stream_retry_max_s: float = Field(
         2.0, gt=0, le=600, description="longest wait between retries of a frame (queue full, broker down)"
     )
+    stream_session_timeout_ms: int = Field(
+        10_000, ge=1000, le=300_000, description="frames consumer's group session timeout: how soon a dead member goes"
+    )
+    stream_max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1000,
+        le=86_400_000,
+        description="frames consumer: longest time without a poll (a full window while the broker is down) before "
+        "the member leaves its group; it rejoins at the next poll, from the committed offsets",
+    )
 
     @field_validator("stream_max_inflight")
     @classmethod

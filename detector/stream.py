@@ -66,6 +66,8 @@ class StreamOptions:
     idempotence: bool
     max_inflight: int
     retry_max_s: float = 2.0
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
     client_id: str = "carmesh-detector"
     frames_topic: str = FRAMES_TOPIC
     detections_topic: str = DETECTIONS_TOPIC
@@ -132,7 +134,14 @@ class FrameStream:
         delays = self._reconnect.delays()
         while not self._stopping.is_set():
             opts = self._options
-            consumer = create_consumer(opts.bootstrap, group_id=opts.group_id, client_id=opts.client_id)
+            consumer = create_consumer(
+                opts.bootstrap,
+                group_id=opts.group_id,
+                client_id=opts.client_id,
+                session_timeout_ms=opts.session_timeout_ms,
+                heartbeat_interval_ms=max(100, opts.session_timeout_ms // 3),
+                max_poll_interval_ms=opts.max_poll_interval_ms,
+            )
             producer = create_producer(opts.bootstrap, client_id=opts.client_id, idempotence=opts.idempotence)
             try:
                 await ensure_topics(opts.bootstrap, {t: DEFAULT_PARTITIONS.get(t, 1) for t in self._topics()})

@@ -93,6 +93,7 @@ def build_consumers(
             client_id=f"feature-service-{group}",
             session_timeout_ms=cfg.kafka_session_timeout_ms,
             heartbeat_interval_ms=heartbeat_ms,
+            max_poll_interval_ms=cfg.kafka_max_poll_interval_ms,
         )
 
     def dlq_producer() -> AIOKafkaProducer:

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, le=300_000, description="consumer group session timeout: how soon a dead member is replaced"
     )
+    kafka_max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1000,
+        le=86_400_000,
+        description="longest time a consumer may go without polling (a batch retried while a store is down) "
+        "before it leaves its group; it rejoins at the next poll, from the committed offsets",
+    )
     frames_group: str = Field("carmesh-feature-service", min_length=1, description="consumer group on frames")
     detections_group: str = Field(
         "carmesh-feature-service-detections", min_length=1, description="consumer group on detections"
