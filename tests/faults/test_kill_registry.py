@@ -41,7 +41,7 @@ from tests.support import eventually_async
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 KEY = f"faults-{uuid.uuid4().hex}"
-BOXES = {"v1": (22, 27, 42, 37), "v2": (12, 32, 20, 48)}
+BOXES: dict[str, tuple[int, ...]] = {"v1": (22, 27, 42, 37), "v2": (12, 32, 20, 48)}
 # How long after the registry is back the detector must serve the alias moved while it was down.
 ALIAS_PICKUP_S = 30.0
 
