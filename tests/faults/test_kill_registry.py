@@ -44,6 +44,9 @@ KEY = f"faults-{uuid.uuid4().hex}"
 BOXES: dict[str, tuple[int, ...]] = {"v1": (22, 27, 42, 37), "v2": (12, 32, 20, 48)}
 # How long after the registry is back the detector must serve the alias moved while it was down.
 ALIAS_PICKUP_S = 30.0
+# How long after the restarted registry reports SERVING a read through the gateway may still fail:
+# the gateway's reconnect backoff (max 5 s) with gRPC's jitter, and a health check round.
+RECONNECT_BOUND_S = 7.0
 
 
 def bearer() -> tuple[tuple[str, str], ...]:
@@ -52,7 +55,8 @@ def bearer() -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class RegistryLoad:
-    """What the clients saw. ``phase`` is "up", "down" or "back" (set by the test around the kill)."""
+    """What the clients saw. ``phase`` is "up", "down" (from the kill until the restarted registry reports
+    SERVING) or "back"."""
 
     phase: str = "up"
     detect: Counter[str] = field(default_factory=Counter)
@@ -60,8 +64,13 @@ class RegistryLoad:
     wrong_answers: list[str] = field(default_factory=list)
     registry: dict[str, Counter[str]] = field(default_factory=dict)
 
+    serving_at: float = 0.0  # monotonic time the restarted registry reported SERVING
+    last_failure_s: float = 0.0  # seconds after that of the last failed registry read
+
     def count(self, outcome: str) -> None:
         self.registry.setdefault(self.phase, Counter())[outcome] += 1
+        if self.phase == "back" and outcome != "OK":
+            self.last_failure_s = time.monotonic() - self.serving_at
 
 
 async def detect_client(
@@ -173,9 +182,9 @@ async def test_registry_sigkill_under_load_detect_keeps_serving_and_the_watch_re
                         timeout_s=30,
                     )
                     assert set(load.versions_seen[ok_at_kill:]) == {v1}, "the detector must hold v1 meanwhile"
-                    load.phase = "back"
                     registry.start()
-                    back_at = time.monotonic()
+                    load.serving_at = back_at = time.monotonic()
+                    load.phase = "back"
                     await eventually_async(
                         lambda: load.versions_seen[-1] == v2,
                         what="the detector's watch to pick up the alias moved while the registry was down",
@@ -203,4 +212,10 @@ async def test_registry_sigkill_under_load_detect_keeps_serving_and_the_watch_re
     assert set(load.registry["up"]) == {"OK"}, load.registry
     assert set(load.registry["down"]) == {"UNAVAILABLE"}, load.registry
     assert set(load.registry["back"]) <= {"OK", "UNAVAILABLE"}, load.registry
-    print(f"registry: detect {dict(load.detect)}; reads {load.registry}; v2 served {pickup_s:.1f} s after the restart")
+    # After the restart the gateway's channel may still wait out its reconnect backoff (at most 5 s,
+    # gateway/upstream.py) before a call reaches the registry: bounded, never longer.
+    assert load.last_failure_s <= RECONNECT_BOUND_S, load.last_failure_s
+    print(
+        f"registry: detect {dict(load.detect)}; reads {load.registry}, the last failure {load.last_failure_s:.1f} s "
+        f"after the restarted registry was SERVING; v2 served {pickup_s:.1f} s after it"
+    )
