@@ -45,8 +45,9 @@ BOXES: dict[str, tuple[int, ...]] = {"v1": (22, 27, 42, 37), "v2": (12, 32, 20, 
 # How long after the registry is back the detector must serve the alias moved while it was down.
 ALIAS_PICKUP_S = 30.0
 # How long after the restarted registry reports SERVING a read through the gateway may still fail:
-# the gateway's reconnect backoff (max 5 s) with gRPC's jitter, and a health check round.
-RECONNECT_BOUND_S = 7.0
+# the gateway's reconnect backoff (max 1 s) with gRPC's jitter, a health check round, and slack for a
+# loaded machine (with a 5 s cap the last failure came up to 4 s after SERVING).
+RECONNECT_BOUND_S = 3.0
 
 
 def bearer() -> tuple[tuple[str, str], ...]:
@@ -212,7 +213,7 @@ async def test_registry_sigkill_under_load_detect_keeps_serving_and_the_watch_re
     assert set(load.registry["up"]) == {"OK"}, load.registry
     assert set(load.registry["down"]) == {"UNAVAILABLE"}, load.registry
     assert set(load.registry["back"]) <= {"OK", "UNAVAILABLE"}, load.registry
-    # After the restart the gateway's channel may still wait out its reconnect backoff (at most 5 s,
+    # After the restart the gateway's channel may still wait out its reconnect backoff (at most 1 s,
     # gateway/upstream.py) before a call reaches the registry: bounded, never longer.
     assert load.last_failure_s <= RECONNECT_BOUND_S, load.last_failure_s
     print(
