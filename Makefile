@@ -42,8 +42,8 @@ fuzz: ## FUZZ_EXAMPLES generated requests over every RPC through a fresh mesh; p
 
 .PHONY: test-faults
 FAULTS_LOAD_S ?= 30
-test-faults: ## kill -9 of the detector and feature service under load through the gateway, FAULTS_LOAD_S s around each kill
-	CARMESH_FAULTS_LOAD_S=$(FAULTS_LOAD_S) $(PY) -m pytest -q -rP -p no:cacheprovider tests/faults
+test-faults: ## kill -9 of each daemon under load through the gateway, FAULTS_LOAD_S s around each kill (the trainer's: minutes)
+	CARMESH_FAULTS_TRAINER=1 CARMESH_FAULTS_LOAD_S=$(FAULTS_LOAD_S) $(PY) -m pytest -q -rP -p no:cacheprovider tests/faults
 
 up: ## start Redis, PostgreSQL, Tansu, MLflow and the daemons on 127.0.0.1 (logs/pids in .run/)
 	@$(PY) -m devstack up

@@ -23,11 +23,14 @@ from kit.server import channel_options
 
 log = logging.getLogger(__name__)
 
-# Reconnect quickly to a replica that comes back: gRPC's default backoff grows to 120 s.
+# Reconnect quickly to a replica that comes back: gRPC's default backoff grows to 120 s. Calls fail
+# UNAVAILABLE while the channel waits out its backoff, even once the replica is SERVING again, so the
+# cap is the longest such stale window (5 s left up to 4 s of failed calls after a registry restart,
+# tests/faults/test_kill_registry.py); a dead replica costs one connect attempt a second.
 _RECONNECT_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

@@ -33,7 +33,16 @@ from typing import Any
 
 from trainer.errors import JobFinished, JobNotFound, TooManyJobs
 from trainer.events import EpochEvent, ErrorEvent, EventReader, PhaseEvent, ProgressEvent, ResultEvent, RunEvent
-from trainer.jobspec import EVENTS_FILE, JOB_FILE, RESULT_FILE, JobSpec, cancel_requested, request_cancel
+from trainer.jobspec import (
+    EVENTS_FILE,
+    JOB_FILE,
+    RESULT_FILE,
+    JobSpec,
+    cancel_requested,
+    kill_outside_commit,
+    read_result,
+    request_cancel,
+)
 from trainer.phases import JobPhase, PhaseHold, WorkerExit
 
 log = logging.getLogger(__name__)
@@ -321,6 +330,15 @@ class JobManager:
         if (job_dir / RESULT_FILE).exists():
             # Orphaned workers finished the job while no daemon watched: record it, do not train again.
             await self._consume(job, EventReader(job_dir / EVENTS_FILE))
+            if not job.registered_version:  # the chief stopped between its result file and its result event
+                result = read_result(job_dir)
+                await self._update(
+                    job,
+                    registered_name=str(result.get("model_name", "")),
+                    registered_version=str(result.get("version", "")),
+                    registered_alias=str(result.get("alias", "")),
+                    final_metrics={k: float(v) for k, v in dict(result.get("metrics") or {}).items()},
+                )
             await self._update(job, state=State.SUCCEEDED, phase=JobPhase.DONE, finished_at=time.time())
             return
         if cancel_requested(job_dir):  # the daemon stopped right after accepting a cancel
@@ -431,10 +449,9 @@ class JobManager:
         while orphans and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             orphans = _live_workers(orphans, self.job_dir(job.job_id))
-        for pid in orphans:
-            log.warning("job %s: worker %d of the earlier daemon ignored SIGTERM; killing it", job.job_id, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        if orphans:
+            log.warning("job %s: workers %s of the earlier daemon ignored SIGTERM; killing them", job.job_id, orphans)
+            await asyncio.to_thread(kill_outside_commit, self.job_dir(job.job_id), orphans)
 
     async def _terminate(self, job_id: str) -> None:
         procs = [p for p in self._procs.get(job_id, []) if p.returncode is None]
@@ -442,12 +459,15 @@ class JobManager:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + self._limits.stop_grace_s
+        late = []
         for p in procs:
             try:
                 await asyncio.wait_for(p.wait(), timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
+                late.append(p)
+        if late:
+            await asyncio.to_thread(kill_outside_commit, self.job_dir(job_id), [p.pid for p in late])
+            for p in late:
                 await p.wait()
 
     async def _consume(self, job: JobRecord, reader: EventReader) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,3 +88,23 @@ def request_cancel(job_dir: Path) -> bool:
             return False
         (job_dir / CANCEL_FILE).touch()
         return True
+
+
+def kill_outside_commit(job_dir: Path, pids: list[int]) -> None:
+    """SIGKILLs the process groups of ``pids`` while holding the job's commit lock: a chief registering its
+    model (under that lock) finishes first and writes its result, and one that is not cannot start to. Killed
+    in the middle, it would leave a version registered with no result.json, and the resumed job would
+    register a second one. Blocks as long as the registration takes."""
+    with commit_lock(job_dir):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def read_result(job_dir: Path) -> dict[str, Any]:
+    """The chief's result.json (a ResultEvent's fields), or {} when unreadable."""
+    try:
+        data = json.loads((job_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
