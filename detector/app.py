@@ -118,6 +118,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 idempotence=cfg.kafka_idempotence,
                 max_inflight=cfg.stream_inflight_frames,
                 retry_max_s=cfg.stream_retry_max_s,
+                frames_topic=cfg.frames_topic,
+                detections_topic=cfg.detections_topic,
             ),
             StreamMetrics(ctx.metrics),
         )

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from kit.config import BaseSettings, not_below, stripped_entries
+from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC
 
 Family = Literal["yolov8", "yolox"]
 # Where ONNX Runtime runs the model (detector/devices.py).
@@ -120,6 +121,10 @@ class Settings(BaseSettings):
     )
     stream_retry_max_s: float = Field(
         2.0, gt=0, le=600, description="longest wait between retries of a frame (queue full, broker down)"
+    )
+    frames_topic: str = Field(FRAMES_TOPIC, min_length=1, description="topic the stream consumes frames from")
+    detections_topic: str = Field(
+        DETECTIONS_TOPIC, min_length=1, description="topic the stream publishes FrameDetections to (key: camera)"
     )
 
     @field_validator("stream_max_inflight")

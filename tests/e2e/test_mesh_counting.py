@@ -86,6 +86,8 @@ async def test_the_street_video_counts_exactly_through_the_mesh(
     path, truth = video
     expected = {(c["name"], c["direction"], c["class"]): c["count"] for c in truth["counts"]}
     camera, model_name, tag = f"street-{uuid.uuid4().hex[:6]}", f"street-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:8]
+    # Topics of its own: other tests of the session leave frames and detections on the default ones.
+    frames_topic, detections_topic = f"test.frames.{tag}", f"test.detections.{tag}"
     events_topic, tracks_topic = f"test.events.{tag}", f"test.tracks.{tag}"
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{KEY} ops tracking.read,tracking.write,events\n")
@@ -110,6 +112,7 @@ async def test_the_street_video_counts_exactly_through_the_mesh(
                     *("--model-cache-dir", str(tmp_path / "det"), "--score-threshold", "0.1"),
                     *("--stream-consumer", "--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence"),
                     *("--stream-group-id", f"detector-{tag}"),
+                    *("--frames-topic", frames_topic, "--detections-topic", detections_topic),
                 ],
                 timeout_s=90,
             )
@@ -119,6 +122,7 @@ async def test_the_street_video_counts_exactly_through_the_mesh(
                 "tracker",
                 [
                     *("--kafka-bootstrap", kafka_bootstrap, "--group-id", f"tracker-{tag}", "--no-kafka-idempotence"),
+                    *("--detections-topic", detections_topic),
                     *("--events-topic", events_topic, "--tracks-topic", tracks_topic, "--batch-size", "32"),
                     *("--postgres-dsn", postgres_dsn, "--redis-url", redis_url),
                 ],
@@ -138,7 +142,10 @@ async def test_the_street_video_counts_exactly_through_the_mesh(
         ingestor = stack.enter_context(
             DaemonProcess(
                 "ingestor",
-                ["--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence", "--allowed-roots", str(path.parent)],
+                [
+                    *("--kafka-bootstrap", kafka_bootstrap, "--no-kafka-idempotence", "--frames-topic", frames_topic),
+                    *("--allowed-roots", str(path.parent)),
+                ],
             )
         )
         async with grpc.aio.insecure_channel(ingestor.address) as channel:
