@@ -1,8 +1,8 @@
 """The synthetic street video counted through the whole mesh, all real processes: the ingestor
-reads the video file at its frame rate onto carmesh.frames.v1, the detector (streaming, serving
-the street detector from the registry as champion) puts FrameDetections on
-carmesh.detections.v1, the tracker counts; the counts in PostgreSQL, Redis, `carmesh counts`
-through the gateway and the events on the events topic must equal the video's truth exactly."""
+reads the video file at its frame rate onto a frames topic, the detector (streaming, serving the
+street detector from the registry as champion) puts FrameDetections on a detections topic, the
+tracker counts; the counts in PostgreSQL, Redis, `carmesh counts` through the gateway and the
+events on the events topic must equal the video's truth exactly (docs/tracking.md)."""
 
 from __future__ import annotations
 
