@@ -6,7 +6,7 @@ MODEL ?=
 IMAGE ?=
 export CARMESH_STACK_RUN_DIR ?= .run
 
-.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean fuzz bench-track
+.PHONY: help setup protos proto-release lint typecheck test up up-infra down status demo train bench bench-detect bench-ingest bench-accuracy bench-train bench-export-sizes clean fuzz bench-track street-detector
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 worke
 
 bench-track: ## tracker accuracy (MOTA, IDF1, counts) on the synthetic street video and frames/s vs raw ByteTrack; writes docs/tracking.md
 	$(PY) -m bench.track --mesh --write docs/tracking.md
+
+street-detector: ## train the synthetic street video's car/van detector (bench.street_detector, ~5 min) into models/street-detector/
+	$(PY) -m bench.street_detector models/street-detector
 
 clean: down ## stop and remove .run/
 	rm -rf .run

@@ -120,6 +120,8 @@ async def build(cfg: Settings, ctx: Context) -> DetectorDaemon:
                 retry_max_s=cfg.stream_retry_max_s,
                 session_timeout_ms=cfg.stream_session_timeout_ms,
                 max_poll_interval_ms=cfg.stream_max_poll_interval_ms,
+                frames_topic=cfg.frames_topic,
+                detections_topic=cfg.detections_topic,
             ),
             StreamMetrics(ctx.metrics),
         )

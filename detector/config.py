@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from kit.config import BaseSettings, not_below, stripped_entries
+from kit.kafka import DETECTIONS_TOPIC, FRAMES_TOPIC
 
 Family = Literal["yolov8", "yolox"]
 # Where ONNX Runtime runs the model (detector/devices.py).
@@ -130,6 +131,10 @@ class Settings(BaseSettings):
         le=86_400_000,
         description="frames consumer: longest time without a poll (a full window while the broker is down) before "
         "the member leaves its group; it rejoins at the next poll, from the committed offsets",
+    )
+    frames_topic: str = Field(FRAMES_TOPIC, min_length=1, description="topic the stream consumes frames from")
+    detections_topic: str = Field(
+        DETECTIONS_TOPIC, min_length=1, description="topic the stream publishes FrameDetections to (key: camera)"
     )
 
     @field_validator("stream_max_inflight")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class VideoFileReader:
         self.jpeg_quality = jpeg_quality
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ingestor-video")
         self._cap: Any = None
+        self.fps = 0.0  # the file's frame rate once open; 0 when the container does not say
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -58,6 +60,8 @@ class VideoFileReader:
             cap.release()
             raise SourceError(f"cannot open {self.path} as a video (unknown container or codec?)")
         self._cap = cap
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        self.fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
     async def open(self) -> None:
         """Opens (or reopens, to loop) the file; raises :class:`SourceError` when it is no video."""

@@ -428,6 +428,9 @@ class SourceManager:
         spec, pacer, marks = source.spec, Pacer(source.spec.max_fps), source.watermark
         start = marks.committed
         seq, rounds, index = start.seq, start.rounds, start.index
+        # A file's frames were captured at its own frame rate: frame i at t0 + i / fps, however fast
+        # or unevenly it is read (a tracker predicts motion from these times).
+        started_s, round_start = time.time(), index
         try:
             if index:
                 # Resumed: the frames before the saved position are decoded and skipped (exact,
@@ -447,7 +450,9 @@ class SourceManager:
                         ),
                         camera_id=spec.camera_id,
                         seq=seq,
-                        captured_at=timestamp(time.time()),
+                        captured_at=timestamp(
+                            started_s + (index - round_start) / video.fps if video.fps else time.time()
+                        ),
                         encoding=common_pb2.IMAGE_ENCODING_JPEG,
                         image=encoded.data,
                         width=encoded.width,
@@ -462,6 +467,8 @@ class SourceManager:
                     return
                 if index == 0:
                     raise SourceError(f"{video.path} has no readable frames")
+                if video.fps:  # the next round follows this one on the timeline
+                    started_s, round_start = started_s + (index - round_start) / video.fps, 0
                 rounds, index = rounds + 1, 0
                 marks.skip(Position(rounds=rounds, seq=seq))
                 await video.open()

@@ -8,7 +8,8 @@ a counting service needs:
   (counted as out of order) because a Kalman filter cannot go back in time;
 - a jump in ``seq`` is a gap (counted, with the frames missing): ByteTrack predicts across
   it by the capture time, so tracks survive a latest-frame source dropping frames;
-- ByteTrack is class-agnostic; a track's class is the most frequent class of its boxes;
+- ByteTrack is class-agnostic; a track's class is the most frequent class of its boxes, and of
+  boxes of different classes on one object only the best is kept;
 - a track that ByteTrack drops is retired: it leaves the zones it was in.
 """
 
@@ -34,6 +35,9 @@ class TrackerConfig:
     min_iou: float = 0.3  # 0.1 let a track leaving at the frame's edge take over a car entering there
     confirm_frames: int = 2  # boxes in a row before a track gets an id (noise filter)
     margin_px: float = 3.0  # the counting hysteresis band (tracking.counting)
+    # A box overlapping a better one this much is the same vehicle boxed twice: the detector's NMS is
+    # per class, and a car also boxed as a van started a second track that counted again (docs/tracking.md).
+    duplicate_iou: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ class CameraTracker:
 
         boxes, scores, class_ids, dropped = _clean(frame)
         self.stats.dropped_boxes += dropped
+        keep = _one_box_per_object(boxes, scores, self.config.duplicate_iou)
+        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
         detections = sv.Detections(xyxy=boxes, confidence=scores, class_id=class_ids)
         tracked = self._bytetrack.update(detections, timestamp=clock_s)
 
@@ -215,3 +221,20 @@ def _clean(frame: FrameDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         & (scores <= 1)
     )
     return boxes[keep], scores[keep], class_ids[keep], int((~keep).sum())
+
+
+def _one_box_per_object(boxes: np.ndarray, scores: np.ndarray, max_iou: float) -> np.ndarray:
+    """Indices of the boxes kept, in input order: greedy NMS across classes, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            w = np.clip(np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0]), 0, None)
+            h = np.clip(np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1]), 0, None)
+            inter = w * h
+            if (inter / (areas[k] + areas[i] - inter) > max_iou).any():
+                continue
+        kept.append(int(i))
+    return np.asarray(sorted(kept), np.int64)

@@ -112,3 +112,24 @@ def test_hostile_boxes_are_dropped_and_counted() -> None:
     assert tracker.update(frame).dropped_boxes == 4
     with pytest.raises(ValueError, match="differ"):
         tracker.update(FrameDetections(1, 0.1, np.zeros((2, 4)), np.zeros(1), np.zeros(2, np.int64)))
+
+
+def test_one_car_boxed_as_car_and_as_van_is_one_track_counted_once() -> None:
+    # A per-class NMS keeps both boxes of a car that the detector also calls a van.
+    tracker = CameraTracker(LAYOUT)
+    ids = set()
+    for seq in range(16):
+        x1, y1, x2, y2 = _car_at(160 - 8 * seq)
+        frame = FrameDetections(
+            seq=seq,
+            timestamp_s=seq / 30,
+            boxes_xyxy=np.array([[x1, y1, x2, y2], [x1 + 2, y1 - 2, x2 + 1, y2]], np.float64),
+            scores=np.array([0.9, 0.8 if seq % 2 else 0.95]),
+            class_ids=np.array([0, 1], np.int64),
+        )
+        ids |= {t.track_id for t in tracker.update(frame).tracks}
+    assert len(ids) == 1
+    assert (
+        sum(tracker.totals.values()) == 1
+        and tracker.totals[("gate", Direction.IN, 0)] + tracker.totals[("gate", Direction.IN, 1)] == 1
+    )
