@@ -16,7 +16,8 @@ from bench.soak import SoakOptions, run
 from bench.soak_report import JUDGED, markdown, violations
 from devstack.services import Ports, StackConfig, free_port_offset
 
-pytestmark = pytest.mark.e2e
+# The stack's start (~1-2 min on a loaded machine), 2 min of load, the drain and the stop.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def test_two_minutes_of_mixed_load_keep_memory_fds_and_frames_in_check(shared_dir: Path) -> None:
@@ -26,10 +27,11 @@ def test_two_minutes_of_mixed_load_keep_memory_fds_and_frames_in_check(shared_di
     cfg = StackConfig(
         run_dir=run_dir, ports=Ports().shifted(free_port_offset(range(11050, 14400, 89))), mlflow_auth=True
     )
-    # A flip every 30 s so the short run sees four; the warm-up covers the first (both versions loaded).
+    # A flip every 30 s (at 15, 45, 75, 105 s) so the short run sees four; the warm-up covers two (both
+    # versions loaded and swapped once each way), and start and end lie 15 s after a flip.
     opts = SoakOptions(
         duration_s=120.0,
-        warmup_s=40.0,
+        warmup_s=60.0,
         promote_every_s=30.0,
         sample_every_s=3.0,
         model=shared_dir / "models" / "yolox_nano.onnx",
