@@ -92,7 +92,7 @@ class Inputs:
             run=run,
             api_key=(cfg.run_dir / "api-key").read_text().strip(),
             public_ca=cfg.public_pki.ca.cert_file.read_bytes(),
-            image=streets[0].read_bytes() if streets else noise_jpeg(1, (375, 1242)),
+            image=streets[0].read_bytes() if streets else noise_jpeg(1, (1080, 1920)),
             model=opts.model.read_bytes(),
             model_file=opts.model.name,
             folder=folder,

@@ -79,7 +79,7 @@ def street_images() -> list[Path]:
 
 def prepare_folder(folder: Path) -> None:
     """FOLDER_FILES frames for the folder source: apollo-cars street images scaled to 640 px wide
-    (Tansu keeps every record in memory: full-size frames at 10 fps would grow it 3 MB/s), or noise."""
+    (Tansu keeps every record in memory: full-size frames at 10 fps would grow it ~2 MB/s), or noise."""
     folder.mkdir(parents=True, exist_ok=True)
     streets = street_images()
     for i in range(FOLDER_FILES):
