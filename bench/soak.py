@@ -187,6 +187,7 @@ async def soak(cfg: services.StackConfig, opts: SoakOptions, inputs: Inputs) -> 
         frames=frames,
         died=rec.died,
         notes=notes,
+        samples=rec.samples,
     )
 
 

@@ -136,6 +136,7 @@ class SoakReport:
     frames: list[Frames]
     died: list[str] = field(default_factory=list)  # processes gone or replaced during the run
     notes: list[str] = field(default_factory=list)
+    samples: dict[str, list[ProcSample]] = field(default_factory=dict)  # every sample, warm-up included
 
     def in_promotion_window(self, t_s: float) -> bool:
         return any(p <= t_s <= p + self.promotion_window_s for p in self.promotions)
@@ -189,6 +190,10 @@ class SoakReport:
             "frames": [asdict(f) for f in self.frames],
             "died": self.died,
             "notes": self.notes,
+            # [seconds since the load started, RSS KiB, open fds] per process: the shape of a growth.
+            "samples": {
+                name: [[round(x.t_s, 1), x.rss_kib, x.fds] for x in samples] for name, samples in self.samples.items()
+            },
         }
 
 

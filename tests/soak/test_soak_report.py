@@ -47,6 +47,8 @@ def test_a_clean_report_passes_and_renders() -> None:
     assert "Thresholds: all met" in text
     assert "| tansu (not judged) |" in text
     assert report.to_json()["failed_other"] == {}
+    with_samples = _report(samples={"gateway": [ProcSample(1.04, 9, 100, 20)]})
+    assert with_samples.to_json()["samples"] == {"gateway": [[1.0, 100, 20]]}
 
 
 def test_unavailable_inside_a_promotion_window_is_excused_and_counted_apart() -> None:
