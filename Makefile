@@ -123,3 +123,9 @@ push: ## tag the built images for REGISTRY (e.g. ghcr.io/carmesh, the chart's im
 
 image-check: ## build the gateway and detector images with buildah on a debootstrap base and run them (tests/deploy/test_images.py)
 	$(PY) -m pytest -q -ra tests/deploy/test_images.py
+
+.PHONY: soak
+DURATION ?= 10m
+WARMUP ?=
+soak: ## mixed load for DURATION (detect, folder source, client stream, a promotion a minute) against `make up`; RSS/fds, failures, latency, frames in vs stored (WARMUP=..., default a fifth)
+	$(PY) -m bench.soak --duration $(DURATION) $(if $(WARMUP),--warmup $(WARMUP))
