@@ -165,12 +165,47 @@ class TrackingConsumer:
                 self._unclaimed.discard(tp)
                 continue
             claim = await self._store.claim(tp.topic, tp.partition, self._owner)
+            start = await self._readable_offset(tp, claim.next_offset)
+            if start != claim.next_offset:  # stored, so lag and a restart see the reset too
+                await self._store.move_offset(tp.topic, tp.partition, claim.epoch, start)
             self._claims[tp.partition] = claim
-            self._expected[tp.partition] = claim.next_offset
+            self._expected[tp.partition] = start
             self._unclaimed.discard(tp)
             self._consumer.resume(tp)  # paused if it was fenced earlier
-            self._consumer.seek(tp, claim.next_offset)
-            log.info("claimed %s[%d] epoch %d from offset %d", tp.topic, tp.partition, claim.epoch, claim.next_offset)
+            self._consumer.seek(tp, start)
+            log.info("claimed %s[%d] epoch %d from offset %d", tp.topic, tp.partition, claim.epoch, start)
+
+    async def _readable_offset(self, tp: TopicPartition, stored: int) -> int:
+        """``stored``, unless the partition no longer has it: past its end, the topic was re-created
+        (a broker that keeps topics in memory, a deleted topic), and waiting for offset ``stored`` would
+        skip that many new records; before its start, retention deleted records never tracked. Either
+        way tracking goes on from the partition's first record."""
+        assert self._consumer is not None
+        first = (await self._consumer.beginning_offsets([tp]))[tp]
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        if first <= stored <= end:
+            return stored
+        if stored > end:
+            log.warning(
+                "%s[%d]: the stored offset %d is past the partition's end (%d): the topic was re-created; "
+                "tracking from offset %d",
+                tp.topic,
+                tp.partition,
+                stored,
+                end,
+                first,
+            )
+        else:
+            log.warning(
+                "%s[%d]: records %d..%d were deleted before they were tracked (retention); tracking from %d",
+                tp.topic,
+                tp.partition,
+                stored,
+                first - 1,
+                first,
+            )
+        self.frames["offset_reset"] += 1
+        return int(first)
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in progress to commit

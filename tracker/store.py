@@ -211,6 +211,20 @@ class TrackerStore:
         assert row is not None
         return Claim(int(row["epoch"]), int(row["next_offset"]))
 
+    async def move_offset(self, topic: str, partition: int, epoch: int, next_offset: int) -> None:
+        """Sets a claimed partition's next offset (a reset: the stored one is gone from Kafka); Fenced
+        when the epoch is no longer ours."""
+        updated = await self.pool.fetchval(
+            "UPDATE tracker_offsets SET next_offset = $4 WHERE topic = $1 AND kafka_partition = $2 AND epoch = $3 "
+            "RETURNING 1",
+            topic,
+            partition,
+            epoch,
+            next_offset,
+        )
+        if updated is None:
+            raise Fenced(f"{topic}[{partition}] belongs to a newer epoch than {epoch}")
+
     async def checkpoints(self, camera_ids: Iterable[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         rows = await self.pool.fetch(
             "SELECT camera_id, layout_version, state::text AS state FROM tracker_checkpoints "

@@ -77,6 +77,7 @@ class FrameResult:
 class TrackerStats:
     frames: int = 0
     out_of_order: int = 0
+    restarts: int = 0  # the source's seq started again (later capture times): a new run of the camera
     gaps: int = 0
     missing_frames: int = 0
     dropped_boxes: int = 0
@@ -150,8 +151,15 @@ class CameraTracker:
         import supervision as sv
 
         if self._last_seq is not None and frame.seq <= self._last_seq:
-            self.stats.out_of_order += 1
-            return FrameResult(frame.seq, accepted=False, missing_frames=0)
+            if self._clock_s is not None and frame.timestamp_s > self._clock_s + self.config.lost_track_s:
+                # seq went back but time went on, past every track's life: the source started again
+                # (a re-created source, an ingestor without its state). Refusing its frames until seq
+                # passed the old run's would stop counting the camera for as long as that run lasted.
+                self.stats.restarts += 1
+                self._last_seq = None
+            else:
+                self.stats.out_of_order += 1
+                return FrameResult(frame.seq, accepted=False, missing_frames=0)
         missing = 0 if self._last_seq is None else frame.seq - self._last_seq - 1
         if missing:
             self.stats.gaps += 1

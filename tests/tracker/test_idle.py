@@ -45,7 +45,8 @@ async def test_an_idle_camera_leaves_memory_and_resumes_from_its_checkpoint(
         with DaemonProcess("tracker", [*run.args, "--idle-camera-s", "1"]) as tracker:
             await _send(producer, run, a[:300])
             await eventually_async(lambda: _done(run, pool, 300), what="camera A's first half counted")
-            await _send(producer, run, b)  # > 1 s of batches without camera A
+            await asyncio.sleep(1.5)  # the test: camera A idle for longer than --idle-camera-s
+            await _send(producer, run, b)  # B's batches find A idle and drop it
             await eventually_async(lambda: _done(run, pool, 900), what="camera B counted")
             assert "dropped 1 idle camera(s)" in tracker.log(), tracker.log()[-3000:]
             await _send(producer, run, a[300:])

@@ -92,6 +92,21 @@ def test_the_tracker_counts_across_gaps_and_refuses_frames_out_of_order() -> Non
     assert tracker.stats.frames == len(seqs) - 2
 
 
+def test_a_source_that_starts_again_from_seq_0_is_tracked_not_refused() -> None:
+    tracker = CameraTracker(LAYOUT, TrackerConfig())
+    for seq in range(16):  # the first run: a car crosses the gate
+        tracker.update(_frame(seq, [_car_at(160 - 8 * seq)]))
+    # The same camera an hour later, its source re-created: seq from 0 again, later capture times.
+    later_s = 3600.0
+    for seq in range(16):
+        result = tracker.update(_frame(seq, [_car_at(160 - 8 * seq)], timestamp_s=later_s + seq / 30))
+        assert result.accepted
+    assert tracker.stats.restarts == 1 and tracker.stats.out_of_order == 0
+    assert tracker.totals[("gate", Direction.IN, 0)] == 2
+    # A late frame of the new run (an earlier capture time) is still refused.
+    assert not tracker.update(_frame(3, [_car_at(136)], timestamp_s=later_s + 0.1)).accepted
+
+
 def test_a_clock_stepping_back_does_not_stop_tracking() -> None:
     tracker = CameraTracker(LAYOUT)
     times = [10.0, 10.033, 10.066, 5.0, 5.0, 10.2, 10.233]
