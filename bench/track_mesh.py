@@ -117,7 +117,7 @@ async def tracker_rate(cameras: int = 4) -> tuple[float, int]:
         dsn = cfg.postgres_dsn_with_password()
         await _layouts(dsn, feed)
         total = await _fill(cfg.kafka_bootstrap, topic, feed)
-        argv = [sys.executable, "-m", "tracker", "--grpc-port", "0", "--metrics-port", "0"]
+        argv = [sys.executable, "-m", "tracker", "--grpc-port", "0", "--metrics-port", "0", "--mesh-plaintext"]
         argv += ["--kafka-bootstrap", cfg.kafka_bootstrap, "--no-kafka-idempotence", "--detections-topic", topic]
         argv += ["--events-topic", f"{topic}.events", "--postgres-dsn", dsn, "--redis-url", cfg.redis_url]
         argv += ["--redis-password-file", str(cfg.redis_password_file)]
