@@ -27,6 +27,7 @@ from carmesh.v1 import (
     registry_pb2_grpc,
 )
 from carmesh_cli.names import COCO_NAMES
+from kit.grpc_compat import keep_server_status_on_failed_writes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 # The detector of `make up` serves car-detector@champion (detector/config.py's defaults).
@@ -194,6 +195,9 @@ class StreamClient:
         stop: asyncio.Event,
     ) -> None:
         """Batches of frames with seq 1, 2, ...; a failed batch is sent again until OK, also after stop."""
+        # A failed write would read INTERNAL instead of the server's status (grpc/grpc#36066), as the
+        # gateway's own client streams would without it.
+        keep_server_status_on_failed_writes()
         seq = 1
         while not stop.is_set():
             seqs = list(range(seq, seq + self.batch))

@@ -20,6 +20,7 @@ from tests.faults.support import (
     Load,
     ServingMesh,
     detect_client,
+    each_accepted_frame_stored_once,
     missing_blobs,
     serving_mesh,
     stored,
@@ -65,18 +66,7 @@ async def _kill_under_load(mesh: ServingMesh, victim: DaemonProcess, load: Load)
     accepted = len(load.accepted_frames)
     assert accepted == len(set(load.accepted_frames))
 
-    last: dict[str, tuple[int, int, int]] = {}
-
-    async def all_stored() -> bool:
-        last["stored (frames, distinct images, detection runs)"] = got = await stored(mesh.dsn, mesh.camera)
-        return got == (accepted, accepted, accepted)
-
-    await eventually_async(
-        all_stored,
-        what=f"each of the {accepted} accepted frames stored and detected once",
-        timeout_s=120,
-        detail=lambda: f"{last}\n{mesh.logs()}",
-    )
+    await each_accepted_frame_stored_once(mesh, accepted, timeout_s=120)
     assert not load.wrong_answers, load.wrong_answers[:5]
     # Shown with -s (or -rP): the figures docs/reliability.md quotes.
     print(f"{victim.module}: {accepted} frames accepted and stored once; detect {dict(load.detect)}")

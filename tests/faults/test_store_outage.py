@@ -46,6 +46,7 @@ from tests.faults.support import (
     ServingMesh,
     bearer,
     detect_client,
+    each_accepted_frame_stored_once,
     missing_blobs,
     serving_mesh,
     stored,
@@ -111,19 +112,7 @@ async def _outage_under_load(mesh: ServingMesh, store: RestartableStore, load: L
 
     accepted = len(load.accepted_frames)
     assert accepted == len(set(load.accepted_frames))
-    last: dict[str, tuple[int, int, int]] = {}
-
-    async def all_stored() -> bool:
-        last["stored (frames, distinct images, detection runs)"] = got = await stored(mesh.dsn, mesh.camera)
-        return got == (accepted, accepted, accepted)
-
-    # Rows beyond the accepted frames would be replays stored twice; fewer, frames skipped.
-    await eventually_async(
-        all_stored,
-        what=f"each of the {accepted} accepted frames stored and detected once",
-        timeout_s=90,
-        detail=lambda: f"{last}\n{mesh.logs()}",
-    )
+    await each_accepted_frame_stored_once(mesh, accepted, timeout_s=90)
     caught_up_s = time.monotonic() - returned
     for daemon in mesh.daemons:
         assert daemon.proc is not None and daemon.proc.poll() is None, f"{daemon.module} exited:\n{daemon.log()}"
