@@ -8,6 +8,9 @@ detector, gateway at concurrency 1 and 8, and the detector's peak RSS). A model 
 size sees its cars at that size in training too (``Recipe.image_scale`` follows the export size); the
 same weights exported smaller see them smaller than they were trained on, so the smaller sizes' AP here
 is a floor for what a job trained at that size (``carmesh train --size WxH``) reaches.
+
+``--precisions float32,int8`` also quantizes each size with the trainer's int8 export
+(``trainer_worker.quantize``, calibrated on apollo-cars train frames), one row per size and precision.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def export_all(
     return paths
 
 
+def quantized(path: Path, calibration: list[Path]) -> Path:
+    from trainer_worker.quantize import quantize_int8
+
+    out = path.with_name(f"{path.stem}-int8.onnx")
+    info = quantize_int8(path, out, calibration)
+    print(f"quantized {out} ({info.size_bytes / 1e6:.1f} MB, {info.calibration_frames} frames)", flush=True)
+    return out
+
+
 def _run(module: str, *args: str) -> str:
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, check=True)
     return result.stdout
@@ -65,26 +77,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "out" / "export-sizes")
     parser.add_argument("--count", default="160", help="requests per bench.detect row")
+    parser.add_argument(
+        "--precisions", default="float32", help="comma-separated: float32, int8 (the trainer's int8 export)"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "apollo-cars" / "train" / "images",
+        help="folder of training frames for the int8 calibration",
+    )
     args = parser.parse_args(argv)
     meta_path = args.carmesh_json or args.keras.parent.parent / "model" / "carmesh.json"
     classes = tuple(json.loads(meta_path.read_text())["class_names"])
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [
-        "| export size | car AP50 | >= 40 px | >= 160 px | gateway img/s c=1 | c=8 | detector peak RSS c=8 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| export size | precision | car AP50 | >= 40 px | >= 160 px | gateway img/s c=1 | c=8 | raw ORT img/s c=8 "
+        "| detector peak RSS c=8 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    calibration = sorted(args.calibration.glob("*.jpg")) + sorted(args.calibration.glob("*.png"))
+    models = []
     for path in export_all(args.keras, args.preset, classes, args.sizes, args.out):
+        size = path.stem.rsplit("-", 1)[1]
+        if "float32" in precisions:
+            models.append((size, "float32", path))
+        if "int8" in precisions:
+            models.append((size, "int8", quantized(path, calibration)))
+    for size, precision, path in models:
         accuracy = _run("bench.accuracy", "--model", str(path))
         speed = _run("bench.detect", "--model", str(path), "--count", args.count)
         print(accuracy, speed, sep="\n", flush=True)
         ap = dict(re.findall(r"^\| (all cars|cars >= \d+ px tall) \| \d+ \| ([\d.]+) \|", accuracy, flags=re.M))
         gateway = dict(re.findall(r"^\| gateway -> detector \| (\d+) \| ([\d.]+) \|", speed, flags=re.M))
+        raw = dict(re.findall(r"^\| raw ONNX Runtime \| (\d+) \| ([\d.]+) \|", speed, flags=re.M))
         rss = re.search(r"detector peak RSS: ([\d.]+ MB)", speed)
-        size = path.stem.rsplit("-", 1)[1]
         rows.append(
-            f"| {size} | {ap.get('all cars', '-')} | {ap.get('cars >= 40 px tall', '-')} | "
+            f"| {size} | {precision} | {ap.get('all cars', '-')} | {ap.get('cars >= 40 px tall', '-')} | "
             f"{ap.get('cars >= 160 px tall', '-')} | {gateway.get('1', '-')} | {gateway.get('8', '-')} | "
-            f"{rss.group(1) if rss else '-'} |"
+            f"{raw.get('8', '-')} | {rss.group(1) if rss else '-'} |"
         )
     print("\n".join(rows))
     return 0

@@ -106,6 +106,13 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, epilog: str) -> 
         "--workers", type=argtypes.count, default=1, metavar="N", help="tf.distribute worker processes (default 1)"
     )
     train.add_argument("--seed", type=argtypes.whole, default=0, metavar="N", help="seed (default: the recipe's)")
+    train.add_argument(
+        "--precision",
+        choices=["int8", "float32"],
+        default=None,
+        help="number format of the registered ONNX model (default: the trainer's, int8: about 2.3x faster "
+        "on CPUs at nearly the same AP; float32 for GPUs)",
+    )
     train.add_argument("--model-name", default="", help="registered model name (default: the trainer's, car-detector)")
     train.add_argument("--detach", action="store_true", help="print the job id and return at once")
     train.add_argument(
@@ -149,6 +156,11 @@ def request_of(args: argparse.Namespace) -> training_pb2.StartTrainingRequest:
         init_checkpoint=args.init,
         max_duration_s=args.max_duration,
         seed=args.seed,
+        precision={
+            None: training_pb2.EXPORT_PRECISION_UNSPECIFIED,
+            "int8": training_pb2.EXPORT_PRECISION_INT8,
+            "float32": training_pb2.EXPORT_PRECISION_FLOAT32,
+        }[args.precision],
     )
     if args.size:
         config.input_width, config.input_height = args.size

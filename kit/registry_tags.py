@@ -22,6 +22,8 @@ TAG_ONNX_PATH = "carmesh.onnx_path"
 TAG_EVAL = "carmesh.eval"
 TAG_TRAIN_DATASET = "carmesh.train.dataset"
 TAG_JOB_ID = "carmesh.job_id"
+# "float32" or "int8": the number format of a trained version's ONNX file (trainer_worker.quantize).
+TAG_PRECISION = "carmesh.precision"
 # The name of the file a user imported (registry_gateway's ImportModel).
 TAG_FILE_NAME = "carmesh.file_name"
 # Tags of the MLflow run that holds an imported version's files.

@@ -61,6 +61,7 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
         seed=args.seed,
         workers=args.workers,
         model_name=args.model_name,
+        precision=args.precision,
     )
     # Shape only: a folder is checked where the pods see it (prepare, the worker). Workers are the
     # chart's to size, so they are checked against themselves (>= 1) rather than a daemon's max_workers.
@@ -139,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--ignore-classes", default="", help="comma-separated class names")
     prep.add_argument("--max-duration-s", type=int, default=0)
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument(
+        "--precision", default="", choices=["", "float32", "int8"], help="registered ONNX format (default int8)"
+    )
     prep.add_argument("--model-name", default="car-detector")
     prep.add_argument("--cpu", default="1", help="CPU limit of a worker pod (Kubernetes quantity): its TF threads")
     prep.add_argument("--cache-dir", type=Path, required=True, help="data set cache on the shared claim")

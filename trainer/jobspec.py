@@ -46,6 +46,8 @@ class JobSpec:
     workers: int = 1
     threads_per_worker: int = 0
     model_name: str = "car-detector"
+    # "int8" or "float32" (trainer_worker.quantize): the number format of the registered ONNX file.
+    export_precision: str = "int8"
     mlflow_tracking_uri: str = ""
     experiment: str = "carmesh-training"
     registry_addr: str = ""

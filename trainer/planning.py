@@ -29,6 +29,11 @@ STARTUP_ALLOWANCE_S = 30
 # not set). The Recipe's defaults are tuned for the 28-minute job; a few minutes buy too few of its
 # updates (the 6-minute demo job scored 0.377 car AP50), while smaller crops at batch 2 make ~4x the
 # updates per second. Measured on apollo-cars, 2 cores (docs/training.md, "Short budgets").
+# The registered ONNX file's number format when the request names none: int8 runs 2.3x float32's
+# images/s on CPUs with VNNI at car AP50 within 0.005 (docs/benchmarks.md, "Export precision");
+# GPU deployments ask for float32.
+DEFAULT_EXPORT_PRECISION = "int8"
+EXPORT_PRECISIONS = ("float32", "int8")
 SHORT_BUDGET_S = 900.0
 SHORT_SCHEDULE: dict[str, Any] = {
     "batch_size": 2,
@@ -56,6 +61,7 @@ class TrainRequest:
     seed: int = 0
     workers: int = 1
     model_name: str = ""
+    precision: str = ""  # "": DEFAULT_EXPORT_PRECISION
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,10 @@ class Planner:
             )
         if req.max_duration_s < 0:
             raise BadRequest("max_duration_s must be >= 0 (0: no limit)", field="config.max_duration_s")
+        if req.precision and req.precision not in EXPORT_PRECISIONS:
+            raise BadRequest(
+                f"precision {req.precision!r} must be one of {', '.join(EXPORT_PRECISIONS)}", field="config.precision"
+            )
         if len(set(req.classes)) != len(req.classes) or any(not c.strip() for c in req.classes):
             raise BadRequest(f"classes must be unique and non-empty, got {list(req.classes)}", field="config.classes")
         if set(req.classes) & set(req.ignore_classes):
@@ -180,6 +190,7 @@ class Planner:
             workers=req.workers,
             # Workers share the cores: oversubscribed thread pools cost more than they give.
             threads_per_worker=max(1, cores // req.workers),
+            export_precision=req.precision or DEFAULT_EXPORT_PRECISION,
             **{**self.defaults, **({"model_name": req.model_name} if req.model_name else {})},
         )
 

@@ -62,6 +62,20 @@ def nms(
     return boxes, scores[idx].astype(np.float32), classes[idx]
 
 
+def onnx_forward(path: Path) -> Forward:
+    """The forward pass of an exported model (ONNX Runtime on CPU), for :func:`predict_with`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def forward(nhwc: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = session.run(None, {input_name: np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))})[0]
+        return np.asarray(out, np.float32)
+
+    return forward
+
+
 def predict_with(
     forward: Forward,
     spec: ModelSpec,

@@ -48,6 +48,20 @@ def train_request(request: training_pb2.StartTrainingRequest) -> TrainRequest:
         seed=c.seed,
         workers=request.workers or 1,
         model_name=request.model_name.strip(),
+        precision=precision_name(c.precision),
+    )
+
+
+def precision_name(value: int) -> str:
+    """``ExportPrecision`` -> "float32" / "int8" ("" when unspecified: the trainer's default)."""
+    if value == training_pb2.EXPORT_PRECISION_UNSPECIFIED:
+        return ""
+    if value == training_pb2.EXPORT_PRECISION_FLOAT32:
+        return "float32"
+    if value == training_pb2.EXPORT_PRECISION_INT8:
+        return "int8"
+    raise BadRequest(
+        f"unknown precision {value}; use EXPORT_PRECISION_FLOAT32 or EXPORT_PRECISION_INT8", field="config.precision"
     )
 
 

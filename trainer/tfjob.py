@@ -222,7 +222,7 @@ def job_name_for(req: TrainRequest, model_name: str) -> str:
 def _job_template(
     req: TrainRequest, job_name: str, model_name: str, cores: int, mlflow_tracking_uri: str, registry_addr: str
 ) -> JobSpec:
-    from trainer.planning import DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH, recipe_overrides
+    from trainer.planning import DEFAULT_EXPORT_PRECISION, DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH, recipe_overrides
     from trainer.snapshots import looks_like_folder
 
     recipe = recipe_overrides(req)
@@ -249,6 +249,7 @@ def _job_template(
         model_name=model_name,
         mlflow_tracking_uri=mlflow_tracking_uri,
         registry_addr=registry_addr,
+        export_precision=req.precision or DEFAULT_EXPORT_PRECISION,
     )
 
 

@@ -147,6 +147,7 @@ def onnx_metadata(spec: ModelSpec, producer: str) -> dict[str, str]:
         "carmesh.input_width": str(spec.input_width),
         "carmesh.input_height": str(spec.input_height),
         "carmesh.input": "RGB 0..1, letterboxed (centred, pad 114/255)",
+        "carmesh.precision": "float32",
     }
 
 

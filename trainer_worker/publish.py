@@ -30,6 +30,7 @@ from kit.registry_tags import (
     ONNX_FILE,
     TAG_EVAL,
     TAG_JOB_ID,
+    TAG_PRECISION,
     TAG_TRAIN_DATASET,
     TRITON_CONFIG_FILE,
     EvalKey,
@@ -42,15 +43,18 @@ from trainer.events import ResultEvent
 from trainer.jobspec import JobSpec
 from trainer.modelspec import ModelSpec
 from trainer.phases import JobPhase
-from trainer.predict import evaluate_detections, ground_truth
+from trainer.predict import evaluate_detections, ground_truth, onnx_forward, predict_with
 from trainer.tracking import Tracker
 from trainer_worker import plots
 from trainer_worker.export import check_parity, export_onnx, triton_config
 from trainer_worker.predict import predict
+from trainer_worker.quantize import INT8, quantize_int8
 
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 6
+# With an int8 export, the float32 file the int8 one was made from (for GPUs, or to quantize again).
+FLOAT32_ARTIFACT_DIR = "model-float32"
 
 
 def _num(value: float) -> float:
@@ -99,15 +103,17 @@ def prepare_release(
     plots_dir.mkdir(parents=True, exist_ok=True)
 
     phase(JobPhase.EVALUATING)
-    detections = predict(body, model_spec, [im.path for im in data.val])
+    val_paths = [im.path for im in data.val]
+    detections = predict(body, model_spec, val_paths)
     report = evaluate_detections(detections, data.val, model_spec.num_classes)
     tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
     metrics = final_metrics(report, tall, model_spec.class_names)
-    tracker.log_metrics(metrics, step=result.epochs_completed)
-    log.info("validation: %s", json.dumps(metrics))
+    log.info("validation (float32): %s", json.dumps(metrics))
 
     phase(JobPhase.EXPORTING)
-    info = export_onnx(body, model_spec, model_dir / ONNX_FILE)
+    float_dir = out_dir / FLOAT32_ARTIFACT_DIR
+    float_dir.mkdir(parents=True, exist_ok=True)
+    info = export_onnx(body, model_spec, (float_dir if spec.export_precision == INT8 else model_dir) / ONNX_FILE)
     frames = []
     for im in data.val[:2]:
         bgr: Any = cv2.imread(str(im.path), cv2.IMREAD_COLOR)
@@ -117,6 +123,26 @@ def prepare_release(
     log.info("export parity: %s", parity.describe())
     if not parity.ok:
         raise RuntimeError(f"the exported ONNX does not match Keras: {parity.describe()}")
+    served_sha256, served_size = info.sha256, info.size_bytes
+    if spec.export_precision == INT8:
+        quantized = quantize_int8(info.path, model_dir / ONNX_FILE, [im.path for im in data.train])
+        served_sha256, served_size = quantized.sha256, quantized.size_bytes
+        log.info(
+            "int8 export: %s (%d bytes, calibrated on %d training frames; %d head nodes kept float32)",
+            quantized.path.name,
+            quantized.size_bytes,
+            quantized.calibration_frames,
+            quantized.float_tail_nodes,
+        )
+        # The served file is the int8 one: its own detections are what the registry's scores describe.
+        float_metrics = metrics
+        detections = predict_with(onnx_forward(quantized.path), model_spec, val_paths)
+        report = evaluate_detections(detections, data.val, model_spec.num_classes)
+        tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
+        metrics = final_metrics(report, tall, model_spec.class_names)
+        metrics.update({f"float32_{key}": value for key, value in float_metrics.items()})
+        log.info("validation (int8, served): %s", json.dumps(metrics))
+    tracker.log_metrics(metrics, step=result.epochs_completed)
     (model_dir / TRITON_CONFIG_FILE).write_text(triton_config(model_spec, spec.model_name))
     (model_dir / MANIFEST_FILE).write_text(
         json.dumps(
@@ -125,8 +151,9 @@ def prepare_release(
                 "class_names": list(model_spec.class_names),
                 "input_width": model_spec.input_width,
                 "input_height": model_spec.input_height,
-                "sha256": info.sha256,
-                "size_bytes": info.size_bytes,
+                "sha256": served_sha256,
+                "size_bytes": served_size,
+                "precision": spec.export_precision,
                 "onnx_path": ONNX_FILE,
                 "inputs": [
                     {
@@ -184,6 +211,8 @@ def prepare_release(
 
     phase(JobPhase.REGISTERING)
     tracker.log_artifacts(model_dir, MODEL_ARTIFACT_DIR)
+    if spec.export_precision == INT8:
+        tracker.log_artifacts(float_dir, FLOAT32_ARTIFACT_DIR)
     tracker.log_artifacts(keras_dir, "keras")
     tracker.log_artifacts(plots_dir, "plots")
     tracker.log_artifact(out_dir / "parity.json")
@@ -194,16 +223,17 @@ def prepare_release(
         "images": float(len(data.val)),
     }
     tags = VersionTags(
-        "yolov8", model_spec.class_names, model_spec.input_width, model_spec.input_height, info.sha256, info.size_bytes
+        "yolov8", model_spec.class_names, model_spec.input_width, model_spec.input_height, served_sha256, served_size
     ).tags()
     key = EvalKey.of(spec.dataset, model_spec.class_names, spec.ignore_classes).key
-    tags.update({TAG_TRAIN_DATASET: spec.dataset, TAG_JOB_ID: spec.job_id})
+    tags.update({TAG_TRAIN_DATASET: spec.dataset, TAG_JOB_ID: spec.job_id, TAG_PRECISION: spec.export_precision})
     tags[TAG_EVAL] = merged_eval_tag(None, key, scored)
     description = (
         f"trained by {spec.job_id} on {spec.dataset}: val mAP50 {metrics['val_map50']:.3f} "
         f"({metrics['val_map50_tall']:.3f} for objects >= {TALL_MIN_HEIGHT_PX:.0f} px tall)"
     )
-    return Release(metrics, tags, description, info.sha256, parity.describe())
+    description += f", {spec.export_precision}"
+    return Release(metrics, tags, description, served_sha256, parity.describe())
 
 
 def register(spec: JobSpec, release: Release, tracker: Tracker) -> ResultEvent:

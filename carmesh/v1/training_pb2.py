@@ -26,7 +26,7 @@ from carmesh.v1 import common_pb2 as carmesh_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rmesh/v1/training.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n\x0eTrainingConfig\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\x05\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\rlearning_rate\x18\x06 \x01(\x01\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x17\n\x0finit_checkpoint\x18\x08 \x01(\t\x12\x16\n\x0eignore_classes\x18\t \x03(\t\x12\x12\n\ncrop_width\x18\n \x01(\x05\x12\x13\n\x0b\x63rop_height\x18\x0b \x01(\x05\x12\x16\n\x0emax_duration_s\x18\x0c \x01(\x05\x12\x0c\n\x04seed\x18\r \x01(\x03\"x\n\x14StartTrainingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.carmesh.v1.TrainingConfig\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"\x85\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.carmesh.v1.EpochMetrics.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf4\x04\n\x0bTrainingJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.carmesh.v1.TrainingState\x12\x31\n\x07request\x18\x03 \x01(\x0b\x32 .carmesh.v1.StartTrainingRequest\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12)\n\x07history\x18\x07 \x03(\x0b\x32\x18.carmesh.v1.EpochMetrics\x12\x15\n\rmlflow_run_id\x18\x08 \x01(\t\x12(\n\nregistered\x18\t \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12@\n\rfinal_metrics\x18\x0e \x03(\x0b\x32).carmesh.v1.TrainingJob.FinalMetricsEntry\x12\r\n\x05phase\x18\x0f \x01(\t\x12\x13\n\x0bsteps_per_s\x18\x10 \x01(\x01\x12\x10\n\x08progress\x18\x11 \x01(\x01\x12\x16\n\x0e\x66\x65tched_frames\x18\x12 \x01(\x03\x12\x14\n\x0ctotal_frames\x18\x13 \x01(\x03\x1a\x33\n\x11\x46inalMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"=\n\x15StartTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16GetTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x18WatchTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"*\n\x18\x43\x61ncelTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"A\n\x19\x43\x61ncelTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x18ListTrainingJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.carmesh.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x18RenderTrainingJobRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .carmesh.v1.StartTrainingRequest\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x18\n\x10\x63heckpoint_claim\x18\x04 \x01(\t\"2\n\x19RenderTrainingJobResponse\x12\x15\n\rmanifest_yaml\x18\x01 \x01(\t\"u\n\x14\x45valuateModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x16\n\x0eignore_classes\x18\x04 \x03(\t\"\xf7\x01\n\x15\x45valuateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\r\n\x05map50\x18\x04 \x01(\x01\x12\x10\n\x08map50_95\x18\x05 \x01(\x01\x12\x39\n\x04\x61p50\x18\x06 \x03(\x0b\x32+.carmesh.v1.EvaluateModelResponse.Ap50Entry\x12\x0e\n\x06images\x18\x07 \x01(\x05\x1a+\n\tAp50Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05\x32\x9a\x05\n\x0fTrainingService\x12T\n\rStartTraining\x12 .carmesh.v1.StartTrainingRequest\x1a!.carmesh.v1.StartTrainingResponse\x12W\n\x0eGetTrainingJob\x12!.carmesh.v1.GetTrainingJobRequest\x1a\".carmesh.v1.GetTrainingJobResponse\x12_\n\x10WatchTrainingJob\x12#.carmesh.v1.WatchTrainingJobRequest\x1a$.carmesh.v1.WatchTrainingJobResponse0\x01\x12`\n\x11\x43\x61ncelTrainingJob\x12$.carmesh.v1.CancelTrainingJobRequest\x1a%.carmesh.v1.CancelTrainingJobResponse\x12]\n\x10ListTrainingJobs\x12#.carmesh.v1.ListTrainingJobsRequest\x1a$.carmesh.v1.ListTrainingJobsResponse\x12`\n\x11RenderTrainingJob\x12$.carmesh.v1.RenderTrainingJobRequest\x1a%.carmesh.v1.RenderTrainingJobResponse\x12T\n\rEvaluateModel\x12 .carmesh.v1.EvaluateModelRequest\x1a!.carmesh.v1.EvaluateModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rmesh/v1/training.proto\x12\ncarmesh.v1\x1a\x17\x63\x61rmesh/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n\x0eTrainingConfig\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\x05\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x15\n\rlearning_rate\x18\x06 \x01(\x01\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x17\n\x0finit_checkpoint\x18\x08 \x01(\t\x12\x16\n\x0eignore_classes\x18\t \x03(\t\x12\x12\n\ncrop_width\x18\n \x01(\x05\x12\x13\n\x0b\x63rop_height\x18\x0b \x01(\x05\x12\x16\n\x0emax_duration_s\x18\x0c \x01(\x05\x12\x0c\n\x04seed\x18\r \x01(\x03\x12.\n\tprecision\x18\x0e \x01(\x0e\x32\x1b.carmesh.v1.ExportPrecision\"x\n\x14StartTrainingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.carmesh.v1.TrainingConfig\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"\x85\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.carmesh.v1.EpochMetrics.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf4\x04\n\x0bTrainingJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.carmesh.v1.TrainingState\x12\x31\n\x07request\x18\x03 \x01(\x0b\x32 .carmesh.v1.StartTrainingRequest\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12)\n\x07history\x18\x07 \x03(\x0b\x32\x18.carmesh.v1.EpochMetrics\x12\x15\n\rmlflow_run_id\x18\x08 \x01(\t\x12(\n\nregistered\x18\t \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12@\n\rfinal_metrics\x18\x0e \x03(\x0b\x32).carmesh.v1.TrainingJob.FinalMetricsEntry\x12\r\n\x05phase\x18\x0f \x01(\t\x12\x13\n\x0bsteps_per_s\x18\x10 \x01(\x01\x12\x10\n\x08progress\x18\x11 \x01(\x01\x12\x16\n\x0e\x66\x65tched_frames\x18\x12 \x01(\x03\x12\x14\n\x0ctotal_frames\x18\x13 \x01(\x03\x1a\x33\n\x11\x46inalMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"=\n\x15StartTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16GetTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x18WatchTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"*\n\x18\x43\x61ncelTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"A\n\x19\x43\x61ncelTrainingJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.carmesh.v1.TrainingJob\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x18ListTrainingJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.carmesh.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x18RenderTrainingJobRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .carmesh.v1.StartTrainingRequest\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x18\n\x10\x63heckpoint_claim\x18\x04 \x01(\t\"2\n\x19RenderTrainingJobResponse\x12\x15\n\rmanifest_yaml\x18\x01 \x01(\t\"u\n\x14\x45valuateModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x16\n\x0eignore_classes\x18\x04 \x03(\t\"\xf7\x01\n\x15\x45valuateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.carmesh.v1.ModelRef\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\r\n\x05map50\x18\x04 \x01(\x01\x12\x10\n\x08map50_95\x18\x05 \x01(\x01\x12\x39\n\x04\x61p50\x18\x06 \x03(\x0b\x32+.carmesh.v1.EvaluateModelResponse.Ap50Entry\x12\x0e\n\x06images\x18\x07 \x01(\x05\x1a+\n\tAp50Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05*l\n\x0f\x45xportPrecision\x12 \n\x1c\x45XPORT_PRECISION_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_PRECISION_FLOAT32\x10\x01\x12\x19\n\x15\x45XPORT_PRECISION_INT8\x10\x02\x32\x9a\x05\n\x0fTrainingService\x12T\n\rStartTraining\x12 .carmesh.v1.StartTrainingRequest\x1a!.carmesh.v1.StartTrainingResponse\x12W\n\x0eGetTrainingJob\x12!.carmesh.v1.GetTrainingJobRequest\x1a\".carmesh.v1.GetTrainingJobResponse\x12_\n\x10WatchTrainingJob\x12#.carmesh.v1.WatchTrainingJobRequest\x1a$.carmesh.v1.WatchTrainingJobResponse0\x01\x12`\n\x11\x43\x61ncelTrainingJob\x12$.carmesh.v1.CancelTrainingJobRequest\x1a%.carmesh.v1.CancelTrainingJobResponse\x12]\n\x10ListTrainingJobs\x12#.carmesh.v1.ListTrainingJobsRequest\x1a$.carmesh.v1.ListTrainingJobsResponse\x12`\n\x11RenderTrainingJob\x12$.carmesh.v1.RenderTrainingJobRequest\x1a%.carmesh.v1.RenderTrainingJobResponse\x12T\n\rEvaluateModel\x12 .carmesh.v1.EvaluateModelRequest\x1a!.carmesh.v1.EvaluateModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,48 +39,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGJOB_FINALMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._loaded_options = None
   _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._serialized_options = b'8\001'
-  _globals['_TRAININGSTATE']._serialized_start=2378
-  _globals['_TRAININGSTATE']._serialized_end=2568
+  _globals['_TRAININGSTATE']._serialized_start=2426
+  _globals['_TRAININGSTATE']._serialized_end=2616
+  _globals['_EXPORTPRECISION']._serialized_start=2618
+  _globals['_EXPORTPRECISION']._serialized_end=2726
   _globals['_TRAININGCONFIG']._serialized_start=100
-  _globals['_TRAININGCONFIG']._serialized_end=379
-  _globals['_STARTTRAININGREQUEST']._serialized_start=381
-  _globals['_STARTTRAININGREQUEST']._serialized_end=501
-  _globals['_EPOCHMETRICS']._serialized_start=504
-  _globals['_EPOCHMETRICS']._serialized_end=637
-  _globals['_EPOCHMETRICS_METRICSENTRY']._serialized_start=591
-  _globals['_EPOCHMETRICS_METRICSENTRY']._serialized_end=637
-  _globals['_TRAININGJOB']._serialized_start=640
-  _globals['_TRAININGJOB']._serialized_end=1268
-  _globals['_TRAININGJOB_FINALMETRICSENTRY']._serialized_start=1217
-  _globals['_TRAININGJOB_FINALMETRICSENTRY']._serialized_end=1268
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=1270
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=1331
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1333
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1372
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1374
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1436
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1438
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1479
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1481
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1545
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1547
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1589
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=1591
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=1656
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1658
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1722
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1724
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1814
-  _globals['_RENDERTRAININGJOBREQUEST']._serialized_start=1817
-  _globals['_RENDERTRAININGJOBREQUEST']._serialized_end=1954
-  _globals['_RENDERTRAININGJOBRESPONSE']._serialized_start=1956
-  _globals['_RENDERTRAININGJOBRESPONSE']._serialized_end=2006
-  _globals['_EVALUATEMODELREQUEST']._serialized_start=2008
-  _globals['_EVALUATEMODELREQUEST']._serialized_end=2125
-  _globals['_EVALUATEMODELRESPONSE']._serialized_start=2128
-  _globals['_EVALUATEMODELRESPONSE']._serialized_end=2375
-  _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._serialized_start=2332
-  _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._serialized_end=2375
-  _globals['_TRAININGSERVICE']._serialized_start=2571
-  _globals['_TRAININGSERVICE']._serialized_end=3237
+  _globals['_TRAININGCONFIG']._serialized_end=427
+  _globals['_STARTTRAININGREQUEST']._serialized_start=429
+  _globals['_STARTTRAININGREQUEST']._serialized_end=549
+  _globals['_EPOCHMETRICS']._serialized_start=552
+  _globals['_EPOCHMETRICS']._serialized_end=685
+  _globals['_EPOCHMETRICS_METRICSENTRY']._serialized_start=639
+  _globals['_EPOCHMETRICS_METRICSENTRY']._serialized_end=685
+  _globals['_TRAININGJOB']._serialized_start=688
+  _globals['_TRAININGJOB']._serialized_end=1316
+  _globals['_TRAININGJOB_FINALMETRICSENTRY']._serialized_start=1265
+  _globals['_TRAININGJOB_FINALMETRICSENTRY']._serialized_end=1316
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=1318
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=1379
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1381
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1420
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1422
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1484
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1486
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1527
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1529
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1593
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1595
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1637
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=1639
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=1704
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1706
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1770
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1772
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1862
+  _globals['_RENDERTRAININGJOBREQUEST']._serialized_start=1865
+  _globals['_RENDERTRAININGJOBREQUEST']._serialized_end=2002
+  _globals['_RENDERTRAININGJOBRESPONSE']._serialized_start=2004
+  _globals['_RENDERTRAININGJOBRESPONSE']._serialized_end=2054
+  _globals['_EVALUATEMODELREQUEST']._serialized_start=2056
+  _globals['_EVALUATEMODELREQUEST']._serialized_end=2173
+  _globals['_EVALUATEMODELRESPONSE']._serialized_start=2176
+  _globals['_EVALUATEMODELRESPONSE']._serialized_end=2423
+  _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._serialized_start=2380
+  _globals['_EVALUATEMODELRESPONSE_AP50ENTRY']._serialized_end=2423
+  _globals['_TRAININGSERVICE']._serialized_start=2729
+  _globals['_TRAININGSERVICE']._serialized_end=3395
 # @@protoc_insertion_point(module_scope)

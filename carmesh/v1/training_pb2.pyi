@@ -19,15 +19,24 @@ class TrainingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING_STATE_SUCCEEDED: _ClassVar[TrainingState]
     TRAINING_STATE_FAILED: _ClassVar[TrainingState]
     TRAINING_STATE_CANCELLED: _ClassVar[TrainingState]
+
+class ExportPrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_PRECISION_UNSPECIFIED: _ClassVar[ExportPrecision]
+    EXPORT_PRECISION_FLOAT32: _ClassVar[ExportPrecision]
+    EXPORT_PRECISION_INT8: _ClassVar[ExportPrecision]
 TRAINING_STATE_UNSPECIFIED: TrainingState
 TRAINING_STATE_PENDING: TrainingState
 TRAINING_STATE_RUNNING: TrainingState
 TRAINING_STATE_SUCCEEDED: TrainingState
 TRAINING_STATE_FAILED: TrainingState
 TRAINING_STATE_CANCELLED: TrainingState
+EXPORT_PRECISION_UNSPECIFIED: ExportPrecision
+EXPORT_PRECISION_FLOAT32: ExportPrecision
+EXPORT_PRECISION_INT8: ExportPrecision
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("preset", "input_width", "input_height", "epochs", "batch_size", "learning_rate", "classes", "init_checkpoint", "ignore_classes", "crop_width", "crop_height", "max_duration_s", "seed")
+    __slots__ = ("preset", "input_width", "input_height", "epochs", "batch_size", "learning_rate", "classes", "init_checkpoint", "ignore_classes", "crop_width", "crop_height", "max_duration_s", "seed", "precision")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +50,7 @@ class TrainingConfig(_message.Message):
     CROP_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     preset: str
     input_width: int
     input_height: int
@@ -54,7 +64,8 @@ class TrainingConfig(_message.Message):
     crop_height: int
     max_duration_s: int
     seed: int
-    def __init__(self, preset: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ..., init_checkpoint: _Optional[str] = ..., ignore_classes: _Optional[_Iterable[str]] = ..., crop_width: _Optional[int] = ..., crop_height: _Optional[int] = ..., max_duration_s: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    precision: ExportPrecision
+    def __init__(self, preset: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ..., init_checkpoint: _Optional[str] = ..., ignore_classes: _Optional[_Iterable[str]] = ..., crop_width: _Optional[int] = ..., crop_height: _Optional[int] = ..., max_duration_s: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[ExportPrecision, str]] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("dataset", "config", "workers", "model_name")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from carmesh.v1 import common_pb2, detector_pb2, registry_pb2
+from carmesh.v1 import common_pb2, detector_pb2, registry_pb2, training_pb2
 from carmesh_cli.connection import EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from carmesh_cli.detect import as_record, expand_images, format_table, output_paths
 from carmesh_cli.draw import Box, annotate, save_jpeg
@@ -94,6 +94,12 @@ def test_train_max_duration_takes_the_readme_units():
     request = request_of(args)
     assert (request.dataset, request.config.max_duration_s, request.workers) == ("apollo-snap", 1680, 1)
     assert (list(request.config.classes), list(request.config.ignore_classes)) == (["car"], ["van", "truck", "bus"])
+    assert request.config.precision == training_pb2.EXPORT_PRECISION_UNSPECIFIED  # the trainer's default
+    asked = {"int8": training_pb2.EXPORT_PRECISION_INT8, "float32": training_pb2.EXPORT_PRECISION_FLOAT32}
+    for name, value in asked.items():
+        assert request_of(build_parser().parse_args(["train", "snap", "--precision", name])).config.precision == value
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "snap", "--precision", "fp16"])
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from kit.paths import PathNotAllowed
-from trainer.planning import MAX_EPOCHS, SHORT_BUDGET_S, SHORT_SCHEDULE, STARTUP_ALLOWANCE_S, Planner, TrainRequest
+from trainer.errors import BadRequest
+from trainer.planning import (
+    DEFAULT_EXPORT_PRECISION,
+    MAX_EPOCHS,
+    SHORT_BUDGET_S,
+    SHORT_SCHEDULE,
+    STARTUP_ALLOWANCE_S,
+    Planner,
+    TrainRequest,
+)
+from trainer.server import precision_name
 from trainer_worker.loop import Recipe
 
 
@@ -89,3 +99,22 @@ async def test_the_job_reads_the_checked_checkpoint_file(tmp_path: Path) -> None
     )
     spec = await _planner(tmp_path).prepare("job-1", request, lambda _: None)
     assert spec.init_checkpoint == str((tmp_path / "models" / "init.pt").resolve())
+
+
+async def test_the_export_precision_defaults_to_int8_and_float32_can_be_asked_for(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    planner = _planner(tmp_path)
+    default = await planner.prepare("job-1", TrainRequest(dataset=str(folder)), lambda _: None)
+    assert default.export_precision == DEFAULT_EXPORT_PRECISION == "int8"
+    asked = await planner.prepare("job-2", TrainRequest(dataset=str(folder), precision="float32"), lambda _: None)
+    assert asked.export_precision == "float32"
+    with pytest.raises(BadRequest, match="precision 'fp16'") as refused:
+        planner.validate(TrainRequest(dataset=str(folder), precision="fp16"))
+    assert refused.value.violations[0].field == "config.precision"
+
+
+def test_the_proto_precision_maps_to_the_job_and_unknown_values_are_refused() -> None:
+    assert [precision_name(v) for v in (0, 1, 2)] == ["", "float32", "int8"]
+    with pytest.raises(BadRequest, match="unknown precision 99"):
+        precision_name(99)
