@@ -67,13 +67,18 @@ def test_the_body_is_int8_and_the_decode_head_stays_float(quantized: Path) -> No
     ops = [n.op_type for n in model.graph.node]
     # Every convolution reads quantized activations and weights (QDQ pairs that ONNX Runtime fuses).
     producer = {out: n for n in model.graph.node for out in n.output}
+    kept = set(float_tail(onnx.load(str(MODEL))))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert convs and all(producer[n.input[0]].op_type == "DequantizeLinear" for n in convs)
-    assert ops.count("QuantizeLinear") >= len(convs)
+    body = [n for n in convs if n.name not in kept]
+    logits = [n for n in convs if n.name in kept]
+    # Every body convolution reads quantized activations and weights (QDQ pairs that ONNX Runtime fuses);
+    # the head's six output convolutions (box and class logits of three levels) stay float.
+    assert len(body) > 50 and len(logits) == 6
+    assert all(producer[n.input[0]].op_type == "DequantizeLinear" for n in body)
+    assert not any(producer[n.input[1]].op_type == "DequantizeLinear" for n in logits if n.input[1] in producer)
+    assert ops.count("QuantizeLinear") >= len(body)
     # The output comes from float nodes: the head's boxes (pixels) and scores (0..1) share no uint8 scale.
     assert producer[model.graph.output[0].name].op_type not in {"DequantizeLinear", "QuantizeLinear"}
-    tail = set(float_tail(onnx.load(str(MODEL))))
-    assert tail and not any(n.op_type in {"Conv"} for n in onnx.load(str(MODEL)).graph.node if n.name in tail)
 
 
 def test_metadata_is_kept_and_names_the_precision(quantized: Path) -> None:

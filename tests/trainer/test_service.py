@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -195,6 +196,9 @@ def test_a_finished_job_registers_a_challenger_with_its_evaluation(
     assert list(evals) == [f"{trained.dataset}|car|van"]
     assert evals[f"{trained.dataset}|car|van"]["map50"] == pytest.approx(trained.final_metrics["val_map50"], abs=1e-6)
     assert version.tags["carmesh.train.dataset"] == trained.dataset
+    # The default export is int8; its own evaluation is the one reported, the float32 one kept beside it.
+    assert version.tags["carmesh.precision"] == "int8"
+    assert "float32_val_map50" in trained.final_metrics
 
 
 def test_jobs_list_and_watch_show_the_finished_job(trainer: Trainer, trained: training_pb2.TrainingJob) -> None:
@@ -233,11 +237,14 @@ def test_the_mlflow_run_holds_params_epoch_metrics_and_artifacts(
     train_frames = load_folder(trainer.data, ["car"], ["van"]).train
     assert float(run.data.params["recipe.image_scale"]) == round(4 / 3 * frame_scale(train_frames, (320, 192)), 4)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == len(trained.history)
-    folders = ("model", "plots", "keras")
+    folders = ("model", "model-float32", "plots", "keras")
     artifacts = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/model.onnx", "model/config.pbtxt", "model/carmesh.json"} <= artifacts
     assert {"plots/pr_curve.png", "plots/training_curves.png", "plots/sample_predictions.jpg"} <= artifacts
     assert "keras/body.keras" in artifacts
+    assert "model-float32/model.onnx" in artifacts, "the int8 export keeps the float32 file it was made from"
+    served = json.loads(Path(client.download_artifacts(run.info.run_id, "model/carmesh.json")).read_text())
+    assert served["precision"] == "int8"
     parity = json.loads(Path(client.download_artifacts(run.info.run_id, "parity.json")).read_text())
     assert parity["ok"] and parity["score_max_abs"] < 1e-4
     assert max(parity["head_max_rel"]) < 1e-4
@@ -267,6 +274,8 @@ def test_the_registered_onnx_runs_in_the_detector_engine(
     tensor, _ = engine.preprocess(frame, (320, 180))
     out = engine.run(tensor[None])[0]
     assert out.shape == (5, (24 * 40) + (12 * 20) + (6 * 10))
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "the registered file is the int8 export"
 
 
 def test_evaluate_model_scores_a_version_like_the_trainer_did(
@@ -283,8 +292,8 @@ def test_evaluate_model_scores_a_version_like_the_trainer_did(
             timeout=300,
         )
     assert reply.images == 4 and list(reply.classes) == ["car"]
-    # ONNX Runtime here, Keras in the job: the same detections up to float rounding.
-    assert reply.map50 == pytest.approx(trained.final_metrics["val_map50"], abs=0.02)
+    # The job scored the int8 file it registered with ONNX Runtime, as EvaluateModel does.
+    assert reply.map50 == pytest.approx(trained.final_metrics["val_map50"], abs=1e-3)
 
 
 def test_a_time_limit_ends_training_and_still_registers_the_model(trainer: Trainer) -> None:
