@@ -246,8 +246,8 @@ mlflow_password_file: {{ include "carmesh.mlflowDir" . }}/password
 {{- with .Values.external.mlflow.credentialsSecret }}
 - name: mlflow-credentials
   secret:
-    secretName: {{ .name }}
+    secretName: {{ .name | quote }}
     defaultMode: 0400
-    items: [{key: {{ .usernameKey }}, path: username}, {key: {{ .passwordKey }}, path: password}]
+    items: [{key: {{ .usernameKey | quote }}, path: username}, {key: {{ .passwordKey | quote }}, path: password}]
 {{- end }}
 {{- end -}}
