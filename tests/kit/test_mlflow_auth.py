@@ -47,8 +47,10 @@ def test_an_empty_or_binary_file_is_named_without_its_content(tmp_path: Path, co
         mlflow_auth.credentials_env("carmesh", path)
     assert str(path) in str(refused.value) and "MLflow password" in str(refused.value)
     assert SECRET not in str(refused.value)
+    good = tmp_path / "good"
+    good.write_text("pw\n")
     with pytest.raises(ConfigError, match="cannot read the MLflow username file"):
-        mlflow_auth.credentials_env("", tmp_path / "name", tmp_path / "absent")
+        mlflow_auth.credentials_env("", good, tmp_path / "absent")
 
 
 def test_the_settings_come_as_a_user_and_a_password_or_not_at_all() -> None:
