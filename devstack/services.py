@@ -140,13 +140,14 @@ class StackConfig:
     def mlflow_password_file(self) -> Path:
         return self.run_dir / "secrets" / "mlflow-password"
 
-    def mlflow_client_env(self) -> dict[str, str]:
-        """What MLflow's clients (registry_gateway, trainer and its workers) read their credentials from:
-        the environment, never a flag or a URI that `ps` would show."""
+    def mlflow_client_args(self) -> list[str]:
+        """How MLflow's clients (registry_gateway, the trainer and its workers) get their credentials: the
+        user and the password file's path (the daemons read it at start), never the password, which `ps`
+        would show. Empty without MLflow's basic auth."""
         if not self.mlflow_auth:
-            return {}
-        password = stack_secret(self.mlflow_password_file)
-        return {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": password}
+            return []
+        stack_secret(self.mlflow_password_file)
+        return ["--mlflow-username", MLFLOW_USER, "--mlflow-password-file", str(self.mlflow_password_file)]
 
 
 def stack_secret(path: Path) -> str:
@@ -437,8 +438,8 @@ def _daemon(
 
 def registry_gateway(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.registry_metrics), "--mlflow-tracking-uri", cfg.mlflow_uri]
-    args += ["--cache-dir", str(cfg.run_dir / "registry-cache")]
-    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args, cfg.mlflow_client_env())
+    args += ["--cache-dir", str(cfg.run_dir / "registry-cache"), *cfg.mlflow_client_args()]
+    return _daemon(cfg, "registry_gateway", "registry_gateway", cfg.ports.registry, args)
 
 
 # The local broker (Tansu) has no InitProducerId, so producers run without idempotence here.
@@ -489,8 +490,8 @@ def detector(cfg: StackConfig) -> Process:
 def trainer(cfg: StackConfig) -> Process:
     args = ["--metrics-port", str(cfg.ports.trainer_metrics), "--work-dir", str(cfg.run_dir / "trainer")]
     args += ["--feature-addr", f"{HOST}:{cfg.ports.feature}", "--registry-addr", f"{HOST}:{cfg.ports.registry}"]
-    args += ["--mlflow-tracking-uri", cfg.mlflow_uri, *_roots_args(cfg)]
-    return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args, cfg.mlflow_client_env())
+    args += ["--mlflow-tracking-uri", cfg.mlflow_uri, *cfg.mlflow_client_args(), *_roots_args(cfg)]
+    return _daemon(cfg, "trainer", "trainer", cfg.ports.trainer, args)
 
 
 def tracker(cfg: StackConfig) -> Process:

@@ -8,13 +8,14 @@ import os
 from dataclasses import dataclass
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
-from kit import mesh_tls
+from kit import mesh_tls, mlflow_auth
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.errors import DomainError
 from kit.mesh_tls import CallerPolicy, methods
 from kit.server import Server
 from registry_gateway.cache import ArtifactCache
 from registry_gateway.config import Settings
+from registry_gateway.errors import MlflowRefused
 from registry_gateway.metrics import RegistryMetrics
 from registry_gateway.mlflow_store import MlflowStore
 from registry_gateway.registry import Registry
@@ -53,6 +54,8 @@ def configure_mlflow_client(cfg: Settings) -> None:
 async def _report_mlflow(store: MlflowStore) -> None:
     try:
         await store.ping()
+    except MlflowRefused as exc:
+        log.error("MLflow refuses the gateway's credentials; RPCs that need it fail with UNAVAILABLE: %s", exc)
     except DomainError as exc:
         log.warning("MLflow is not answering yet; RPCs that need it fail with UNAVAILABLE until it does: %s", exc)
     else:
@@ -61,8 +64,15 @@ async def _report_mlflow(store: MlflowStore) -> None:
 
 async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     configure_mlflow_client(cfg)
+    # MLflow's client reads basic-auth credentials from this process's environment only; an unreadable
+    # or empty password file stops the start (exit 2, naming the file).
+    credentials = await asyncio.to_thread(
+        mlflow_auth.credentials_env, cfg.mlflow_username, cfg.mlflow_password_file, cfg.mlflow_username_file
+    )
+    mlflow_auth.apply(credentials)
+    user = mlflow_auth.user_of(credentials)
     metrics = RegistryMetrics(ctx.metrics)
-    store = MlflowStore(cfg.mlflow_tracking_uri, cfg.imports_experiment, metrics)
+    store = MlflowStore(cfg.mlflow_tracking_uri, cfg.imports_experiment, metrics, user)
     cache = ArtifactCache(cfg.cache_dir, store, cfg.cache_max_bytes, metrics.on_cache_trim)
     await asyncio.to_thread(cache.open)
     ctx.on_close(cache.close)
@@ -86,7 +96,12 @@ async def build(cfg: Settings, ctx: Context) -> RegistryDaemon:
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, watcher, cfg.download_chunk_bytes, cfg.max_message_bytes, metrics), server.server
     )
-    log.info("MLflow %s, cache %s", cfg.mlflow_tracking_uri, cfg.cache_dir)
+    log.info(
+        "MLflow %s (%s), cache %s",
+        cfg.mlflow_tracking_uri,
+        f"user {user}" if user else "no basic auth",
+        cfg.cache_dir,
+    )
     return RegistryDaemon(server, watcher)
 
 

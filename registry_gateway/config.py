@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from kit import mlflow_auth
 from kit.config import BaseSettings
 
 
@@ -15,6 +16,12 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50064, ge=0, le=65535, description="gRPC port (0: any free port)")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)")
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking and registry URI")
+    # MLflow's basic auth (kit/mlflow_auth.py): the password is a file read at start, never a flag.
+    mlflow_username: str = Field("", description="MLflow user (with mlflow_password_file; empty: no basic auth)")
+    mlflow_username_file: Path | None = Field(
+        None, description="file holding the MLflow user (first line), instead of mlflow_username"
+    )
+    mlflow_password_file: Path | None = Field(None, description="file holding the MLflow user's password (first line)")
     # MLflow's own defaults retry for minutes; a gateway must answer UNAVAILABLE promptly instead.
     mlflow_max_retries: int = Field(2, ge=0, le=10, description="HTTP retries per MLflow request")
     mlflow_backoff_factor: int = Field(1, ge=0, le=60, description="MLflow retry backoff factor in seconds")
@@ -46,3 +53,8 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URI of an MLflow tracking server, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _mlflow_credentials(self) -> Settings:
+        mlflow_auth.check_settings(self.mlflow_username, self.mlflow_username_file, self.mlflow_password_file)
+        return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 import requests
 from mlflow.exceptions import MlflowException
 
+from kit import mlflow_auth
 from kit.errors import (
     AlreadyExists,
     DataLoss,
@@ -13,9 +14,7 @@ from kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
-    Unauthenticated,
     Unavailable,
 )
 
@@ -26,6 +25,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "MlflowFailure",
+    "MlflowRefused",
     "MlflowUnavailable",
     "NotFound",
     "ResourceExhausted",
@@ -45,6 +45,13 @@ class MlflowUnavailable(Unavailable):
     reason = "MLFLOW_UNAVAILABLE"
 
 
+class MlflowRefused(Unavailable):
+    """MLflow answered 401 or 403 to the gateway's own credentials: the operator's to fix (the caller's key
+    was fine), so UNAVAILABLE rather than UNAUTHENTICATED, which would blame the caller."""
+
+    reason = "MLFLOW_CREDENTIALS_REFUSED"
+
+
 class MlflowFailure(DomainError):
     """An MLflow error with no better status; reported as INTERNAL with MLflow's message."""
 
@@ -61,8 +68,6 @@ _BY_CODE: dict[str, type[DomainError]] = {
     "BAD_REQUEST": InvalidArgument,
     "MALFORMED_REQUEST": InvalidArgument,
     "INVALID_STATE": FailedPrecondition,
-    "PERMISSION_DENIED": PermissionDenied,
-    "UNAUTHENTICATED": Unauthenticated,
     "REQUEST_LIMIT_EXCEEDED": ResourceExhausted,
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "TEMPORARILY_UNAVAILABLE": MlflowUnavailable,
@@ -85,14 +90,17 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-def from_mlflow(exc: Exception, tracking_uri: str) -> DomainError:
-    """The domain error for an exception raised by the MLflow client."""
+def from_mlflow(exc: Exception, tracking_uri: str, username: str = "") -> DomainError:
+    """The domain error for an exception raised by the MLflow client (``username``: the gateway's MLflow
+    user, named when MLflow refuses it)."""
     if isinstance(exc, DomainError):
         return exc
     if _unreachable(exc):
         return MlflowUnavailable(f"MLflow at {tracking_uri} is unreachable: {_short(exc)}")
     if isinstance(exc, MlflowException):
         code = str(exc.error_code)
+        if mlflow_auth.refused(exc):
+            return MlflowRefused(f"{mlflow_auth.refused_hint(tracking_uri, username)} ({code})")
         message = exc.message
         # Server errors arrive as "CODE: text"; the status already carries the code.
         if message.startswith(code + ": "):

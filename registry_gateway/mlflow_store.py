@@ -60,8 +60,11 @@ def _is(exc: MlflowException, *codes: str) -> bool:
 class MlflowStore:
     """The registry as the gateway sees it; every public method is a coroutine."""
 
-    def __init__(self, tracking_uri: str, imports_experiment: str, metrics: RegistryMetrics) -> None:
+    def __init__(
+        self, tracking_uri: str, imports_experiment: str, metrics: RegistryMetrics, username: str = ""
+    ) -> None:
         self.tracking_uri = tracking_uri
+        self.username = username  # named in errors when MLflow refuses the gateway's credentials
         self._imports_experiment = imports_experiment
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._gateway_metrics = metrics
@@ -76,7 +79,7 @@ class MlflowStore:
             outcome = "CANCELLED"  # the caller went away; the thread finishes unobserved
             raise
         except Exception as exc:
-            error = from_mlflow(exc, self.tracking_uri)
+            error = from_mlflow(exc, self.tracking_uri, self.username)
             outcome = error.code.name
             raise error from exc
         finally:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from carmesh.v1 import training_pb2_grpc
-from kit import mesh_tls
+from kit import mesh_tls, mlflow_auth
 from kit.daemon import Context, Daemon, DaemonSpec
 from kit.mesh_tls import CallerPolicy
 from kit.server import Server
@@ -31,7 +32,20 @@ def mesh_files(cfg: Settings) -> list[str]:
     return [] if cfg.mesh_plaintext else [str(path.resolve()) for path in files if path is not None]
 
 
+def mlflow_password_path(cfg: Settings) -> str:
+    """The MLflow password file, absolute, for the workers' job.json ("" without one)."""
+    return str(cfg.mlflow_password_file.resolve()) if cfg.mlflow_password_file is not None else ""
+
+
 async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
+    # MLflow's client reads basic-auth credentials from the environment only: this process's (evaluation
+    # tags) gets them here; an unreadable or empty password file stops the start (exit 2, naming the file).
+    # Workers read the file themselves from job.json's path, as training pods on a cluster do.
+    credentials = await asyncio.to_thread(
+        mlflow_auth.credentials_env, cfg.mlflow_username, cfg.mlflow_password_file, cfg.mlflow_username_file
+    )
+    mlflow_auth.apply(credentials)
+    user = mlflow_auth.user_of(credentials)
     work = cfg.work_dir.expanduser().resolve()
     jobs = JobManager(
         work / "jobs",
@@ -59,6 +73,8 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
             "registry_addr": cfg.registry_addr,
             "challenger_alias": cfg.challenger_alias,
             "mesh_files": mesh_files(cfg),
+            "mlflow_username": user,
+            "mlflow_password_file": mlflow_password_path(cfg),
         },
         mesh_tls=ctx.mesh_tls,
     )
@@ -83,14 +99,17 @@ async def build(cfg: Settings, ctx: Context) -> TrainerDaemon:
             registry_addr=cfg.registry_addr,
             feature_addr=cfg.feature_addr,
             model_name=req.model_name or cfg.model_name,
+            mlflow_username=user,
+            mlflow_secret=cfg.tfjob_mlflow_secret,
+            mlflow_password_key=cfg.tfjob_mlflow_password_key,
         )
 
-    evaluator = Evaluator(cfg.registry_addr, cfg.mlflow_tracking_uri, work / "models", resolve_data, ctx.mesh_tls)
+    evaluator = Evaluator(cfg.registry_addr, cfg.mlflow_tracking_uri, work / "models", resolve_data, ctx.mesh_tls, user)
     server = ctx.grpc_server([SERVICE_NAME], callers=CALLERS)
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingServicer(jobs, planner, render, evaluator), server.server
     )
-    log.info("work dir %s", work)
+    log.info("work dir %s, MLflow %s (%s)", work, cfg.mlflow_tracking_uri, f"user {user}" if user else "no basic auth")
     return TrainerDaemon(server, jobs, metrics)
 
 

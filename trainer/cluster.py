@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from kit import mlflow_auth
+from kit.config import ConfigError
 from trainer.errors import BadRequest
 from trainer.planning import TrainRequest
 from trainer.tfjob import (
@@ -92,10 +94,38 @@ def _index(environ: Mapping[str, str]) -> int:
     return int(raw)
 
 
+def _mlflow_credentials(args: argparse.Namespace) -> tuple[str, str]:
+    """(user, password file path) for job.json, the user read from --mlflow-username-file unless given
+    literally; both or neither. The password's path, never the password. Under --dry-run no file is read
+    (the user shows as the file's path)."""
+    username_file = Path(args.mlflow_username_file) if args.mlflow_username_file else None
+    password_file = Path(args.mlflow_password_file) if args.mlflow_password_file else None
+    flags = ("--mlflow-username", "--mlflow-username-file", "--mlflow-password-file")
+    try:
+        mlflow_auth.check_settings(args.mlflow_username, username_file, password_file, flags)
+    except ValueError as exc:
+        raise TFJobError(str(exc)) from exc
+    if password_file is None:
+        return "", ""
+    if args.dry_run:
+        return args.mlflow_username.strip() or f"<{username_file}>", str(password_file)
+    # The worker reads the password; a missing mount fails here, in the init container, naming the file.
+    credentials = mlflow_auth.credentials_env(args.mlflow_username, password_file, username_file)
+    return mlflow_auth.user_of(credentials), str(password_file)
+
+
 def _prepare(args: argparse.Namespace) -> int:
     req = request_from_args(args)
+    username, password_file = _mlflow_credentials(args)
     template = _job_template(
-        req, args.job_name, args.model_name, _whole_cores(args.cpu), args.mlflow_tracking_uri, args.registry_addr
+        req,
+        args.job_name,
+        args.model_name,
+        _whole_cores(args.cpu),
+        args.mlflow_tracking_uri,
+        args.registry_addr,
+        mlflow_username=username,
+        mlflow_password_file=password_file,
     )
     if args.dry_run:
         print(json.dumps(asdict(template), indent=2))
@@ -149,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--feature-addr", default="", help="feature_service, to fetch a snapshot")
     prep.add_argument("--registry-addr", default="")
     prep.add_argument("--mlflow-tracking-uri", default="")
+    prep.add_argument("--mlflow-username", default="", help="MLflow user of the workers (with --mlflow-password-file)")
+    prep.add_argument("--mlflow-username-file", default="", help="file holding that user, instead of --mlflow-username")
+    prep.add_argument(
+        "--mlflow-password-file", default="", help="file holding its password, as the pods see it (a path in job.json)"
+    )
     add_mesh_arguments(prep)
 
     worker = sub.add_parser("indexed-worker", parents=[common], help="TF_CONFIG from the pod's index, then the worker")
@@ -163,7 +198,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "prepare":
             return _prepare(args)
         return _indexed_worker(args, os.environ if environ is None else environ)
-    except BadRequest as exc:
+    except (BadRequest, ConfigError) as exc:
         print(f"trainer.cluster: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from kit import mlflow_auth
 from kit.config import BaseSettings, existing_dirs
 
 
@@ -19,6 +20,13 @@ class Settings(BaseSettings):
     feature_addr: str = Field("127.0.0.1:50063", min_length=1, description="feature_service (dataset snapshots)")
     registry_addr: str = Field("127.0.0.1:50064", min_length=1, description="registry_gateway (aliases, downloads)")
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", min_length=1, description="MLflow tracking server")
+    # MLflow's basic auth (kit/mlflow_auth.py): the password is a file read at start, never a flag; local
+    # workers get the file's path in job.json and read it themselves, as training pods do.
+    mlflow_username: str = Field("", description="MLflow user (with mlflow_password_file; empty: no basic auth)")
+    mlflow_username_file: Path | None = Field(
+        None, description="file holding the MLflow user (first line), instead of mlflow_username"
+    )
+    mlflow_password_file: Path | None = Field(None, description="file holding the MLflow user's password (first line)")
     experiment: str = Field("carmesh-training", min_length=1, description="MLflow experiment of training runs")
     model_name: str = Field("car-detector", min_length=1, description="registered model name by default")
     challenger_alias: str = Field("challenger", min_length=1, description="alias set on each newly trained version")
@@ -44,8 +52,19 @@ class Settings(BaseSettings):
     )
     tfjob_namespace: str = Field("carmesh", min_length=1, description="namespace of rendered TFJobs")
     tfjob_checkpoint_claim: str = Field("carmesh-trainer", min_length=1, description="PVC for TFJob checkpoints")
+    tfjob_mlflow_secret: str = Field(
+        "", description="Secret whose tfjob_mlflow_password_key TFJob pods mount as MLflow's password (empty: none)"
+    )
+    tfjob_mlflow_password_key: str = Field("password", min_length=1, description="key of tfjob_mlflow_secret")
 
     @field_validator("allowed_roots")
     @classmethod
     def _roots_exist(cls, value: list[Path]) -> list[Path]:
         return existing_dirs(value)
+
+    @model_validator(mode="after")
+    def _mlflow_credentials(self) -> Settings:
+        mlflow_auth.check_settings(self.mlflow_username, self.mlflow_username_file, self.mlflow_password_file)
+        if self.tfjob_mlflow_secret and self.mlflow_password_file is None:
+            raise ValueError("tfjob_mlflow_secret needs the trainer's own MLflow user: its TFJob pods log in as it")
+        return self

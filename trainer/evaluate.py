@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from carmesh.v1 import registry_pb2, registry_pb2_grpc
+from kit import mlflow_auth
 from kit.mesh_tls import MeshTls, mesh_channel
 from kit.server import channel_options
 from trainer.errors import BadRequest, NotEvaluable, UpstreamUnavailable
@@ -166,8 +167,10 @@ class Evaluator:
         model_cache: Path,
         resolve_data: Callable[[str], Awaitable[tuple[str, Path, str]]],
         tls: MeshTls | None = None,
+        mlflow_username: str = "",
     ) -> None:
         self._registry_addr = registry_addr
+        self._mlflow_username = mlflow_username
         self._tls = tls
         self._mlflow = mlflow_tracking_uri
         self._cache = model_cache
@@ -190,6 +193,9 @@ class Evaluator:
         try:
             await asyncio.to_thread(record_evaluation, self._mlflow, model.name, model.version, key, result)
         except Exception as exc:  # the numbers are still worth returning
+            if mlflow_auth.refused(exc):
+                hint = mlflow_auth.refused_hint(self._mlflow, self._mlflow_username)
+                raise UpstreamUnavailable(f"evaluated, but {hint}") from exc
             raise UpstreamUnavailable(f"evaluated, but MLflow at {self._mlflow} refused the tag: {exc}") from exc
         return EvaluateResult(
             model_name=model.name,

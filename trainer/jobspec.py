@@ -55,6 +55,10 @@ class JobSpec:
     # The trainer's mesh TLS files (CA, certificate, key paths, not contents) for the workers' registry
     # call; empty: plaintext (--mesh-plaintext).
     mesh_files: list[str] = field(default_factory=list)
+    # MLflow's basic auth (kit/mlflow_auth.py): the user and the path of the file holding its password, as
+    # the workers see it (never the password: job.json is no secret); empty: none.
+    mlflow_username: str = ""
+    mlflow_password_file: str = ""
 
     def write(self, job_dir: Path) -> None:
         tmp = job_dir / f".{JOB_FILE}.tmp"

@@ -45,11 +45,19 @@ WORKER_COMMAND = ("python", "-m", "trainer_worker")
 DEFAULT_MOUNT_DIR = "/var/lib/carmesh"
 JOB_SPEC_DIR = "/etc/carmesh/job"
 JOB_TEMPLATE_FILE = "job-template.json"
+# MLflow's password in training pods: a Secret's key mounted as a file (as helm/carmesh mounts it), whose
+# path goes into job.json; the password itself never enters the manifest, the ConfigMap or an argument.
+MLFLOW_SECRET_DIR = "/etc/carmesh/secrets/mlflow"
+MLFLOW_PASSWORD_FILE = f"{MLFLOW_SECRET_DIR}/password"
+# The images' carmesh group (images/*.Dockerfile): secret files are root's, fsGroup lets the worker read them.
+IMAGE_GID = 10001
 _VOLUME = "carmesh-data"
 _SPEC_VOLUME = "job-spec"
+_MLFLOW_VOLUME = "mlflow-password"
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 # Kubernetes quantities: a decimal number with an optional binary/decimal suffix or exponent.
 _QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][-+]?\d+)?$")
@@ -131,12 +139,15 @@ def render_tfjob(
     init_args: Sequence[str] = (),
     image_pull_policy: str = "IfNotPresent",
     backoff_limit: int = 3,
+    mlflow_secret: str = "",
+    mlflow_password_key: str = "password",
 ) -> dict[str, Any]:
     """The TFJob object: Chief (1) + Worker (``workers - 1``) running ``python -m trainer_worker *args``,
     with the claim ``checkpoint_claim`` mounted at ``mount_dir`` in every replica.
 
     ``job_config_map`` mounts that ConfigMap read-only at ``JOB_SPEC_DIR``; ``init_args`` adds an init
     container running ``python -m trainer.tfjob *init_args`` with the same image, env and mounts.
+    ``mlflow_secret`` mounts that Secret's ``mlflow_password_key`` read-only at ``MLFLOW_PASSWORD_FILE``.
     """
     if workers < 1:
         raise TFJobError(f"workers must be >= 1 (the chief counts as one), got {workers}")
@@ -153,6 +164,10 @@ def render_tfjob(
         raise TFJobError(f"image_pull_policy {image_pull_policy!r} must be Always, IfNotPresent or Never")
     if backoff_limit < 0:
         raise TFJobError(f"backoff_limit must be >= 0, got {backoff_limit}")
+    if mlflow_secret:
+        _check_subdomain("MLflow Secret", mlflow_secret)
+        if not _SECRET_KEY.match(mlflow_password_key):
+            raise TFJobError(f"MLflow Secret key {mlflow_password_key!r} must be letters, digits, '-', '_' or '.'")
 
     labels = {
         "app.kubernetes.io/name": "carmesh-trainer",
@@ -164,6 +179,18 @@ def render_tfjob(
     if job_config_map:
         mounts.append({"name": _SPEC_VOLUME, "mountPath": JOB_SPEC_DIR, "readOnly": True})
         volumes.append({"name": _SPEC_VOLUME, "configMap": {"name": job_config_map}})
+    if mlflow_secret:
+        mounts.append({"name": _MLFLOW_VOLUME, "mountPath": MLFLOW_SECRET_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": _MLFLOW_VOLUME,
+                "secret": {
+                    "secretName": mlflow_secret,
+                    "defaultMode": 0o400,
+                    "items": [{"key": mlflow_password_key, "path": "password"}],
+                },
+            }
+        )
     env_list = _env_list(env)
     resource_dict = resources.as_dict()
 
@@ -186,6 +213,8 @@ def render_tfjob(
         }
         if init_args:
             pod["initContainers"] = [container("prepare", "trainer.tfjob", init_args)]
+        if mlflow_secret:
+            pod["securityContext"] = {"fsGroup": IMAGE_GID}
         return {
             "replicas": count,
             "restartPolicy": "OnFailure",
@@ -220,7 +249,14 @@ def job_name_for(req: TrainRequest, model_name: str) -> str:
 
 
 def _job_template(
-    req: TrainRequest, job_name: str, model_name: str, cores: int, mlflow_tracking_uri: str, registry_addr: str
+    req: TrainRequest,
+    job_name: str,
+    model_name: str,
+    cores: int,
+    mlflow_tracking_uri: str,
+    registry_addr: str,
+    mlflow_username: str = "",
+    mlflow_password_file: str = "",
 ) -> JobSpec:
     from trainer.planning import DEFAULT_EXPORT_PRECISION, DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH, recipe_overrides
     from trainer.snapshots import looks_like_folder
@@ -250,6 +286,8 @@ def _job_template(
         mlflow_tracking_uri=mlflow_tracking_uri,
         registry_addr=registry_addr,
         export_precision=req.precision or DEFAULT_EXPORT_PRECISION,
+        mlflow_username=mlflow_username,
+        mlflow_password_file=mlflow_password_file,
     )
 
 
@@ -274,11 +312,24 @@ def render_for_request(
     job_name: str = "",
     resources: Resources = Resources(),  # frozen: a shared default is safe
     mount_dir: str = DEFAULT_MOUNT_DIR,
+    mlflow_username: str = "",
+    mlflow_secret: str = "",
+    mlflow_password_key: str = "password",
 ) -> str:
-    """The YAML (ConfigMap + TFJob) that runs ``req`` on a cluster. Addresses must be reachable from the pods."""
+    """The YAML (ConfigMap + TFJob) that runs ``req`` on a cluster. Addresses must be reachable from the pods.
+    With ``mlflow_secret`` the pods log in to MLflow as ``mlflow_username`` with that Secret's key."""
     job_name = job_name or job_name_for(req, model_name)
+    if mlflow_secret and not mlflow_username:
+        raise TFJobError("an MLflow Secret needs the MLflow username the pods log in as")
     template = _job_template(
-        req, job_name, model_name, _whole_cores(resources.cpu_limit), mlflow_tracking_uri, registry_addr
+        req,
+        job_name,
+        model_name,
+        _whole_cores(resources.cpu_limit),
+        mlflow_tracking_uri,
+        registry_addr,
+        mlflow_username=mlflow_username if mlflow_secret else "",
+        mlflow_password_file=MLFLOW_PASSWORD_FILE if mlflow_secret else "",
     )
     config_map_name = f"{job_name}-spec"
     job_dir = f"{mount_dir.rstrip('/')}/jobs/{job_name}"
@@ -308,6 +359,8 @@ def render_for_request(
         mount_dir=mount_dir,
         job_config_map=config_map_name,
         init_args=init_args,
+        mlflow_secret=mlflow_secret,
+        mlflow_password_key=mlflow_password_key,
     )
     config_map = {
         "apiVersion": "v1",

@@ -26,6 +26,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from kit import mlflow_auth
+from kit.config import ConfigError
 from kit.registry_tags import TAG_TRAIN_DATASET
 from trainer.data import TrainingData, load_folder
 from trainer.events import EpochEvent, ErrorEvent, EventLog, EventReader, PhaseEvent, ProgressEvent, RunEvent
@@ -174,7 +176,7 @@ def _run(
         recipe = _recipe(spec.recipe)
     except ValueError as exc:
         raise FinalError(f"cannot train on {spec.dataset}: {exc}") from exc
-    tracker = _start_tracking(spec, job_dir, model_spec, recipe, data) if chief else None
+    tracker = _tracking(spec, job_dir, model_spec, recipe, data) if chief else None
     if events is not None and tracker is not None:
         events.emit(RunEvent(tracker.run_id))
 
@@ -248,6 +250,22 @@ def _recipe(overrides: dict[str, Any]) -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe settings {unknown}; known: {sorted(known)}")
     return Recipe(**overrides)
+
+
+def _tracking(spec: JobSpec, job_dir: Path, model_spec: ModelSpec, recipe: Recipe, data: TrainingData) -> Tracker:
+    """The chief's MLflow run, logged in with the job's MLflow credentials (the file is read here, at each
+    start, so a restart after a rotation uses the new password); refused credentials end the job."""
+    password_file = Path(spec.mlflow_password_file) if spec.mlflow_password_file else None
+    try:
+        mlflow_auth.apply(mlflow_auth.credentials_env(spec.mlflow_username, password_file))
+    except ConfigError as exc:
+        raise FinalError(str(exc)) from exc
+    try:
+        return _start_tracking(spec, job_dir, model_spec, recipe, data)
+    except Exception as exc:
+        if mlflow_auth.refused(exc):
+            raise FinalError(mlflow_auth.refused_hint(spec.mlflow_tracking_uri, spec.mlflow_username)) from exc
+        raise
 
 
 def _start_tracking(spec: JobSpec, job_dir: Path, model_spec: ModelSpec, recipe: Recipe, data: TrainingData) -> Tracker:

@@ -52,6 +52,9 @@ TLS_SETTINGS = ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE", "MESH_PLAINTE
 GATEWAY_TLS_SETTINGS = ("PUBLIC_CERT_FILE", "PUBLIC_KEY_FILE", "PUBLIC_PLAINTEXT")
 POD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
 COMPONENT = "app.kubernetes.io/component"
+# The pods that talk to MLflow (DESIGN.md): only they may hold its credentials (external.mlflow.credentialsSecret).
+MLFLOW_CLIENTS = {"registry-gateway", "trainer", "training"}
+MLFLOW_SECRET_DIR = "/etc/carmesh/secrets/mlflow"
 
 
 def values_files() -> list[Path]:
@@ -230,6 +233,56 @@ def rules(objects: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"{where}: selects no pod ({selector})")
         if obj["kind"] == "NetworkPolicy":
             problems += _network_policy(obj, all_pods)
+    return problems + mlflow_credentials(all_pods)
+
+
+def _mlflow_volumes(pod: Pod) -> list[dict[str, Any]]:
+    """The pod's volumes that hold MLflow's password: mounted at MLFLOW_SECRET_DIR, or a Secret projecting
+    a key to ``password`` under a name that says MLflow."""
+    mounted = {
+        m["name"] for c, _ in pod.containers() for m in c.get("volumeMounts", []) if m["mountPath"] == MLFLOW_SECRET_DIR
+    }
+    return [v for v in pod.spec.get("volumes", []) if v["name"] in mounted or "mlflow" in v["name"]]
+
+
+def mlflow_credentials(all_pods: list[Pod]) -> list[str]:
+    """When any pod holds MLflow's credentials, exactly the MLflow clients do: a read-only 0400 Secret volume
+    at MLFLOW_SECRET_DIR in each of their containers, whose password file a setting or argument names; no
+    container anywhere gets an MLflow password through its environment."""
+    problems = []
+    for pod in all_pods:
+        for c, _ in pod.containers():
+            for item in c.get("env", []):
+                if item["name"] == "MLFLOW_TRACKING_PASSWORD" or item["name"].endswith("MLFLOW_PASSWORD"):
+                    problems.append(f"{pod.owner} container {c['name']}: MLflow's password in the environment")
+    holders = [pod for pod in all_pods if _mlflow_volumes(pod)]
+    if not holders:
+        return problems  # MLflow without basic auth
+    password_file = f"{MLFLOW_SECRET_DIR}/password"
+    for pod in all_pods:
+        component = pod.labels.get(COMPONENT, "")
+        volumes = _mlflow_volumes(pod)
+        if component not in MLFLOW_CLIENTS:
+            if volumes:
+                problems.append(
+                    f"{pod.owner}: {component or pod.kind} holds MLflow's password but never talks to MLflow"
+                )
+            continue
+        if len(volumes) != 1:
+            problems.append(f"{pod.owner}: {component} talks to MLflow without its password mounted")
+            continue
+        secret = volumes[0].get("secret", {})
+        if secret.get("defaultMode") != 0o400 or "password" not in {i.get("path") for i in secret.get("items", [])}:
+            problems.append(f"{pod.owner}: MLflow's password is not a 0400 file from a Secret: {volumes[0]}")
+        named = False
+        for c, _ in pod.containers():
+            mounts = [m for m in c.get("volumeMounts", []) if m["name"] == volumes[0]["name"]]
+            if [(m["mountPath"], m.get("readOnly")) for m in mounts] != [(MLFLOW_SECRET_DIR, True)]:
+                problems.append(f"{pod.owner} container {c['name']}: MLflow's Secret not mounted read-only once")
+            env_values = [str(item.get("value", "")) for item in c.get("env", [])]
+            named = named or password_file in [*env_values, *map(str, c.get("args", []))]
+        if not named:
+            problems.append(f"{pod.owner}: no setting or argument names {password_file}")
     return problems
 
 

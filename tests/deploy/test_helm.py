@@ -102,6 +102,40 @@ def test_an_indexed_jobs_pods_find_each_other(rendered: dict[str, list[dict[str,
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
 
 
+def test_mlflows_credentials_are_files_in_exactly_the_pods_that_talk_to_mlflow(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """external.mlflow.credentialsSecret: the registry gateway, the trainer and the training pods mount
+    the Secret and name its files; no other pod does, and without it no pod does."""
+
+    def holders(name: str) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for pod in h.pods(rendered[name]):
+            volumes = [v for v in pod.spec.get("volumes", []) if v["name"] == "mlflow-credentials"]
+            if volumes:
+                out[pod.owner] = {i["key"] for i in volumes[0]["secret"]["items"]}
+        return out
+
+    assert holders("production") == {
+        "Deployment/carmesh-registry-gateway": {"username", "password"},
+        "Deployment/carmesh-trainer": {"username", "password"},
+    }
+    assert holders("tfjob") == {
+        "Deployment/carmesh-registry-gateway": {"user", "pass"},
+        "Deployment/carmesh-trainer": {"user", "pass"},
+        "TFJob/train-apollo": {"user", "pass"},
+    }
+    assert "Job/train-apollo" in holders("indexed-job") and holders("default") == {}
+    trainer = next(o for o in rendered["production"] if o["metadata"]["name"] == "carmesh-trainer")
+    env = {e["name"]: e["value"] for e in trainer["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CARMESH_TRAINER_MLFLOW_USERNAME_FILE"] == f"{h.MLFLOW_SECRET_DIR}/username"
+    assert env["CARMESH_TRAINER_MLFLOW_PASSWORD_FILE"] == f"{h.MLFLOW_SECRET_DIR}/password"
+    assert env["CARMESH_TRAINER_TFJOB_MLFLOW_SECRET"] == "carmesh-mlflow"
+    job = next(o for o in rendered["indexed-job"] if o["kind"] == "Job")
+    args = job["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--mlflow-password-file") + 1] == f"{h.MLFLOW_SECRET_DIR}/password"
+
+
 def test_upgrading_one_daemon_changes_only_that_daemon() -> None:
     def objects(values: dict[str, Any]) -> dict[tuple[str, str], Any]:
         # Secrets hold freshly generated certificates on each offline render (an upgrade looks them up).
@@ -200,6 +234,28 @@ def _bad_tfjob_field(chart: Path) -> None:
     _edit(chart / "templates" / "training.yaml", "cleanPodPolicy: Running", "cleanPodsPolicy: Running")
 
 
+def _mlflow_secret_in_the_detector(chart: Path) -> None:
+    for _ in ("volumeMounts", "volumes"):
+        _edit(
+            chart / "templates" / "deployments.yaml",
+            '(list "registryGateway" "trainer")',
+            '(list "registryGateway" "trainer" "detector")',
+        )
+
+
+def _training_pods_without_the_mlflow_password(chart: Path) -> None:
+    _edit(chart / "templates" / "_training.tpl", '{{- include "carmesh.mlflowMount" .root | nindent 2 }}', "")
+    _edit(chart / "templates" / "_training.tpl", '{{- include "carmesh.mlflowVolume" .root | trim | nindent 2 }}', "")
+
+
+def _mlflow_password_readable_by_all(chart: Path) -> None:
+    _edit(
+        chart / "templates" / "_helpers.tpl",
+        "    defaultMode: 0400\n    items: [{key: {{ .usernameKey",
+        "    defaultMode: 0644\n    items: [{key: {{ .usernameKey",
+    )
+
+
 Breakage = Callable[[Path], None]
 BREAKAGES: dict[str, tuple[Breakage, str, str]] = {
     # name: (edit, values file, the check that must fail)
@@ -211,6 +267,9 @@ BREAKAGES: dict[str, tuple[Breakage, str, str]] = {
     "a Service selecting no pod": (_service_selects_nothing, "default", "rules"),
     "an unknown Kubernetes field": (_bad_field, "production", "validate"),
     "a TFJob field outside its CRD": (_bad_tfjob_field, "tfjob", "validate"),
+    "MLflow's password in a pod that never talks to MLflow": (_mlflow_secret_in_the_detector, "production", "rules"),
+    "training pods without MLflow's password": (_training_pods_without_the_mlflow_password, "indexed-job", "rules"),
+    "MLflow's password readable by all": (_mlflow_password_readable_by_all, "production", "rules"),
 }
 
 

@@ -1,12 +1,13 @@
 """`make up`'s stores need passwords (issue 16, hole 3): Redis and PostgreSQL refuse callers without
-them, and the passwords reach the daemons through files and the environment, never through a
-command line (`ps`) or a log."""
+them, MLflow runs its basic auth, and the passwords reach the daemons through files (PostgreSQL's
+also through libpq's environment for MLflow's own store), never through a command line (`ps`) or a log."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import stat
 import urllib.error
@@ -19,14 +20,28 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+from grpc_status import rpc_status
 
-from carmesh.v1 import feature_pb2, feature_pb2_grpc, registry_pb2, registry_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from carmesh.v1 import (
+    feature_pb2,
+    feature_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    tracking_pb2,
+    tracking_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from devstack import services
 from devstack.procs import Process
 from kit.config import ConfigError
 from kit.mesh_tls import MeshTls, mesh_channel_sync
 from kit.secret_files import read_password
-from tests.helpers import free_port
+from tests.helpers import DaemonProcess, free_port
+from tests.status_details import details_of
+from tests.support import eventually
+from trainer.phases import HOLD_ENV, JobPhase
+from trainer.synthetic import write_dataset
 
 
 async def _redis_ping(url: str) -> None:
@@ -158,16 +173,93 @@ def test_mlflow_refuses_callers_without_the_password(secret_stack: tuple[service
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(wrong, timeout=10)
     assert refused.value.code == 401
-    env = cfg.mlflow_client_env()
-    good = urllib.request.Request(
-        url, headers={"Authorization": _basic(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])}
-    )
+    password = cfg.mlflow_password_file.read_text().strip()
+    good = urllib.request.Request(url, headers={"Authorization": _basic(services.MLFLOW_USER, password)})
     with urllib.request.urlopen(good, timeout=10) as reply:
         assert reply.status == 200
     assert stat.S_IMODE((cfg.run_dir / "mlflow" / "basic_auth.ini").stat().st_mode) == 0o600
-    # registry_gateway got the password through its environment and reads the registry.
+    # registry_gateway read the password from its file (--mlflow-password-file) and reads the registry.
     with mesh_channel_sync(f"{services.HOST}:{cfg.ports.registry}", gateway_identity(cfg)) as channel:
         registry_pb2_grpc.RegistryServiceStub(channel).ListModels(registry_pb2.ListModelsRequest(), timeout=30)
+
+
+def test_a_wrong_mlflow_password_is_a_clear_error_not_a_traceback(
+    secret_stack: tuple[services.StackConfig, list[Process]], tmp_path: Path
+) -> None:
+    """registry_gateway with a password MLflow refuses: start-up says so in its log, each call answers
+    UNAVAILABLE naming the user and the settings to fix, and the password shows nowhere."""
+    cfg, _ = secret_stack
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-mlflow-password\n")
+    args = ["--mlflow-tracking-uri", cfg.mlflow_uri, "--cache-dir", str(tmp_path / "cache")]
+    args += ["--mlflow-username", services.MLFLOW_USER, "--mlflow-password-file", str(wrong)]
+    with DaemonProcess("registry_gateway", args, timeout_s=90) as daemon:
+        eventually(lambda: "refuses the gateway's credentials" in daemon.log(), what="the start-up check's error")
+        with grpc.insecure_channel(daemon.address) as channel, pytest.raises(grpc.RpcError) as refused:
+            registry_pb2_grpc.RegistryServiceStub(channel).ListModels(registry_pb2.ListModelsRequest(), timeout=30)
+        log = daemon.log()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"refused user '{services.MLFLOW_USER}'" in str(refused.value.details())
+    status = rpc_status.from_call(refused.value)
+    assert status is not None and details_of(status)["ErrorInfo"].reason == "MLFLOW_CREDENTIALS_REFUSED"
+    assert "Traceback" not in log
+    for secret in ("not-the-mlflow-password", cfg.mlflow_password_file.read_text().strip()):
+        assert secret not in log and secret not in str(refused.value.details())
+
+
+def test_training_workers_log_in_to_mlflow_with_the_file_job_json_names(
+    secret_stack: tuple[services.StackConfig, list[Process]], tmp_path: Path
+) -> None:
+    """The trainer's workers read the password from the file whose path is in job.json, at each start: a
+    job started with the right password opens its MLflow run; after the file changes to a password MLflow
+    refuses, the next job fails with the user named and no retry, and the password is in no job file."""
+    cfg, _ = secret_stack
+    password = tmp_path / "mlflow-password"
+    password.write_text(cfg.mlflow_password_file.read_text())
+    data = write_dataset(tmp_path / "data", train_images=2, val_images=1, width=160, height=96, seed=3)
+    held, refused = f"mlflow-auth-held-{os.getpid()}", f"mlflow-auth-refused-{os.getpid()}"
+    hold = tmp_path / "hold.json"
+    hold.write_text(json.dumps({held: JobPhase.TRAINING.value}))  # waits there, its run already open
+    args = ["--work-dir", str(tmp_path / "work"), "--mlflow-tracking-uri", cfg.mlflow_uri]
+    args += ["--mlflow-username", services.MLFLOW_USER, "--mlflow-password-file", str(password)]
+    args += ["--registry-addr", f"127.0.0.1:{free_port()}", "--allowed-roots", str(tmp_path), "--stop-grace-s", "5"]
+    args += ["--max-running-jobs", "2", "--cpu-threads", "1"]
+
+    def start(stub: training_pb2_grpc.TrainingServiceStub, model: str) -> str:
+        config = training_pb2.TrainingConfig(preset="n", input_width=64, input_height=64, epochs=1, batch_size=2)
+        started = stub.StartTraining(
+            training_pb2.StartTrainingRequest(dataset=str(data), config=config, model_name=model), timeout=30
+        )
+        return started.job.job_id
+
+    def job(stub: training_pb2_grpc.TrainingServiceStub, job_id: str) -> training_pb2.TrainingJob:
+        return stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id), timeout=10).job
+
+    jobs = tmp_path / "work" / "jobs"
+    with (
+        DaemonProcess("trainer", args, env={HOLD_ENV: str(hold)}, timeout_s=60) as daemon,
+        grpc.insecure_channel(daemon.address) as channel,
+    ):
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        first = start(stub, held)
+        opened = eventually(lambda: job(stub, first).mlflow_run_id, what="the run of the job", timeout_s=240)
+        spec = json.loads((jobs / first / "job.json").read_text())
+        assert (spec["mlflow_username"], spec["mlflow_password_file"]) == (services.MLFLOW_USER, str(password))
+        password.write_text("rotated-to-a-wrong-one\n")
+        second = start(stub, refused)
+        failed = eventually(
+            lambda: (j := job(stub, second)).state == training_pb2.TRAINING_STATE_FAILED and j,
+            what="the job with a refused password to fail",
+            timeout_s=240,
+        )
+        stub.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(job_id=first), timeout=60)
+    assert opened and f"refused user '{services.MLFLOW_USER}'" in failed.error, failed.error
+    # Refused credentials do not get better by retrying: no restart from a checkpoint.
+    assert json.loads((jobs / second / "state.json").read_text())["restarts"] == 0
+    secrets = (cfg.mlflow_password_file.read_text().strip(), "rotated-to-a-wrong-one")
+    for path in (tmp_path / "work").rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".log"):
+            assert not any(s in path.read_text(errors="replace") for s in secrets), path
 
 
 def _basic(user: str, password: str) -> str:
@@ -198,6 +290,11 @@ def test_no_password_on_a_command_line_or_in_a_log(
     # What each launcher execs (Redis rewrites its /proc title once started, hiding its arguments).
     for proc in (services.redis(cfg), services.postgres(cfg), *procs):
         assert not any(p in arg for arg in proc.argv for p in passwords), f"a password in {proc.name}'s arguments"
+    # MLflow's clients get the user and the file's path, and no password in their environment either.
+    for client in (services.registry_gateway(cfg), services.trainer(cfg)):
+        assert client.argv[client.argv.index("--mlflow-password-file") + 1] == str(cfg.mlflow_password_file)
+        assert not any(p in value for value in client.env.values() for p in passwords), client.name
+        assert "MLFLOW_TRACKING_PASSWORD" not in client.env
     checked = 0
     for leader in leaders:
         assert leader is not None

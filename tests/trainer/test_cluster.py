@@ -52,3 +52,38 @@ def test_prepare_refuses_a_bad_request_and_dry_run_writes_nothing(
     assert main([*base, "--dataset", "apollo", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"] == "apollo"
     assert not (tmp_path / "j" / JOB_FILE).exists()
+
+
+def test_prepare_puts_the_mlflow_users_files_into_job_json_never_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chart's training pods mount MLflow's Secret; job.json gets the user and the password's path."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "username").write_text("trainer-bot\n")
+    (secrets / "password").write_text("s3cret-pw\n")
+    job_dir = tmp_path / "jobs" / "train-a"
+    base = ["prepare", "--job-name", "train-a", "--job-dir", str(job_dir), "--dataset", str(folder)]
+    base += ["--cache-dir", str(tmp_path / "cache")]
+    files = ["--mlflow-username-file", str(secrets / "username"), "--mlflow-password-file", str(secrets / "password")]
+    assert main([*base, *files]) == 0
+    spec = JobSpec.read(job_dir)
+    assert (spec.mlflow_username, spec.mlflow_password_file) == ("trainer-bot", str(secrets / "password"))
+    assert "s3cret-pw" not in (job_dir / JOB_FILE).read_text()
+    capsys.readouterr()
+    # A user without a password, both kinds of user, or a password file the pod cannot read: exit 2.
+    other = ["--job-dir", str(tmp_path / "other")]
+    assert main([*base, *other, "--mlflow-username", "bot"]) == 2
+    assert "--mlflow-password-file" in capsys.readouterr().err
+    assert main([*base, *other, *files, "--mlflow-username", "bot"]) == 2
+    assert "not both" in capsys.readouterr().err
+    missing = ["--mlflow-username", "bot", "--mlflow-password-file", str(secrets / "absent")]
+    assert main([*base, *other, *missing]) == 2
+    assert str(secrets / "absent") in capsys.readouterr().err
+    assert not (tmp_path / "other" / JOB_FILE).exists()
+    # --dry-run reads no file (helm-check runs it with the mount paths of the rendered pods).
+    assert main([*base, *other, *missing, "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["mlflow_username"], printed["mlflow_password_file"]) == ("bot", str(secrets / "absent"))

@@ -14,6 +14,7 @@ from trainer.jobspec import JOB_FILE, JobSpec
 from trainer.planning import SHORT_SCHEDULE, TrainRequest
 from trainer.tfjob import (
     JOB_TEMPLATE_FILE,
+    MLFLOW_PASSWORD_FILE,
     Resources,
     TFJobError,
     main,
@@ -218,3 +219,50 @@ def test_prepare_hands_the_trainers_mesh_files_to_the_workers(tmp_path: Path) ->
     assert JobSpec.read(job_dir).mesh_files == files
     with pytest.raises(TFJobError, match="all three"):
         main([*argv, "--cache-dir", str(tmp_path / "cache"), *mesh[:2]])
+
+
+def test_a_rendered_tfjob_mounts_mlflows_password_from_a_secret_and_names_only_its_path() -> None:
+    """The trainer's RenderTrainingJob with tfjob_mlflow_secret: pods read the password from a mounted file."""
+    text = render_for_request(
+        _request(),
+        namespace="ml",
+        image="carmesh-trainer:2",
+        checkpoint_claim="shared-rwx",
+        mlflow_tracking_uri="https://mlflow.ml",
+        mlflow_username="trainer-bot",
+        mlflow_secret="mlflow-basic-auth",
+        mlflow_password_key="pass",
+    )
+    config_map, job = yaml.safe_load_all(text)
+    template = JobSpec(**json.loads(config_map["data"][JOB_TEMPLATE_FILE]))
+    assert (template.mlflow_username, template.mlflow_password_file) == ("trainer-bot", MLFLOW_PASSWORD_FILE)
+    for replica in job["spec"]["tfReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        volume = {v["name"]: v for v in pod["volumes"]}["mlflow-password"]
+        assert volume["secret"] == {
+            "secretName": "mlflow-basic-auth",
+            "defaultMode": 0o400,
+            "items": [{"key": "pass", "path": "password"}],
+        }
+        assert pod["securityContext"] == {"fsGroup": 10001}  # the images' group may read the 0400 file
+        for container in [*pod["containers"], *pod["initContainers"]]:
+            mounts = [m for m in container["volumeMounts"] if m["name"] == "mlflow-password"]
+            assert mounts == [{"name": "mlflow-password", "mountPath": "/etc/carmesh/secrets/mlflow", "readOnly": True}]
+            assert not any("PASSWORD" in e["name"] for e in container["env"])
+    # Without a Secret nothing is mounted and job.json names no credentials.
+    plain_map, plain = yaml.safe_load_all(
+        render_for_request(_request(), namespace="ml", image="i:1", checkpoint_claim="c", mlflow_username="bot")
+    )
+    assert "mlflow" not in json.dumps(plain["spec"]).replace("MLFLOW_TRACKING_URI", "").lower()
+    assert JobSpec(**json.loads(plain_map["data"][JOB_TEMPLATE_FILE])).mlflow_password_file == ""
+    with pytest.raises(TFJobError, match="MLflow Secret 'Bad_Name'"):
+        render_for_request(
+            _request(),
+            namespace="ml",
+            image="i:1",
+            checkpoint_claim="c",
+            mlflow_username="bot",
+            mlflow_secret="Bad_Name",
+        )
+    with pytest.raises(TFJobError, match="username"):
+        render_for_request(_request(), namespace="ml", image="i:1", checkpoint_claim="c", mlflow_secret="s")

@@ -127,6 +127,7 @@ api_keys_file: /etc/carmesh/api-keys/api-keys
 {{- else if eq .key "registryGateway" }}
 mlflow_tracking_uri: {{ $root.Values.external.mlflow.trackingUri | quote }}
 cache_dir: /var/cache/carmesh/registry
+{{- include "carmesh.mlflowSettings" $root }}
 {{- else if eq .key "detector" }}
 registry_addr: {{ $registry }}
 model_cache_dir: /var/cache/carmesh/detector
@@ -180,6 +181,11 @@ mlflow_tracking_uri: {{ $root.Values.external.mlflow.trackingUri | quote }}
 tfjob_image: {{ include "carmesh.image" (dict "root" $root "image" $v.image "gpu" $root.Values.training.gpu.enabled) }}
 tfjob_namespace: {{ $root.Release.Namespace }}
 tfjob_checkpoint_claim: {{ include "carmesh.checkpointClaim" $root }}
+{{- include "carmesh.mlflowSettings" $root }}
+{{- with $root.Values.external.mlflow.credentialsSecret }}{{ if .name }}
+tfjob_mlflow_secret: {{ .name | quote }}
+tfjob_mlflow_password_key: {{ .passwordKey | quote }}
+{{- end }}{{ end }}
 {{- end }}
 {{- end -}}
 
@@ -219,4 +225,29 @@ livenessProbe:
 {{- else -}}
 default
 {{- end -}}
+{{- end -}}
+
+{{/*
+MLflow's basic auth (external.mlflow.credentialsSecret): the Secret's user and password keys as files,
+read-only and 0400, in exactly the pods that talk to MLflow (registry gateway, trainer, training pods);
+the daemons get the files' paths as settings (settings are literal, secrets are files).
+*/}}
+{{- define "carmesh.mlflowDir" -}}/etc/carmesh/secrets/mlflow{{- end -}}
+{{- define "carmesh.mlflowSettings" -}}
+{{- if .Values.external.mlflow.credentialsSecret.name }}
+mlflow_username_file: {{ include "carmesh.mlflowDir" . }}/username
+mlflow_password_file: {{ include "carmesh.mlflowDir" . }}/password
+{{- end }}
+{{- end -}}
+{{- define "carmesh.mlflowMount" -}}
+- {name: mlflow-credentials, mountPath: {{ include "carmesh.mlflowDir" . }}, readOnly: true}
+{{- end -}}
+{{- define "carmesh.mlflowVolume" -}}
+{{- with .Values.external.mlflow.credentialsSecret }}
+- name: mlflow-credentials
+  secret:
+    secretName: {{ .name | quote }}
+    defaultMode: 0400
+    items: [{key: {{ .usernameKey | quote }}, path: username}, {key: {{ .passwordKey | quote }}, path: password}]
+{{- end }}
 {{- end -}}

@@ -14,6 +14,9 @@ volumeMounts:
   {{- if .root.Values.meshTLS.enabled }}
   - {name: mesh-tls, mountPath: /etc/carmesh/mesh, readOnly: true}
   {{- end }}
+  {{- if .root.Values.external.mlflow.credentialsSecret.name }}
+  {{- include "carmesh.mlflowMount" .root | nindent 2 }}
+  {{- end }}
 {{- end }}
 {{- define "carmesh.trainingPod" -}}
 securityContext: {{ toYaml .root.Values.podSecurityContext | nindent 2 }}
@@ -30,6 +33,10 @@ volumes:
   - name: mesh-tls
     {{- /* Training pods register models and fetch snapshots as the trainer does: its identity. */}}
     secret: {secretName: {{ include "carmesh.meshSecretName" (dict "root" .root "component" "trainer") }}, defaultMode: 0400}
+  {{- end }}
+  {{- if .root.Values.external.mlflow.credentialsSecret.name }}
+  {{- /* The chief logs its run and registers the model in MLflow as the trainer does: its user. */}}
+  {{- include "carmesh.mlflowVolume" .root | trim | nindent 2 }}
   {{- end }}
 {{- $t := .root.Values.training }}
 {{- $nodeSelector := $t.nodeSelector }}
