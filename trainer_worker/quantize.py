@@ -5,8 +5,8 @@ CPU provider fuses into integer kernels (VNNI where the CPU has it); the head's 
 (box and class logits) and the decode after them (DFL softmax, box arithmetic, the sigmoid scores and
 the concat of boxes in pixels with scores in 0..1) stay float32: one uint8 scale cannot hold both
 ranges of that concat (quantizing the decode scored 0 AP). Activation ranges are calibrated (min/max)
-on training frames prepared exactly as the detector prepares a request. Measured on apollo-cars val with a 28-minute job (docs/benchmarks.md):
-2.2x float32's images/s on 2 cores at 960x544, car AP50 within 0.002.
+on training frames prepared exactly as the detector prepares a request. Measured on apollo-cars val
+with a 28-minute job (docs/benchmarks.md): 2.2x float32's images/s on 2 cores at 960x544, car AP50 within 0.002.
 
 Needs only onnx and onnxruntime (no TensorFlow), so benchmarks can quantize any exported model.
 """
