@@ -397,9 +397,18 @@ def mlflow(cfg: StackConfig) -> Process:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_mlflow_auth_config(cfg, root))
         # The CSRF key of its login forms: a secret of its own, kept across restarts.
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = stack_secret(cfg.run_dir / "secrets" / "mlflow-flask-key")
-    return Process(
-        "mlflow", argv, cfg.run_dir, ready=lambda: http_ok(f"{cfg.mlflow_uri}/health"), env=env, ready_timeout_s=120.0
-    )
+
+    def ready() -> bool:
+        if not http_ok(f"{cfg.mlflow_uri}/health"):
+            return False
+        if not cfg.mlflow_auth:
+            return True
+        from devstack.mlflow_users import use_fast_hash  # werkzeug comes with MLflow's server
+
+        # Ready once the admin's hash is the cheap one (devstack/mlflow_users.py says why).
+        return use_fast_hash(root / "auth.db", MLFLOW_USER, stack_secret(cfg.mlflow_password_file))
+
+    return Process("mlflow", argv, cfg.run_dir, ready=ready, env=env, ready_timeout_s=120.0)
 
 
 MLFLOW_USER = "carmesh"

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import os
+import sqlite3
 import stat
 import urllib.error
 import urllib.request
@@ -33,6 +34,7 @@ from carmesh.v1 import (
     training_pb2_grpc,
 )
 from devstack import services
+from devstack.mlflow_users import FAST_METHOD
 from devstack.procs import Process
 from kit.config import ConfigError
 from kit.mesh_tls import MeshTls, mesh_channel_sync
@@ -178,6 +180,10 @@ def test_mlflow_refuses_callers_without_the_password(secret_stack: tuple[service
     with urllib.request.urlopen(good, timeout=10) as reply:
         assert reply.status == 200
     assert stat.S_IMODE((cfg.run_dir / "mlflow" / "basic_auth.ini").stat().st_mode) == 0o600
+    # The admin's hash is the cheap one (devstack/mlflow_users.py): scrypt cost ~95 ms of CPU per request.
+    with sqlite3.connect(cfg.run_dir / "mlflow" / "auth.db") as db:
+        (stored,) = db.execute("SELECT password_hash FROM users WHERE username = ?", (services.MLFLOW_USER,)).fetchone()
+    assert stored.startswith(FAST_METHOD + "$") and password not in stored
     # registry_gateway read the password from its file (--mlflow-password-file) and reads the registry.
     with mesh_channel_sync(f"{services.HOST}:{cfg.ports.registry}", gateway_identity(cfg)) as channel:
         registry_pb2_grpc.RegistryServiceStub(channel).ListModels(registry_pb2.ListModelsRequest(), timeout=30)
