@@ -74,8 +74,9 @@ bench-accuracy: ## car AP50 / AP50-95 of MODEL on apollo-cars val; writes docs/b
 bench-ingest: ## end-to-end ingest vs raw aiokafka vs JPEG decode; writes docs/benchmarks.md
 	$(PY) -m bench.ingest --write docs/benchmarks.md
 
-bench-export-sizes: ## one trained model (KERAS=.../keras/body.keras from its MLflow run) at several export sizes: AP and speed
-	$(PY) -m bench.export_sizes --keras $(KERAS)
+PRECISIONS ?= float32,int8
+bench-export-sizes: ## one trained model (KERAS=.../keras/body.keras from its MLflow run) at several export sizes and PRECISIONS: AP and speed
+	$(PY) -m bench.export_sizes --keras $(KERAS) --precisions $(PRECISIONS)
 
 bench-train: ## training steps/s: raw loop on in-memory tensors vs 1 and 2 workers; writes docs/benchmarks.md
 	$(PY) -m bench.train --write docs/benchmarks.md
