@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 # OPEN FINDING, not explained yet: across the two model swaps of the judged minute the detector's RSS
 # grew 6.8% and 8.7% (earlier runs), then 13.3% (CI, 323 -> 366 MB), 19.5% (262 -> 313 MB) and 22.8%, rising
-# at every sample), while every other daemon stays under 10%. Old engines are closed after draining
+# at every sample, while every other daemon stays under 10%. Old engines are closed after draining
 # (detector/models.py), so allocator growth or a per-swap leak are both possible. Until it is found,
 # the short soak holds the detector to a gross-leak bound only; `make soak DURATION=10m` judges it at 10%.
 DETECTOR_RSS_LIMIT_PCT = 35.0
