@@ -113,11 +113,9 @@ def evaluate_onnx(
     ignore_classes: tuple[str, ...],
 ) -> tuple[tuple[str, ...], dict[str, float], int]:
     """Scores ``classes`` (default: the model's classes the data has) on the validation split."""
-    import onnxruntime as ort
-
     from trainer.data import load_folder
     from trainer.modelspec import ModelSpec
-    from trainer.predict import evaluate_detections, predict_with
+    from trainer.predict import evaluate_detections, onnx_forward, predict_with
 
     if model.family != "yolov8":
         raise NotEvaluable(
@@ -137,11 +135,10 @@ def evaluate_onnx(
     # Ground truth in the model's class order; the data set's other classes are not scored.
     data = load_folder(data_path, classes=list(wanted), ignore_classes=list(ignore_classes), fmt=data_format)
     model_index = [model.class_names.index(c) for c in wanted]
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    served = onnx_forward(model.path)
 
     def forward(nhwc: np.ndarray) -> np.ndarray:
-        out = session.run(None, {input_name: np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))})[0]
+        out = served(nhwc)
         # Keep the box rows and the scored classes' rows, in the ground truth's order.
         return np.concatenate([out[:, :4], out[:, [4 + i for i in model_index]]], axis=1)
 

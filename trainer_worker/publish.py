@@ -39,11 +39,12 @@ from kit.registry_tags import (
 )
 from trainer.data import TrainingData
 from trainer.evaluate import TALL_MIN_HEIGHT_PX
+from trainer.evaluation import Report
 from trainer.events import ResultEvent
 from trainer.jobspec import JobSpec
 from trainer.modelspec import ModelSpec
 from trainer.phases import JobPhase
-from trainer.predict import evaluate_detections, ground_truth, onnx_forward, predict_with
+from trainer.predict import ImageDetections, evaluate_detections, ground_truth, onnx_forward, predict_with
 from trainer.tracking import Tracker
 from trainer_worker import plots
 from trainer_worker.export import check_parity, export_onnx, triton_config
@@ -102,18 +103,23 @@ def prepare_release(
     model_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
+    def score(detections: list[ImageDetections]) -> tuple[Report, dict[str, float]]:
+        report = evaluate_detections(detections, data.val, model_spec.num_classes)
+        tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
+        return report, final_metrics(report, tall, model_spec.class_names)
+
     phase(JobPhase.EVALUATING)
     val_paths = [im.path for im in data.val]
     detections = predict(body, model_spec, val_paths)
-    report = evaluate_detections(detections, data.val, model_spec.num_classes)
-    tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
-    metrics = final_metrics(report, tall, model_spec.class_names)
+    report, metrics = score(detections)
     log.info("validation (float32): %s", json.dumps(metrics))
 
     phase(JobPhase.EXPORTING)
+    int8 = spec.export_precision == INT8
     float_dir = out_dir / FLOAT32_ARTIFACT_DIR
-    float_dir.mkdir(parents=True, exist_ok=True)
-    info = export_onnx(body, model_spec, (float_dir if spec.export_precision == INT8 else model_dir) / ONNX_FILE)
+    if int8:
+        float_dir.mkdir(parents=True, exist_ok=True)
+    info = export_onnx(body, model_spec, (float_dir if int8 else model_dir) / ONNX_FILE)
     frames = []
     for im in data.val[:2]:
         bgr: Any = cv2.imread(str(im.path), cv2.IMREAD_COLOR)
@@ -124,7 +130,7 @@ def prepare_release(
     if not parity.ok:
         raise RuntimeError(f"the exported ONNX does not match Keras: {parity.describe()}")
     served_sha256, served_size = info.sha256, info.size_bytes
-    if spec.export_precision == INT8:
+    if int8:
         quantized = quantize_int8(info.path, model_dir / ONNX_FILE, [im.path for im in data.train])
         served_sha256, served_size = quantized.sha256, quantized.size_bytes
         log.info(
@@ -137,9 +143,7 @@ def prepare_release(
         # The served file is the int8 one: its own detections are what the registry's scores describe.
         float_metrics = metrics
         detections = predict_with(onnx_forward(quantized.path), model_spec, val_paths)
-        report = evaluate_detections(detections, data.val, model_spec.num_classes)
-        tall = evaluate_detections(detections, data.val, model_spec.num_classes, min_height_px=TALL_MIN_HEIGHT_PX)
-        metrics = final_metrics(report, tall, model_spec.class_names)
+        report, metrics = score(detections)
         metrics.update({f"float32_{key}": value for key, value in float_metrics.items()})
         log.info("validation (int8, served): %s", json.dumps(metrics))
     tracker.log_metrics(metrics, step=result.epochs_completed)
@@ -211,7 +215,7 @@ def prepare_release(
 
     phase(JobPhase.REGISTERING)
     tracker.log_artifacts(model_dir, MODEL_ARTIFACT_DIR)
-    if spec.export_precision == INT8:
+    if int8:
         tracker.log_artifacts(float_dir, FLOAT32_ARTIFACT_DIR)
     tracker.log_artifacts(keras_dir, "keras")
     tracker.log_artifacts(plots_dir, "plots")
